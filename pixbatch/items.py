@@ -1,0 +1,113 @@
+"""Work items: one request to the gateway, with a deterministic key.
+
+A work item is the exact request body that will be POSTed to one endpoint. Its key is
+``sha256(endpoint + "\\n" + canonical JSON body)`` (hex, first 32 characters), so the same
+request is recognised as the same work wherever it appears: in two steps, two manifests,
+two runs, two machines. Canonical JSON: keys sorted, no whitespace, UTF-8, integers for
+whole numbers (``2.0`` -> ``2``), documented defaults filled in so that omitting a default
+and spelling it out are the same work.
+
+An item whose image is the output of an earlier item carries the placeholder
+``pixbatch://item/<upstream key>`` in place of that URL; the runner substitutes the real
+``media_url`` when the upstream item completes. The key hashes the placeholder, so it is
+known before anything runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .contract import ENDPOINTS, documented_defaults
+from .sizes import Size
+
+UPSTREAM_SCHEME = "pixbatch://item/"
+
+
+def upstream_ref(key: str) -> str:
+    return UPSTREAM_SCHEME + key
+
+
+def parse_upstream_ref(url: str) -> str | None:
+    return url[len(UPSTREAM_SCHEME):] if url.startswith(UPSTREAM_SCHEME) else None
+
+
+def _normalise(v: Any) -> Any:
+    if isinstance(v, float) and v.is_integer():
+        return int(v)
+    if isinstance(v, dict):
+        return {k: _normalise(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_normalise(x) for x in v]
+    return v
+
+
+def canonical_body(op: str, body: Mapping[str, Any]) -> dict[str, Any]:
+    """The body with documented defaults filled in and numbers normalised."""
+    full = documented_defaults(op)
+    full.update(body)
+    return _normalise(full)
+
+
+def canonical_json(body: Mapping[str, Any]) -> str:
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+
+
+def item_key(op: str, body: Mapping[str, Any]) -> str:
+    """The deterministic key of a request: stable across runs, machines and Python versions."""
+    text = ENDPOINTS[op] + "\n" + canonical_json(canonical_body(op, body))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
+
+
+@dataclass(frozen=True, slots=True)
+class WorkItem:
+    """One request, ready to send (but for upstream placeholders)."""
+
+    key: str
+    step: str  # the manifest step id
+    op: str  # "upscale" | "edit"
+    body: Mapping[str, Any]  # canonical body (defaults filled in)
+    input_id: str  # id of the manifest input this item descends from
+    output_name: str  # path relative to the output directory, from the naming template
+    upstream: str | None = None  # key of the item whose output is this item's main image
+    input_size: Size | None = None  # known size of the main image (declared, or derived upstream)
+    vars: Mapping[str, Any] = field(default_factory=dict)  # matrix values and template variables
+    index: int = 0  # position of the item in its step's expansion
+
+    @property
+    def endpoint(self) -> str:
+        return ENDPOINTS[self.op]
+
+    @property
+    def body_json(self) -> str:
+        return canonical_json(self.body)
+
+    @property
+    def main_image(self) -> str:
+        return self.body["image"] if self.op == "upscale" else self.body["images"][0]
+
+    @classmethod
+    def build(cls, *, step: str, op: str, body: Mapping[str, Any], input_id: str, output_name: str,
+              upstream: str | None = None, input_size: Size | None = None,
+              vars: Mapping[str, Any] | None = None, index: int = 0) -> WorkItem:
+        canon = canonical_body(op, body)
+        return cls(key=item_key(op, canon), step=step, op=op, body=canon, input_id=input_id,
+                   output_name=output_name, upstream=upstream, input_size=input_size,
+                   vars=dict(vars or {}), index=index)
+
+
+def resolve_body(item: WorkItem, upstream_urls: Mapping[str, str]) -> dict[str, Any]:
+    """The body to send: placeholders replaced by the upstream items' media URLs."""
+    body = dict(item.body)
+
+    def sub(url: str) -> str:
+        k = parse_upstream_ref(url)
+        return upstream_urls[k] if k is not None else url
+
+    if "image" in body:
+        body["image"] = sub(body["image"])
+    if "images" in body:
+        body["images"] = [sub(u) for u in body["images"]]
+    return body

@@ -1,0 +1,37 @@
+"""Money is integer micro-dollars (1 USD = 1,000,000). Never a float."""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation
+
+MICROS_PER_USD = 1_000_000
+
+
+def usd_to_micros(value: str | int | Decimal) -> int:
+    """'0.005' -> 5000. Accepts str, int or Decimal; refuses floats and sub-micro amounts."""
+    if isinstance(value, float):
+        raise TypeError("money must not be a float; pass a string or Decimal")
+    try:
+        d = Decimal(str(value)) if not isinstance(value, Decimal) else value
+    except InvalidOperation:
+        raise ValueError(f"not an amount of dollars: {value!r}") from None
+    if not d.is_finite():
+        raise ValueError(f"not an amount of dollars: {value!r}")
+    micros = d * MICROS_PER_USD
+    if micros != micros.to_integral_value():
+        raise ValueError(f"{value!r} has more than 6 decimal places")
+    return int(micros)
+
+
+def micros_to_decimal(micros: int) -> Decimal:
+    return Decimal(micros) / MICROS_PER_USD
+
+
+def format_usd(micros: int) -> str:
+    """5000 -> '$0.005', 1200000 -> '$1.20': trailing zeros trimmed, at least cents."""
+    sign = "-" if micros < 0 else ""
+    d = micros_to_decimal(abs(micros)).quantize(Decimal("0.000001"))
+    s = f"{d:f}".rstrip("0")
+    whole, _, frac = s.partition(".")
+    frac = frac.ljust(2, "0")
+    return f"{sign}${int(whole):,}.{frac}"

@@ -1,0 +1,94 @@
+"""Shared fixtures: isolation, generated images served on loopback."""
+
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import duckdb
+import pytest
+from PIL import Image
+from starlette.applications import Starlette
+from starlette.routing import Mount, Route
+from starlette.responses import Response
+from starlette.staticfiles import StaticFiles
+
+from pixbatch.serve import serve_in_thread
+
+
+def pytest_report_header(config):
+    return f"duckdb {duckdb.__version__}"
+
+
+@pytest.fixture(autouse=True)
+def _isolate(tmp_path, monkeypatch):
+    """No test sees the developer's key or home; each gets its own working dir."""
+    monkeypatch.delenv("PIXAZO_API_KEY", raising=False)
+    monkeypatch.setenv("PIXBATCH_HOME", str(tmp_path / ".pixbatch-home"))
+    monkeypatch.chdir(tmp_path)
+
+
+def make_image(path: Path, size: tuple[int, int], fmt: str | None = None, color=(200, 40, 40)) -> Path:
+    """Write a real image (PNG, JPEG or WebP by extension or ``fmt``)."""
+    img = Image.new("RGB", size, color)
+    # a gradient so the bytes are not trivially compressible
+    px = img.load()
+    for x in range(0, size[0], max(1, size[0] // 32)):
+        for y in range(0, size[1], max(1, size[1] // 32)):
+            px[x, y] = (x % 256, y % 256, (x + y) % 256)
+    fmt = fmt or {".png": "PNG", ".jpg": "JPEG", ".jpeg": "JPEG", ".webp": "WEBP"}[path.suffix.lower()]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path, fmt)
+    return path
+
+
+class ImageServer:
+    """A loopback HTTP server over a directory of generated images (Range requests work)."""
+
+    def __init__(self, root: Path, served):
+        self.root = root
+        self.url = served.url
+        self._served = served
+
+    def add(self, name: str, size: tuple[int, int], fmt: str | None = None, **kw) -> str:
+        make_image(self.root / name, size, fmt, **kw)
+        return f"{self.url}/img/{name}"
+
+    def add_bytes(self, name: str, data: bytes) -> str:
+        (self.root / name).write_bytes(data)
+        return f"{self.url}/img/{name}"
+
+
+@pytest.fixture
+def image_server(tmp_path_factory):
+    """``image_server.add("a.png", (640, 480))`` -> a URL serving that real image.
+
+    Also serves ``/no-range/<name>`` (ignores Range, answers 200 with the whole file) and
+    ``/status/<code>`` (answers that HTTP status).
+    """
+    root = tmp_path_factory.mktemp("images")
+
+    async def no_range(request):
+        data = (root / request.path_params["name"]).read_bytes()
+        return Response(data, media_type="application/octet-stream")
+
+    async def status(request):
+        return Response(b"nope", status_code=int(request.path_params["code"]))
+
+    app = Starlette(routes=[
+        Mount("/img", app=StaticFiles(directory=root)),
+        Route("/no-range/{name}", no_range),
+        Route("/status/{code:int}", status),
+    ])
+    served = serve_in_thread(app)
+    try:
+        yield ImageServer(root, served)
+    finally:
+        served.stop()
+
+
+def png_bytes(size=(64, 48)) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", size, (1, 2, 3)).save(buf, "PNG")
+    return buf.getvalue()
