@@ -45,6 +45,133 @@ def m001_probe_cache(db: duckdb.DuckDBPyConnection) -> None:
     )
 
 
+
+@migration
+def m002_run_state(db: duckdb.DuckDBPyConnection) -> None:
+    # What makes `run` resumable: one row per unique request (items, keyed by the item
+    # key), every submit attempt with its request_id (attempts), an append-only log of
+    # every state change and HTTP exchange (events), and the files written (outputs).
+    # Money columns are integer micro-dollars.
+    #
+    # items.state, pixbatch's own lifecycle of a request:
+    #   PENDING -> SUBMITTING (intent + reservation committed before the POST)
+    #           -> SUBMITTED  (request_id committed on 202; gateway_status QUEUED/PROCESSING)
+    #           -> COMPLETED | FAILED | ERROR   (the gateway's terminal status)
+    #   SUBMITTING found on resume       -> AMBIGUOUS (may have been accepted and charged)
+    #   400 from the gateway             -> FAILED_VALIDATION (not charged)
+    #   upstream item FAILED/ERROR/...   -> BLOCKED (error says why)
+    db.execute(
+        """
+        CREATE TABLE runs (
+            run_id               VARCHAR PRIMARY KEY,
+            started_at           TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            finished_at          TIMESTAMP,
+            manifest_path        VARCHAR,
+            manifest_sha256      VARCHAR,
+            base_url             VARCHAR,
+            budget_micros        BIGINT,
+            estimate_low_micros  BIGINT,
+            estimate_high_micros BIGINT,
+            outcome              VARCHAR,   -- running|completed|interrupted|budget|balance|auth|failed
+            pid                  INTEGER,
+            options              JSON
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE items (
+            key             VARCHAR PRIMARY KEY,
+            step            VARCHAR NOT NULL,
+            op              VARCHAR NOT NULL,
+            idx             BIGINT NOT NULL,      -- position in its step's expansion
+            body            JSON NOT NULL,        -- canonical body (upstream placeholders kept)
+            input_id        VARCHAR,
+            output_name     VARCHAR,
+            upstream        VARCHAR,              -- key of the item feeding this one
+            input_width     INTEGER,
+            input_height    INTEGER,
+            est_low_micros  BIGINT NOT NULL,
+            est_high_micros BIGINT NOT NULL,
+            tier            VARCHAR,              -- price tier name (estimated, then actual)
+            state           VARCHAR NOT NULL DEFAULT 'PENDING',
+            request_id      VARCHAR,
+            gateway_status  VARCHAR,
+            error           VARCHAR,
+            reserved_micros BIGINT NOT NULL DEFAULT 0,
+            charged_micros  BIGINT,               -- set at a terminal status
+            media_url       VARCHAR,
+            media_type      VARCHAR,
+            output_width    INTEGER,
+            output_height   INTEGER,
+            polls           INTEGER NOT NULL DEFAULT 0,
+            submitted_at    TIMESTAMP,            -- 202 received
+            started_at      TIMESTAMP,            -- first seen PROCESSING (or terminal)
+            finished_at     TIMESTAMP,            -- terminal status seen
+            updated_at      TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            run_id          VARCHAR               -- last run that changed it
+        )
+        """
+    )
+    db.execute("CREATE INDEX items_step ON items (step)")
+    db.execute("CREATE INDEX items_state ON items (state)")
+    db.execute(
+        """
+        CREATE TABLE aliases (          -- the same request appearing again (another step or place)
+            key         VARCHAR NOT NULL,
+            step        VARCHAR NOT NULL,
+            idx         BIGINT NOT NULL,
+            output_name VARCHAR NOT NULL,
+            PRIMARY KEY (step, idx)
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE attempts (
+            key             VARCHAR NOT NULL,
+            n               INTEGER NOT NULL,     -- 1, 2, ... per key
+            run_id          VARCHAR NOT NULL,
+            intent_at       TIMESTAMP NOT NULL,   -- committed before the POST left
+            reserved_micros BIGINT NOT NULL,
+            request_id      VARCHAR,              -- committed when the 202 arrived
+            accepted_at     TIMESTAMP,
+            http_status     INTEGER,
+            outcome         VARCHAR,              -- accepted|rejected|ambiguous|...
+            PRIMARY KEY (key, n)
+        )
+        """
+    )
+    db.execute("CREATE SEQUENCE events_seq")
+    db.execute(
+        """
+        CREATE TABLE events (             -- append-only; never updated or deleted
+            seq    BIGINT PRIMARY KEY DEFAULT nextval('events_seq'),
+            at     TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            run_id VARCHAR,
+            key    VARCHAR,
+            kind   VARCHAR NOT NULL,        -- state|http|budget|run|download|...
+            detail JSON                     -- never holds the API key
+        )
+        """
+    )
+    db.execute(
+        """
+        CREATE TABLE outputs (
+            key           VARCHAR NOT NULL,
+            path          VARCHAR NOT NULL,   -- relative to the output directory
+            sha256        VARCHAR NOT NULL,
+            bytes         BIGINT NOT NULL,
+            width         INTEGER,
+            height        INTEGER,
+            media_type    VARCHAR,
+            downloaded_at TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            PRIMARY KEY (key, path)
+        )
+        """
+    )
+
+
 def applied(db: duckdb.DuckDBPyConnection) -> list[str]:
     return [r[0] for r in db.execute("SELECT name FROM schema_migrations ORDER BY id").fetchall()]
 
