@@ -147,7 +147,7 @@ def m002_run_state(db: duckdb.DuckDBPyConnection) -> None:
         """
         CREATE TABLE events (             -- append-only; never updated or deleted
             seq    BIGINT PRIMARY KEY DEFAULT nextval('events_seq'),
-            at     TIMESTAMP NOT NULL DEFAULT current_timestamp,
+            ts     TIMESTAMP NOT NULL DEFAULT current_timestamp,
             run_id VARCHAR,
             key    VARCHAR,
             kind   VARCHAR NOT NULL,        -- state|http|budget|run|download|...
