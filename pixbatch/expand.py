@@ -1,0 +1,277 @@
+"""Manifest -> a stream of work items, with deterministic keys.
+
+``expand(manifest)`` yields :class:`pixbatch.items.WorkItem` in step order. Nothing is
+held per item: inputs are streamed from the manifest (``from:`` files row by row), and a
+chained step (``for_each: <earlier step>``) re-generates its upstream's stream instead of
+storing it, so a step two links down costs twice the CPU but no memory.
+
+Everything that does not depend on the item is computed once per step into a
+:class:`_Plan`: the merged parameters for each matrix combination
+(documented defaults < ``defaults.<op>`` < step parameters < matrix values), the
+template variables of each combination, the stem suffix. Per item only the input's own
+``params.<op>`` are layered on top, the image URLs set, the templates rendered
+(``str.format_map``) and the key computed (``WorkItem.build``).
+
+Items are yielded source-major: for every source image, every matrix combination, in the
+order written (the last matrix key varies fastest). Identical requests yield identical
+keys; both are yielded (the runner deduplicates).
+
+``check_items`` is the third validation pass of :mod:`pixbatch.manifest`: output names
+inside ``output_dir`` and unique within each step.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, replace
+from typing import Any
+
+from . import contract
+from .errors import ManifestError
+from .items import WorkItem, upstream_ref
+from .manifest import (MAX_ROW_PROBLEMS, Input, Manifest, Problem, Step, name_escapes, template_fields,
+                       template_value)
+from .sizes import Size, output_size
+
+SizeLookup = Callable[[str], "Size | None"]
+
+_STEM_BAD = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def stem_part(value: Any) -> str:
+    """A matrix value as part of a file name: safe characters only, at most 40 of them."""
+    text = str(template_value(value))
+    safe = _STEM_BAD.sub("_", text).strip("_.") or "_"
+    if len(safe) > 40 or safe != text and len(text) > 40:
+        digest = hashlib.sha1(text.encode("utf-8")).hexdigest()[:8]
+        safe = safe[:31].rstrip("_.-") + "-" + digest
+    return safe
+
+
+@dataclass(frozen=True, slots=True)
+class _Combo:
+    body: dict[str, Any]  # merged parameters (without the images)
+    vars: dict[str, Any]  # matrix values (raw)
+    tvars: dict[str, Any]  # matrix values as templates show them
+    suffix: str  # "-black-1", or ""
+    prompt: str | None  # the prompt template when it has placeholders
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    step: Step
+    combos: tuple[_Combo, ...]
+    refs: tuple[str, ...]
+    naming: str
+    naming_uses_key: bool
+
+
+def _has_fields(text: Any) -> bool:
+    return isinstance(text, str) and bool(template_fields(text))
+
+
+def _plan(manifest: Manifest, step: Step) -> _Plan:
+    base = manifest.step_params(step)
+    keys = list(step.matrix)
+    params = set(contract.STEP_PARAMS[step.op])
+    combos = []
+    for values in itertools.product(*(step.matrix[k] for k in keys)):
+        body = dict(base)
+        mvars: dict[str, Any] = {}
+        for k, v in zip(keys, values):
+            if k in params:
+                body[k] = v
+            mvars[k] = v
+        prompt = body.get("prompt") if step.op == "edit" else None
+        combos.append(_Combo(
+            body=body, vars=mvars, tvars={k: template_value(v) for k, v in mvars.items()},
+            suffix="".join("-" + stem_part(v) for v in values),
+            prompt=prompt if _has_fields(prompt) else None,
+        ))
+    return _Plan(step, tuple(combos), step.references, step.naming,
+                 any(n == "key" for n, _ in template_fields(step.naming)))
+
+
+# (item, input it descends from, stem, template variables)
+_Row = tuple[WorkItem, Input, str, dict[str, Any]]
+
+
+def _sources(manifest: Manifest, step: Step, sizes: SizeLookup | None
+             ) -> Iterator[tuple[Input, str, str | None, Size | None, Mapping[str, Any], Mapping[str, Any], str]]:
+    """(input, main image URL, upstream key, input size, inherited vars, inherited template vars, stem)."""
+    up = step.upstream
+    if up is not None:
+        upstep = manifest.step(up)
+        for item, inp, stem, tv in _rows(manifest, upstep, sizes):
+            size = output_size(item.op, item.body, item.input_size)  # type: ignore[arg-type]
+            yield inp, upstream_ref(item.key), item.key, size, item.vars, tv, stem
+        return
+    if step.input_ids is not None:
+        found = manifest.find_inputs(step.input_ids)
+        inputs: Any = (found[i] for i in step.input_ids if i in found)
+    else:
+        inputs = manifest.iter_inputs()
+    for inp in inputs:
+        size = inp.size
+        if size is None and sizes is not None:
+            size = sizes(inp.url)
+        yield inp, inp.url, None, size, inp.vars, inp.vars, inp.id
+
+
+def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None) -> Iterator[_Row]:
+    plan = _plan(manifest, step)
+    sid, op, refs, naming = step.id, step.op, list(plan.refs), plan.naming
+    is_edit = op == "edit"
+    build = WorkItem.build
+    index = 0
+    for inp, url, upkey, size, ivars, itvars, stem0 in _sources(manifest, step, sizes):
+        override = inp.params.get(op) if inp.params else None
+        oprompt = override.get("prompt") if override else None
+        for combo in plan.combos:
+            body = dict(combo.body)
+            if override:
+                body.update(override)
+            stem = stem0 + combo.suffix
+            tv = {**itvars, **combo.tvars} if itvars else dict(combo.tvars)
+            tv["input"] = inp.id
+            tv["step"] = sid
+            tv["index"] = index
+            tv["stem"] = stem
+            try:
+                if is_edit:
+                    body["images"] = [url, *refs] if refs else [url]
+                    tv["ext"] = "jpg"
+                    if oprompt is not None:
+                        body["prompt"] = oprompt.format_map(tv)
+                    elif combo.prompt is not None:
+                        body["prompt"] = combo.prompt.format_map(tv)
+                else:
+                    body["image"] = url
+                    tv["ext"] = body["output_format"]
+                name = naming.format_map(tv)
+            except (KeyError, ValueError, IndexError) as exc:
+                raise ManifestError([_render_problem(manifest, step, inp, exc)]) from None
+            item = build(step=sid, op=op, body=body, input_id=inp.id, output_name=name, upstream=upkey,
+                         input_size=size, vars={**ivars, **combo.vars} if ivars else combo.vars, index=index)
+            if plan.naming_uses_key:
+                tv["key"] = item.key[:12]
+                item = replace(item, output_name=naming.format_map(tv))
+            index += 1
+            yield item, inp, stem, tv
+
+
+def _render_problem(manifest: Manifest, step: Step, inp: Input, exc: Exception) -> Problem:
+    what = f"unknown placeholder {{{exc.args[0]}}}" if isinstance(exc, KeyError) else str(exc)
+    f, line, col = inp.origin.rsplit(":", 2) if inp.origin.count(":") >= 2 else (manifest.display, "1", "1")
+    return Problem(f, int(line), int(col), f"input {inp.id!r}",
+                   f"cannot render step {step.id!r} for this input: {what}",
+                   "use only variables the step defines (see docs/manifest.md, Templates)")
+
+
+def expand(manifest: Manifest, *, sizes: SizeLookup | None = None) -> Iterator[WorkItem]:
+    """Every work item of the manifest, step by step, streamed.
+
+    ``sizes(url)`` is asked for the size of root inputs whose size is not declared (it
+    may return None); chained items get the size their upstream will produce.
+    """
+    for step in manifest.steps:
+        for row in _rows(manifest, step, sizes):
+            yield row[0]
+
+
+def expand_step(manifest: Manifest, step_id: str, *, sizes: SizeLookup | None = None) -> Iterator[WorkItem]:
+    """The work items of one step (its upstream steps are re-generated, not yielded)."""
+    for row in _rows(manifest, manifest.step(step_id), sizes):
+        yield row[0]
+
+
+def count_items(manifest: Manifest) -> dict[str, int]:
+    """Items per step, in step order, without expanding (reads ``from:`` files once)."""
+    counts: dict[str, int] = {}
+    n_inputs: int | None = None
+    for step in manifest.steps:
+        if step.upstream is not None:
+            sources = counts[step.upstream]
+        elif step.input_ids is not None:
+            sources = len(step.input_ids)
+        else:
+            if n_inputs is None:
+                n_inputs = manifest.count_inputs()
+            sources = n_inputs
+        counts[step.id] = sources * step.matrix_size
+    return counts
+
+
+# -- validation pass 3 ---------------------------------------------------------------
+
+
+def _naming_path(manifest: Manifest, step: Step) -> tuple[Any, ...]:
+    data = manifest.located.data if manifest.located else {}
+    try:
+        if "naming" in data["steps"][step.index]:
+            return ("steps", step.index, "naming")
+    except (KeyError, IndexError, TypeError):
+        pass
+    return ("naming",) if isinstance(data, dict) and "naming" in data else ("steps", step.index)
+
+
+def check_items(manifest: Manifest) -> list[Problem]:
+    """Expand every step once: names inside output_dir, no two items of a step with one name.
+
+    Memory: one 64-bit hash per item of the step being checked; the names behind
+    colliding hashes are looked at in a second pass over that step only.
+    """
+    problems: list[Problem] = []
+    for step in manifest.steps:
+        npath = _naming_path(manifest, step)
+        seen: set[int] = set()
+        colliding: set[int] = set()
+        escapes = 0
+        try:
+            for item, inp, _stem, _tv in _rows(manifest, step, None):
+                name = item.output_name
+                h = hash(name)
+                if h in seen:
+                    colliding.add(h)
+                else:
+                    seen.add(h)
+                why = name_escapes(name)
+                if why:
+                    escapes += 1
+                    if escapes <= MAX_ROW_PROBLEMS:
+                        problems.append(manifest.problem(
+                            npath, f"step {step.id!r}, item {item.index} (input {inp.id!r}): the output name {name!r} "
+                                   f"{why}; names must stay inside output_dir",
+                            "build names from {step}, {stem}, {input}, {index} and matrix variables, with no '..' or leading '/'"))
+        except ManifestError as exc:
+            problems.extend(exc.problems)
+            continue
+        del seen
+        if colliding:
+            problems.extend(_duplicate_names(manifest, step, npath, colliding))
+    return problems
+
+
+def _duplicate_names(manifest: Manifest, step: Step, npath: tuple[Any, ...], colliding: set[int]) -> list[Problem]:
+    first: dict[str, int] = {}
+    out: list[Problem] = []
+    dups = 0
+    for item, _inp, _stem, _tv in _rows(manifest, step, None):
+        name = item.output_name
+        if hash(name) not in colliding:
+            continue
+        if name not in first:
+            first[name] = item.index
+            continue
+        dups += 1
+        if dups <= MAX_ROW_PROBLEMS:
+            out.append(manifest.problem(
+                npath, f"step {step.id!r}: items {first[name]} and {item.index} both render the output name {name!r}",
+                "make the naming template tell them apart, e.g. add {stem}, {index} or every matrix variable"))
+    if dups > MAX_ROW_PROBLEMS:
+        out.append(manifest.problem(npath, f"step {step.id!r}: {dups - MAX_ROW_PROBLEMS} more duplicate output names",
+                                    "fix the naming template"))
+    return out
