@@ -92,3 +92,17 @@ def png_bytes(size=(64, 48)) -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", size, (1, 2, 3)).save(buf, "PNG")
     return buf.getvalue()
+
+
+@pytest.fixture
+def emulator():
+    """A running gateway emulator (uvicorn in a thread) with near-zero timings.
+
+    Queue 0.05 s, processing 0.1 s, http webhooks allowed, key ``emulator.api_key``.
+    Change faults with ``emulator.configure(...)``, queue outcomes with
+    ``emulator.script([...])``, read ``emulator.ledger()`` / ``emulator.stats()``.
+    """
+    from pixbatch.emulator import fast_test_config, start_emulator
+
+    with start_emulator(fast_test_config()) as emu:
+        yield emu

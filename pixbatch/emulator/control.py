@@ -1,0 +1,158 @@
+"""Start an emulator and drive it from Python.
+
+``start_emulator`` runs the app either in this process (uvicorn in a daemon thread,
+via ``pixbatch.serve.serve_in_thread``) or in a subprocess (``python -m pixbatch
+emulator --port 0 --config-json ...``, which prints its URL on the first stdout line),
+so that a benchmark's client does not share the GIL with the emulator. Either way the
+returned ``RunningEmulator`` talks HTTP to the control routes, so its helpers behave
+the same in both modes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from ..serve import ServedApp, serve_in_thread
+from .app import create_app
+from .config import EmulatorConfig
+from .wallet import Ledger
+
+
+@dataclass
+class RunningEmulator:
+    """A live emulator: ``url`` is its base URL, ``api_key`` a key it accepts."""
+
+    url: str
+    api_key: str
+    config: EmulatorConfig
+    _served: ServedApp | None = None
+    _proc: subprocess.Popen | None = None
+    _client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30.0))
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """Headers for a gateway request with this emulator's key."""
+        return {"Ocp-Apim-Subscription-Key": self.api_key, "Content-Type": "application/json"}
+
+    def _get(self, path: str, **params: Any) -> Any:
+        r = self._client.get(self.url + path, params=params)
+        r.raise_for_status()
+        return r.json()
+
+    def _post(self, path: str, payload: Any) -> Any:
+        r = self._client.post(self.url + path, json=payload)
+        if r.status_code == 400:
+            raise ValueError(r.json().get("message", r.text))
+        r.raise_for_status()
+        return r.json()
+
+    def ledger(self) -> Ledger:
+        """Every settlement so far (due jobs are settled first), balance and totals."""
+        return Ledger.from_dict(self._get("/_emulator/ledger"))
+
+    def ledger_json(self, since: int = 0) -> dict[str, Any]:
+        return self._get("/_emulator/ledger", since=since)
+
+    def stats(self) -> dict[str, Any]:
+        return self._get("/_emulator/stats")
+
+    def topup(self, micros: int) -> int:
+        """Add ``micros`` to the wallet; returns the new balance."""
+        return self._post("/_emulator/topup", {"amount_micros": micros})["balance_micros"]
+
+    def configure(self, **settings: Any) -> dict[str, Any]:
+        """Change faults/timings at runtime (see ``EmulatorConfig.RUNTIME_FIELDS``); returns the config."""
+        for k, v in settings.items():
+            if hasattr(v, "to_json"):
+                settings[k] = v.to_json()
+        return self._post("/_emulator/config", settings)
+
+    def script(self, outcomes: list[dict[str, Any]]) -> int:
+        """Queue exact outcomes for the next submits; returns how many are queued."""
+        return self._post("/_emulator/script", outcomes)["queued"]
+
+    def clear_script(self) -> None:
+        self._client.delete(self.url + "/_emulator/script").raise_for_status()
+
+    def stop(self) -> None:
+        self._client.close()
+        if self._served is not None:
+            self._served.stop()
+            self._served = None
+        if self._proc is not None:
+            self._proc.terminate()
+            try:
+                self._proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait(5)
+            for stream in (self._proc.stdout, self._proc.stderr):
+                if stream is not None:
+                    stream.close()
+            self._proc = None
+
+    def __enter__(self) -> RunningEmulator:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def start_emulator(config: EmulatorConfig | None = None, *, in_process: bool = True, host: str = "127.0.0.1",
+                   port: int = 0, startup_timeout: float = 30.0) -> RunningEmulator:
+    """Start an emulator on ``host:port`` (0: a free port) and return once it accepts requests."""
+    config = config or EmulatorConfig()
+    if in_process:
+        served = serve_in_thread(create_app(config), host=host, port=port)
+        return RunningEmulator(url=served.url, api_key=config.api_key, config=config, _served=served)
+    cmd = [sys.executable, "-m", "pixbatch", "emulator", "--host", host, "--port", str(port),
+           "--config-json", json.dumps(config.to_dict())]
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    first: list[str] = []
+    reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
+    reader.start()
+    reader.join(startup_timeout)
+    url = first[0].strip() if first else ""
+    if not url.startswith("http"):
+        proc.kill()
+        _, err = proc.communicate(timeout=5)
+        raise RuntimeError(f"the emulator subprocess did not start (exit {proc.returncode}): {err.strip()[-2000:]}")
+    # keep draining stdout/stderr so the child never blocks on a full pipe
+    for stream in (proc.stdout, proc.stderr):
+        threading.Thread(target=_drain, args=(stream,), daemon=True).start()
+    return RunningEmulator(url=url, api_key=config.api_key, config=config, _proc=proc)
+
+
+def _drain(stream: Any) -> None:
+    try:
+        for _ in stream:
+            pass
+    except (ValueError, OSError):
+        pass
+
+
+def run_foreground(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8787,
+                   announce: Any = print, log_level: str = "warning") -> None:
+    """Serve until interrupted (SIGINT/SIGTERM). ``announce(url)`` is called once the port is bound."""
+    import socket
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)  # connections queue here until uvicorn accepts them
+    url = f"http://{host}:{sock.getsockname()[1]}"
+    announce(url)
+    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=log_level, access_log=False,
+                                           lifespan="on", backlog=2048))
+    server.run(sockets=[sock])
