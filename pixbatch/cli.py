@@ -118,4 +118,68 @@ def emulator_command(host: str, port: int, balance: str | None, keys: tuple[str,
     run_foreground(config, host, port, announce)
 
 
+# -- estimate --------------------------------------------------------------------------
+
+
+@cli.command("estimate")
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False))
+@click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
+              help="State file holding the probe cache [default: the manifest's state file].")
+@click.option("--pricing", "pricing_path", type=click.Path(dir_okay=False), default=None,
+              help="Price table JSON that replaces the built-in one.")
+@click.option("--budget", default=None, metavar="USD",
+              help="Exit 3 if the estimate's upper bound exceeds this [default: the manifest's budget_usd].")
+@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable estimate (amounts in micros and USD).")
+@click.option("--no-probe", is_flag=True,
+              help="Fetch nothing: unknown input sizes stay unknown and their items are priced as a range.")
+@click.option("--refresh-probes", is_flag=True, help="Retry probes that failed before (failures are cached).")
+@click.option("--probe-concurrency", type=click.IntRange(1, 512), default=16, show_default=True,
+              help="Images probed at once.")
+@click.option("--probe-timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+              help="Seconds allowed per image probe.")
+def estimate_command(manifest_path: str, state_path: str | None, pricing_path: str | None, budget: str | None,
+                     as_json: bool, no_probe: bool, refresh_probes: bool, probe_concurrency: int,
+                     probe_timeout: float) -> None:
+    """Estimate what MANIFEST will cost, sending nothing to the gateway.
+
+    Prints a line per step and price tier (count, unit price, subtotal), the total (exact,
+    or a low - high range where an input's size is unknown) and the assumptions made.
+    Inputs whose size changes a price are probed (first bytes only) and cached in the
+    state file, so a second estimate fetches nothing.
+    """
+    import json
+
+    from rich.console import Console
+
+    from .errors import BudgetExceeded
+    from .estimate import estimate_manifest, estimate_to_dict, render_estimate
+    from .manifest import load_manifest
+    from .money import format_usd, usd_to_micros
+    from .pricing import PriceTable
+
+    budget_micros = None
+    if budget is not None:
+        try:
+            budget_micros = usd_to_micros(budget)
+        except ValueError as exc:
+            raise click.BadParameter(str(exc), param_hint="--budget") from None
+        if budget_micros < 0:
+            raise click.BadParameter("must not be negative", param_hint="--budget")
+    table = PriceTable.load(pricing_path)
+    manifest = load_manifest(manifest_path)
+    if budget_micros is None:
+        budget_micros = manifest.budget_micros
+    est = estimate_manifest(manifest, table, state_path=state_path, probe=not no_probe, refresh=refresh_probes,
+                            concurrency=probe_concurrency, timeout=probe_timeout)
+    if as_json:
+        click.echo(json.dumps(estimate_to_dict(est, budget_micros=budget_micros), indent=2))
+    else:
+        render_estimate(est, Console(highlight=False), budget_micros=budget_micros)
+    if budget_micros is not None and est.high_micros > budget_micros:
+        raise BudgetExceeded(
+            f"the estimate's upper bound {format_usd(est.high_micros)} exceeds the budget {format_usd(budget_micros)} "
+            f"(lower bound {format_usd(est.low_micros)}). Raise --budget or budget_usd in the manifest, or remove items."
+        )
+
+
 main = cli

@@ -233,7 +233,11 @@ def estimate_items(items: Iterable[WorkItem], table: PriceTable, *, cause: Cause
 
 def estimate(manifest: Any, table: PriceTable, *, sizes: Callable[[str], Size | None] | None = None,
              cause: Cause | None = None, size_summary: SizeSummary | None = None) -> Estimate:
-    """The estimate of ``manifest`` (pure over ``expand``): sizes not declared come from ``sizes``."""
+    """The estimate of ``manifest`` (pure over ``expand``).
+
+    ``sizes(url)`` gives the size of root inputs whose size is not declared (or None);
+    chained items are priced from the size their upstream will produce.
+    """
     from .expand import expand
 
     b = EstimateBuilder(table, cause=cause)
@@ -276,13 +280,12 @@ def estimate_manifest(manifest: Any, table: PriceTable, *, state_path: str | Pat
     rep = probe_sizes_report(url_of.values(), cache_path=state if use_cache else None, fetch=probe,
                              refresh=refresh, concurrency=concurrency, timeout=timeout, transport=transport)
     results = rep.results
-    sized: dict[str, Size] = {}
+    sized = {u: r.size for u, r in results.items() if r.size is not None}
     probed = cached = 0
     ids_of_url: dict[str, list[str]] = {}
     for input_id, url in url_of.items():
         r = results.get(url)
         if r is not None and r.size is not None:
-            sized[input_id] = r.size
             if r.cached:
                 cached += 1
             else:
@@ -294,11 +297,9 @@ def estimate_manifest(manifest: Any, table: PriceTable, *, state_path: str | Pat
         for u, ids in ids_of_url.items()
     )
     summary = SizeSummary(declared=declared, needed=len(need), probed=probed, cached=cached,
-                          unknown=len(need) - len(sized), failures=failures, cache_note=rep.cache_note,
+                          unknown=len(need) - probed - cached, failures=failures, cache_note=rep.cache_note,
                           probing=probe)
-    if not sized:  # nothing learned: the first pass stands, now with the reasons
-        return estimate(manifest, table, cause=_cause(url_of, results, probe), size_summary=summary)
-    return estimate(manifest, table, sizes=sized.get, cause=_cause(url_of, results, probe),
+    return estimate(manifest, table, sizes=sized.get if sized else None, cause=_cause(url_of, results, probe),
                     size_summary=summary)
 
 
@@ -330,8 +331,8 @@ def assumptions_for(est: Estimate, table: PriceTable, summary: SizeSummary | Non
                        "so nothing was probed")
         else:
             how = "probed" if s.probing else "not probed (--no-probe)"
-            out.append(f"input sizes: {s.declared} declared in the manifest; {s.needed} undeclared inputs change a "
-                       f"price and were {how}: {s.probed} probed now, {s.cached} from the probe cache, "
+            out.append(f"input sizes: {s.declared} declared in the manifest; {s.needed} input(s) without a declared "
+                       f"size change a price and were {how}: {s.probed} probed now, {s.cached} from the probe cache, "
                        f"{s.unknown} unknown (priced as a range)")
         if s.cache_note:
             out.append(f"{s.cache_note} (the estimate works without it)")
@@ -408,8 +409,7 @@ def render_estimate(est: Estimate, console: Any, *, budget_micros: int | None = 
     t.add_column("unit", justify="right")
     t.add_column("subtotal", justify="right", footer=est.total_text())
     for x in est.lines:
-        tier = x.tier if x.exact else f"{x.tier} (uncertain)"
-        t.add_row(x.step, x.op, tier, f"{x.count:,}", rng(x.unit_low_micros, x.unit_high_micros),
+        t.add_row(x.step, x.op, x.tier, f"{x.count:,}", rng(x.unit_low_micros, x.unit_high_micros),
                   rng(x.subtotal_low_micros, x.subtotal_high_micros))
     console.print(t)
     if est.exact:
