@@ -182,4 +182,47 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
         )
 
 
+# -- validate --------------------------------------------------------------------------
+
+
+@cli.command("validate")
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False))
+@click.option("--json", "as_json", is_flag=True, help="Print the problems (and the summary) as JSON.")
+@click.pass_context
+def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> None:
+    """Check MANIFEST and report every problem at once.
+
+    Each problem is printed as FILE:LINE:COLUMN: PATH: what is wrong (how to fix it).
+    Exit 0 when the manifest is valid (with a summary: inputs, steps, work items),
+    2 when it is not.
+    """
+    import json
+
+    from .expand import count_items
+    from .manifest import check_manifest, load_manifest
+
+    problems = check_manifest(manifest_path)
+    summary = None
+    if not problems:
+        manifest = load_manifest(manifest_path, deep=False)
+        per_step = count_items(manifest)
+        summary = {"inputs": manifest.count_inputs(), "steps": len(manifest.steps),
+                   "items": sum(per_step.values()), "items_per_step": per_step}
+    if as_json:
+        click.echo(json.dumps({"file": manifest_path, "valid": not problems,
+                               "problems": [p.to_dict() for p in problems], "summary": summary}, indent=2))
+    elif problems:
+        for p in problems:
+            click.echo(str(p))
+        n = len(problems)
+        click.echo(f"{manifest_path}: {n} problem{'s' if n != 1 else ''}; the manifest is not valid.", err=True)
+    else:
+        assert summary is not None
+        steps = ", ".join(f"{k} {v:,}" for k, v in summary["items_per_step"].items())
+        click.echo(f"{manifest_path} is valid: {summary['inputs']:,} inputs, {summary['steps']} steps, "
+                   f"{summary['items']:,} work items ({steps}).")
+    if problems:
+        ctx.exit(2)
+
+
 main = cli

@@ -407,6 +407,8 @@ def _iter_file(src: FileSource, problems: list[Problem] | None, *,
                    "save the file as UTF-8")
         except csv.Error as exc:
             report(1, 1, "(file)", f"{src.display} is not valid CSV: {exc}", "check the quoting in the file")
+    if header_out is not None:
+        header_out.append(bad)
     if problems is not None and bad > MAX_ROW_PROBLEMS:
         problems.append(Problem(src.display, 1, 1, "(file)",
                                 f"{bad - MAX_ROW_PROBLEMS} more rows have problems (only the first {MAX_ROW_PROBLEMS} are listed)",
@@ -674,14 +676,23 @@ def _build(c: _Checker, data: dict[str, Any]) -> Manifest | None:
     if "budget_usd" in data:
         raw = data["budget_usd"]
         text = raw if isinstance(raw, str) else c.loc.texts.get(("budget_usd",))
-        if text is not None and not isinstance(raw, bool):
+        shape_ok = not isinstance(raw, str) or re.match(r"^[0-9]+(\.[0-9]{1,6})?$", raw)  # else: schema said so
+        if text is not None and not isinstance(raw, bool) and shape_ok:
             try:
-                budget = usd_to_micros(Decimal(text.strip()))
-                if budget <= 0:
-                    c.add(("budget_usd",), "the budget must be more than 0", "write a positive amount, e.g. \"25.00\"")
-            except (InvalidOperation, ValueError) as exc:
-                c.add(("budget_usd",), f"{text!r} is not an exact amount of dollars ({exc})",
-                      "write it like \"25.00\" (at most 6 decimal places)")
+                amount = Decimal(text.strip())
+                if not amount.is_finite():
+                    raise InvalidOperation
+            except InvalidOperation:
+                c.add(("budget_usd",), f"{text!r} is not an amount of dollars", "write it like \"25.00\"")
+            else:
+                try:
+                    budget = usd_to_micros(amount)
+                except ValueError:
+                    c.add(("budget_usd",), f"{text} has more than 6 decimal places",
+                          "round it to at most 6 decimal places (micro-dollars), e.g. \"25.00\"")
+                else:
+                    if budget <= 0 and isinstance(raw, str):  # a number <= 0 is reported by the schema
+                        c.add(("budget_usd",), "the budget must be more than 0", "write a positive amount, e.g. \"25.00\"")
 
     name = data.get("name") if isinstance(data.get("name"), str) and data.get("name") else c.path.stem
     naming = data.get("naming") if isinstance(data.get("naming"), str) and data.get("naming") else DEFAULT_NAMING
@@ -835,9 +846,10 @@ def _scan_inputs(c: _Checker, sources: list[Input | FileSource], wanted: set[str
                 sample.append(inp.id)
         total += n
         if isinstance(src, FileSource):
-            cols, extra = header[0] if header else ({}, [])
+            cols, extra = header[0] if len(header) > 1 else ({}, [])
+            bad_rows = header[-1] if header else 0
             source_vars.append(frozenset(name for _, name in extra if _IDENT_RE.match(name)))
-            if n == 0 and (not header or "url" in cols or not (cols or extra)):
+            if n == 0 and bad_rows == 0:
                 i = _source_index(c, src)
                 c.add(("inputs", i, "from"), f"{src.display} has no {'rows' if src.kind == 'csv' else 'URLs'}, so it expands to nothing",
                       "add rows under the header (url,id,width,height)" if src.kind == "csv" else "add one URL per line")
@@ -1116,14 +1128,14 @@ def _check_template(c: _Checker, path: tuple[Any, ...], text: str, known: set[st
                 except ValueError as exc:
                     c.add(path, f"placeholder {{{name}:{spec}}} has an invalid format ({exc}){where}",
                           "drop the ':...' part, or use a format such as {index:04d}")
-    if is_naming and own or is_naming and not c.problems:
+    if is_naming:
         try:
             rendered = text.format_map(_Missing(sample))
         except (ValueError, KeyError, IndexError):
             return
         why = name_escapes(rendered)
         if why and "empty" not in why:
-            c.add(path, f"the output name {rendered!r} {why}; names must stay inside output_dir" + where,
+            c.add(path, f"the output name {rendered!r} {why}; names must stay inside output_dir",
                   "use a relative name such as \"{step}/{stem}.{ext}\"")
 
 
