@@ -253,12 +253,15 @@ def suggest(word: Any, candidates: Iterable[str]) -> str | None:
     """'did you mean' for a misspelled key or value."""
     if not isinstance(word, str):
         return None
-    cands = [c for c in candidates if isinstance(c, str)]
+    cands = [c for c in candidates if isinstance(c, str) and c != word]
     match = difflib.get_close_matches(word, cands, n=1, cutoff=0.6)
-    if not match:
-        lowered = {c.lower(): c for c in cands}
-        return lowered.get(word.lower())
-    return match[0]
+    if match:
+        return match[0]
+    lowered: dict[str, str] = {}
+    for c in cands:
+        lowered.setdefault(c.lower(), c)
+    match = difflib.get_close_matches(word.lower(), list(lowered), n=1, cutoff=0.6)
+    return lowered[match[0]] if match else None
 
 
 # -- templates -----------------------------------------------------------------------
