@@ -37,6 +37,8 @@ from .pricing import Price, PriceTable
 from .sizes import Size
 
 MAX_EXAMPLES = 3
+_NOT_PRICED = frozenset({"image", "images", "prompt"})
+_MEMO_MAX = 10_000  # distinct (parameters, input size) combinations remembered
 
 
 @dataclass(frozen=True, slots=True)
@@ -154,6 +156,7 @@ class EstimateBuilder:
         self._lines: dict[tuple[str, str, str, str, str | None], list[int]] = {}
         self._uncertain: dict[tuple[str, str], tuple[list[int], list[str]]] = {}
         self._seen: set[int] = set()
+        self._memo: dict[tuple[Any, ...], Price] = {}
         self.item_count = 0
         self.duplicates = 0
 
@@ -165,8 +168,22 @@ class EstimateBuilder:
                 self.duplicates += 1
                 return None
             self._seen.add(k)
-        price = self.table.price(item.op, item.body, item.input_size)
-        return self.add_priced(item, price)
+        return self.add_priced(item, self._price(item))
+
+    def _price(self, item: WorkItem) -> Price:
+        """``table.price``, memoised on everything but the image URLs and the prompt (which
+        never change a price), so the many items of a matrix are priced once."""
+        body = item.body
+        try:
+            k = (item.op, item.input_size, *[(a, v) for a, v in body.items() if a not in _NOT_PRICED])
+            price = self._memo.get(k)
+        except TypeError:  # an unhashable parameter value: price it directly
+            return self.table.price(item.op, body, item.input_size)
+        if price is None:
+            price = self.table.price(item.op, body, item.input_size)
+            if len(self._memo) < _MEMO_MAX:
+                self._memo[k] = price
+        return price
 
     def add_priced(self, item: WorkItem, price: Price) -> Price:
         self.item_count += 1
@@ -256,7 +273,6 @@ def estimate_manifest(manifest: Any, table: PriceTable, *, state_path: str | Pat
     ``probe=False`` nothing is fetched: cached sizes are used, the rest stay ranges.
     """
     from .expand import expand
-    from .probe import probe_sizes_report
 
     first = EstimateBuilder(table)
     need: set[str] = set()
@@ -274,6 +290,8 @@ def estimate_manifest(manifest: Any, table: PriceTable, *, state_path: str | Pat
             url_of[inp.id] = inp.url
     if not need:
         return _finish(first, SizeSummary(declared=declared, probing=probe))
+
+    from .probe import probe_sizes_report  # imports duckdb, httpx, Pillow: only when needed
 
     state = Path(state_path if state_path is not None else manifest.state_path)
     use_cache = probe or state.exists()
