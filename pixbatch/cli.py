@@ -166,7 +166,9 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
         if budget_micros < 0:
             raise click.BadParameter("must not be negative", param_hint="--budget")
     table = PriceTable.load(pricing_path)
-    manifest = load_manifest(manifest_path)
+    # deep=False: skip the output-name pass (a full extra expansion); names do not change
+    # the price and `validate` / `run` check them
+    manifest = load_manifest(manifest_path, deep=False)
     if budget_micros is None:
         budget_micros = manifest.budget_micros
     est = estimate_manifest(manifest, table, state_path=state_path, probe=not no_probe, refresh=refresh_probes,
