@@ -1,0 +1,282 @@
+"""Settle what a run left open, so the report after a crash is exact.
+
+A run that stops (crash, kill, Ctrl-C, lost network) can leave items whose final status
+and cost are unknown to the state file: SUBMITTED (the gateway has a request id for them),
+SUBMITTING with a request id that was committed just before the crash, or a terminal state
+whose charge was never written. ``reconcile`` polls the gateway's status endpoint for each
+of them (never submits anything), and for a terminal status writes the state, the gateway
+status, the error, the timestamps, the actual price tier and the charge the price table
+says that status costs (``PriceTable.charge_for``), releases the reservation, and appends
+an ``events`` row (``kind = 'state'``, ``detail.by = 'reconcile'``). Items still QUEUED or
+PROCESSING are polled again until they finish or ``wait`` seconds pass.
+
+Upscales in factor mode are priced by their real output size: when it is not known from
+the input size (the input was another item's output of unknown size), the output is
+downloaded and measured. AMBIGUOUS items (no request id was ever recorded) cannot be
+polled; the report lists them as money at risk.
+
+The gateway is any object with ``async status(request_id, polling_path=None)`` returning a
+``gateway.JobStatus`` (and ``async download(url)`` for the factor-mode case): the real
+``gateway.Gateway``, or a fake in tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Protocol
+
+import duckdb
+
+from .contract import TERMINAL_STATUSES
+from .errors import AuthError, GatewayError, NotFound, StateLocked
+from .migrations import connect
+from .pricing import PriceTable
+from .sizes import Size, output_size
+
+
+class StatusSource(Protocol):
+    async def status(self, request_id: str, polling_path: str | None = None) -> Any: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Settled:
+    """What reconcile found for one item."""
+
+    key: str
+    step: str
+    request_id: str
+    before: str  # items.state before
+    after: str  # items.state after (unchanged if still running or not found)
+    gateway_status: str | None  # QUEUED/PROCESSING/COMPLETED/FAILED/ERROR; None: not answered
+    charged_micros: int | None  # set when settled now
+    note: str | None = None  # not found / could not poll: why
+
+
+@dataclass(frozen=True, slots=True)
+class ReconcileResult:
+    items: tuple[Settled, ...]
+
+    def _n(self, pred: Callable[[Settled], bool]) -> int:
+        return sum(1 for s in self.items if pred(s))
+
+    @property
+    def checked(self) -> int:
+        return len(self.items)
+
+    @property
+    def settled(self) -> int:
+        return self._n(lambda s: s.charged_micros is not None)
+
+    @property
+    def still_running(self) -> int:
+        return self._n(lambda s: s.gateway_status is not None and s.gateway_status not in TERMINAL_STATUSES)
+
+    @property
+    def unresolved(self) -> int:
+        """Not answered: unknown request id, or the gateway could not be reached."""
+        return self._n(lambda s: s.gateway_status is None)
+
+    @property
+    def charged_micros(self) -> int:
+        return sum(s.charged_micros or 0 for s in self.items)
+
+
+@dataclass
+class _Open:
+    key: str
+    step: str
+    op: str
+    body: dict
+    state: str
+    request_id: str
+    polling_path: str | None
+    input_size: Size | None
+    output_size: Size | None
+    started_at: datetime | None
+
+
+def _utcnow() -> datetime:
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def _naive_utc(v: datetime | None) -> datetime | None:
+    if v is None:
+        return None
+    return v.astimezone(timezone.utc).replace(tzinfo=None) if v.tzinfo else v
+
+
+def open_items(db: duckdb.DuckDBPyConnection) -> list[_Open]:
+    """Items whose final status or charge is unknown, and that have a request id to poll."""
+    cols = {r[0] for r in db.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = 'items' AND schema_name = 'main'").fetchall()}
+    polling = "i.polling_path" if "polling_path" in cols else "NULL"
+    rows = db.execute(
+        f"""
+        SELECT i.key, i.step, i.op, i.body, i.state,
+               coalesce(i.request_id, (SELECT a.request_id FROM attempts a WHERE a.key = i.key
+                                       AND a.request_id IS NOT NULL ORDER BY a.n DESC LIMIT 1)) AS rid,
+               {polling}, i.input_width, i.input_height, i.output_width, i.output_height,
+               u.output_width, u.output_height, i.started_at
+        FROM items i LEFT JOIN items u ON u.key = i.upstream
+        WHERE (i.state IN ('SUBMITTING', 'SUBMITTED', 'AMBIGUOUS')
+               OR (i.state IN ('COMPLETED', 'FAILED', 'ERROR') AND i.charged_micros IS NULL))
+          AND rid IS NOT NULL
+        ORDER BY i.step, i.idx
+        """
+    ).fetchall()
+    out = []
+    for key, step, op, body, state, rid, pp, iw, ih, ow, oh, uw, uh, started in rows:
+        insize = (iw, ih) if iw and ih else ((uw, uh) if uw and uh else None)
+        out.append(_Open(key, step, op, json.loads(body), state, rid, pp, insize,
+                         (ow, oh) if ow and oh else None, started))
+    return out
+
+
+def _tier(table: PriceTable, it: _Open, size: Size | None) -> str:
+    if it.op == "upscale" and size is not None and it.body.get("upscale_mode", "target") == "factor":
+        return table.upscale_tier_for_size(size).name
+    p = table.price(it.op, it.body, it.input_size)
+    return p.high.name if p.exact else f"{p.low.name} .. {p.high.name}"
+
+
+async def _measure(gateway: Any, url: str) -> Size | None:
+    from PIL import Image
+
+    download = getattr(gateway, "download", None)
+    if download is None:
+        return None
+    d = await download(url)
+    with Image.open(io.BytesIO(d.data)) as img:
+        return img.size
+
+
+async def _poll(gateway: StatusSource, table: PriceTable, it: _Open) -> tuple[Settled, dict | None]:
+    """Poll one item; returns the outcome and, for a terminal status, the columns to write."""
+    try:
+        st = await gateway.status(it.request_id, it.polling_path)
+    except NotFound:
+        return Settled(it.key, it.step, it.request_id, it.state, it.state, None, None,
+                       "the gateway does not know this request id"), None
+    except AuthError:
+        raise
+    except GatewayError as exc:
+        return Settled(it.key, it.step, it.request_id, it.state, it.state, None, None, str(exc)), None
+    if st.status not in TERMINAL_STATUSES:
+        cols = {"gateway_status": st.status, "state": "SUBMITTED"}
+        return Settled(it.key, it.step, it.request_id, it.state, "SUBMITTED", st.status, None), cols
+    size = it.output_size
+    media_url = st.media_urls[0] if st.media_urls else None
+    if st.status == "COMPLETED" and size is None:
+        size = output_size(it.op, it.body, it.input_size)
+        if size is None and it.op == "upscale" and it.body.get("upscale_mode", "target") == "factor" and media_url:
+            size = await _measure(gateway, media_url)
+    charge = table.charge_for(it.op, st.status, size if st.status == "COMPLETED" else None, it.body, it.input_size)
+    cols = {
+        "state": st.status, "gateway_status": st.status, "error": st.error, "charged_micros": charge,
+        "reserved_micros": 0, "tier": _tier(table, it, size if st.status == "COMPLETED" else None),
+        "media_url": media_url, "media_type": st.media_type,
+        "output_width": size[0] if size and st.status == "COMPLETED" else None,
+        "output_height": size[1] if size and st.status == "COMPLETED" else None,
+        "finished_at": _naive_utc(st.completed_at) or _utcnow(),
+    }
+    return Settled(it.key, it.step, it.request_id, it.state, st.status, st.status, charge), cols
+
+
+def _write(db: duckdb.DuckDBPyConnection, results: list[tuple[Settled, dict | None]], *, now: datetime) -> None:
+    db.execute("BEGIN TRANSACTION")
+    try:
+        for s, cols in results:
+            if cols is None:
+                db.execute("INSERT INTO events (ts, key, kind, detail) VALUES (?, ?, 'reconcile', ?)",
+                           [now, s.key, json.dumps({"by": "reconcile", "request_id": s.request_id,
+                                                    "problem": s.note})])
+                continue
+            sets = ", ".join(f"{c} = ?" for c in cols)
+            params = list(cols.values())
+            extra = ", polls = polls + 1, updated_at = ?, request_id = coalesce(request_id, ?)"
+            start = []
+            if cols.get("gateway_status") == "PROCESSING":  # first seen processing now (at the latest)
+                extra += ", started_at = coalesce(started_at, ?)"
+                start = [now]
+            db.execute(f"UPDATE items SET {sets}{extra} WHERE key = ?",
+                       params + [now, s.request_id] + start + [s.key])
+            if s.before != s.after or s.charged_micros is not None:
+                detail = {"by": "reconcile", "from": s.before, "state": s.after, "request_id": s.request_id,
+                          "gateway_status": s.gateway_status}
+                if s.charged_micros is not None:
+                    detail["charged_micros"] = s.charged_micros
+                db.execute("INSERT INTO events (ts, key, kind, detail) VALUES (?, ?, 'state', ?)",
+                           [now, s.key, json.dumps(detail)])
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+
+
+async def reconcile_db(db: duckdb.DuckDBPyConnection, gateway: StatusSource, table: PriceTable, *,
+                       wait: float = 0.0, poll_interval: float = 1.0, concurrency: int = 16,
+                       on_pass: Callable[[int, int], None] | None = None) -> ReconcileResult:
+    """Poll every open item once, then again every ``poll_interval`` s while some still run (up to ``wait`` s)."""
+    pending = open_items(db)
+    final: dict[str, Settled] = {}
+    sem = asyncio.Semaphore(concurrency)
+    deadline = time.monotonic() + wait
+
+    async def one(it: _Open) -> tuple[Settled, dict | None]:
+        async with sem:
+            return await _poll(gateway, table, it)
+
+    passes = 0
+    while pending:
+        passes += 1
+        results = await asyncio.gather(*(one(it) for it in pending))
+        _write(db, results, now=_utcnow())
+        still = []
+        by_key = {it.key: it for it in pending}
+        for s, _ in results:
+            final[s.key] = s
+            if s.gateway_status is not None and s.gateway_status not in TERMINAL_STATUSES:
+                it = by_key[s.key]
+                it.state = "SUBMITTED"
+                still.append(it)
+        if on_pass is not None:
+            on_pass(passes, len(still))
+        if not still or time.monotonic() + poll_interval > deadline:
+            break
+        await asyncio.sleep(poll_interval)
+        pending = still
+    return ReconcileResult(tuple(final.values()))
+
+
+def reconcile(state_path: str | Path, gateway_factory: Callable[[], Any], table: PriceTable, *,
+              wait: float = 0.0, poll_interval: float = 1.0, concurrency: int = 16) -> ReconcileResult:
+    """Open the state file read-write and reconcile it; ``gateway_factory()`` makes the (async) gateway.
+
+    Raises ``StateLocked`` while a run holds the file: that run settles its own items.
+    """
+    try:
+        db = connect(state_path)
+    except StateLocked as exc:
+        raise StateLocked(f"{exc} A running `pixbatch run` settles its own items; reconcile after it ends.") from None
+
+    async def go() -> ReconcileResult:
+        gw = gateway_factory()
+        try:
+            return await reconcile_db(db, gw, table, wait=wait, poll_interval=poll_interval,
+                                      concurrency=concurrency)
+        finally:
+            close = getattr(gw, "aclose", None)
+            if close is not None:
+                await close()
+
+    try:
+        return asyncio.run(go())
+    finally:
+        db.close()
