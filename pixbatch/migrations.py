@@ -232,3 +232,16 @@ def _holder(msg: str) -> str:
 
     m = re.search(r"PID (\d+)", msg)
     return f"PID {m.group(1)}" if m else "another process"
+
+
+@migration
+def m003_item_scope_attempts(db: duckdb.DuckDBPyConnection) -> None:
+    # items.scope: digest of the expansion (manifest) an item was last part of, so `run` and
+    # `status` work on what the current manifest asks for, not on items a previous version
+    # of it had (a state file outlives manifest edits; completed keys are still reused).
+    # items.attempts: submit attempts so far (the next attempts.n), without scanning attempts.
+    # items.polling_path: the path of the polling_url the 202 gave (polled under base_url).
+    # (DuckDB cannot add a NOT NULL column to an indexed table: these are nullable.)
+    db.execute("ALTER TABLE items ADD COLUMN scope VARCHAR")
+    db.execute("ALTER TABLE items ADD COLUMN attempts INTEGER DEFAULT 0")
+    db.execute("ALTER TABLE items ADD COLUMN polling_path VARCHAR")

@@ -1,0 +1,364 @@
+"""Async client for the P-Image gateway (Pixazo): submit, status, download.
+
+One ``Gateway`` per run. It speaks the documented contract (``contract.py``): POST the
+request body to the operation's endpoint with the key in ``Ocp-Apim-Subscription-Key``,
+get ``202 {request_id, status, polling_url}``; GET the polling URL's *path* under the
+base URL until a terminal status; download ``output.media_url`` (public CDN URLs: the key
+is never sent there). Swapping the emulator for the real gateway changes only the base URL.
+
+Transport: ``httpx_aiohttp.AiohttpTransport`` by default (about 10x the throughput of
+httpx's own pool at 64 concurrent requests); tests pass ``transport=httpx.MockTransport``
+or ``httpx.ASGITransport``.
+
+What is retried is decided by ``retry_policy`` (see the table there); the rule that matters
+for money: a submit whose outcome is unknown (connection dropped or timed out after the
+request left, a 2xx with a body we cannot read, a 502/504) raises ``SubmitUnknown`` and is
+never retried here. Every HTTP exchange is reported to ``on_exchange`` (method, path,
+status, milliseconds: never headers, never the key).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any
+from urllib.parse import urljoin, urlsplit
+
+import httpx
+
+from . import retry_policy
+from .contract import AUTH_HEADER, ENDPOINTS, STATUS_PATH, STATUSES, TERMINAL_STATUSES
+from .errors import (
+    AuthError,
+    BadRequest,
+    GatewayError,
+    InsufficientBalance,
+    NotFound,
+    ProtocolError,
+    RateLimited,
+    ServerError,
+    redact,
+)
+from .ratelimit import AdaptiveRateLimiter
+from .retry_policy import DEFAULT_POLICY, RetryPolicy
+
+DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
+#: the most throttled (429) tries one call makes before giving up
+MAX_THROTTLED_TRIES = 200
+
+
+class SubmitUnknown(GatewayError):
+    """The submit may or may not have been accepted (and charged): never retry automatically."""
+
+
+class NetworkError(GatewayError):
+    """The gateway could not be reached (after retries, for idempotent calls)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Accepted:
+    request_id: str
+    status: str
+    polling_path: str  # path (and query) of polling_url, to be joined with the base URL
+
+
+@dataclass(frozen=True, slots=True)
+class JobStatus:
+    request_id: str
+    status: str  # QUEUED | PROCESSING | COMPLETED | FAILED | ERROR
+    media_urls: tuple[str, ...] = ()
+    media_type: str | None = None
+    error: str | None = None
+    created_at: datetime | None = None
+    completed_at: datetime | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def server_seconds(self) -> float | None:
+        """completed_at - created_at as the gateway saw it (None when unknown)."""
+        if self.created_at and self.completed_at:
+            return max(0.0, (self.completed_at - self.created_at).total_seconds())
+        return None
+
+
+@dataclass(frozen=True, slots=True)
+class Download:
+    data: bytes
+    content_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """One HTTP exchange, as recorded in the events table."""
+
+    method: str
+    path: str
+    status: int | None  # None: no response (network error)
+    ms: float
+    error: str | None = None
+
+
+def parse_timestamp(value: Any) -> datetime | None:
+    """The gateway writes both ``2026-03-31T07:32:20.000Z`` and ``2026-05-22 13:19:23``."""
+    if not isinstance(value, str) or not value.strip():
+        return None
+    v = value.strip().replace("Z", "+00:00")
+    try:
+        dt = datetime.fromisoformat(v)
+    except ValueError:
+        return None
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return dt
+
+
+def _message(resp: httpx.Response) -> str:
+    try:
+        data = resp.json()
+    except ValueError:
+        return resp.text[:300]
+    if isinstance(data, dict):
+        parts = [str(data[k]) for k in ("error", "message") if data.get(k)]
+        if parts:
+            return ": ".join(parts)
+    return resp.text[:300]
+
+
+class Gateway:
+    def __init__(self, base_url: str = DEFAULT_BASE_URL, api_key: str | None = None, *,
+                 transport: httpx.AsyncBaseTransport | None = None, timeout: float = 30.0,
+                 limiter: AdaptiveRateLimiter | None = None, policy: RetryPolicy = DEFAULT_POLICY,
+                 on_exchange: Callable[[Exchange], None] | None = None, max_connections: int = 256,
+                 download_transport: httpx.AsyncBaseTransport | None = None):
+        if not api_key:
+            raise AuthError("no API key: set PIXAZO_API_KEY to your Pixazo subscription key and run again.")
+        self.base_url = base_url.rstrip("/")
+        self._key = api_key
+        self.limiter = limiter or AdaptiveRateLimiter(None)
+        self.policy = policy
+        self.on_exchange = on_exchange
+        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
+        if transport is None:
+            from httpx_aiohttp import AiohttpTransport
+
+            transport = AiohttpTransport(limits=limits)
+        if download_transport is None:
+            download_transport = transport if not _is_aiohttp(transport) else _aiohttp_transport(limits)
+        # httpx stores the header; it is never logged or put in exceptions by this module
+        self._client = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout,
+                                         headers={AUTH_HEADER: api_key, "Cache-Control": "no-cache"})
+        self._cdn = httpx.AsyncClient(transport=download_transport, timeout=timeout, follow_redirects=True)
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+        await self._cdn.aclose()
+
+    async def __aenter__(self) -> Gateway:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    # -- plumbing ---------------------------------------------------------------------
+
+    def _record(self, method: str, path: str, status: int | None, t0: float, error: str | None = None) -> None:
+        if self.on_exchange is not None:
+            self.on_exchange(Exchange(method, path, status, round((time.perf_counter() - t0) * 1000, 2),
+                                      redact(error, (self._key,)) if error else None))
+
+    async def _send(self, client: httpx.AsyncClient, method: str, url: str, path: str, **kw: Any) -> httpx.Response:
+        t0 = time.perf_counter()
+        try:
+            resp = await client.request(method, url, **kw)
+        except httpx.TransportError as exc:
+            self._record(method, path, None, t0, f"{type(exc).__name__}: {exc}")
+            raise
+        self._record(method, path, resp.status_code, t0)
+        return resp
+
+    def _raise_for_definite(self, resp: httpx.Response, what: str) -> None:
+        code = resp.status_code
+        msg = redact(_message(resp), (self._key,))
+        if code in (401, 403):
+            raise AuthError(
+                f"the gateway refused the API key ({code} {msg}) on {what}. Check PIXAZO_API_KEY "
+                "(and that the key is allowed to use this model), then run again.", status_code=code)
+        if code == 402:
+            raise InsufficientBalance(
+                f"insufficient balance ({msg}). Top up the Pixazo wallet, then run the same command again "
+                "to resume.", status_code=code, body=msg)
+        if code == 400:
+            raise BadRequest(f"the gateway rejected {what}: {msg}", status_code=code, body=msg)
+        if code == 404:
+            raise NotFound(f"{what}: not found ({msg})", status_code=code, body=msg)
+
+    # -- submit -------------------------------------------------------------------------
+
+    async def submit(self, op: str, body: dict[str, Any]) -> Accepted:
+        """POST one request; returns the acceptance or raises.
+
+        Raises ``SubmitUnknown`` when it may have been accepted; ``BadRequest``/``NotFound``
+        (not accepted, not charged); ``AuthError``; ``InsufficientBalance``; ``RateLimited``
+        or ``ServerError`` when definite refusals outlast the retries.
+        """
+        path = ENDPOINTS[op]
+        content = json.dumps(body, separators=(",", ":")).encode()
+        headers = {"Content-Type": "application/json"}
+        attempt = throttled = 0
+        while True:
+            attempt += 1
+            await self.limiter.acquire()
+            try:
+                resp = await self._send(self._client, "POST", path, path, content=content, headers=headers)
+            except httpx.TransportError as exc:
+                if retry_policy.retry_transport_error(exc, idempotent=False) and attempt < self.policy.max_attempts:
+                    await asyncio.sleep(self.policy.backoff(attempt))
+                    continue
+                if retry_policy.request_never_sent(exc):
+                    raise NetworkError(f"cannot reach the gateway at {self.base_url}: {type(exc).__name__} "
+                                       f"{redact(str(exc), (self._key,))}. Check --base-url and the network.") from None
+                raise SubmitUnknown(f"submit to {path}: the connection failed after the request was sent "
+                                    f"({type(exc).__name__}); the gateway may have accepted it.") from None
+            code = resp.status_code
+            if 200 <= code < 300:
+                try:
+                    data = resp.json()
+                    rid = data["request_id"]
+                    if not isinstance(rid, str) or not rid:
+                        raise ValueError("empty request_id")
+                except (ValueError, KeyError, TypeError):
+                    raise SubmitUnknown(f"submit to {path}: {code} with an unreadable body "
+                                        f"({resp.text[:120]!r}); the gateway may have accepted it.") from None
+                polling = data.get("polling_url")
+                polling_path = STATUS_PATH.format(request_id=rid)
+                if isinstance(polling, str) and polling:
+                    parts = urlsplit(polling)
+                    if parts.path:
+                        polling_path = parts.path + (f"?{parts.query}" if parts.query else "")
+                return Accepted(rid, str(data.get("status") or "QUEUED"), polling_path)
+            if code == 429:
+                ra = retry_policy.parse_retry_after(resp.headers.get("Retry-After"))
+                throttled += 1
+                attempt -= 1  # a throttle is not a failure; it has its own allowance
+                self.limiter.on_throttle(self.policy.wait_for_retry_after(ra, throttled))
+                if throttled < MAX_THROTTLED_TRIES:
+                    continue
+                raise RateLimited(f"submit to {path}: still throttled (429) after {throttled} tries; "
+                                  "lower --max-rps or --concurrency.", retry_after=ra, status_code=429)
+            if retry_policy.submit_status_is_ambiguous(code):
+                raise SubmitUnknown(f"submit to {path}: {code} from a proxy; the gateway may have accepted it.",
+                                    status_code=code)
+            if retry_policy.retry_status(code, idempotent=False):
+                if attempt < self.policy.max_attempts:
+                    await asyncio.sleep(self.policy.backoff(attempt))
+                    continue
+                raise ServerError(f"submit to {path}: the gateway kept failing ({code}) after {attempt} tries.",
+                                  status_code=code)
+            self._raise_for_definite(resp, f"submit to {path}")
+            raise GatewayError(f"submit to {path}: unexpected HTTP {code}: {_message(resp)}", status_code=code)
+
+    # -- status -------------------------------------------------------------------------
+
+    async def status(self, request_id: str, polling_path: str | None = None) -> JobStatus:
+        path = polling_path or STATUS_PATH.format(request_id=request_id)
+        data = await self._get_json(path)
+        try:
+            st = data["status"]
+            if st not in STATUSES:
+                raise ValueError(st)
+            out = data.get("output") or {}
+            urls = out.get("media_url") or ()
+            if isinstance(urls, str):
+                urls = (urls,)
+            return JobStatus(
+                request_id=str(data.get("request_id") or request_id), status=st,
+                media_urls=tuple(str(u) for u in urls), media_type=out.get("media_type"),
+                error=data.get("error"), created_at=parse_timestamp(data.get("created_at")),
+                completed_at=parse_timestamp(data.get("completed_at")))
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise ProtocolError(f"status of {request_id}: the answer is not a status ({str(data)[:200]})") from None
+
+    async def _get_json(self, path: str) -> Any:
+        attempt = throttled = 0
+        last = ""
+        while True:
+            attempt += 1
+            await self.limiter.acquire()
+            try:
+                resp = await self._send(self._client, "GET", path, path.split("?")[0])
+            except httpx.TransportError as exc:
+                last = f"{type(exc).__name__}"
+                if attempt < self.policy.max_attempts:
+                    await asyncio.sleep(self.policy.backoff(attempt))
+                    continue
+                raise NetworkError(f"GET {path}: network error ({last}) after {attempt} tries.") from None
+            code = resp.status_code
+            if code == 429:
+                throttled += 1
+                attempt -= 1
+                ra = retry_policy.parse_retry_after(resp.headers.get("Retry-After"))
+                self.limiter.on_throttle(self.policy.wait_for_retry_after(ra, throttled))
+                if throttled < MAX_THROTTLED_TRIES:
+                    continue
+                raise RateLimited(f"GET {path}: still throttled after {throttled} tries.", retry_after=ra, status_code=429)
+            if 200 <= code < 300:
+                try:
+                    return resp.json()
+                except ValueError:
+                    last = f"{code} with garbage body"
+            elif retry_policy.retry_status(code, idempotent=True):
+                last = f"HTTP {code}"
+            else:
+                self._raise_for_definite(resp, f"GET {path}")
+                raise GatewayError(f"GET {path}: unexpected HTTP {code}: {_message(resp)}", status_code=code)
+            if attempt < self.policy.max_attempts:
+                await asyncio.sleep(self.policy.backoff(attempt))
+                continue
+            if last.endswith("garbage body"):
+                raise ProtocolError(f"GET {path}: {last} after {attempt} tries.")
+            raise ServerError(f"GET {path}: {last} after {attempt} tries.", status_code=code)
+
+    # -- download -----------------------------------------------------------------------
+
+    async def download(self, url: str) -> Download:
+        """Fetch an output from the CDN (no key sent); retries 5xx and network errors."""
+        if url.startswith("/"):
+            url = urljoin(self.base_url + "/", url)
+        if not url.startswith(("http://", "https://")):
+            raise ProtocolError(f"media_url {url[:200]!r} is not an http(s) URL")
+        path = urlsplit(url).path
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                resp = await self._send(self._cdn, "GET", url, path)
+            except httpx.TransportError as exc:
+                if attempt < self.policy.max_attempts:
+                    await asyncio.sleep(self.policy.backoff(attempt))
+                    continue
+                raise NetworkError(f"download {path}: network error ({type(exc).__name__}) after {attempt} tries.") from None
+            code = resp.status_code
+            if 200 <= code < 300:
+                return Download(resp.content, resp.headers.get("content-type"))
+            if retry_policy.retry_status(code, idempotent=True) and attempt < self.policy.max_attempts:
+                ra = retry_policy.parse_retry_after(resp.headers.get("Retry-After")) if code == 429 else None
+                await asyncio.sleep(self.policy.wait_for_retry_after(ra, attempt) if code == 429 else self.policy.backoff(attempt))
+                continue
+            raise GatewayError(f"download {path}: HTTP {code}", status_code=code)
+
+
+def _is_aiohttp(transport: httpx.AsyncBaseTransport) -> bool:
+    return type(transport).__module__.startswith("httpx_aiohttp")
+
+
+def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
+    from httpx_aiohttp import AiohttpTransport
+
+    return AiohttpTransport(limits=limits)

@@ -1,0 +1,103 @@
+"""An adaptive token bucket in front of every gateway call.
+
+- ``--max-rps R`` is the ceiling; without it the bucket starts unlimited.
+- A 429 halves the rate (multiplicative decrease; from unlimited it starts at half the rate
+  observed over the last second) and pauses *every* caller until ``Retry-After`` has passed.
+- While no 429 has been seen for ``probe_interval`` seconds the rate grows by
+  ``probe_factor`` per interval, back up to the ceiling (or back to unlimited when there is
+  none and the rate has doubled past what triggered the last 429).
+
+Waiters are served first come, first served. ``clock`` and ``sleep`` are injectable so the
+behaviour is testable without waiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable
+
+
+class AdaptiveRateLimiter:
+    def __init__(self, max_rps: float | None = None, *, min_rps: float = 0.5, probe_interval: float = 1.0,
+                 probe_factor: float = 1.25, clock: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
+        if max_rps is not None and max_rps <= 0:
+            raise ValueError("max_rps must be positive")
+        self.ceiling = max_rps
+        self.rate: float | None = max_rps  # None: unlimited
+        self.min_rps = min_rps
+        self.probe_interval = probe_interval
+        self.probe_factor = probe_factor
+        self._clock = clock
+        self._sleep = sleep
+        self._tokens = 1.0
+        self._last_refill = clock()
+        self._paused_until = 0.0
+        self._last_change = clock()
+        self._throttle_origin: float | None = None  # observed rate when unlimited hit a 429
+        self._recent: deque[float] = deque()
+        self._lock = asyncio.Lock()
+        self.throttles = 0
+
+    # -- feedback -------------------------------------------------------------------
+
+    def observed_rps(self) -> float:
+        now = self._clock()
+        while self._recent and self._recent[0] < now - 1.0:
+            self._recent.popleft()
+        return float(len(self._recent))
+
+    def on_throttle(self, retry_after: float | None) -> None:
+        """A 429: slow down and pause everyone for ``retry_after`` seconds."""
+        now = self._clock()
+        self.throttles += 1
+        if retry_after:
+            self._paused_until = max(self._paused_until, now + retry_after)
+        # several requests in flight all see the same 429 burst: decrease once per interval
+        if now - self._last_change < self.probe_interval / 4 and self.rate is not None:
+            return
+        if self.rate is None:
+            seen = max(self.observed_rps(), self.min_rps * 2)
+            self._throttle_origin = seen
+            self.rate = max(self.min_rps, seen / 2)
+        else:
+            self.rate = max(self.min_rps, self.rate / 2)
+        self._tokens = min(self._tokens, 1.0)
+        self._last_change = now
+
+    def _probe_up(self, now: float) -> None:
+        if self.rate is None or now - self._last_change < self.probe_interval:
+            return
+        if self.ceiling is not None and self.rate >= self.ceiling:
+            return
+        self.rate *= self.probe_factor
+        self._last_change = now
+        if self.ceiling is not None:
+            self.rate = min(self.rate, self.ceiling)
+        elif self._throttle_origin is not None and self.rate >= 2 * self._throttle_origin:
+            self.rate = None  # well past where it hurt: back to unlimited
+
+    # -- the bucket -----------------------------------------------------------------
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            while True:
+                now = self._clock()
+                if now < self._paused_until:
+                    await self._sleep(self._paused_until - now)
+                    continue
+                self._probe_up(now)
+                if self.rate is None:
+                    break
+                burst = max(1.0, self.rate / 10)
+                self._tokens = min(burst, self._tokens + (now - self._last_refill) * self.rate)
+                self._last_refill = now
+                if self._tokens >= 1.0:
+                    self._tokens -= 1.0
+                    break
+                await self._sleep((1.0 - self._tokens) / self.rate)
+            self._recent.append(self._clock())
+            if len(self._recent) > 100_000:
+                self.observed_rps()

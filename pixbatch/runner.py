@@ -1,0 +1,881 @@
+"""The execution loop: ``run(manifest, options=...)`` -> ``RunSummary``.
+
+Concurrency model
+-----------------
+One asyncio loop. ``concurrency`` is the number of items *in flight* (submitted and not yet
+terminal, plus their download): a feeder walks the PENDING items step by step (manifest
+order, pages read from the store) and starts one task per item when a slot is free. Each
+task does intent -> POST -> request_id -> polls -> download -> settle. Every gateway call
+goes through one adaptive token bucket (``ratelimit.py``). DuckDB is touched only by the
+store's writer thread; the loop queues writes and awaits the commit of the two critical
+ones (intent before the POST, request_id after the 202: see ``state.py``).
+
+Budget
+------
+``committed`` = charged + reserved (+ abandoned ambiguous reservations) over the whole state
+file, loaded at start and kept in memory: reserving the HIGH price of an item and checking
+``committed + price <= budget`` is one synchronous step, so no interleaving of tasks can
+overshoot, and because reservations are committed with the intent, neither can a crash.
+When the next item does not fit, the feeder waits for in-flight items to settle (a charge
+can be lower than its reservation); if it still does not fit with nothing in flight, the
+run stops submitting and says what is left.
+
+Polling
+-------
+Per step, the runner learns how long jobs take (from the gateway's created_at/completed_at,
+else from what it observed) and polls an item first at about mean + one deviation after the
+202, then at growing intervals (x1.5, capped). On the emulator's default timings that is
+about two polls per completed item. Webhook mode would replace the poll loop of a task with
+waiting on a per-request future fed by a callback endpoint (not implemented).
+
+Chained steps
+-------------
+An item with an upstream waits until the upstream is COMPLETED (it is simply not returned by
+``ready_page`` until then) and is sent with the upstream's media_url; when the upstream ends
+in a failure state the item is BLOCKED (``state.block_downstream``), transitively.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import io
+import json
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import state as st
+from .contract import MEDIA_TYPES
+from .errors import (
+    AuthError,
+    BadRequest,
+    BudgetExceeded,
+    GatewayError,
+    InsufficientBalance,
+    NotFound,
+    PixbatchError,
+    API_KEY_ENV,
+)
+from .gateway import DEFAULT_BASE_URL, Exchange, Gateway, JobStatus, SubmitUnknown
+from .items import parse_upstream_ref
+from .money import format_usd
+from .pricing import PriceTable
+from .progress import NullProgress, Progress
+from .ratelimit import AdaptiveRateLimiter
+from .sizes import MEGAPIXEL, MAX_UPSCALE_MP, output_size as predicted_output_size
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_BUDGET, EXIT_AUTH, EXIT_BALANCE, EXIT_INTERRUPTED = 0, 1, 3, 4, 5, 130
+PAGE = 2000
+PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
+MIME_TO_EXT = {v: k for k, v in MEDIA_TYPES.items()}
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    state_path: Path | None = None  # default: the manifest's state path
+    budget_micros: int | None = None  # default: the manifest's budget (None: no cap)
+    concurrency: int = 16
+    max_rps: float | None = None
+    base_url: str = DEFAULT_BASE_URL
+    api_key: str | None = None  # default: $PIXAZO_API_KEY (never stored)
+    retry_ambiguous: bool = False
+    force: bool = False
+    download: bool = True
+    pricing_path: Path | None = None
+    timeout: float = 30.0
+    status_interval: float = 1.0  # seconds between status-file (and progress) refreshes
+    handle_signals: bool = False  # install SIGINT/SIGTERM handlers (the CLI does)
+    poll_initial: float = 2.0  # first poll delay before anything has been learned
+    poll_max_interval: float = 10.0
+
+    def public(self) -> dict[str, Any]:
+        """The options as recorded in runs.options (no key)."""
+        return {"budget_micros": self.budget_micros, "concurrency": self.concurrency, "max_rps": self.max_rps,
+                "base_url": self.base_url, "retry_ambiguous": self.retry_ambiguous, "force": self.force,
+                "download": self.download, "pricing_path": str(self.pricing_path) if self.pricing_path else None}
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    outcome: str  # completed|incomplete|budget|balance|auth|interrupted
+    exit_code: int
+    state_path: str
+    output_dir: str
+    steps: dict[str, dict[str, int]]  # step -> state -> count (this manifest's items)
+    counts: dict[str, int]  # state -> count
+    charged_run_micros: int  # charged by items settled in this run
+    charged_total_micros: int  # everything charged in this state file
+    reserved_micros: int  # still reserved (in flight + AMBIGUOUS)
+    at_risk_micros: int  # AMBIGUOUS reservations
+    peak_committed_micros: int  # highest charged+reserved seen during the run
+    budget_micros: int | None
+    left_items: int  # PENDING items not submitted
+    left_low_micros: int
+    left_high_micros: int
+    submits: int
+    polls: int
+    downloads: int
+    output_problems: int
+    duration_s: float
+    messages: tuple[str, ...] = ()
+
+    @property
+    def ambiguous(self) -> int:
+        return self.counts.get(st.AMBIGUOUS, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+class _PollClock:
+    """Learns a step's job duration; says when to poll next."""
+
+    def __init__(self, initial: float, cap: float):
+        self.initial, self.cap = initial, cap
+        self.mean: float | None = None
+        self.var = 0.0
+
+    def observe(self, seconds: float) -> None:
+        if self.mean is None:
+            self.mean = seconds
+            self.var = (seconds * 0.25) ** 2
+            return
+        a = 0.15
+        d = seconds - self.mean
+        self.mean += a * d
+        self.var = (1 - a) * (self.var + a * d * d)
+
+    def first(self) -> float:
+        if self.mean is None:
+            return self.initial
+        return min(self.cap, self.mean + self.var ** 0.5 + 0.02)
+
+    def next(self, k: int) -> float:
+        base = self.initial / 2 if self.mean is None else max(0.05, 0.3 * self.mean)
+        return min(self.cap, base * (1.5 ** (k - 1)))
+
+
+def _durable(fut: Any) -> Any:
+    return asyncio.wrap_future(fut)
+
+
+class _Run:
+    def __init__(self, manifest: Any, options: RunOptions, gateway: Gateway | None, progress: Progress):
+        self.m = manifest
+        self.o = options
+        self.progress = progress
+        self.key = options.api_key or os.environ.get(API_KEY_ENV) or None
+        if gateway is None and not self.key:
+            raise AuthError(f"no API key: set {API_KEY_ENV} to your Pixazo subscription key and run again "
+                            "(the key is read from the environment only, never stored).")
+        self.table = PriceTable.load(options.pricing_path)
+        self.state_path = Path(options.state_path or manifest.state_path)
+        self.output_dir = Path(manifest.output_dir)
+        self.budget = options.budget_micros if options.budget_micros is not None else manifest.budget_micros
+        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+        self._gateway = gateway
+        self.gw: Gateway | None = None
+        self.store: st.Store | None = None
+        self.scope = ""
+        self.committed = 0
+        self.peak = 0
+        self.charged_run = 0
+        self.stop_reason: str | None = None  # interrupt|balance|auth|budget
+        self.stop_message: str | None = None
+        self.inflight: set[str] = set()
+        self.skip: set[str] = set()
+        self.tasks: set[asyncio.Task] = set()
+        self.polling: set[asyncio.Task] = set()
+        self.item_done = asyncio.Event()
+        self.clocks: dict[str, _PollClock] = {}
+        self.aliases: dict[str, list[str]] = {}
+        self.downloaded: set[str] = set()
+        self.submits = self.polls = self.downloads = self.output_problems = 0
+        self.finished_this_run = 0
+        self.left = (0, 0, 0)
+        self.t0 = time.monotonic()
+        self.sigints = 0
+        self.steps_order = [s.id for s in manifest.steps]
+        self.estimate = (0, 0)
+
+    # -- events ---------------------------------------------------------------------------
+
+    def emit(self, kind: str, key: str | None, **detail: Any) -> None:
+        assert self.store is not None
+        self.store.put_event(self.run_id, key, kind, detail)
+        self.progress.event(kind, key, detail)
+
+    def on_exchange(self, ex: Exchange) -> None:
+        d = {"method": ex.method, "path": ex.path, "status": ex.status, "ms": ex.ms}
+        if ex.error:
+            d["error"] = ex.error
+        self.emit("http", None, **d)
+
+    def _track(self, delta: int) -> None:
+        self.committed += delta
+        self.peak = max(self.peak, self.committed)
+        if self.budget is not None and self.committed > self.budget:  # a bug, never a user error
+            raise AssertionError(f"budget invariant broken: committed {self.committed} > budget {self.budget}")
+
+    # -- setup ----------------------------------------------------------------------------
+
+    def _expand(self, sizes: Callable[[str], Any] | None):
+        from .expand import expand
+
+        return expand(self.m, sizes=sizes)
+
+    def _setup(self, db: Any) -> dict[str, Any]:
+        """On the writer thread, before anything is sent: ingest, recover, reset, totals."""
+        probes = {u: (w, h) for u, w, h in db.execute(
+            "SELECT url, width, height FROM probes WHERE error IS NULL AND width IS NOT NULL").fetchall()}
+        sizes = probes.get if probes else None
+        scope, _n = st.expansion_scope(self._expand(sizes))
+        last = db.execute("SELECT json_extract_string(options, '$.scope') FROM runs ORDER BY started_at DESC "
+                          "LIMIT 1").fetchone()
+        have = db.execute("SELECT count(*) FROM items WHERE scope = ?", [scope]).fetchone()[0]
+        if not (last and last[0] == scope and have):
+            st.ingest(db, self._expand(sizes), scope, self.table, self.steps_order)
+        self.scope = scope
+        manifest_sha = hashlib.sha256(Path(self.m.path).read_bytes()).hexdigest() if Path(self.m.path).exists() else None
+        db.execute("INSERT INTO runs (run_id, manifest_path, manifest_sha256, base_url, budget_micros, outcome, pid, "
+                   "options) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
+                   [self.run_id, str(self.m.path), manifest_sha, self.o.base_url, self.budget, os.getpid(),
+                    json.dumps({**self.o.public(), "scope": scope})])
+        ambiguous_now = st.recover(db, self.run_id)
+        db.execute("BEGIN TRANSACTION")
+        if self.o.force:
+            db.execute("UPDATE items SET state = 'PENDING', request_id = NULL, gateway_status = NULL, error = NULL, "
+                       "media_url = NULL, media_type = NULL, polling_path = NULL, run_id = ? WHERE scope = ? AND "
+                       "state IN ('COMPLETED', 'FAILED', 'ERROR', 'FAILED_VALIDATION', 'BLOCKED')",
+                       [self.run_id, scope])
+        if self.o.retry_ambiguous:
+            keys = [r[0] for r in db.execute("SELECT key FROM items WHERE scope = ? AND state = 'AMBIGUOUS'",
+                                             [scope]).fetchall()]
+            if keys:
+                # the old attempt's reservation stays counted (it may have been charged)
+                db.execute("UPDATE attempts SET outcome = 'abandoned' WHERE outcome = 'ambiguous' AND "
+                           "list_contains(?::VARCHAR[], key)", [keys])
+                db.execute("UPDATE items SET state = 'PENDING', reserved_micros = 0, error = NULL, run_id = ? "
+                           "WHERE list_contains(?::VARCHAR[], key)", [self.run_id, keys])
+            db.execute("UPDATE items SET state = 'PENDING', error = NULL WHERE scope = ? AND state = 'BLOCKED'", [scope])
+        db.execute("COMMIT")
+        st.block_downstream(db, scope, self.run_id)
+        t = st.totals(db)
+        low, high, n_left = db.execute(
+            "SELECT coalesce(sum(est_low_micros), 0), coalesce(sum(est_high_micros), 0), count(*) FROM items "
+            "WHERE scope = ? AND state = 'PENDING'", [scope]).fetchone()
+        in_flight_low = db.execute("SELECT coalesce(sum(est_low_micros), 0) FROM items WHERE state IN "
+                                   "('SUBMITTING', 'SUBMITTED')").fetchone()[0]
+        est = db.execute("SELECT coalesce(sum(est_low_micros), 0), coalesce(sum(est_high_micros), 0) FROM items "
+                         "WHERE scope = ?", [scope]).fetchone()
+        db.execute("UPDATE runs SET estimate_low_micros = ?, estimate_high_micros = ? WHERE run_id = ?",
+                   [est[0], est[1], self.run_id])
+        aliases: dict[str, list[str]] = {}
+        for k, name in db.execute("SELECT key, output_name FROM aliases WHERE list_contains(?::VARCHAR[], step) "
+                                  "ORDER BY step, idx", [self.steps_order]).fetchall():
+            aliases.setdefault(k, []).append(name)
+        self.aliases = aliases
+        return {"totals": t, "pending_low": int(low), "pending_high": int(high), "pending": int(n_left),
+                "in_flight_low": int(in_flight_low), "ambiguous_now": ambiguous_now, "estimate": est}
+
+    # -- main -----------------------------------------------------------------------------
+
+    async def main(self) -> RunSummary:
+        self.store = st.Store.open(self.state_path)
+        try:
+            return await self._main()
+        finally:
+            with contextlib.suppress(Exception):
+                self.store.close()
+
+    async def _main(self) -> RunSummary:
+        store = self.store
+        assert store is not None
+        info = await store.call(self._setup)
+        t: st.Totals = info["totals"]
+        self.estimate = info["estimate"]
+        self.committed = t.committed_micros
+        self.peak = self.committed
+        if info["ambiguous_now"]:
+            self.emit("run", None, message=f"{info['ambiguous_now']} item(s) were being submitted when the last run "
+                      "stopped: now AMBIGUOUS")
+        if self.budget is not None:
+            lower = t.charged_micros + t.abandoned_micros + info["pending_low"] + info["in_flight_low"]
+            if lower > self.budget:
+                await self._finish_run("budget")
+                raise BudgetExceeded(
+                    f"the budget {format_usd(self.budget)} cannot cover this run: already charged "
+                    f"{format_usd(t.charged_micros)}, and the {info['pending']} remaining item(s) cost at least "
+                    f"{format_usd(info['pending_low'] + info['in_flight_low'])}. Raise --budget (or budget_usd in the "
+                    "manifest), or trim the manifest; `pixbatch estimate` shows the breakdown.")
+        self.gw = self._gateway or Gateway(
+            self.o.base_url, self.key, timeout=self.o.timeout,
+            limiter=AdaptiveRateLimiter(self.o.max_rps), on_exchange=self.on_exchange,
+            max_connections=max(16, self.o.concurrency * 2))
+        if self._gateway is not None and self._gateway.on_exchange is None:
+            self._gateway.on_exchange = self.on_exchange
+        self.slots = asyncio.Semaphore(max(1, self.o.concurrency))
+        loop = asyncio.get_running_loop()
+        if self.o.handle_signals:
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.add_signal_handler(sig, self.on_signal)
+        self.progress.start({"run_id": self.run_id, "state_path": str(self.state_path), "budget_micros": self.budget,
+                             "estimate_low_micros": self.estimate[0], "estimate_high_micros": self.estimate[1]})
+        self.emit("run", None, event="start", pid=os.getpid(), budget_micros=self.budget, committed=self.committed)
+        status_task = asyncio.create_task(self._status_loop())
+        try:
+            await self._resume_in_flight()
+            await self._feed()
+            await self._drain()
+            if self.o.download and self.stop_reason not in ("auth", "interrupt"):
+                await self._verify_outputs()
+        finally:
+            for task in list(self.tasks):
+                task.cancel()
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+            status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await status_task
+            if self._gateway is None and self.gw is not None:
+                await self.gw.aclose()
+            if self.o.handle_signals:
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    with contextlib.suppress(NotImplementedError, RuntimeError):
+                        loop.remove_signal_handler(sig)
+        summary = await self._summary()
+        await self._finish_run(summary.outcome)
+        self.emit("run", None, event="end", outcome=summary.outcome, exit_code=summary.exit_code)
+        await store.commit()
+        await self._write_status(running=False, outcome=summary.outcome)
+        self.progress.stop(summary)
+        return summary
+
+    def on_signal(self) -> None:
+        self.sigints += 1
+        if self.sigints >= 2:
+            # state is consistent: every critical write was committed before/after its HTTP call
+            os._exit(EXIT_INTERRUPTED)
+        self.interrupt()
+
+    def interrupt(self) -> None:
+        """Stop submitting; let POSTs in flight record their request id; stop polling."""
+        if self.stop_reason is None:
+            self.stop_reason = "interrupt"
+            self.stop_message = "interrupted"
+        for task in list(self.polling):
+            task.cancel()
+        self.item_done.set()
+
+    async def _finish_run(self, outcome: str) -> None:
+        assert self.store is not None
+        self.store.put_sql("UPDATE runs SET finished_at = now()::TIMESTAMP, outcome = ? WHERE run_id = ?",
+                           [outcome, self.run_id])
+        await self.store.commit()
+
+    # -- feeding ----------------------------------------------------------------------------
+
+    def _spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+        return task
+
+    async def _resume_in_flight(self) -> None:
+        assert self.store is not None
+        rows = await self.store.call(lambda db: st.select_rows(db, "i.state = 'SUBMITTED'", [], order="submitted_at"))
+        for row in rows:
+            await self.slots.acquire()
+            self.inflight.add(row.key)
+            self._spawn(self._item(row, None, resumed=True))
+
+    async def _feed(self) -> None:
+        assert self.store is not None
+        store = self.store
+        while self.stop_reason is None:
+            progressed = False
+            for step in self.steps_order:
+                after = -1
+                while self.stop_reason is None:
+                    page = await store.call(lambda db, s=step, a=after: st.ready_page(db, self.scope, s, a, PAGE))
+                    if not page:
+                        break
+                    after = page[-1][0].idx
+                    for row, up in page:
+                        if row.key in self.inflight or row.key in self.skip:
+                            continue
+                        if not await self._start(row, up):
+                            return
+                        progressed = True
+            if self.stop_reason is not None:
+                return
+            await store.call(lambda db: st.block_downstream(db, self.scope, self.run_id))
+            pending = await store.call(lambda db: db.execute(
+                "SELECT count(*) FROM items WHERE scope = ? AND state = 'PENDING'", [self.scope]).fetchone()[0])
+            waiting = pending - len(self.skip)
+            if waiting <= 0:
+                return
+            if not self.tasks:
+                if not progressed:
+                    return  # what is left waits on items this run will not send
+                continue
+            self.item_done.clear()
+            await self.item_done.wait()
+
+    async def _start(self, row: st.ItemRow, up: st.ItemRow | None) -> bool:
+        """Take a slot, reserve the price, start the item. False: stop feeding."""
+        await self.slots.acquire()
+        if self.stop_reason is not None:
+            self.slots.release()
+            return False
+        body = row.body_dict
+        input_size = row.input_size
+        if up is not None:
+            if up.output_width and up.output_height:
+                input_size = (up.output_width, up.output_height)
+            elif input_size is None:
+                input_size = predicted_output_size(up.op, up.body_dict, up.input_size)
+        price = self.table.price(row.op, body, input_size)
+        amount = price.high_micros
+        while self.budget is not None and self.committed + amount > self.budget:
+            if not self.inflight:
+                self.slots.release()
+                self.stop_reason = "budget"
+                await self._left_over(extra=(1, price.low_micros, price.high_micros))
+                self.stop_message = (
+                    f"the next item would not fit the budget {format_usd(self.budget)} "
+                    f"(committed {format_usd(self.committed)}, next {format_usd(amount)}).")
+                self.emit("budget", row.key, event="stop", committed=self.committed, budget=self.budget, next=amount)
+                return False
+            self.item_done.clear()
+            await self.item_done.wait()
+            if self.stop_reason is not None:
+                self.slots.release()
+                return False
+        self._track(amount)
+        row.reserved_micros = amount
+        row.tier = price.high.name
+        if input_size:
+            row.input_width, row.input_height = input_size
+        self.inflight.add(row.key)
+        self._spawn(self._item(row, up, resumed=False))
+        return True
+
+    async def _left_over(self, extra: tuple[int, int, int] = (0, 0, 0)) -> None:
+        assert self.store is not None
+        n, lo, hi = await self.store.call(lambda db: db.execute(
+            "SELECT count(*), coalesce(sum(est_low_micros), 0), coalesce(sum(est_high_micros), 0) FROM items "
+            "WHERE scope = ? AND state = 'PENDING'", [self.scope]).fetchone())
+        self.left = (int(n), int(lo), int(hi))
+
+    async def _drain(self) -> None:
+        while self.tasks:
+            await asyncio.gather(*list(self.tasks), return_exceptions=True)
+
+    # -- one item -----------------------------------------------------------------------------
+
+    async def _item(self, row: st.ItemRow, up: st.ItemRow | None, *, resumed: bool) -> None:
+        try:
+            if not resumed:
+                if not await self._submit(row, up):
+                    return
+                if self.stop_reason in ("interrupt", "auth"):
+                    return
+            task = asyncio.current_task()
+            assert task is not None
+            self.polling.add(task)
+            try:
+                status = await self._poll(row, resumed=resumed)
+            finally:
+                self.polling.discard(task)
+            if status is not None:
+                await self._settle(row, status)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.inflight.discard(row.key)
+            self.slots.release()
+            self.item_done.set()
+
+    def _put(self, row: st.ItemRow, *, wait: bool = False, **event: Any):
+        assert self.store is not None
+        row.run_id = self.run_id
+        fut = self.store.put_item(row, wait=wait)
+        self.emit("state", row.key, state=row.state, step=row.step, committed=self.committed, **event)
+        return fut
+
+    def _release(self, row: st.ItemRow) -> None:
+        self._track(-row.reserved_micros)
+        row.reserved_micros = 0
+
+    async def _submit(self, row: st.ItemRow, up: st.ItemRow | None) -> bool:
+        assert self.store is not None and self.gw is not None
+        body = row.body_dict
+        if up is not None:
+            body = _resolve(body, {up.key: up.media_url or ""})
+        row.attempts += 1
+        n = row.attempts
+        row.state = st.SUBMITTING
+        row.error = None
+        intent = st.Attempt(row.key, n, self.run_id, st.utcnow(), row.reserved_micros, outcome="pending")
+        self.store.put_attempt(intent)
+        await _durable(self._put(row, wait=True, reserved=row.reserved_micros))  # (1) intent before the POST
+        self.submits += 1
+        try:
+            acc = await self.gw.submit(row.op, body)
+        except SubmitUnknown as exc:
+            row.state = st.AMBIGUOUS
+            row.error = str(exc)
+            self.store.put_attempt(_with(intent, outcome="ambiguous", http_status=exc.status_code))
+            self._put(row, reason=str(exc))
+            return False
+        except (BadRequest, NotFound) as exc:
+            self._release(row)
+            row.state = st.FAILED_VALIDATION
+            row.error = str(exc)
+            row.charged_micros = row.charged_micros or 0
+            row.finished_at = st.utcnow()
+            self.store.put_attempt(_with(intent, outcome="rejected", http_status=exc.status_code))
+            self._put(row, reason=str(exc))
+            return False
+        except (InsufficientBalance, AuthError) as exc:
+            self._release(row)
+            row.state = st.PENDING
+            row.error = str(exc)
+            self.skip.add(row.key)
+            self.store.put_attempt(_with(intent, outcome="rejected", http_status=exc.status_code))
+            self._put(row, reason=str(exc))
+            self._stop("balance" if isinstance(exc, InsufficientBalance) else "auth", str(exc))
+            return False
+        except GatewayError as exc:  # definite refusals that outlasted the retries, or never sent
+            self._release(row)
+            row.state = st.PENDING
+            row.error = str(exc)
+            self.skip.add(row.key)
+            self.store.put_attempt(_with(intent, outcome="rejected", http_status=exc.status_code))
+            self._put(row, reason=str(exc))
+            return False
+        row.state = st.SUBMITTED
+        row.request_id = acc.request_id
+        row.polling_path = acc.polling_path
+        row.gateway_status = acc.status
+        row.submitted_at = st.utcnow()
+        self.store.put_attempt(_with(intent, outcome="accepted", request_id=acc.request_id,
+                                     accepted_at=row.submitted_at, http_status=202))
+        await _durable(self._put(row, wait=True, request_id=acc.request_id))  # (2) request_id on 202
+        return True
+
+    def _stop(self, reason: str, message: str) -> None:
+        if self.stop_reason in (None, "budget", "interrupt") or reason == "auth":
+            self.stop_reason = reason
+            self.stop_message = message
+        if reason == "auth":  # polls would all get 401 too; POSTs in flight record their own answer
+            for task in list(self.polling):
+                if task is not asyncio.current_task():
+                    task.cancel()
+        self.item_done.set()
+
+    async def _poll(self, row: st.ItemRow, *, resumed: bool) -> JobStatus | None:
+        assert self.gw is not None and row.request_id is not None
+        clock = self.clocks.setdefault(row.step, _PollClock(self.o.poll_initial, self.o.poll_max_interval))
+        t_submit = time.monotonic()
+        delay = 0.0 if resumed else clock.first()
+        k = 0
+        last = row.gateway_status
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                s = await self.gw.status(row.request_id, row.polling_path)
+            except AuthError as exc:
+                self._stop("auth", str(exc))
+                return None
+            except GatewayError as exc:
+                row.error = f"polling failed: {exc}"
+                self._put(row, reason=row.error)
+                return None
+            self.polls += 1
+            row.polls += 1
+            if s.status != last:
+                if s.status == "PROCESSING" and row.started_at is None:
+                    row.started_at = st.utcnow()
+                row.gateway_status = last = s.status
+                if not s.terminal:
+                    self._put(row, gateway_status=s.status)
+            if s.terminal:
+                if not resumed:
+                    clock.observe(s.server_seconds if s.server_seconds is not None else time.monotonic() - t_submit)
+                elif s.server_seconds is not None:
+                    clock.observe(s.server_seconds)
+                return s
+            k += 1
+            delay = clock.next(k)
+
+    async def _settle(self, row: st.ItemRow, s: JobStatus) -> None:
+        body = row.body_dict
+        row.finished_at = st.utcnow()
+        if row.started_at is None:
+            row.started_at = row.finished_at
+        row.gateway_status = s.status
+        row.error = s.error
+        if s.status == "COMPLETED":
+            row.media_url = s.media_urls[0] if s.media_urls else None
+            row.media_type = s.media_type
+            if self.o.download and row.media_url:
+                with contextlib.suppress(GatewayError, OSError):
+                    await self._download(row)
+        out_size = (row.output_width, row.output_height) if row.output_width and row.output_height else None
+        charge = self.table.charge_for(row.op, s.status, out_size, body, row.input_size)
+        reserved = row.reserved_micros
+        self._track(charge - reserved)
+        row.reserved_micros = 0
+        row.charged_micros = (row.charged_micros or 0) + charge
+        self.charged_run += charge
+        row.state = s.status
+        self.finished_this_run += 1
+        self._put(row, charged=charge, released=reserved)
+
+    # -- outputs ------------------------------------------------------------------------------
+
+    def _target(self, name: str) -> Path:
+        root = self.output_dir.resolve()
+        p = (root / name).resolve()
+        if root != p and root not in p.parents:
+            raise PixbatchError(f"output name {name!r} escapes the output directory {root}; fix the naming template.")
+        return p
+
+    async def _download(self, row: st.ItemRow) -> None:
+        assert self.gw is not None and self.store is not None and row.media_url
+        names = [n for n in [row.output_name, *self.aliases.get(row.key, [])] if n]
+        if not names:
+            return
+        try:
+            dl = await self.gw.download(row.media_url)
+        except GatewayError as exc:
+            self.emit("download", row.key, ok=False, error=str(exc))
+            raise
+        self.downloads += 1
+        info = await asyncio.to_thread(self._write_outputs, row, dl.data, dl.content_type, names)
+        row.output_width, row.output_height = info["width"], info["height"]
+        if info["problems"]:
+            self.output_problems += 1
+            row.error = "output check: " + "; ".join(info["problems"])
+        for name in names:
+            self.store.put_output(st.OutputRow(row.key, name, info["sha256"], len(dl.data), info["width"],
+                                               info["height"], info["media_type"]))
+        self.downloaded.add(row.key)
+        self.emit("download", row.key, ok=not info["problems"], bytes=len(dl.data), width=info["width"],
+                  height=info["height"], problems=info["problems"])
+
+    def _write_outputs(self, row: st.ItemRow, data: bytes, content_type: str | None, names: list[str]) -> dict:
+        from PIL import Image
+
+        problems: list[str] = []
+        width = height = None
+        fmt = None
+        try:
+            with Image.open(io.BytesIO(data)) as im:
+                width, height = im.size
+                fmt = im.format
+        except Exception as exc:  # Pillow raises many types for bad data; recorded, not hidden
+            problems.append(f"not a readable image ({type(exc).__name__})")
+        body = row.body_dict
+        media_type = row.media_type or (content_type or "").split(";")[0] or None
+        if row.op == "upscale":
+            want = PIL_FORMATS.get(body.get("output_format", "jpg"))
+        else:
+            want = PIL_FORMATS.get(MIME_TO_EXT.get(media_type or "", ""), None)
+        if fmt and want and fmt != want:
+            problems.append(f"format {fmt}, expected {want}")
+        if width and height:
+            pixels = width * height
+            if row.op == "upscale":
+                cap = (body.get("target", 4) if body.get("upscale_mode", "target") == "target" else MAX_UPSCALE_MP)
+                if pixels > cap * MEGAPIXEL:
+                    problems.append(f"{width}x{height} is more than {cap} MP")
+                exp = predicted_output_size(row.op, body, row.input_size)
+                if exp and (width, height) != tuple(exp):
+                    problems.append(f"{width}x{height}, expected {exp[0]}x{exp[1]}")
+            elif pixels > 2 * MEGAPIXEL:
+                problems.append(f"{width}x{height} is far more than the ~1 MP an edit produces")
+        sha = hashlib.sha256(data).hexdigest()
+        for name in names:
+            target = self._target(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+            with open(tmp, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, target)
+        return {"sha256": sha, "width": width, "height": height, "media_type": media_type, "problems": problems}
+
+    async def _verify_outputs(self) -> None:
+        """Completed items whose files are missing or corrupt are downloaded again (never resubmitted)."""
+        assert self.store is not None
+        for step in self.steps_order:
+            after = -1
+            while self.stop_reason not in ("auth", "interrupt"):
+                rows = await self.store.call(lambda db, s=step, a=after: st.select_rows(
+                    db, "i.scope = ? AND i.step = ? AND i.idx > ? AND i.state = 'COMPLETED' AND i.media_url IS NOT NULL",
+                    [self.scope, s, a], limit=PAGE))
+                if not rows:
+                    break
+                after = rows[-1].idx
+                todo = [r for r in rows if r.key not in self.downloaded]
+                if not todo:
+                    continue
+                keys = [r.key for r in todo]
+                recorded = await self.store.call(lambda db: {(k, p): h for k, p, h in db.execute(
+                    "SELECT key, path, sha256 FROM outputs WHERE list_contains(?::VARCHAR[], key)", [keys]).fetchall()})
+                stale = await asyncio.to_thread(self._stale, todo, recorded)
+                sem = asyncio.Semaphore(max(1, self.o.concurrency))
+
+                async def refetch(r: st.ItemRow) -> None:
+                    async with sem:
+                        with contextlib.suppress(GatewayError, OSError):
+                            await self._download(r)
+                            self.store.put_item(r)  # type: ignore[union-attr]
+
+                await asyncio.gather(*(refetch(r) for r in stale))
+
+    def _stale(self, rows: list[st.ItemRow], recorded: dict[tuple[str, str], str]) -> list[st.ItemRow]:
+        out = []
+        for r in rows:
+            for name in [n for n in [r.output_name, *self.aliases.get(r.key, [])] if n]:
+                sha = recorded.get((r.key, name))
+                p = self._target(name)
+                if sha is None or not p.exists() or _sha256_file(p) != sha:
+                    out.append(r)
+                    break
+        return out
+
+    # -- status and summary -------------------------------------------------------------------
+
+    async def _snapshot(self, *, running: bool, outcome: str | None = None) -> st.StatusSnapshot:
+        assert self.store is not None
+        steps, t = await self.store.call(lambda db: (st.counts_by_step(db, self.scope), st.totals(db)))
+        elapsed = max(1e-6, time.monotonic() - self.t0)
+        rate = self.finished_this_run / elapsed if running else None
+        remaining = sum(n for c in steps.values() for s, n in c.items() if s in (st.PENDING, st.SUBMITTING, st.SUBMITTED))
+        eta = remaining / rate if rate else None
+        return st.StatusSnapshot(
+            state_path=str(self.state_path), source="runner", running=running, updated_at=st._iso(st.utcnow()),
+            run_id=self.run_id, pid=os.getpid(), outcome=outcome or "running", manifest_path=str(self.m.path),
+            steps=steps, charged_micros=t.charged_micros, reserved_micros=t.reserved_micros,
+            at_risk_micros=t.at_risk_micros, budget_micros=self.budget, estimate_low_micros=int(self.estimate[0]),
+            estimate_high_micros=int(self.estimate[1]), rate_per_s=rate, eta_s=eta)
+
+    async def _write_status(self, *, running: bool, outcome: str | None = None) -> None:
+        snap = await self._snapshot(running=running, outcome=outcome)
+        await asyncio.to_thread(st.write_status_file, snap)
+        self.progress.update(snap)
+
+    async def _status_loop(self) -> None:
+        while True:
+            with contextlib.suppress(PixbatchError, OSError):
+                await self._write_status(running=True)
+            await asyncio.sleep(self.o.status_interval)
+
+    async def _summary(self) -> RunSummary:
+        assert self.store is not None
+        await self.store.commit()
+        snap = await self._snapshot(running=False)
+        await self._left_over()
+        counts = snap.totals()
+        n_left, lo, hi = self.left
+        msgs: list[str] = []
+        if self.stop_reason == "auth":
+            outcome, code = "auth", EXIT_AUTH
+            msgs.append(f"Stopped: {self.stop_message}")
+        elif self.stop_reason == "balance":
+            outcome, code = "balance", EXIT_BALANCE
+            msgs.append("The gateway answered 402 Insufficient Balance: top up the Pixazo wallet, then run the same "
+                        f"command again to resume ({n_left} item(s) not submitted yet).")
+        elif self.stop_reason == "interrupt":
+            outcome, code = "interrupted", EXIT_INTERRUPTED
+            msgs.append("Interrupted: run the same command again to resume; submitted items will be polled, "
+                        "not resent.")
+        elif self.stop_reason == "budget":
+            outcome, code = "budget", EXIT_BUDGET
+            cost = format_usd(lo) if lo == hi else f"{format_usd(lo)} to {format_usd(hi)}"
+            msgs.append(f"Stopped at the budget ({format_usd(self.budget or 0)}): {n_left} item(s) left, which would "
+                        f"cost {cost}. Raise --budget and run again to continue.")
+        else:
+            done = counts.get(st.COMPLETED, 0) == sum(counts.values())
+            outcome, code = ("completed", EXIT_OK) if done else ("incomplete", EXIT_INCOMPLETE)
+        amb = counts.get(st.AMBIGUOUS, 0)
+        if amb:
+            msgs.append(f"{amb} AMBIGUOUS item(s) ({format_usd(snap.at_risk_micros)} at risk): the gateway may have "
+                        "accepted and charged them. Re-run with --retry-ambiguous to resubmit them.")
+        bad = {s: counts.get(s, 0) for s in (st.FAILED, st.ERROR, st.FAILED_VALIDATION, st.BLOCKED) if counts.get(s)}
+        if bad:
+            msgs.append(", ".join(f"{n} {s}" for s, n in bad.items()) +
+                        ": see `pixbatch report` for the errors; --force resubmits them (and pays again).")
+        inflight = counts.get(st.SUBMITTED, 0)
+        if inflight and outcome not in ("interrupted",):
+            msgs.append(f"{inflight} submitted item(s) not finished yet: run again to collect them.")
+        if n_left and outcome in ("completed", "incomplete"):
+            msgs.append(f"{n_left} item(s) not submitted (gateway errors): run again to retry them.")
+        if self.output_problems:
+            msgs.append(f"{self.output_problems} output(s) failed their checks: see `pixbatch report`.")
+        return RunSummary(
+            run_id=self.run_id, outcome=outcome, exit_code=code, state_path=str(self.state_path),
+            output_dir=str(self.output_dir), steps=snap.steps, counts=counts, charged_run_micros=self.charged_run,
+            charged_total_micros=snap.charged_micros, reserved_micros=snap.reserved_micros,
+            at_risk_micros=snap.at_risk_micros, peak_committed_micros=self.peak, budget_micros=self.budget,
+            left_items=n_left, left_low_micros=lo, left_high_micros=hi, submits=self.submits, polls=self.polls,
+            downloads=self.downloads, output_problems=self.output_problems,
+            duration_s=round(time.monotonic() - self.t0, 3), messages=tuple(msgs))
+
+
+def _with(a: st.Attempt, **changes: Any) -> st.Attempt:
+    from dataclasses import replace
+
+    return replace(a, **changes)
+
+
+def _resolve(body: dict[str, Any], urls: dict[str, str]) -> dict[str, Any]:
+    def sub(u: str) -> str:
+        k = parse_upstream_ref(u)
+        return urls[k] if k is not None else u
+
+    if "image" in body:
+        body["image"] = sub(body["image"])
+    if "images" in body:
+        body["images"] = [sub(u) for u in body["images"]]
+    return body
+
+
+def _sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+async def run_async(manifest: Any, *, options: RunOptions, gateway: Gateway | None = None,
+                    progress: Progress | None = None) -> RunSummary:
+    return await _Run(manifest, options, gateway, progress or NullProgress()).main()
+
+
+def run(manifest: Any, *, options: RunOptions, gateway: Gateway | None = None,
+        progress: Progress | None = None) -> RunSummary:
+    """Run (or resume) a manifest to completion; see the module docstring.
+
+    ``manifest`` is a ``pixbatch.manifest.Manifest`` (``load_manifest(path)``). Raises
+    ``StateLocked`` when another process runs the same state file, ``AuthError`` without a
+    key, ``BudgetExceeded`` when the budget cannot cover the remaining work; every other
+    outcome (402, budget reached, interruption, failures) is in the returned summary.
+    """
+    return asyncio.run(run_async(manifest, options=options, gateway=gateway, progress=progress))

@@ -1,0 +1,718 @@
+"""The run state in DuckDB, behind one class: ``Store``.
+
+What makes a run resumable
+--------------------------
+Every item (one unique request, keyed by ``items.key``) has a lifecycle in ``items.state``
+(see ``migrations.m002_run_state``). Two writes are *critical* and the runner awaits their
+commit around the HTTP call:
+
+1. the **intent**, before the POST leaves: ``state = SUBMITTING``, the reservation in
+   ``reserved_micros``, an ``attempts`` row;
+2. the **request_id**, as soon as the 202 arrives: ``state = SUBMITTED``.
+
+So after a crash at any moment an item is either PENDING (never sent), SUBMITTED (has a
+request id: poll it, never resend it), or SUBMITTING without a request id: the POST may
+have been accepted and charged, so ``recover()`` turns it into AMBIGUOUS and it is only
+resent on request (``--retry-ambiguous``). Reservations live in the table too, so the
+budget survives crashes: money committed = charged + reserved (+ the reservations of
+abandoned ambiguous attempts, kept in ``attempts``).
+
+One writer
+----------
+DuckDB lets one process open a file read-write and is slow at single-row transactions
+(about 1,400 commits/s here) but fast at set-based ones. So the store owns one connection
+used by one thread; callers (the asyncio runner) *queue* writes and never touch DuckDB on
+the event loop. The thread drains the queue and commits everything it found in one
+transaction (group commit): item snapshots become one ``UPDATE items ... FROM (SELECT
+unnest(?), ...)``, events one ``INSERT ... SELECT unnest(...)``. A caller that must know
+its write is durable awaits ``commit()`` (or passes ``wait=True``); reads run on the same
+thread, in queue order, through ``call()``.
+
+Status while a run holds the lock
+---------------------------------
+Other processes cannot open the file at all while a run has it, so the runner also keeps
+``<state>.status.json`` up to date (atomically replaced about every second and at exit).
+``read_status(path)`` returns the same ``StatusSnapshot`` from the database when it can
+open it and from that file when it cannot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import json
+import os
+import queue
+import threading
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, TypeVar
+
+import duckdb
+
+from .errors import StateError, StateLocked
+from .items import WorkItem
+from .migrations import connect
+from .pricing import PriceTable
+
+T = TypeVar("T")
+
+#: item states
+PENDING, SUBMITTING, SUBMITTED = "PENDING", "SUBMITTING", "SUBMITTED"
+COMPLETED, FAILED, ERROR = "COMPLETED", "FAILED", "ERROR"
+AMBIGUOUS, FAILED_VALIDATION, BLOCKED = "AMBIGUOUS", "FAILED_VALIDATION", "BLOCKED"
+ITEM_STATES = (PENDING, SUBMITTING, SUBMITTED, COMPLETED, FAILED, ERROR, AMBIGUOUS, FAILED_VALIDATION, BLOCKED)
+#: an upstream item in one of these states blocks its downstream items
+BLOCKING_STATES = frozenset({FAILED, ERROR, FAILED_VALIDATION, BLOCKED, AMBIGUOUS})
+TERMINAL_STATES = frozenset({COMPLETED, FAILED, ERROR, FAILED_VALIDATION, BLOCKED})
+IN_FLIGHT_STATES = frozenset({SUBMITTING, SUBMITTED})
+
+INGEST_BATCH = 20_000
+
+
+def utcnow() -> datetime:
+    """Naive UTC (DuckDB TIMESTAMP)."""
+    return datetime.now(timezone.utc).replace(tzinfo=None)
+
+
+def status_file_path(state_path: str | Path) -> Path:
+    p = Path(state_path)
+    return p.with_name(p.name + ".status.json")
+
+
+# -- rows ---------------------------------------------------------------------------------
+
+#: the columns of ``items`` a run changes, with their DuckDB types (snapshot order)
+MUTABLE_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("state", "VARCHAR"), ("request_id", "VARCHAR"), ("gateway_status", "VARCHAR"), ("error", "VARCHAR"),
+    ("reserved_micros", "BIGINT"), ("charged_micros", "BIGINT"), ("tier", "VARCHAR"),
+    ("media_url", "VARCHAR"), ("media_type", "VARCHAR"), ("output_width", "INTEGER"),
+    ("output_height", "INTEGER"), ("polls", "INTEGER"), ("submitted_at", "TIMESTAMP"),
+    ("started_at", "TIMESTAMP"), ("finished_at", "TIMESTAMP"), ("run_id", "VARCHAR"),
+    ("attempts", "INTEGER"), ("polling_path", "VARCHAR"),
+)
+_FIXED = ("key", "step", "op", "idx", "body", "output_name", "upstream", "input_width", "input_height",
+          "est_low_micros", "est_high_micros")
+ROW_COLUMNS = _FIXED + tuple(c for c, _ in MUTABLE_COLUMNS)
+
+
+@dataclass(slots=True)
+class ItemRow:
+    """The runner's working copy of one ``items`` row (mutable; snapshotted when queued)."""
+
+    key: str
+    step: str
+    op: str
+    idx: int
+    body: str  # canonical JSON, upstream placeholders kept
+    output_name: str | None
+    upstream: str | None
+    input_width: int | None
+    input_height: int | None
+    est_low_micros: int
+    est_high_micros: int
+    state: str = PENDING
+    request_id: str | None = None
+    gateway_status: str | None = None
+    error: str | None = None
+    reserved_micros: int = 0
+    charged_micros: int | None = None
+    tier: str | None = None
+    media_url: str | None = None
+    media_type: str | None = None
+    output_width: int | None = None
+    output_height: int | None = None
+    polls: int = 0
+    submitted_at: datetime | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+    run_id: str | None = None
+    attempts: int = 0
+    polling_path: str | None = None
+
+    def snapshot(self) -> tuple:
+        return (self.key,) + tuple(getattr(self, c) for c, _ in MUTABLE_COLUMNS)
+
+    @property
+    def input_size(self) -> tuple[int, int] | None:
+        return (self.input_width, self.input_height) if self.input_width and self.input_height else None
+
+    @property
+    def body_dict(self) -> dict[str, Any]:
+        return json.loads(self.body)
+
+    @classmethod
+    def from_db(cls, row: tuple) -> ItemRow:
+        r = cls(*row)
+        r.polls = r.polls or 0
+        r.attempts = r.attempts or 0
+        r.reserved_micros = r.reserved_micros or 0
+        return r
+
+
+@dataclass(frozen=True, slots=True)
+class Attempt:
+    key: str
+    n: int
+    run_id: str
+    intent_at: datetime
+    reserved_micros: int
+    request_id: str | None = None
+    accepted_at: datetime | None = None
+    http_status: int | None = None
+    outcome: str | None = None  # pending|accepted|rejected|ambiguous|abandoned
+
+
+@dataclass(frozen=True, slots=True)
+class OutputRow:
+    key: str
+    path: str  # relative to the output directory
+    sha256: str
+    bytes: int
+    width: int | None
+    height: int | None
+    media_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Totals:
+    """Money in the whole state file (micro-dollars)."""
+
+    charged_micros: int
+    reserved_micros: int  # SUBMITTING/SUBMITTED reservations plus AMBIGUOUS ones (money at risk)
+    abandoned_micros: int  # reservations of ambiguous attempts that were resent (--retry-ambiguous)
+    at_risk_micros: int  # reservations of AMBIGUOUS items (part of reserved_micros)
+
+    @property
+    def committed_micros(self) -> int:
+        """What the budget must cover: spent, plus everything that may still be charged."""
+        return self.charged_micros + self.reserved_micros + self.abandoned_micros
+
+
+@dataclass(frozen=True, slots=True)
+class IngestResult:
+    scope: str
+    items: int  # unique items in the manifest
+    new: int  # inserted now
+    aliases: int
+    reused: bool  # the expansion was unchanged: nothing written
+
+
+@dataclass(frozen=True)
+class StatusSnapshot:
+    """Progress of the manifest a state file was last run with (what ``status`` shows)."""
+
+    state_path: str
+    source: str  # "database" | "status-file"
+    running: bool
+    updated_at: str  # ISO 8601 UTC
+    run_id: str | None = None
+    pid: int | None = None
+    outcome: str | None = None
+    manifest_path: str | None = None
+    steps: dict[str, dict[str, int]] = field(default_factory=dict)  # step -> state -> count
+    charged_micros: int = 0
+    reserved_micros: int = 0
+    at_risk_micros: int = 0
+    budget_micros: int | None = None
+    estimate_low_micros: int | None = None
+    estimate_high_micros: int | None = None
+    rate_per_s: float | None = None  # items finished per second (running only)
+    eta_s: float | None = None
+
+    def totals(self) -> dict[str, int]:
+        out: dict[str, int] = {s: 0 for s in ITEM_STATES}
+        for counts in self.steps.values():
+            for s, n in counts.items():
+                out[s] = out.get(s, 0) + n
+        return out
+
+    @property
+    def ambiguous(self) -> int:
+        return self.totals().get(AMBIGUOUS, 0)
+
+    def to_json(self) -> str:
+        return json.dumps({"version": 1, **asdict(self)}, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StatusSnapshot:
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def write_status_file(snapshot: StatusSnapshot) -> Path:
+    """Atomically replace ``<state>.status.json`` (temp file + os.replace)."""
+    target = status_file_path(snapshot.state_path)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    tmp.write_text(snapshot.to_json(), "utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def read_status(state_path: str | Path) -> StatusSnapshot:
+    """Progress per step from the state file, or from its status file while a run holds it."""
+    state_path = Path(state_path)
+    try:
+        db = connect(state_path, read_only=True)
+    except StateLocked:
+        sf = status_file_path(state_path)
+        try:
+            data = json.loads(sf.read_text("utf-8"))
+        except (FileNotFoundError, json.JSONDecodeError):
+            raise StateLocked(f"state file {state_path} is in use by a running pixbatch and its status file {sf} "
+                              "is not readable yet; try again in a second.") from None
+        snap = StatusSnapshot.from_dict(data)
+        return StatusSnapshot(**{**asdict(snap), "source": "status-file", "state_path": str(state_path)})
+    try:
+        return snapshot_from_db(db, str(state_path))
+    finally:
+        db.close()
+
+
+def snapshot_from_db(db: duckdb.DuckDBPyConnection, state_path: str, *, running: bool = False) -> StatusSnapshot:
+    names = {r[0] for r in db.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if "items" not in names:
+        return StatusSnapshot(state_path=state_path, source="database", running=False, updated_at=_iso(utcnow()))
+    run = db.execute(
+        "SELECT run_id, pid, outcome, manifest_path, budget_micros, estimate_low_micros, estimate_high_micros, "
+        "manifest_sha256 FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+    scope = run[7] if run else None
+    where, params = ("WHERE scope = ?", [scope]) if scope else ("", [])
+    steps: dict[str, dict[str, int]] = {}
+    for step, st, n in db.execute(f"SELECT step, state, count(*) FROM items {where} GROUP BY 1, 2 ORDER BY 1, 2",
+                                  params).fetchall():
+        steps.setdefault(step, {})[st] = n
+    t = totals(db)
+    return StatusSnapshot(
+        state_path=state_path, source="database", running=running, updated_at=_iso(utcnow()),
+        run_id=run[0] if run else None, pid=run[1] if run else None, outcome=run[2] if run else None,
+        manifest_path=run[3] if run else None, steps=steps, charged_micros=t.charged_micros,
+        reserved_micros=t.reserved_micros, at_risk_micros=t.at_risk_micros,
+        budget_micros=run[4] if run else None, estimate_low_micros=run[5] if run else None,
+        estimate_high_micros=run[6] if run else None)
+
+
+def totals(db: duckdb.DuckDBPyConnection) -> Totals:
+    charged, reserved, at_risk = db.execute(
+        "SELECT coalesce(sum(charged_micros), 0), coalesce(sum(reserved_micros), 0), "
+        "coalesce(sum(reserved_micros) FILTER (WHERE state = 'AMBIGUOUS'), 0) FROM items").fetchone()
+    abandoned = db.execute(
+        "SELECT coalesce(sum(reserved_micros), 0) FROM attempts WHERE outcome = 'abandoned'").fetchone()[0]
+    return Totals(int(charged), int(reserved), int(abandoned), int(at_risk))
+
+
+def _iso(dt: datetime) -> str:
+    return dt.replace(tzinfo=timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+# -- the store ------------------------------------------------------------------------------
+
+_STOP = object()
+
+
+class _Op:
+    __slots__ = ("kind", "payload", "future")
+
+    def __init__(self, kind: str, payload: Any, future: concurrent.futures.Future | None = None):
+        self.kind = kind
+        self.payload = payload
+        self.future = future
+
+
+class Store:
+    """One state file, one writer thread. Open with ``Store.open(path)``; ``close()`` flushes."""
+
+    def __init__(self, path: str | Path, db: duckdb.DuckDBPyConnection, *, max_batch: int = 50_000):
+        self.path = Path(path)
+        self._db = db
+        self._q: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
+        self._max_batch = max_batch
+        self._error: BaseException | None = None
+        self._closed = False
+        self.commits = 0
+        self.rows_committed = 0
+        self._thread = threading.Thread(target=self._writer, name=f"pixbatch-store:{self.path.name}", daemon=True)
+        self._thread.start()
+
+    @classmethod
+    def open(cls, path: str | Path) -> Store:
+        """Open (creating and migrating) a state file for writing; ``StateLocked`` if in use."""
+        return cls(path, connect(path))
+
+    # -- queued writes (any thread, never blocks) ----------------------------------------
+
+    def _put(self, op: _Op) -> None:
+        if self._error is not None:
+            raise StateError(f"the state file {self.path} can no longer be written: {self._error}")
+        if self._closed:
+            raise StateError(f"state file {self.path} is closed")
+        self._q.put(op)
+
+    def _future(self, wait: bool) -> concurrent.futures.Future | None:
+        return concurrent.futures.Future() if wait else None
+
+    def put_item(self, row: ItemRow, *, wait: bool = False) -> concurrent.futures.Future | None:
+        f = self._future(wait)
+        self._put(_Op("item", row.snapshot(), f))
+        return f
+
+    def put_event(self, run_id: str | None, key: str | None, kind: str, detail: dict[str, Any] | None = None) -> None:
+        self._put(_Op("event", (utcnow(), run_id, key, kind, json.dumps(detail or {}, default=str))))
+
+    def put_attempt(self, attempt: Attempt, *, wait: bool = False) -> concurrent.futures.Future | None:
+        f = self._future(wait)
+        self._put(_Op("attempt", attempt, f))
+        return f
+
+    def put_output(self, out: OutputRow) -> None:
+        self._put(_Op("output", out))
+
+    def put_sql(self, sql: str, params: list | None = None, *, wait: bool = False) -> concurrent.futures.Future | None:
+        f = self._future(wait)
+        self._put(_Op("sql", (sql, params or []), f))
+        return f
+
+    async def commit(self) -> None:
+        """Wait until everything queued so far is committed."""
+        f: concurrent.futures.Future = concurrent.futures.Future()
+        self._put(_Op("barrier", None, f))
+        await asyncio.wrap_future(f)
+
+    def commit_sync(self) -> None:
+        f: concurrent.futures.Future = concurrent.futures.Future()
+        self._put(_Op("barrier", None, f))
+        f.result()
+
+    async def call(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        """Run ``fn(connection)`` on the writer thread after the writes queued before it."""
+        f: concurrent.futures.Future = concurrent.futures.Future()
+        self._put(_Op("call", fn, f))
+        return await asyncio.wrap_future(f)
+
+    def call_sync(self, fn: Callable[[duckdb.DuckDBPyConnection], T]) -> T:
+        f: concurrent.futures.Future = concurrent.futures.Future()
+        self._put(_Op("call", fn, f))
+        return f.result()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._q.put(_STOP)
+        self._closed = True
+        self._thread.join()
+        self._db.close()
+        if self._error is not None:
+            raise StateError(f"writing the state file {self.path} failed: {self._error}")
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- the writer thread ---------------------------------------------------------------
+
+    def _writer(self) -> None:
+        stop = False
+        while not stop:
+            first = self._q.get()
+            batch: list[_Op] = []
+            if first is _STOP:
+                break
+            batch.append(first)  # type: ignore[arg-type]
+            while len(batch) < self._max_batch:
+                try:
+                    nxt = self._q.get_nowait()
+                except queue.Empty:
+                    break
+                if nxt is _STOP:
+                    stop = True
+                    break
+                batch.append(nxt)  # type: ignore[arg-type]
+            self._process(batch)
+
+    def _process(self, batch: list[_Op]) -> None:
+        pending: list[_Op] = []
+        for op in batch:
+            if op.kind == "call":
+                self._flush(pending)
+                pending = []
+                try:
+                    res = op.payload(self._db)
+                except BaseException as exc:  # handed to the caller, not swallowed
+                    op.future.set_exception(exc)
+                else:
+                    op.future.set_result(res)
+            else:
+                pending.append(op)
+        self._flush(pending)
+
+    def _flush(self, ops: list[_Op]) -> None:
+        if not ops:
+            return
+        waiters = [op.future for op in ops if op.future is not None]
+        if self._error is not None:
+            for f in waiters:
+                f.set_exception(StateError(f"state file {self.path} is not writable: {self._error}"))
+            return
+        items: dict[str, tuple] = {}
+        attempts: dict[tuple[str, int], Attempt] = {}
+        events: list[tuple] = []
+        outputs: dict[tuple[str, str], OutputRow] = {}
+        sqls: list[tuple[str, list]] = []
+        for op in ops:
+            if op.kind == "item":
+                items[op.payload[0]] = op.payload  # later snapshot of the same key wins
+            elif op.kind == "event":
+                events.append(op.payload)
+            elif op.kind == "attempt":
+                attempts[(op.payload.key, op.payload.n)] = op.payload
+            elif op.kind == "output":
+                outputs[(op.payload.key, op.payload.path)] = op.payload
+            elif op.kind == "sql":
+                sqls.append(op.payload)
+        db = self._db
+        try:
+            db.execute("BEGIN TRANSACTION")
+            if items:
+                _update_items(db, list(items.values()))
+            if attempts:
+                _upsert_attempts(db, list(attempts.values()))
+            if events:
+                _insert_events(db, events)
+            for o in outputs.values():
+                db.execute("INSERT OR REPLACE INTO outputs (key, path, sha256, bytes, width, height, media_type, "
+                           "downloaded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [o.key, o.path, o.sha256, o.bytes, o.width, o.height, o.media_type, utcnow()])
+            for sql, params in sqls:
+                db.execute(sql, params)
+            db.execute("COMMIT")
+        except BaseException as exc:
+            try:
+                db.execute("ROLLBACK")
+            except duckdb.Error:
+                pass
+            self._error = exc
+            for f in waiters:
+                f.set_exception(StateError(f"writing the state file {self.path} failed: {exc}"))
+            return
+        self.commits += 1
+        self.rows_committed += len(items) + len(events) + len(attempts)
+        for f in waiters:
+            f.set_result(None)
+
+
+def _update_items(db: duckdb.DuckDBPyConnection, snaps: list[tuple]) -> None:
+    cols = list(zip(*snaps))
+    sel = ", ".join([f"unnest(?::VARCHAR[]) AS key"] +
+                    [f"unnest(?::{t}[]) AS {c}" for c, t in MUTABLE_COLUMNS])
+    sets = ", ".join(f"{c} = u.{c}" for c, _ in MUTABLE_COLUMNS)
+    db.execute(f"UPDATE items SET {sets}, updated_at = now()::TIMESTAMP FROM (SELECT {sel}) u WHERE items.key = u.key",
+               [list(c) for c in cols])
+
+
+def _upsert_attempts(db: duckdb.DuckDBPyConnection, rows: list[Attempt]) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO attempts (key, n, run_id, intent_at, reserved_micros, request_id, accepted_at, "
+        "http_status, outcome) SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]), "
+        "unnest(?::TIMESTAMP[]), unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::TIMESTAMP[]), "
+        "unnest(?::INTEGER[]), unnest(?::VARCHAR[])",
+        [[a.key for a in rows], [a.n for a in rows], [a.run_id for a in rows], [a.intent_at for a in rows],
+         [a.reserved_micros for a in rows], [a.request_id for a in rows], [a.accepted_at for a in rows],
+         [a.http_status for a in rows], [a.outcome for a in rows]])
+
+
+def _insert_events(db: duckdb.DuckDBPyConnection, events: list[tuple]) -> None:
+    ts, run, key, kind, detail = (list(c) for c in zip(*events))
+    db.execute("INSERT INTO events (ts, run_id, key, kind, detail) SELECT unnest(?::TIMESTAMP[]), "
+               "unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[]), unnest(?::JSON[])",
+               [ts, run, key, kind, detail])
+
+
+# -- set-based operations (run on the writer thread through Store.call) ---------------------
+
+
+def expansion_scope(items: Iterable[WorkItem]) -> tuple[str, int]:
+    """A digest of an expansion (keys, places and names, in order): equal digests, same work."""
+    import hashlib
+
+    h = hashlib.sha256()
+    n = 0
+    for it in items:
+        h.update(f"{it.key}\t{it.step}\t{it.index}\t{it.output_name}\t{it.input_size}\n".encode())
+        n += 1
+    return h.hexdigest()[:32], n
+
+
+def ingest(db: duckdb.DuckDBPyConnection, items: Iterable[WorkItem], scope: str, table: PriceTable,
+           steps: Iterable[str], *, batch: int = INGEST_BATCH) -> IngestResult:
+    """Insert the expansion's items (new keys) and aliases (repeated keys), tagging all with ``scope``.
+
+    Items already in the file keep their state (so completed results are reused); only
+    their ``scope`` changes. Batched inserts from Python lists via ``unnest``.
+    """
+    seen: set[str] = set()
+    buf: list[WorkItem] = []
+    aliases: list[tuple[str, str, int, str]] = []
+    new = total = 0
+    db.execute("BEGIN TRANSACTION")
+    try:
+        step_list = list(steps)
+        if step_list:
+            db.execute("DELETE FROM aliases WHERE list_contains(?::VARCHAR[], step)", [step_list])
+
+        def flush() -> int:
+            if not buf:
+                return 0
+            prices = [table.price(it.op, dict(it.body), it.input_size) for it in buf]
+            before = db.execute("SELECT count(*) FROM items").fetchone()[0]
+            db.execute("CREATE OR REPLACE TEMP TABLE _ingest AS SELECT unnest(?::VARCHAR[]) AS key, "
+                       "unnest(?::VARCHAR[]) AS step, unnest(?::VARCHAR[]) AS op, unnest(?::BIGINT[]) AS idx, "
+                       "unnest(?::VARCHAR[]) AS body, unnest(?::VARCHAR[]) AS input_id, "
+                       "unnest(?::VARCHAR[]) AS output_name, unnest(?::VARCHAR[]) AS upstream, "
+                       "unnest(?::INTEGER[]) AS input_width, unnest(?::INTEGER[]) AS input_height, "
+                       "unnest(?::BIGINT[]) AS est_low_micros, unnest(?::BIGINT[]) AS est_high_micros, "
+                       "unnest(?::VARCHAR[]) AS tier",
+                       [[i.key for i in buf], [i.step for i in buf], [i.op for i in buf], [i.index for i in buf],
+                        [i.body_json for i in buf], [i.input_id for i in buf], [i.output_name for i in buf],
+                        [i.upstream for i in buf],
+                        [i.input_size[0] if i.input_size else None for i in buf],
+                        [i.input_size[1] if i.input_size else None for i in buf],
+                        [p.low_micros for p in prices], [p.high_micros for p in prices],
+                        [p.high.name if p.exact else f"{p.low.name} .. {p.high.name}" for p in prices]])
+            db.execute("UPDATE items SET scope = ? FROM _ingest n WHERE items.key = n.key", [scope])
+            db.execute("INSERT INTO items (key, step, op, idx, body, input_id, output_name, upstream, input_width, "
+                       "input_height, est_low_micros, est_high_micros, tier, scope, attempts) "
+                       "SELECT n.*, ?, 0 FROM _ingest n ANTI JOIN items USING (key)", [scope])
+            added = db.execute("SELECT count(*) FROM items").fetchone()[0] - before
+            buf.clear()
+            return added
+
+        def flush_aliases() -> None:
+            if aliases:
+                db.execute("INSERT OR REPLACE INTO aliases (key, step, idx, output_name) SELECT unnest(?::VARCHAR[]), "
+                           "unnest(?::VARCHAR[]), unnest(?::BIGINT[]), unnest(?::VARCHAR[])",
+                           [list(c) for c in zip(*aliases)])
+                aliases.clear()
+
+        for it in items:
+            if it.key in seen:
+                aliases.append((it.key, it.step, it.index, it.output_name))
+                if len(aliases) >= batch:
+                    flush_aliases()
+                continue
+            seen.add(it.key)
+            total += 1
+            buf.append(it)
+            if len(buf) >= batch:
+                new += flush()
+        new += flush()
+        flush_aliases()
+        n_alias = db.execute("SELECT count(*) FROM aliases WHERE list_contains(?::VARCHAR[], step)",
+                             [step_list]).fetchone()[0] if step_list else 0
+        db.execute("DROP TABLE IF EXISTS _ingest")
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return IngestResult(scope=scope, items=total, new=new, aliases=n_alias, reused=False)
+
+
+def recover(db: duckdb.DuckDBPyConnection, run_id: str) -> int:
+    """After a crash: SUBMITTING without a request id -> AMBIGUOUS (it may have been charged).
+
+    Returns how many items became AMBIGUOUS. Their reservation is kept: the money is at risk.
+    """
+    db.execute("BEGIN TRANSACTION")
+    try:
+        # a request id that was committed is authoritative (the state write raced the crash)
+        db.execute("UPDATE items SET state = 'SUBMITTED' WHERE state = 'SUBMITTING' AND request_id IS NOT NULL")
+        keys = [r[0] for r in db.execute(
+            "SELECT key FROM items WHERE state = 'SUBMITTING' AND request_id IS NULL").fetchall()]
+        if keys:
+            db.execute("UPDATE items SET state = 'AMBIGUOUS', run_id = ?, updated_at = now()::TIMESTAMP, "
+                       "error = 'the run stopped between sending this request and recording its answer: it may "
+                       "have been accepted (and charged)' WHERE state = 'SUBMITTING' AND request_id IS NULL", [run_id])
+            db.execute("UPDATE attempts SET outcome = 'ambiguous' WHERE outcome = 'pending' AND list_contains(?, key)",
+                       [keys])
+            db.execute("INSERT INTO events (ts, run_id, key, kind, detail) SELECT now()::TIMESTAMP, ?, unnest(?), "
+                       "'state', '{\"state\": \"AMBIGUOUS\", \"reason\": \"recovered SUBMITTING without request_id\"}'",
+                       [run_id, keys])
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return len(keys)
+
+
+def block_downstream(db: duckdb.DuckDBPyConnection, scope: str, run_id: str) -> int:
+    """PENDING items whose upstream ended in a blocking state become BLOCKED (transitively)."""
+    total = 0
+    while True:
+        rows = db.execute(
+            "SELECT i.key, u.key, u.state FROM items i JOIN items u ON u.key = i.upstream "
+            "WHERE i.scope = ? AND i.state = 'PENDING' AND u.state IN ('FAILED', 'ERROR', 'FAILED_VALIDATION', "
+            "'BLOCKED', 'AMBIGUOUS')", [scope]).fetchall()
+        if not rows:
+            return total
+        keys = [r[0] for r in rows]
+        reasons = [f"upstream item {r[1]} ended {r[2]}" for r in rows]
+        db.execute("BEGIN TRANSACTION")
+        try:
+            db.execute("UPDATE items SET state = 'BLOCKED', error = u.reason, run_id = ?, updated_at = now()::TIMESTAMP "
+                       "FROM (SELECT unnest(?::VARCHAR[]) AS key, unnest(?::VARCHAR[]) AS reason) u "
+                       "WHERE items.key = u.key", [run_id, keys, reasons])
+            db.execute("INSERT INTO events (ts, run_id, key, kind, detail) SELECT now()::TIMESTAMP, ?, "
+                       "unnest(?::VARCHAR[]), 'state', json_object('state', 'BLOCKED', 'reason', unnest(?::VARCHAR[]))",
+                       [run_id, keys, reasons])
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
+        total += len(keys)
+
+
+def select_rows(db: duckdb.DuckDBPyConnection, where: str, params: list, *, order: str = "idx",
+                limit: int | None = None) -> list[ItemRow]:
+    cols = ", ".join(f"i.{c}" for c in ROW_COLUMNS)
+    sql = f"SELECT {cols} FROM items i WHERE {where} ORDER BY {order}" + (f" LIMIT {int(limit)}" if limit else "")
+    return [ItemRow.from_db(r) for r in db.execute(sql, params).fetchall()]
+
+
+def ready_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_idx: int, limit: int,
+               states: tuple[str, ...] = (PENDING,)) -> list[tuple[ItemRow, ItemRow | None]]:
+    """PENDING items of a step whose upstream (if any) is COMPLETED, with that upstream row."""
+    cols = ", ".join(f"i.{c}" for c in ROW_COLUMNS)
+    ucols = ", ".join(f"u.{c}" for c in ROW_COLUMNS)
+    rows = db.execute(
+        f"SELECT {cols}, {ucols} FROM items i LEFT JOIN items u ON u.key = i.upstream "
+        "WHERE i.scope = ? AND i.step = ? AND i.idx > ? AND list_contains(?::VARCHAR[], i.state) "
+        "AND (i.upstream IS NULL OR u.state = 'COMPLETED') ORDER BY i.idx LIMIT ?",
+        [scope, step, after_idx, list(states), limit]).fetchall()
+    n = len(ROW_COLUMNS)
+    out = []
+    for r in rows:
+        up = ItemRow.from_db(r[n:]) if r[n] is not None else None
+        out.append((ItemRow.from_db(r[:n]), up))
+    return out
+
+
+def counts_by_step(db: duckdb.DuckDBPyConnection, scope: str) -> dict[str, dict[str, int]]:
+    out: dict[str, dict[str, int]] = {}
+    for step, st, n in db.execute("SELECT step, state, count(*) FROM items WHERE scope = ? GROUP BY 1, 2",
+                                  [scope]).fetchall():
+        out.setdefault(step, {})[st] = n
+    return out
+
+
+def bulk_insert_items_for_bench(db: duckdb.DuckDBPyConnection, n: int, scope: str = "bench") -> list[str]:
+    """Synthetic rows for ``bench/state.py`` (not used by runs)."""
+    keys = [f"{i:032x}" for i in range(n)]
+    for b in range(0, n, INGEST_BATCH):
+        ks = keys[b:b + INGEST_BATCH]
+        db.execute("INSERT INTO items (key, step, op, idx, body, est_low_micros, est_high_micros, scope, attempts) "
+                   "SELECT unnest(?::VARCHAR[]), 'bench', 'edit', unnest(?::BIGINT[]), '{}', 10000, 10000, ?, 0",
+                   [ks, list(range(b, b + len(ks))), scope])
+    return keys
