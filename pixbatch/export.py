@@ -1,0 +1,79 @@
+"""Export the state file's tables to Parquet or CSV, with DuckDB's own ``COPY``.
+
+``export_state(state, out_dir, fmt)`` writes one file per table (``runs``, ``items``,
+``aliases``, ``attempts``, ``events``, ``outputs``) as
+``COPY (SELECT * FROM t ORDER BY ...) TO 'out_dir/t.parquet' (FORMAT parquet)``: DuckDB
+streams the rows itself, so a state file of millions of items never passes through
+Python. The rows are in a stable order (by key columns), the columns are the state
+schema's, and nothing else is added. The state file is opened read-only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import duckdb
+
+from .errors import StateError, StateLocked
+from .migrations import connect
+
+FORMATS = ("parquet", "csv")
+#: table -> ORDER BY, in the order they are written
+TABLES: dict[str, str] = {
+    "runs": "started_at, run_id",
+    "items": "step, idx, key",
+    "aliases": "step, idx",
+    "attempts": "key, n",
+    "events": "seq",
+    "outputs": "path, key",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Exported:
+    table: str
+    path: Path
+    rows: int
+
+
+def _literal(path: Path) -> str:
+    return "'" + str(path).replace("'", "''") + "'"
+
+
+def export_db(db: duckdb.DuckDBPyConnection, out_dir: str | Path, fmt: str = "parquet",
+              tables: tuple[str, ...] | None = None) -> tuple[Exported, ...]:
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    names = tables or tuple(TABLES)
+    unknown = [t for t in names if t not in TABLES]
+    if unknown:
+        raise ValueError(f"cannot export {', '.join(unknown)}; tables: {', '.join(TABLES)}")
+    present = {r[0] for r in db.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
+    missing = [t for t in names if t not in present]
+    if missing:
+        raise StateError(f"the state file has no {', '.join(missing)} table yet; run `pixbatch run` first.")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    options = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER true"
+    written = []
+    for t in names:
+        target = out / f"{t}.{fmt}"
+        db.execute(f"COPY (SELECT * FROM {t} ORDER BY {TABLES[t]}) TO {_literal(target)} ({options})")
+        rows = db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
+        written.append(Exported(t, target, rows))
+    return tuple(written)
+
+
+def export_state(state: str | Path, out_dir: str | Path, fmt: str = "parquet",
+                 tables: tuple[str, ...] | None = None) -> tuple[Exported, ...]:
+    """Write each table of the state file to ``out_dir/<table>.<fmt>``; returns what was written."""
+    try:
+        db = connect(state, read_only=True)
+    except StateLocked as exc:
+        raise StateLocked(f"{exc} Export after the run ends.") from None
+    try:
+        return export_db(db, out_dir, fmt, tables)
+    finally:
+        db.close()
