@@ -36,6 +36,7 @@ import json
 import logging
 import math
 import random
+import socket
 import time
 from typing import Any
 
@@ -77,8 +78,45 @@ def _install_log_filter() -> None:
         logger.addFilter(_DropFilter())
 
 
+_TRANSPORT = "pixbatch.emulator.transport"
+
+
+class _EmulatorApp(Starlette):
+    """Starlette, plus: remember the server's socket transport so a handler can drop it.
+
+    uvicorn's ``send`` is a bound method of its request cycle, which holds the transport;
+    this must be read before Starlette's middleware wraps ``send``. Other servers (or
+    httpx's ASGITransport) have none, and ``_drop`` falls back.
+    """
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            transport = getattr(getattr(send, "__self__", None), "transport", None)
+            scope[_TRANSPORT] = transport
+            if transport is not None:
+                _nodelay(transport)
+        await super().__call__(scope, receive, send)
+
+
+def _nodelay(transport: Any) -> None:
+    """Disable Nagle on the connection: uvicorn writes headers and body separately, and
+    without TCP_NODELAY every keep-alive answer waits ~40 ms for the client's delayed ACK."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except OSError:
+            pass
+
+
 async def _drop(scope: Any, receive: Any, send: Any) -> None:
-    """An ASGI answer that starts a 202 and then dies: the client sees a transport error."""
+    """An ASGI answer that never comes: the connection is closed, the client sees a transport error."""
+    transport = scope.get(_TRANSPORT)
+    if transport is not None and hasattr(transport, "abort"):
+        transport.abort()  # no status line, no body: like a gateway dying after accepting
+        await asyncio.sleep(0.01)  # let the server notice the disconnect before we return
+        return
+    # no handle on the socket: start a 202 promising a body, then die mid-answer
     await send({"type": "http.response.start", "status": 202,
                 "headers": [(b"content-type", b"application/json"), (b"content-length", b"200")]})
     raise ConnectionDropped("emulated connection drop after the request was accepted")
@@ -391,6 +429,6 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
         Route("/_emulator/script", gw.script, methods=["POST", "DELETE"]),
         Route("/_emulator/stats", gw.stats, methods=["GET"]),
     ]
-    app = Starlette(routes=routes, lifespan=lifespan)
+    app = _EmulatorApp(routes=routes, lifespan=lifespan)
     app.state.engine = engine
     return app

@@ -38,6 +38,11 @@ class RunningEmulator:
     _client: httpx.Client = field(default_factory=lambda: httpx.Client(timeout=30.0))
 
     @property
+    def http(self) -> httpx.Client:
+        """A plain httpx client (no default headers) for talking to the emulator."""
+        return self._client
+
+    @property
     def headers(self) -> dict[str, str]:
         """Headers for a gateway request with this emulator's key."""
         return {"Ocp-Apim-Subscription-Key": self.api_key, "Content-Type": "application/json"}
@@ -149,6 +154,7 @@ def run_foreground(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted connections
     sock.bind((host, port))
     sock.listen(2048)  # connections queue here until uvicorn accepts them
     url = f"http://{host}:{sock.getsockname()[1]}"

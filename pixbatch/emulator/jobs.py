@@ -308,7 +308,8 @@ class Engine:
 
     def _fail(self, job: Job, message: str) -> None:
         self.stats["work_failed"] += 1
-        job.outcome, job.error = FAILED, message
+        if job.outcome == COMPLETED:  # a planned (emulated or scripted) failure keeps its message
+            job.outcome, job.error = FAILED, message
 
     def _render(self, job: Job, inputs: list[bytes]) -> imaging.Rendered:
         b = job.body
