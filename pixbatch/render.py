@@ -119,12 +119,19 @@ def summary_pairs(r: Report) -> list[tuple[str, str]]:
         ("Charged", f"{usd(t.charged_micros)} ({t.charged_items:,} items)"),
         ("Not charged", f"{t.not_charged_items:,} items (ERROR, FAILED_VALIDATION; estimate "
                         f"{usd(t.not_charged_est_micros)})"),
-        ("At risk", f"{usd(t.at_risk_micros)} ({t.at_risk_items:,} AMBIGUOUS items)"),
+        ("At risk", f"{usd(t.at_risk_micros)} ({t.at_risk_items:,} AMBIGUOUS items)"
+                    + (f" + {usd(t.abandoned_micros)} ({t.abandoned_attempts:,} resent ambiguous attempts)"
+                       if t.abandoned_attempts else "")),
         ("Reserved", f"{usd(t.reserved_micros)} ({t.in_flight_items:,} items in flight)"),
         ("Not spent", f"{t.unspent_items:,} items PENDING/BLOCKED (estimate {usd(t.unspent_est_micros)})"),
     ]
     if t.budget_micros is not None:
         pairs.append(("Budget", f"{usd(t.budget_micros)} ({usd(t.budget_micros - t.charged_micros)} left)"))
+    if r.live:
+        pairs.append(("Live", "from the running run's status file (partial)"))
+    if r.excluded_items:
+        pairs.append(("Not included", f"{r.excluded_items:,} items of other manifest versions "
+                                      f"(charged {usd(r.excluded_charged_micros)})"))
     pairs.append(("Generated", _ts(r.generated_at) + " UTC"))
     return pairs
 

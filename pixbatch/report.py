@@ -19,10 +19,15 @@ never sent (PENDING, BLOCKED), items in flight (their reservation), AMBIGUOUS it
 submit whose fate is unknown: at risk, up to their reservation or estimate), and terminal
 items whose charge was never recorded (``pixbatch reconcile`` settles those).
 
+Scope. By default the report covers the items of the manifest version the latest run
+worked on (``items.scope = runs.manifest_sha256``, as ``pixbatch status`` does); a note
+counts (and prices) the items of other versions, which ``all_items`` includes.
+
 A report works on a state file from an interrupted run: items still SUBMITTING/SUBMITTED
 are "in flight" and a note says to run ``pixbatch reconcile``. While ``pixbatch run``
-holds the file's lock, the report cannot open it; ``build_report`` then raises
-``StateLocked`` with a message that says so (and points at the run's status file).
+holds the file's lock, nothing else can open it; the report is then built from the status
+file the run keeps next to it (``state.read_status``): live totals and counts per step and
+state only (``Report.live``), and ``StateLocked`` if there is no status file yet.
 """
 
 from __future__ import annotations
@@ -179,6 +184,8 @@ class SpendTotals:
     unspent_est_micros: int
     unsettled_items: int
     budget_micros: int | None
+    abandoned_attempts: int = 0  # AMBIGUOUS attempts that were resent: may have been charged too
+    abandoned_micros: int = 0  # their reservations (at risk, on top of at_risk_micros)
 
     @property
     def delta_micros(self) -> int:
@@ -303,46 +310,88 @@ class Report:
     outputs: Outputs
     notes: tuple[str, ...]
     audit_sql: tuple[tuple[str, str], ...] = AUDIT_SQL
+    live: bool = False  # built from the status file of a run that holds the state file (partial)
+    scope: str | None = None  # the expansion (manifest version) reported on; None: every item
+    excluded_items: int = 0  # items of other manifest versions, not in this report (see all_items)
+    excluded_charged_micros: int = 0
 
 
 # -- building it --------------------------------------------------------------------------
 
 
 def build_report(state: str | Path | duckdb.DuckDBPyConnection, *, run_id: str | None = None,
-                 estimate: object | None = None, outputs_limit: int | None = 20,
-                 issue_limit: int = 20, examples: int = 3,
-                 now: dt.datetime | None = None) -> Report:
+                 all_items: bool = False, estimate: object | None = None, outputs_limit: int | None = 20,
+                 issue_limit: int = 20, examples: int = 3, now: dt.datetime | None = None) -> Report:
     """Build the report from a state file (path, opened read-only) or an open connection.
 
-    ``run_id`` limits it to the items that run touched. ``estimate`` (an ``estimate.Estimate``)
+    By default it covers the items of the manifest version the latest run worked on (a
+    state file outlives manifest edits); ``all_items`` covers every item in the file, and
+    ``run_id`` only the items that run touched. ``estimate`` (an ``estimate.Estimate``)
     adds the plan's totals next to the state's own estimates. ``outputs_limit=None`` lists
     every output file.
+
+    While a run holds the state file's lock, the report is built from the run's status
+    file (``state.read_status``): live totals and counts only, ``Report.live`` is true.
     """
+    opts = dict(run_id=run_id, all_items=all_items, estimate=estimate, outputs_limit=outputs_limit,
+                issue_limit=issue_limit, examples=examples, now=now)
     if isinstance(state, duckdb.DuckDBPyConnection):
-        return _build(state, "<connection>", run_id, estimate, outputs_limit, issue_limit, examples, now)
+        return _build(state, "<connection>", **opts)
     path = Path(state)
     try:
         db = connect(path, read_only=True)
     except StateLocked as exc:
-        raise StateLocked(
-            f"{exc} A report needs the finished state: `pixbatch run` prints its progress while it runs"
-            f"{_status_hint(path)}; run the report again when it ends."
-        ) from None
+        return _live_report(path, str(exc), now)
     try:
-        return _build(db, str(path), run_id, estimate, outputs_limit, issue_limit, examples, now)
+        return _build(db, str(path), **opts)
     finally:
         db.close()
 
 
-def _status_hint(path: Path) -> str:
-    candidates = [path.with_name(path.name + ".status.json"), path.with_suffix(".status.json")]
-    for c in candidates:
-        if c.exists():
-            return f", and keeps its live status in {c}"
-    return ""
+def _live_report(path: Path, locked: str, now: dt.datetime | None) -> Report:
+    """A partial report from the status file a running ``pixbatch run`` keeps next to the state file."""
+    from .state import read_status
+
+    try:
+        snap = read_status(path)
+    except StateLocked:
+        raise StateLocked(f"{locked} Its live status file is not there (yet): run the report again in a few "
+                          "seconds, or when the run ends.") from None
+    counts = tuple(StatusCount(step, st, n) for step, by in snap.steps.items() for st, n in by.items() if n)
+    order = {s: i for i, s in enumerate(STATE_ORDER)}
+    steps = tuple(snap.steps)
+    counts = tuple(sorted(counts, key=lambda c: (steps.index(c.step), order.get(c.state, 99), c.state)))
+    by_state: dict[str, int] = {}
+    for c in counts:
+        by_state[c.state] = by_state.get(c.state, 0) + c.count
+    status = Status(counts, steps, tuple(sorted(by_state.items(), key=lambda kv: (order.get(kv[0], 99), kv[0]))),
+                    (), ())
+    n = sum(by_state.values())
+    in_flight = sum(by_state.get(s, 0) for s in IN_FLIGHT_STATES)
+    at_risk = by_state.get("AMBIGUOUS", 0)
+    totals = SpendTotals(
+        items=n, est_low_micros=snap.estimate_low_micros or 0, est_high_micros=snap.estimate_high_micros or 0,
+        charged_micros=snap.charged_micros, charged_items=0,
+        not_charged_items=by_state.get("ERROR", 0) + by_state.get("FAILED_VALIDATION", 0), not_charged_est_micros=0,
+        at_risk_items=at_risk, at_risk_micros=snap.at_risk_micros, in_flight_items=in_flight,
+        reserved_micros=snap.reserved_micros - snap.at_risk_micros,
+        unspent_items=by_state.get("PENDING", 0) + by_state.get("BLOCKED", 0), unspent_est_micros=0,
+        unsettled_items=0, budget_micros=snap.budget_micros)
+    run = RunInfo(snap.run_id, None, None, snap.outcome or "running", snap.manifest_path, None, snap.budget_micros,
+                  snap.estimate_low_micros, snap.estimate_high_micros) if snap.run_id else None
+    note = (f"A run (PID {snap.pid}) holds the state file: these are its live totals and counts from "
+            f"{snap.source.replace('-', ' ')} (updated {snap.updated_at}). Spend per tier, failures, timing and "
+            "outputs are in the full report, when the run ends.")
+    return Report(
+        state_path=str(path),
+        generated_at=now or dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0),
+        scope_run_id=None, run=run, runs=0,
+        spend=Spend((), (), (), totals), status=status, timing=Timing((), 1, (), None, None),
+        outputs=Outputs(0, 0, (), None), notes=(note,), live=True,
+    )
 
 
-def _build(db, label, run_id, estimate, outputs_limit, issue_limit, examples, now) -> Report:
+def _build(db, label, *, run_id, all_items, estimate, outputs_limit, issue_limit, examples, now) -> Report:
     tables = {r[0] for r in db.execute(
         "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
     if not {"items", "runs", "outputs", "attempts"} <= tables:
@@ -355,37 +404,61 @@ def _build(db, label, run_id, estimate, outputs_limit, issue_limit, examples, no
                 "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 5").fetchall()]
             raise StateError(f"run {run_id!r} is not in {label}; recent runs: "
                              f"{', '.join(known) or '(none)'}. Drop --run for the whole state file.")
-    q = _Scoped(db, run_id)
     run = _run_info(db, run_id)
+    scope = None
+    excluded = (0, 0)
+    has_scope = db.execute("SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'main' "
+                           "AND table_name = 'items' AND column_name = 'scope'").fetchone()[0]
+    if has_scope and run_id is None and not all_items and run is not None:
+        scope = db.execute("SELECT manifest_sha256 FROM runs WHERE run_id = ?", [run.run_id]).fetchone()[0]
+        if scope is not None:
+            excluded = db.execute("SELECT count(*), coalesce(sum(charged_micros), 0) FROM items "
+                                  "WHERE scope IS DISTINCT FROM ?", [scope]).fetchone()
+    q = _Scoped(db, run_id, scope)
     spend = _spend(q, run, estimate)
     status = _status(q, issue_limit, examples)
     timing = _timing(q)
     outputs = _outputs(q, db, run, outputs_limit)
     notes = _notes(run, spend, status)
+    if excluded[0]:
+        notes += (f"{excluded[0]:,} item(s) of other versions of the manifest are not in this report (charged "
+                  f"{_usd(int(excluded[1]))}); `--all` includes them.",)
     return Report(
         state_path=label,
         generated_at=now or dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0),
         scope_run_id=run_id, run=run, runs=runs, spend=spend, status=status, timing=timing,
-        outputs=outputs, notes=notes,
+        outputs=outputs, notes=notes, scope=scope, excluded_items=excluded[0],
+        excluded_charged_micros=int(excluded[1]),
     )
 
 
-class _Scoped:
-    """Queries over ``s``: the items in scope (all, or those one run touched)."""
+def _usd(micros: int) -> str:
+    from .money import format_usd
 
-    def __init__(self, db: duckdb.DuckDBPyConnection, run_id: str | None):
+    return format_usd(micros)
+
+
+class _Scoped:
+    """Queries over ``s``: the items in scope (all, one manifest version, or those one run touched)."""
+
+    def __init__(self, db: duckdb.DuckDBPyConnection, run_id: str | None, scope: str | None = None):
         self.db = db
         self.run_id = run_id
+        self.scope = scope
 
     def cte(self) -> str:
-        if self.run_id is None:
-            return "WITH s AS (SELECT *, rowid AS _row FROM items)"
-        return ("WITH s AS (SELECT *, rowid AS _row FROM items WHERE run_id = $run"
-                " OR key IN (SELECT key FROM attempts WHERE run_id = $run))")
+        if self.run_id is not None:
+            return ("WITH s AS (SELECT *, rowid AS _row FROM items WHERE run_id = $run"
+                    " OR key IN (SELECT key FROM attempts WHERE run_id = $run))")
+        if self.scope is not None:
+            return "WITH s AS (SELECT *, rowid AS _row FROM items WHERE scope = $scope)"
+        return "WITH s AS (SELECT *, rowid AS _row FROM items)"
 
     def all(self, sql: str, **params) -> list[tuple]:
         if self.run_id is not None:
             params["run"] = self.run_id
+        elif self.scope is not None:
+            params["scope"] = self.scope
         return self.db.execute(f"{self.cte()}\n{sql}", params).fetchall()
 
 
@@ -443,6 +516,9 @@ def _spend(q: _Scoped, run: RunInfo | None, estimate) -> Spend:
     def tot(attr: str) -> int:
         return sum(getattr(ln, attr) for ln in lines)
 
+    abandoned = q.all("SELECT count(*), coalesce(sum(reserved_micros), 0) FROM attempts "
+                      "WHERE outcome = 'abandoned' AND key IN (SELECT key FROM s)")[0]
+
     totals = SpendTotals(
         items=tot("items"), est_low_micros=tot("est_low_micros"), est_high_micros=tot("est_high_micros"),
         charged_micros=tot("charged_micros"), charged_items=tot("charged_items"),
@@ -452,6 +528,7 @@ def _spend(q: _Scoped, run: RunInfo | None, estimate) -> Spend:
         unspent_items=tot("unspent_items"), unspent_est_micros=tot("unspent_est_micros"),
         unsettled_items=tot("unsettled_items"),
         budget_micros=run.budget_micros if run else None,
+        abandoned_attempts=int(abandoned[0]), abandoned_micros=int(abandoned[1]),
     )
     planned_low, planned_high = _planned(estimate)
     return Spend(lines, step_spend, variance, totals, planned_low, planned_high)
@@ -594,6 +671,9 @@ def _notes(run: RunInfo | None, spend: Spend, status: Status) -> tuple[str, ...]
     if t.at_risk_items:
         notes.append(f"{t.at_risk_items} item(s) are AMBIGUOUS: their submit may have been accepted and charged "
                      f"(up to {format_usd(t.at_risk_micros)} at risk). Check the gateway's records for them.")
+    if t.abandoned_attempts:
+        notes.append(f"{t.abandoned_attempts} AMBIGUOUS attempt(s) were resent: the first sends may have been "
+                     f"charged too (up to {format_usd(t.abandoned_micros)} at risk).")
     if t.unsettled_items:
         notes.append(f"{t.unsettled_items} finished item(s) have no recorded charge; `pixbatch reconcile` "
                      "settles them.")

@@ -349,3 +349,56 @@ def test_locked_state_file_gives_a_clear_message(state, tmp_path):
         holder.wait()
         holder.stdout.close()
     assert build_report(path).spend.totals.items == 16
+
+
+def test_while_a_run_holds_the_lock_the_report_reads_its_status_file(state):
+    import subprocess
+    import sys
+
+    from pixbatch.state import StatusSnapshot, write_status_file
+
+    path, _ = state
+    holder = subprocess.Popen([sys.executable, "-c",
+                               "import duckdb, sys, time; db = duckdb.connect(sys.argv[1]); print('ok', flush=True);"
+                               " time.sleep(30)", str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "ok"
+        write_status_file(StatusSnapshot(
+            state_path=str(path), source="database", running=True, updated_at="2026-05-22T10:00:40Z",
+            run_id="run-3", pid=holder.pid, outcome="running",
+            steps={"recolor": {"COMPLETED": 5, "SUBMITTED": 2, "AMBIGUOUS": 1}, "hires": {"PENDING": 8}},
+            charged_micros=50000, reserved_micros=30000, at_risk_micros=10000, budget_micros=1_000_000,
+            estimate_low_micros=120000, estimate_high_micros=160000))
+        r = build_report(path)
+    finally:
+        holder.kill()
+        holder.wait()
+        holder.stdout.close()
+    assert r.live and r.run.run_id == "run-3"
+    t = r.spend.totals
+    assert (t.items, t.charged_micros, t.reserved_micros, t.at_risk_micros, t.in_flight_items) == (
+        16, 50000, 20000, 10000, 2)
+    assert r.status.count("hires", "PENDING") == 8 and set(r.status.steps) == {"recolor", "hires"}
+    assert f"PID {holder.pid}" in r.notes[0] and "live totals" in r.notes[0]
+    from pixbatch.render import render
+
+    for fmt in ("table", "json", "csv", "md", "html"):
+        assert "$0.05" in render(r, fmt) or "50000" in render(r, fmt)
+
+
+def test_items_of_other_manifest_versions_are_counted_apart(state):
+    path, keys = state
+    db = connect(path)
+    db.execute("UPDATE runs SET manifest_sha256 = 'v2'")
+    db.execute("UPDATE items SET scope = CASE WHEN step = 'thumbs' THEN 'v1' ELSE 'v2' END")
+    db.execute("UPDATE attempts SET outcome = 'abandoned' WHERE key = ?", [keys["r7"]])
+    db.close()
+    r = build_report(path)
+    assert r.scope == "v2" and r.status.steps == ("recolor", "hires")
+    assert (r.excluded_items, r.excluded_charged_micros) == (3, 5000)  # t1..t3; only t1 was charged
+    assert r.spend.totals.charged_micros == 50000
+    assert (r.spend.totals.abandoned_attempts, r.spend.totals.abandoned_micros) == (1, 10000)
+    assert any("3 item(s) of other versions" in n and "$0.005" in n for n in r.notes)
+    assert any("resent" in n for n in r.notes)
+    everything = build_report(path, all_items=True)
+    assert everything.scope is None and everything.spend.totals.charged_micros == 55000
