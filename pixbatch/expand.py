@@ -27,6 +27,7 @@ import itertools
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
+from functools import lru_cache
 from typing import Any
 
 from . import contract
@@ -95,6 +96,21 @@ def _plan(manifest: Manifest, step: Step) -> _Plan:
                  any(n == "key" for n, _ in template_fields(step.naming)))
 
 
+@lru_cache(maxsize=4096)
+def _cached_output_size(op: str, mode: Any, target: Any, factor: Any, aspect: Any, size: Size | None) -> Size | None:
+    body = {"upscale_mode": mode, "target": target, "factor": factor} if op == "upscale" else {"aspect_ratio": aspect}
+    return output_size(op, body, size)
+
+
+def _output_size(op: str, body: Mapping[str, Any], size: Size | None) -> Size | None:
+    """sizes.output_size, memoised: most items of a batch share a handful of sizes."""
+    if size is None and (op == "upscale" or body.get("aspect_ratio") == "match_input_image"):
+        return None
+    if op == "upscale":
+        return _cached_output_size(op, body["upscale_mode"], body["target"], body["factor"], None, size)
+    return _cached_output_size(op, None, None, None, body["aspect_ratio"], size)
+
+
 # (item, input it descends from, stem, template variables)
 _Row = tuple[WorkItem, Input, str, dict[str, Any]]
 
@@ -106,7 +122,7 @@ def _sources(manifest: Manifest, step: Step, sizes: SizeLookup | None
     if up is not None:
         upstep = manifest.step(up)
         for item, inp, stem, tv in _rows(manifest, upstep, sizes):
-            size = output_size(item.op, item.body, item.input_size)  # type: ignore[arg-type]
+            size = _output_size(item.op, item.body, item.input_size)
             yield inp, upstream_ref(item.key), item.key, size, item.vars, tv, stem
         return
     if step.input_ids is not None:
@@ -125,6 +141,7 @@ def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None) -> Iterator[
     plan = _plan(manifest, step)
     sid, op, refs, naming = step.id, step.op, list(plan.refs), plan.naming
     is_edit = op == "edit"
+    uses_key = plan.naming_uses_key
     build = WorkItem.build
     index = 0
     for inp, url, upkey, size, ivars, itvars, stem0 in _sources(manifest, step, sizes):
@@ -151,12 +168,12 @@ def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None) -> Iterator[
                 else:
                     body["image"] = url
                     tv["ext"] = body["output_format"]
-                name = naming.format_map(tv)
+                name = "" if uses_key else naming.format_map(tv)
             except (KeyError, ValueError, IndexError) as exc:
                 raise ManifestError([_render_problem(manifest, step, inp, exc)]) from None
             item = build(step=sid, op=op, body=body, input_id=inp.id, output_name=name, upstream=upkey,
                          input_size=size, vars={**ivars, **combo.vars} if ivars else combo.vars, index=index)
-            if plan.naming_uses_key:
+            if uses_key:  # the key is known only once the body is built
                 tv["key"] = item.key[:12]
                 item = replace(item, output_name=naming.format_map(tv))
             index += 1
