@@ -99,6 +99,7 @@ class Section:
     intro: str = ""  # a sentence before the table
     empty: str = "none"  # shown instead of an empty table
     numeric: tuple[int, ...] = ()  # right-aligned columns
+    nowrap: tuple[int, ...] = ()  # columns never wrapped (checksums)
 
 
 def summary_pairs(r: Report) -> list[tuple[str, str]]:
@@ -207,7 +208,7 @@ def sections(r: Report, *, outputs_limit: int | None = None) -> list[Section]:
         "Outputs", ("Path", "Step", "Bytes", "Size", "SHA-256"),
         tuple((f.path, f.step, f"{f.bytes:,}", f"{f.width}x{f.height}" if f.width and f.height else "-", f.sha256)
               for f in files),
-        intro=intro + ".", numeric=(2,)))
+        intro=intro + ".", numeric=(2,), nowrap=(4,)))
     return out
 
 
@@ -261,7 +262,8 @@ def render_table(r: Report, *, width: int = 120, outputs_limit: int | None = 20,
             tbl = Table(title=sec.title, title_justify="left", box=box.SIMPLE_HEAD)
             for i, h in enumerate(sec.headers):
                 tbl.add_column(h, justify="right" if i in sec.numeric else "left",
-                               overflow="fold")
+                               overflow="fold", no_wrap=i in sec.nowrap,
+                               min_width=64 if i in sec.nowrap else None)
         if sec.intro:
             tbl.caption = sec.intro
             tbl.caption_justify = "left"

@@ -20,7 +20,7 @@ submit whose fate is unknown: at risk, up to their reservation or estimate), and
 items whose charge was never recorded (``pixbatch reconcile`` settles those).
 
 Scope. By default the report covers the items of the manifest version the latest run
-worked on (``items.scope = runs.manifest_sha256``, as ``pixbatch status`` does); a note
+worked on (``items.scope`` = the run's ``options.scope``, the digest of its expansion); a note
 counts (and prices) the items of other versions, which ``all_items`` includes.
 
 A report works on a state file from an interrupted run: items still SUBMITTING/SUBMITTED
@@ -38,8 +38,9 @@ from pathlib import Path
 
 import duckdb
 
-from .errors import StateError, StateLocked
+from .errors import PixbatchError, StateError, StateLocked
 from .migrations import connect
+from .pricing import PriceTable
 
 #: The states of ``items.state`` (see ``migrations.m002_run_state``).
 IN_FLIGHT_STATES = ("SUBMITTING", "SUBMITTED")
@@ -321,20 +322,24 @@ class Report:
 
 def build_report(state: str | Path | duckdb.DuckDBPyConnection, *, run_id: str | None = None,
                  all_items: bool = False, estimate: object | None = None, outputs_limit: int | None = 20,
-                 issue_limit: int = 20, examples: int = 3, now: dt.datetime | None = None) -> Report:
+                 issue_limit: int = 20, examples: int = 3, table: PriceTable | None = None,
+                 output_dir: str | Path | None = None, now: dt.datetime | None = None) -> Report:
     """Build the report from a state file (path, opened read-only) or an open connection.
 
     By default it covers the items of the manifest version the latest run worked on (a
     state file outlives manifest edits); ``all_items`` covers every item in the file, and
     ``run_id`` only the items that run touched. ``estimate`` (an ``estimate.Estimate``)
     adds the plan's totals next to the state's own estimates. ``outputs_limit=None`` lists
-    every output file.
+    every output file. ``table`` names the price tiers (default: the run's ``--pricing``
+    table if it recorded one, else the built-in table). ``output_dir`` is where output
+    paths are relative to (the manifest's ``output_dir``), when known.
 
     While a run holds the state file's lock, the report is built from the run's status
     file (``state.read_status``): live totals and counts only, ``Report.live`` is true.
     """
     opts = dict(run_id=run_id, all_items=all_items, estimate=estimate, outputs_limit=outputs_limit,
-                issue_limit=issue_limit, examples=examples, now=now)
+                issue_limit=issue_limit, examples=examples, table=table,
+                output_dir=None if output_dir is None else str(output_dir), now=now)
     if isinstance(state, duckdb.DuckDBPyConnection):
         return _build(state, "<connection>", **opts)
     path = Path(state)
@@ -391,7 +396,20 @@ def _live_report(path: Path, locked: str, now: dt.datetime | None) -> Report:
     )
 
 
-def _build(db, label, *, run_id, all_items, estimate, outputs_limit, issue_limit, examples, now) -> Report:
+def _price_table(db, run: RunInfo | None) -> PriceTable:
+    if run is not None:
+        row = db.execute("SELECT json_extract_string(options, '$.pricing_path') FROM runs WHERE run_id = ?",
+                         [run.run_id]).fetchone()
+        if row and row[0] and Path(row[0]).is_file():
+            try:
+                return PriceTable.load(row[0])
+            except PixbatchError:
+                pass  # the tiers are labels here; the built-in names will do
+    return PriceTable.load()
+
+
+def _build(db, label, *, run_id, all_items, estimate, outputs_limit, issue_limit, examples, table, output_dir,
+           now) -> Report:
     tables = {r[0] for r in db.execute(
         "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
     if not {"items", "runs", "outputs", "attempts"} <= tables:
@@ -410,15 +428,16 @@ def _build(db, label, *, run_id, all_items, estimate, outputs_limit, issue_limit
     has_scope = db.execute("SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'main' "
                            "AND table_name = 'items' AND column_name = 'scope'").fetchone()[0]
     if has_scope and run_id is None and not all_items and run is not None:
-        scope = db.execute("SELECT manifest_sha256 FROM runs WHERE run_id = ?", [run.run_id]).fetchone()[0]
+        scope = db.execute("SELECT json_extract_string(options, '$.scope') FROM runs WHERE run_id = ?",
+                           [run.run_id]).fetchone()[0]
         if scope is not None:
             excluded = db.execute("SELECT count(*), coalesce(sum(charged_micros), 0) FROM items "
                                   "WHERE scope IS DISTINCT FROM ?", [scope]).fetchone()
     q = _Scoped(db, run_id, scope)
-    spend = _spend(q, run, estimate)
+    spend = _spend(q, run, estimate, table or _price_table(db, run))
     status = _status(q, issue_limit, examples)
     timing = _timing(q)
-    outputs = _outputs(q, db, run, outputs_limit)
+    outputs = _outputs(q, db, run, outputs_limit, output_dir)
     notes = _notes(run, spend, status)
     if excluded[0]:
         notes += (f"{excluded[0]:,} item(s) of other versions of the manifest are not in this report (charged "
@@ -475,10 +494,27 @@ def _exposure(col: str = "reserved_micros") -> str:
     return f"coalesce(nullif({col}, 0), est_high_micros)"
 
 
-def _spend(q: _Scoped, run: RunInfo | None, estimate) -> Spend:
+def _sql_str(v: str) -> str:
+    return "'" + v.replace("'", "''") + "'"
+
+
+def actual_tier_sql(table: PriceTable) -> str:
+    """SQL for an item's price tier: the one its charge matches (unique per operation), else ``items.tier``.
+
+    The runner records the tier it reserved; the charge tells which tier was really paid.
+    """
+    by_price: dict[tuple[str, int], list[str]] = {}
+    for t in table.tiers:
+        by_price.setdefault((t.op, t.price_micros), []).append(t.name)
+    whens = [f"WHEN op = {_sql_str(op)} AND charged_micros = {price} THEN {_sql_str(names[0])}"
+             for (op, price), names in by_price.items() if len(names) == 1]
+    return f"CASE {' '.join(whens)} ELSE coalesce(tier, '(unknown)') END" if whens else "coalesce(tier, '(unknown)')"
+
+
+def _spend(q: _Scoped, run: RunInfo | None, estimate, table: PriceTable) -> Spend:
     rows = q.all(
         f"""
-        SELECT step, op, coalesce(tier, '(unknown)') AS tier, count(*),
+        SELECT step, op, {actual_tier_sql(table)} AS tier, count(*),
           sum(est_low_micros), sum(est_high_micros),
           coalesce(sum(charged_micros), 0),
           count(*) FILTER (WHERE charged_micros > 0),
@@ -564,10 +600,19 @@ def _status(q: _Scoped, issue_limit: int, examples: int) -> Status:
     return Status(counts, steps, by_state_t, failures, blocked, more_f, more_b)
 
 
+#: what makes otherwise equal messages differ: item keys, request ids, UUIDs, object addresses
+_VARYING = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\b[0-9a-f]{32}\b|0x[0-9a-fA-F]+)"
+
+
+def _normalised(col: str) -> str:
+    """Messages are grouped with keys, ids and addresses replaced by '…' (examples keep the specifics)."""
+    return f"regexp_replace({col}, '{_VARYING}', '…', 'g')"
+
+
 def _issues(q: _Scoped, states: tuple[str, ...], limit: int, n_examples: int):
     rows = q.all(
-        """
-        , f AS (SELECT state, coalesce(error, '(no message recorded)') AS msg, key, step, idx,
+        f"""
+        , f AS (SELECT state, coalesce({_normalised('error')}, '(no message recorded)') AS msg, key, step, idx,
                        input_id, output_name FROM s WHERE list_contains($states, state)),
         g AS (SELECT state, msg, count(*) AS n FROM f GROUP BY ALL),
         top AS (SELECT * FROM g ORDER BY n DESC, state, msg LIMIT $limit),
@@ -637,7 +682,7 @@ def _timing(q: _Scoped) -> Timing:
     return Timing(steps, width, tuple(buckets), first, last)
 
 
-def _outputs(q: _Scoped, db, run: RunInfo | None, limit: int | None) -> Outputs:
+def _outputs(q: _Scoped, db, run: RunInfo | None, limit: int | None, out_dir: str | None) -> Outputs:
     count, total = q.all("SELECT count(*), coalesce(sum(o.bytes), 0) FROM outputs o SEMI JOIN s USING (key)")[0]
     lim = "" if limit is None else "LIMIT $limit"
     params = {} if limit is None else {"limit": limit}
@@ -646,8 +691,7 @@ def _outputs(q: _Scoped, db, run: RunInfo | None, limit: int | None) -> Outputs:
         SELECT o.key, s.step, s.input_id, o.path, o.sha256, o.bytes, o.width, o.height, o.media_type
         FROM outputs o JOIN s USING (key) ORDER BY o.path, o.key {lim}
         """, **params)
-    out_dir = None
-    if run is not None:
+    if out_dir is None and run is not None:
         row = db.execute("SELECT json_extract_string(options, '$.output_dir') FROM runs WHERE run_id = ?",
                          [run.run_id]).fetchone()
         out_dir = row[0] if row else None

@@ -389,7 +389,7 @@ def test_while_a_run_holds_the_lock_the_report_reads_its_status_file(state):
 def test_items_of_other_manifest_versions_are_counted_apart(state):
     path, keys = state
     db = connect(path)
-    db.execute("UPDATE runs SET manifest_sha256 = 'v2'")
+    db.execute("UPDATE runs SET options = json_object('scope', 'v2')")
     db.execute("UPDATE items SET scope = CASE WHEN step = 'thumbs' THEN 'v1' ELSE 'v2' END")
     db.execute("UPDATE attempts SET outcome = 'abandoned' WHERE key = ?", [keys["r7"]])
     db.close()
@@ -402,3 +402,21 @@ def test_items_of_other_manifest_versions_are_counted_apart(state):
     assert any("resent" in n for n in r.notes)
     everything = build_report(path, all_items=True)
     assert everything.scope is None and everything.spend.totals.charged_micros == 55000
+
+
+def test_tiers_follow_the_charge_and_messages_group_without_ids(state):
+    path, keys = state
+    db = connect(path)
+    # the runner records the tier it reserved (the top of a range); the charge says what was paid
+    db.execute("UPDATE items SET tier = 'upscale <=4MP .. upscale 4-8MP', charged_micros = 5000, "
+               "est_low_micros = 5000, est_high_micros = 10000 WHERE key = ?", [keys["h1"]])
+    db.execute("UPDATE items SET error = 'cannot identify image file <_io.BytesIO object at 0x7f' || "
+               "right(key, 6) || '>' WHERE state = 'ERROR'")
+    db.execute("UPDATE items SET error = 'upstream item ' || upstream || ' ended FAILED' WHERE state = 'BLOCKED'")
+    db.close()
+    r = build_report(path)
+    hires = {ln.tier: (ln.items, ln.charged_micros) for ln in r.spend.lines if ln.step == "hires"}
+    assert hires == {UP_LOW: (4, 5000), UP_HIGH: (1, 10000)}
+    (err,) = [g for g in r.status.failures if g.state == "ERROR"]
+    assert (err.message, err.count) == ("cannot identify image file <_io.BytesIO object at …>", 2)
+    assert [(g.message, g.count) for g in r.status.blocked] == [("upstream item … ended FAILED", 2)]
