@@ -463,3 +463,22 @@ def test_json_output_for_problems_and_summary():
 def test_validate_is_documented():
     result = CliRunner().invoke(cli, ["validate", "--help"])
     assert result.exit_code == 0 and "every problem" in result.output
+
+
+def test_the_reference_example_in_the_docs_validates():
+    docs = (MANIFESTS.parent / "docs" / "manifest.md").read_text()
+    example = docs.split("```yaml\n", 1)[1].split("```", 1)[0]
+    Path("catalog.csv").write_text("url,id\nhttps://cdn.example.com/c/1.png,c1\n")
+    code, out = validate(example)
+    assert code == 0, out
+    # 3 inputs (a, hero, c1) x (2 colors x 2 seeds) recolors, each upscaled
+    assert "3 inputs, 2 steps, 24 work items (recolor 12, hires 12)" in out
+
+
+def test_the_python_example_in_the_docs_is_true():
+    from pixbatch.expand import count_items
+    from pixbatch.manifest import load_manifest
+
+    docs = (MANIFESTS.parent / "docs" / "manifest.md").read_text()
+    assert 'count_items(m)                                 # {"recolor": 4, "hires": 4, "thumbnail": 1}' in docs
+    assert count_items(load_manifest(MANIFESTS / "example.yaml")) == {"recolor": 4, "hires": 4, "thumbnail": 1}
