@@ -181,11 +181,17 @@ def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None) -> Iterator[
 
 
 def _render_problem(manifest: Manifest, step: Step, inp: Input, exc: Exception) -> Problem:
+    """A template that passed the static checks but fails for one input (its own prompt)."""
     what = f"unknown placeholder {{{exc.args[0]}}}" if isinstance(exc, KeyError) else str(exc)
+    message = f"cannot render step {step.id!r} for input {inp.id!r}: {what}"
+    hint = "use only variables the step defines (see docs/manifest.md, Templates)"
+    for i, src in enumerate(manifest.sources):
+        if src is inp:  # written in the manifest: point at its prompt
+            has_prompt = "prompt" in (inp.params.get(step.op) or {})
+            return manifest.problem(("inputs", i, "params", step.op, "prompt") if has_prompt else ("inputs", i),
+                                    message, hint)
     f, line, col = inp.origin.rsplit(":", 2) if inp.origin.count(":") >= 2 else (manifest.display, "1", "1")
-    return Problem(f, int(line), int(col), f"input {inp.id!r}",
-                   f"cannot render step {step.id!r} for this input: {what}",
-                   "use only variables the step defines (see docs/manifest.md, Templates)")
+    return Problem(f, int(line), int(col), f"input {inp.id!r}", message, hint)
 
 
 def expand(manifest: Manifest, *, sizes: SizeLookup | None = None) -> Iterator[WorkItem]:

@@ -1017,16 +1017,18 @@ def _build_step(c: _Checker, i: int, s: dict[str, Any], step_pos: dict[str, int]
     known = _known_vars(c, data, i, s, step_pos, scan, root_sources, matrix, upstream)
     tnaming = step_naming or naming
     npath = (*here, "naming") if step_naming else ("naming",)
-    _check_template(c, npath, tnaming, known, sid, is_naming=True, own=step_naming is not None)
+    columns = frozenset().union(*scan.source_vars)
+    _check_template(c, npath, tnaming, known, sid, is_naming=True, own=step_naming is not None, columns=columns)
     if op == "edit":
         prompt_known = known - {"key"}
         if isinstance(params.get("prompt"), str):
-            _check_template(c, (*here, "prompt"), params["prompt"], prompt_known, sid)
+            _check_template(c, (*here, "prompt"), params["prompt"], prompt_known, sid, columns=columns)
         elif "prompt" not in matrix and isinstance(defaults.get("edit", {}).get("prompt"), str):
-            _check_template(c, ("defaults", "edit", "prompt"), defaults["edit"]["prompt"], prompt_known, sid, own=False)
+            _check_template(c, ("defaults", "edit", "prompt"), defaults["edit"]["prompt"], prompt_known, sid,
+                            own=False, columns=columns)
         for j, v in enumerate(matrix.get("prompt", ())):
             if isinstance(v, str):
-                _check_template(c, (*here, "matrix", "prompt", j), v, prompt_known, sid)
+                _check_template(c, (*here, "matrix", "prompt", j), v, prompt_known, sid, columns=columns)
     used = _used_fields(tnaming) | (_used_fields(params.get("prompt")) if op == "edit" else set())
     for k in matrix:
         if k in contract.STEP_PARAMS[op] or k in used:
@@ -1102,7 +1104,7 @@ _SAMPLE = {"index": 0, "key": "0123456789ab", "ext": "jpg", "step": "step", "inp
 
 
 def _check_template(c: _Checker, path: tuple[Any, ...], text: str, known: set[str], sid: str, *,
-                    is_naming: bool = False, own: bool = True) -> None:
+                    is_naming: bool = False, own: bool = True, columns: frozenset[str] = frozenset()) -> None:
     where = "" if own else f" (used by step {sid!r})"
     try:
         fields = template_fields(text)
@@ -1117,8 +1119,12 @@ def _check_template(c: _Checker, path: tuple[Any, ...], text: str, known: set[st
                       "use {index}, {input} or {stem}")
                 continue
             near = suggest(name, sorted(known))
-            c.add(path, f"unknown placeholder {{{name}}}{where}",
-                  f"did you mean {{{near}}}?" if near else f"known variables: {', '.join(sorted(known))}")
+            if name in columns:
+                hint = (f"{name!r} is a column of some input files but not of every input this step reads; "
+                        "add the column to each of them, or leave it out of the template")
+            else:
+                hint = f"did you mean {{{near}}}?" if near else f"known variables: {', '.join(sorted(known))}"
+            c.add(path, f"unknown placeholder {{{name}}}{where}", hint)
             continue
         sample[name] = _SAMPLE.get(name, "x")
         if spec:

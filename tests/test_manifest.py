@@ -221,6 +221,11 @@ def test_csv_columns_are_template_variables_when_every_input_has_them():
                   "steps: [{id: u, op: upscale, naming: '{sku}.{ext}'}]\n", "mixed.yaml")
     (p,) = check_manifest(mixed)
     assert p.message == "unknown placeholder {sku}" and p.path == "$.steps[0].naming"
+    assert "'sku' is a column of some input files but not of every input this step reads" in p.hint
+    # reading only the CSV's inputs makes the column available again
+    only_csv = write("version: 1\ninputs: [{from: cat.csv}, https://cdn.example.com/x.png]\n"
+                     "steps: [{id: u, op: upscale, for_each: ['1'], naming: '{sku}.{ext}'}]\n", "only.yaml")
+    assert check_manifest(only_csv) == []
 
 
 # -- YAML with positions ---------------------------------------------------------------

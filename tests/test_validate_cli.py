@@ -482,3 +482,22 @@ def test_the_python_example_in_the_docs_is_true():
     docs = (MANIFESTS.parent / "docs" / "manifest.md").read_text()
     assert 'count_items(m)                                 # {"recolor": 4, "hires": 4, "thumbnail": 1}' in docs
     assert count_items(load_manifest(MANIFESTS / "example.yaml")) == {"recolor": 4, "hires": 4, "thumbnail": 1}
+
+
+def test_an_inputs_own_prompt_is_rendered_and_checked():
+    code, out = validate("""\
+        version: 1
+        inputs:
+          - url: https://cdn.example.com/a.png
+            params:
+              edit: {prompt: "special {colour}"}
+          - https://cdn.example.com/b.png
+        steps:
+          - id: ed
+            op: edit
+            prompt: "in {color}"
+            matrix: {color: [red]}
+        """)
+    assert code == 2
+    assert lines(out) == ["m.yaml:5:22: $.inputs[0].params.edit.prompt: cannot render step 'ed' for input 'a': "
+                          "unknown placeholder {colour} (use only variables the step defines (see docs/manifest.md, Templates))"]
