@@ -227,4 +227,136 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
         ctx.exit(2)
 
 
+# -- report, reconcile, export ----------------------------------------------------------
+
+
+def _state_source(f):
+    """[MANIFEST] or --state FILE: which state file a command reads."""
+    f = click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
+                     help="State file (instead of MANIFEST).")(f)
+    return click.argument("manifest_path", metavar="[MANIFEST]", required=False,
+                          type=click.Path(dir_okay=False))(f)
+
+
+def _resolve_state(manifest_path: str | None, state_path: str | None):
+    """(state path, manifest or None). The manifest's own state file unless --state is given."""
+    from pathlib import Path
+
+    from .manifest import load_manifest
+
+    manifest = load_manifest(manifest_path, deep=False) if manifest_path else None
+    if state_path is not None:
+        return Path(state_path), manifest
+    if manifest is None:
+        raise click.UsageError("give a MANIFEST or --state FILE")
+    return manifest.state_path, manifest
+
+
+@cli.command("report")
+@_state_source
+@click.option("--run", "run_id", default=None, metavar="ID", help="Only the items this run touched.")
+@click.option("--all", "all_items", is_flag=True,
+              help="Every item in the state file, including those of earlier versions of the manifest.")
+@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "md", "html"]), default="table",
+              show_default=True, help="Output format (html: one self-contained file with charts).")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the report to this file instead of stdout.")
+@click.option("--limit", type=click.IntRange(0), default=20, show_default=True,
+              help="Output files listed in table/md/html (json and csv list them all).")
+def report_command(manifest_path: str | None, state_path: str | None, run_id: str | None, all_items: bool,
+                   fmt: str, output: str | None, limit: int) -> None:
+    """What a run cost and did: spend, status, timing and outputs, from the state file.
+
+    Spend is estimated vs charged per step, operation and price tier, with the difference
+    explained; then charged, not charged (ERROR, FAILED_VALIDATION), at risk (AMBIGUOUS)
+    and reserved (in flight). Status counts per step and state, failures grouped by
+    message, blocked items and why. Queue and processing p50/p95 per step, completions
+    over time, and where each output file is with its SHA-256. Works on the state of an
+    interrupted run, and (with live totals only) while a run holds the state file.
+    """
+    from pathlib import Path
+
+    from .render import render
+    from .report import build_report
+
+    path, manifest = _resolve_state(manifest_path, state_path)
+    rep = build_report(path, run_id=run_id, all_items=all_items,
+                       outputs_limit=None if fmt in ("json", "csv") else limit,
+                       output_dir=manifest.output_dir if manifest else None)
+    kw = {"outputs_limit": limit} if fmt in ("table", "md", "html") else {}
+    if fmt == "table" and output is None:
+        kw["color"] = click.get_text_stream("stdout").isatty()
+        kw["width"] = max(100, min(click.get_terminal_size()[0], 160)) if kw["color"] else 120
+    text = render(rep, fmt, **kw)
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text, "utf-8")
+        click.echo(f"wrote {fmt} report to {output}", err=True)
+
+
+@cli.command("reconcile")
+@_state_source
+@click.option("--base-url", default="https://gateway.pixazo.ai", show_default=True, envvar="PIXBATCH_BASE_URL",
+              help="Gateway base URL (the emulator's URL for local runs).")
+@click.option("--wait", type=click.FloatRange(0), default=300.0, show_default=True, metavar="SECONDS",
+              help="Keep polling items still QUEUED/PROCESSING for up to this long (0: poll once).")
+@click.option("--poll-interval", type=click.FloatRange(0, min_open=True), default=2.0, show_default=True,
+              metavar="SECONDS", help="Seconds between polls of items still running.")
+@click.option("--pricing", "pricing_path", type=click.Path(dir_okay=False), default=None,
+              help="Price table JSON [default: the built-in table].")
+@click.pass_context
+def reconcile_command(ctx: click.Context, manifest_path: str | None, state_path: str | None, base_url: str,
+                      wait: float, poll_interval: float, pricing_path: str | None) -> None:
+    """Settle the final status and cost of items a stopped run left open.
+
+    Polls (never resubmits) every item that has a request id but no final status or no
+    recorded charge: SUBMITTED items of an interrupted run, and finished items whose charge
+    was not written. Writes their status, charge (by the price table) and an audit event,
+    so that `pixbatch report` is exact after a crash. The key comes from PIXAZO_API_KEY.
+    Exit 1 if some items are still running or could not be polled.
+    """
+    import os
+
+    from .errors import API_KEY_ENV
+    from .gateway import Gateway
+    from .money import format_usd
+    from .pricing import PriceTable
+    from .reconcile import reconcile
+
+    path, _ = _resolve_state(manifest_path, state_path)
+    table = PriceTable.load(pricing_path)
+    result = reconcile(path, lambda: Gateway(base_url, os.environ.get(API_KEY_ENV, "").strip() or None), table,
+                       wait=wait, poll_interval=poll_interval)
+    if not result.checked:
+        click.echo(f"{path}: nothing to reconcile (every item with a request id is settled).")
+        return
+    click.echo(f"{path}: checked {result.checked} item(s): {result.settled} settled "
+               f"(charged {format_usd(result.charged_micros)}), {result.still_running} still running, "
+               f"{result.unresolved} not resolved.")
+    for s in result.items:
+        if s.gateway_status is None:
+            click.echo(f"  {s.key} ({s.step}, {s.request_id}): {s.note}", err=True)
+    if result.still_running:
+        click.echo("Items still running: run `pixbatch reconcile` again later (or `pixbatch run` to resume).",
+                   err=True)
+    if result.still_running or result.unresolved:
+        ctx.exit(1)
+
+
+@cli.command("export")
+@_state_source
+@click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True,
+              help="File format, written by DuckDB's COPY.")
+@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+              help="Directory to write runs, items, aliases, attempts, events and outputs into.")
+def export_command(manifest_path: str | None, state_path: str | None, fmt: str, out_dir: str) -> None:
+    """Export the state file's tables (one file each) for analysis elsewhere."""
+    from .export import export_state
+
+    path, _ = _resolve_state(manifest_path, state_path)
+    for w in export_state(path, out_dir, fmt):
+        click.echo(f"{w.table:<9} {w.rows:>12,} rows  {w.path}")
+
+
 main = cli

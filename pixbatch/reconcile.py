@@ -222,9 +222,10 @@ def _write(db: duckdb.DuckDBPyConnection, results: list[tuple[Settled, dict | No
 
 async def reconcile_db(db: duckdb.DuckDBPyConnection, gateway: StatusSource, table: PriceTable, *,
                        wait: float = 0.0, poll_interval: float = 1.0, concurrency: int = 16,
-                       on_pass: Callable[[int, int], None] | None = None) -> ReconcileResult:
+                       on_pass: Callable[[int, int], None] | None = None,
+                       items: list[_Open] | None = None) -> ReconcileResult:
     """Poll every open item once, then again every ``poll_interval`` s while some still run (up to ``wait`` s)."""
-    pending = open_items(db)
+    pending = open_items(db) if items is None else items
     final: dict[str, Settled] = {}
     sem = asyncio.Semaphore(concurrency)
     deadline = time.monotonic() + wait
@@ -259,7 +260,8 @@ def reconcile(state_path: str | Path, gateway_factory: Callable[[], Any], table:
               wait: float = 0.0, poll_interval: float = 1.0, concurrency: int = 16) -> ReconcileResult:
     """Open the state file read-write and reconcile it; ``gateway_factory()`` makes the (async) gateway.
 
-    Raises ``StateLocked`` while a run holds the file: that run settles its own items.
+    Raises ``StateLocked`` while a run holds the file: that run settles its own items. When
+    nothing is open, the gateway is not made (no key needed).
     """
     try:
         db = connect(state_path)
@@ -267,10 +269,13 @@ def reconcile(state_path: str | Path, gateway_factory: Callable[[], Any], table:
         raise StateLocked(f"{exc} A running `pixbatch run` settles its own items; reconcile after it ends.") from None
 
     async def go() -> ReconcileResult:
+        pending = open_items(db)
+        if not pending:
+            return ReconcileResult(())
         gw = gateway_factory()
         try:
             return await reconcile_db(db, gw, table, wait=wait, poll_interval=poll_interval,
-                                      concurrency=concurrency)
+                                      concurrency=concurrency, items=pending)
         finally:
             close = getattr(gw, "aclose", None)
             if close is not None:
