@@ -625,8 +625,11 @@ def _schema_error(c: _Checker, err: Any, path: tuple[Any, ...]) -> None:
     elif v == "const":
         c.add(path, f"{_short(inst)} is not supported", f"write {json.dumps(err.validator_value)}")
     elif v == "type":
-        c.add(path, f"expected {desc or err.validator_value}, got {_kind(inst)} {_short(inst)}",
-              _type_hint(inst, err.validator_value))
+        got = _kind(inst) if inst is None else f"{_kind(inst)} {_short(inst)}"
+        if not path and inst is None:
+            c.add(path, "the manifest is empty", "start with version: 1, inputs: and steps: (see docs/manifest.md)")
+        else:
+            c.add(path, f"expected {desc or err.validator_value}, got {got}", _type_hint(inst, err.validator_value))
     elif v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         c.add(path, f"{_short(inst)} is out of range", f"expected {desc}" if desc else err.message)
     elif v == "pattern":
@@ -719,7 +722,10 @@ def _build(c: _Checker, data: dict[str, Any]) -> Manifest | None:
     for i, s in enumerate(steps_raw):
         if isinstance(s, dict) and isinstance(s.get("id"), str):
             sid = s["id"]
-            if sid in step_pos:
+            if sid == "inputs":
+                c.add(("steps", i, "id"), "'inputs' cannot be a step id: for_each: inputs means every input",
+                      "choose another id")
+            elif sid in step_pos:
                 first = c.loc.loc(("steps", step_pos[sid], "id"))
                 c.add(("steps", i, "id"), f"step id {sid!r} is already used by steps[{step_pos[sid]}] (line {first[0]})",
                       "give every step its own id")

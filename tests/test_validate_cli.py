@@ -501,3 +501,16 @@ def test_an_inputs_own_prompt_is_rendered_and_checked():
     assert code == 2
     assert lines(out) == ["m.yaml:5:22: $.inputs[0].params.edit.prompt: cannot render step 'ed' for input 'a': "
                           "unknown placeholder {colour} (use only variables the step defines (see docs/manifest.md, Templates))"]
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("", "m.yaml:1:1: $: the manifest is empty (start with version: 1, inputs: and steps: (see docs/manifest.md))"),
+    ("- a\n- b\n", "m.yaml:1:1: $: expected a mapping with version, inputs and steps, got a list [\"a\", \"b\"] "
+                   "(write a mapping of 'key: value' lines)"),
+    ("version: 1\ninputs:\nsteps: [{id: inputs, op: upscale}]\n",
+     "m.yaml:3:14: $.steps[0].id: 'inputs' cannot be a step id: for_each: inputs means every input (choose another id)"),
+])
+def test_odd_documents(text, expected):
+    code, out = validate(text)
+    assert code == 2
+    assert expected in lines(out)
