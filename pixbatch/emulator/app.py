@@ -26,6 +26,7 @@ Control routes (no key; for tests, benchmarks and the Python helpers):
     POST /_emulator/script             [outcome, ...]: answers for the next submits
     DELETE /_emulator/script           forget queued outcomes
     GET  /_emulator/stats              counters (submits, polls, 429s, webhooks, ...)
+    POST /_emulator/advance            {"seconds": N}: move the job clock forward (no waiting)
 """
 
 from __future__ import annotations
@@ -288,7 +289,7 @@ class _Gateway:
         elif ugarbage < cfg.poll_garbage_rate:
             e.stats["garbage_poll"] += 1
             return self.garbage(200, rid)
-        return self.ok(job.view(time.monotonic(), e.base_url))
+        return self.ok(job.view(e.now(), e.base_url))
 
     async def media(self, request: Request) -> Response:
         self._enter(request)
@@ -369,6 +370,18 @@ class _Gateway:
         self.e.script.extend(entries)
         return JSONResponse({"queued": len(self.e.script)})
 
+    async def advance(self, request: Request) -> Response:
+        self._enter(request)
+        try:
+            data = await request.json()
+            seconds = data["seconds"]
+            if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or seconds < 0:
+                raise TypeError
+        except (json.JSONDecodeError, KeyError, TypeError):
+            return JSONResponse({"error": "Bad Request", "message": 'send {"seconds": <number >= 0>}'}, 400)
+        self.e.advance(float(seconds))
+        return JSONResponse({"offset_seconds": self.e.offset})
+
     async def stats(self, request: Request) -> Response:
         self._enter(request)
         self.e.settle_due()
@@ -428,6 +441,7 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
         Route("/_emulator/config", gw.config, methods=["GET", "POST"]),
         Route("/_emulator/script", gw.script, methods=["POST", "DELETE"]),
         Route("/_emulator/stats", gw.stats, methods=["GET"]),
+        Route("/_emulator/advance", gw.advance, methods=["POST"]),
     ]
     app = _EmulatorApp(routes=routes, lifespan=lifespan)
     app.state.engine = engine

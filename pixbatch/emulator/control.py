@@ -84,6 +84,10 @@ class RunningEmulator:
         """Queue exact outcomes for the next submits; returns how many are queued."""
         return self._post("/_emulator/script", outcomes)["queued"]
 
+    def advance(self, seconds: float) -> None:
+        """Move the emulator's job clock forward: queued/processing jobs become due sooner."""
+        self._post("/_emulator/advance", {"seconds": seconds})
+
     def clear_script(self) -> None:
         self._client.delete(self.url + "/_emulator/script").raise_for_status()
 

@@ -144,6 +144,7 @@ class Engine:
         self.deliverer = Deliverer(self.stats, lambda: self.config)
         self._heap: list[tuple[float, int, int, Job]] = []
         self._heap_seq = 0
+        self.offset = 0.0  # seconds added to the clock by advance()
         self._webhook_sends = 0
         self._wake: asyncio.Event | None = None
         self._scheduler: asyncio.Task | None = None
@@ -152,6 +153,21 @@ class Engine:
         self._http: httpx.AsyncClient | None = None
         self._tmp: str | None = None
         self.media_root = Path(config.media_dir) if config.media_dir else None
+
+    # -- the clock ----------------------------------------------------------------
+
+    def now(self) -> float:
+        """The emulator's monotonic clock: real time plus whatever ``advance`` added."""
+        return time.monotonic() + self.offset
+
+    def advance(self, seconds: float) -> None:
+        """Move the clock forward: jobs become due sooner, reported times shift with it."""
+        if seconds < 0:
+            raise ValueError("the clock only moves forward")
+        self.offset += seconds
+        self.settle_due()
+        if self._wake is not None:
+            self._wake.set()
 
     # -- lifecycle ---------------------------------------------------------------
 
@@ -211,7 +227,7 @@ class Engine:
             if "processing_time" in scripted:
                 proc_s = float(scripted["processing_time"])
             polls.extend(scripted.get("polls", ()))
-        now_mono, now_wall = time.monotonic(), time.time()
+        now_mono, now_wall = self.now(), time.time() + self.offset
         job = Job(
             request_id=new_request_id(MODEL_IDS[op]), op=op, body=body, seq=n,
             created_wall=now_wall, created_mono=now_mono, start_mono=now_mono + queue_s,
@@ -243,7 +259,7 @@ class Engine:
         while True:
             self.settle_due()
             self._wake.clear()
-            timeout = None if not self._heap else max(0.0, self._heap[0][0] - time.monotonic())
+            timeout = None if not self._heap else max(0.0, self._heap[0][0] - self.now())
             try:
                 await asyncio.wait_for(self._wake.wait(), timeout)
             except asyncio.TimeoutError:
@@ -251,7 +267,7 @@ class Engine:
 
     def settle_due(self, now: float | None = None) -> None:
         """Process every event that is due: start work, send sync ticks, settle jobs."""
-        now = time.monotonic() if now is None else now
+        now = self.now() if now is None else now
         heap = self._heap
         while heap and heap[0][0] <= now:
             _, _, kind, job = heapq.heappop(heap)
@@ -302,8 +318,8 @@ class Engine:
             raise
         finally:
             job.work_done = True
-            job.work_done_mono = time.monotonic()
-        if time.monotonic() >= job.due_mono and job.final is None:
+            job.work_done_mono = self.now()
+        if self.now() >= job.due_mono and job.final is None:
             self._settle(job)
 
     def _fail(self, job: Job, message: str) -> None:
@@ -366,10 +382,10 @@ class Engine:
             return
         payload = None
         for target in job.webhooks:
-            status = job.status(time.monotonic()) if not terminal else job.final
+            status = job.status(self.now()) if not terminal else job.final
             assert status is not None
             if target.wants(status, terminal):
-                payload = payload or job.view(time.monotonic(), self.base_url)
+                payload = payload or job.view(self.now(), self.base_url)
                 if terminal or target.mode == SYNC:
                     copies = 2 if self._dup_rng(job).random() < self.config.webhook_duplicate_rate else 1
                     self.deliverer.send(job.request_id, target, payload, copies)
