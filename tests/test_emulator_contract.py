@@ -151,6 +151,13 @@ def test_forbidden_key_gets_403_and_extra_keys_work():
         assert emu.api_key == "k1"
 
 
+@pytest.fixture(scope="module")
+def validating_emulator():
+    """One emulator for the many 400 cases: none of them creates a job."""
+    with start_emulator(fast_test_config(render="lazy")) as emu:
+        yield emu
+
+
 @pytest.mark.parametrize("op,body,fragment", [
     ("upscale", {}, "'image' is required"),
     ("upscale", {"image": "ftp://x/a.png"}, "'image' must be an http(s) URL"),
@@ -175,13 +182,14 @@ def test_forbidden_key_gets_403_and_extra_keys_work():
      "'webhook_events_filter' must be an array of strings"),
     ("edit", ["not", "an", "object"], "request body must be a JSON object"),
 ])
-def test_invalid_parameters_get_400_with_the_validation_message(emulator, op, body, fragment):
-    r = httpx.post(emulator.url + ENDPOINTS[op], json=body, headers=emulator.headers)
+def test_invalid_parameters_get_400_with_the_validation_message(validating_emulator, op, body, fragment):
+    emu = validating_emulator
+    r = emu.http.post(emu.url + ENDPOINTS[op], json=body, headers=emu.headers)
     assert r.status_code == 400
     doc = r.json()
     assert set(doc) == {"error", "message"}
     assert fragment in doc["message"] and MODEL_IDS[op] in doc["message"]
-    assert emulator.stats()["accepted"] == 0
+    assert emu.stats()["accepted"] == 0
 
 
 def test_non_json_body_gets_400(emulator):

@@ -140,3 +140,17 @@ def test_lazy_mode_draws_outputs_of_the_predicted_size_on_demand():
         assert img.size == edit_output_size(None, "2:3")
         stats = emu.stats()
         assert stats["work_started"] == 0 and stats["media_gets"] == 2
+
+
+def test_an_unexpected_failure_in_the_work_is_an_uncharged_error(emulator, image_server, monkeypatch, caplog):
+    from pixbatch.emulator import imaging
+
+    def broken(data, body):
+        raise RuntimeError("bug in the model")
+
+    monkeypatch.setattr(imaging, "upscale", broken)
+    doc = run(emulator, "upscale", {"image": image_server.add("a.png", (64, 48))})
+    assert doc["status"] == "ERROR" and doc["output"] is None and "RuntimeError" in doc["error"]
+    [entry] = emulator.ledger().entries
+    assert entry.status == "ERROR" and entry.amount_micros == 0
+    assert "failed unexpectedly" in caplog.text

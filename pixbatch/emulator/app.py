@@ -54,8 +54,6 @@ from .config import EmulatorConfig
 from .jobs import Engine, Job
 from .webhooks import WebhookRejected, targets_from_request
 
-log = logging.getLogger("pixbatch.emulator")
-
 _REASONS = {400: "Bad Request", 401: "Unauthorized", 402: "Insufficient Balance", 403: "Forbidden",
             404: "Not Found", 408: "Request Timeout", 409: "Conflict", 429: "Too Many Requests",
             500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable", 504: "Gateway Timeout"}

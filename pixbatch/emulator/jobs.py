@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import logging
 import random
 import shutil
 import tempfile
@@ -45,6 +46,7 @@ from .wallet import Wallet
 from .webhooks import SYNC, Deliverer, WebhookTarget
 
 START, DUE, TICK = 0, 1, 2
+log = logging.getLogger("pixbatch.emulator")
 
 
 def iso(ts: float) -> str:
@@ -314,8 +316,10 @@ class Engine:
                 job.input_size, job.output_size = rendered.input_size, rendered.size
         except imaging.ImagingError as exc:
             self._fail(job, str(exc))
-        except asyncio.CancelledError:
-            raise
+        except Exception as exc:  # noqa: BLE001 - the job boundary: anything unforeseen is a system ERROR
+            log.exception("image work for %s failed unexpectedly", job.request_id)
+            self.stats["work_failed"] += 1
+            job.outcome, job.error = ERROR, f"Internal error while processing the request: {type(exc).__name__}"
         finally:
             job.work_done = True
             job.work_done_mono = self.now()
