@@ -384,9 +384,9 @@ def _live_report(path: Path, locked: str, now: dt.datetime | None) -> Report:
         unsettled_items=0, budget_micros=snap.budget_micros)
     run = RunInfo(snap.run_id, None, None, snap.outcome or "running", snap.manifest_path, None, snap.budget_micros,
                   snap.estimate_low_micros, snap.estimate_high_micros) if snap.run_id else None
-    note = (f"A run (PID {snap.pid}) holds the state file: these are its live totals and counts from "
-            f"{snap.source.replace('-', ' ')} (updated {snap.updated_at}). Spend per tier, failures, timing and "
-            "outputs are in the full report, when the run ends.")
+    note = (f"A run (PID {snap.pid}) holds the state file: these are its live totals and counts from its status "
+            f"file (updated {snap.updated_at}). Spend per tier, failures, timing and outputs are in the full "
+            "report, when the run ends.")
     return Report(
         state_path=str(path),
         generated_at=now or dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0),
