@@ -227,6 +227,108 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
         ctx.exit(2)
 
 
+# -- run -------------------------------------------------------------------------------
+
+
+@cli.command("run")
+@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False))
+@click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
+              help="State file [default: the manifest's state, <stem>.pixbatch.duckdb next to it].")
+@click.option("--budget", default=None, metavar="USD", help="Hard spending cap in dollars (overrides budget_usd).")
+@click.option("--concurrency", type=click.IntRange(1, 4096), default=16, show_default=True,
+              help="Items in flight at once.")
+@click.option("--max-rps", type=click.FloatRange(0, min_open=True), default=None,
+              help="Ceiling on gateway requests per second (adapts down on 429 anyway).")
+@click.option("--base-url", default="https://gateway.pixazo.ai", show_default=True, envvar="PIXBATCH_BASE_URL",
+              help="Gateway base URL (the emulator's URL for local runs).")
+@click.option("--retry-ambiguous", is_flag=True,
+              help="Resubmit AMBIGUOUS items (they may already have been charged once).")
+@click.option("--force", is_flag=True, help="Redo items already finished in this state file (pays again).")
+@click.option("--no-download", is_flag=True, help="Do not download outputs (benchmarks).")
+@click.option("--quiet", is_flag=True, help="No progress display; only the summary on stderr.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON line per event on stdout, then the summary.")
+@click.option("--pricing", "pricing_path", type=click.Path(dir_okay=False), default=None,
+              help="Price table JSON [default: the built-in table].")
+@click.pass_context
+def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, budget: str | None, concurrency: int,
+                max_rps: float | None, base_url: str, retry_ambiguous: bool, force: bool, no_download: bool,
+                quiet: bool, as_json: bool, pricing_path: str | None) -> None:
+    """Run (or resume) MANIFEST against the gateway; the key comes from PIXAZO_API_KEY.
+
+    Running the same command again resumes: submitted items are polled, never resent.
+    Exit codes: 0 all completed, 1 some items did not complete, 3 budget, 4 key refused
+    or missing, 5 wallet balance (402), 6 state file in use, 130 interrupted.
+    """
+    import os
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from .errors import API_KEY_ENV, AuthError
+    from .manifest import load_manifest
+    from .money import usd_to_micros
+    from .progress import JsonLinesProgress, NullProgress, RichProgress, render_summary
+    from .runner import RunOptions, run
+
+    key = os.environ.get(API_KEY_ENV, "")
+    if not key.strip():
+        raise AuthError(f"no API key: set {API_KEY_ENV} to your Pixazo subscription key, then run again "
+                        "(it is read from the environment only and never stored).")
+    budget_micros = None
+    if budget is not None:
+        try:
+            budget_micros = usd_to_micros(budget)
+        except (ValueError, TypeError) as exc:
+            raise click.BadParameter(f"{exc}; give dollars like 25 or 12.50", param_hint="--budget") from None
+    manifest = load_manifest(manifest_path)
+    options = RunOptions(
+        state_path=Path(state_path) if state_path else None, budget_micros=budget_micros, concurrency=concurrency,
+        max_rps=max_rps, base_url=base_url, api_key=key, retry_ambiguous=retry_ambiguous, force=force,
+        download=not no_download, pricing_path=Path(pricing_path) if pricing_path else None, handle_signals=True)
+    err = Console(stderr=True)
+    progress = JsonLinesProgress() if as_json else NullProgress() if quiet else RichProgress(err)
+    summary = run(manifest, options=options, progress=progress)
+    if quiet:
+        render_summary(summary, err)
+    ctx.exit(summary.exit_code)
+
+
+# -- status ----------------------------------------------------------------------------
+
+
+@cli.command("status")
+@click.argument("manifest_path", metavar="[MANIFEST]", required=False, type=click.Path(dir_okay=False))
+@click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
+              help="State file (instead of MANIFEST).")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+def status_command(manifest_path: str | None, state_path: str | None, as_json: bool) -> None:
+    """Progress per step and state of a run, without the gateway; works while a run is going."""
+    from rich.console import Console
+
+    from .manifest import load_manifest
+    from .progress import money_line, status_table
+    from .state import AMBIGUOUS, read_status
+
+    if state_path is None:
+        if manifest_path is None:
+            raise click.UsageError("give a MANIFEST or --state FILE")
+        state_path = str(load_manifest(manifest_path, deep=False).state_path)
+    snap = read_status(state_path)
+    if as_json:
+        click.echo(snap.to_json())
+        return
+    out = Console()
+    live = "running" if snap.running else (snap.outcome or "no run yet")
+    out.print(status_table(snap, title=f"{state_path} ({live}, from the {snap.source})"))
+    out.print(money_line(snap))
+    amb = snap.totals().get(AMBIGUOUS, 0)
+    if amb:
+        from .money import format_usd
+
+        out.print(f"{amb} AMBIGUOUS item(s), {format_usd(snap.at_risk_micros)} at risk: "
+                  "`pixbatch run MANIFEST --retry-ambiguous` resubmits them.")
+
+
 # -- report, reconcile, export ----------------------------------------------------------
 
 
@@ -357,6 +459,59 @@ def export_command(manifest_path: str | None, state_path: str | None, fmt: str, 
     path, _ = _resolve_state(manifest_path, state_path)
     for w in export_state(path, out_dir, fmt):
         click.echo(f"{w.table:<9} {w.rows:>12,} rows  {w.path}")
+
+
+@cli.command("demo")
+@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+              help="Work in DIR (created, must be empty; kept) instead of a temporary directory.")
+@click.option("--keep", is_flag=True, help="Keep the temporary directory and print its path.")
+@click.pass_context
+def demo_command(ctx: click.Context, directory: str | None, keep: bool) -> None:
+    """Estimate, run and report a small batch against the built-in emulator: no key, no network.
+
+    Starts the gateway emulator and an image server on loopback, writes a manifest (3
+    inputs, one of them not an image; an edit with 2 colors; an upscale of every edit),
+    estimates it, runs it into a DuckDB state file and prints the report, then checks the
+    report's charged total against the emulator's ledger (exit 1 if they differ).
+    """
+    import shutil
+    import tempfile
+    from pathlib import Path
+
+    from rich.console import Console
+
+    from .demo import run_demo
+    from .money import format_usd
+    from .render import render
+
+    if directory is not None:
+        root = Path(directory)
+        if root.exists() and any(root.iterdir()):
+            raise click.BadParameter(f"{root} is not empty; give a new or empty directory", param_hint="--dir")
+        kept = True
+    else:
+        root = Path(tempfile.mkdtemp(prefix="pixbatch-demo-"))
+        kept = keep
+    console = Console(highlight=False)
+    try:
+        result = run_demo(root, console=console)
+        console.print("\n[bold]3. report[/]")
+        tty = click.get_text_stream("stdout").isatty()
+        click.echo(render(result.report, "table", color=tty, width=120), nl=False)
+        (root / "report.html").write_text(render(result.report, "html"), "utf-8")
+        charged, ledger = result.report.spend.totals.charged_micros, result.ledger.charged_micros
+        if charged != ledger:
+            console.print(f"[bold red]The report says {format_usd(charged)} was charged but the emulator's "
+                          f"ledger says {format_usd(ledger)}.[/]")
+            ctx.exit(1)
+        console.print(f"\nThe report's charged total, {format_usd(charged)}, equals the emulator's ledger "
+                      f"({len(result.ledger.entries)} settlements) to the micro-dollar.")
+    finally:
+        if not kept:
+            shutil.rmtree(root, ignore_errors=True)
+    if kept:
+        console.print(f"Kept {root}: {result.manifest_path.name}, {result.state_path.name}, out/, report.html, "
+                      f"ledger.json. Try: pixbatch report {result.manifest_path} --format html -o report.html")
 
 
 main = cli

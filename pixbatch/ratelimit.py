@@ -36,6 +36,7 @@ class AdaptiveRateLimiter:
         self._last_refill = clock()
         self._paused_until = 0.0
         self._last_change = clock()
+        self._last_decrease = float("-inf")
         self._throttle_origin: float | None = None  # observed rate when unlimited hit a 429
         self._recent: deque[float] = deque()
         self._lock = asyncio.Lock()
@@ -56,7 +57,7 @@ class AdaptiveRateLimiter:
         if retry_after:
             self._paused_until = max(self._paused_until, now + retry_after)
         # several requests in flight all see the same 429 burst: decrease once per interval
-        if now - self._last_change < self.probe_interval / 4 and self.rate is not None:
+        if now - self._last_decrease < self.probe_interval / 4 and self.rate is not None:
             return
         if self.rate is None:
             seen = max(self.observed_rps(), self.min_rps * 2)
@@ -65,7 +66,7 @@ class AdaptiveRateLimiter:
         else:
             self.rate = max(self.min_rps, self.rate / 2)
         self._tokens = min(self._tokens, 1.0)
-        self._last_change = now
+        self._last_change = self._last_decrease = now
 
     def _probe_up(self, now: float) -> None:
         if self.rate is None or now - self._last_change < self.probe_interval:
@@ -94,8 +95,8 @@ class AdaptiveRateLimiter:
                 burst = max(1.0, self.rate / 10)
                 self._tokens = min(burst, self._tokens + (now - self._last_refill) * self.rate)
                 self._last_refill = now
-                if self._tokens >= 1.0:
-                    self._tokens -= 1.0
+                if self._tokens >= 1.0 - 1e-9:  # tolerance: float refills can stall just below 1
+                    self._tokens = max(0.0, self._tokens - 1.0)
                     break
                 await self._sleep((1.0 - self._tokens) / self.rate)
             self._recent.append(self._clock())
