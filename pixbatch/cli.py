@@ -387,8 +387,11 @@ def report_command(manifest_path: str | None, state_path: str | None, run_id: st
                        output_dir=manifest.output_dir if manifest else None)
     kw = {"outputs_limit": limit} if fmt in ("table", "md", "html") else {}
     if fmt == "table" and output is None:
-        kw["color"] = click.get_text_stream("stdout").isatty()
-        kw["width"] = max(100, min(click.get_terminal_size()[0], 160)) if kw["color"] else 120
+        import shutil
+        import sys
+
+        kw["color"] = sys.stdout.isatty()
+        kw["width"] = max(100, min(shutil.get_terminal_size().columns, 160)) if kw["color"] else 120
     text = render(rep, fmt, **kw)
     if output is None:
         click.echo(text, nl=False)
@@ -496,8 +499,9 @@ def demo_command(ctx: click.Context, directory: str | None, keep: bool) -> None:
     try:
         result = run_demo(root, console=console)
         console.print("\n[bold]3. report[/]")
-        tty = click.get_text_stream("stdout").isatty()
-        click.echo(render(result.report, "table", color=tty, width=120), nl=False)
+        import sys
+
+        click.echo(render(result.report, "table", color=sys.stdout.isatty(), width=120), nl=False)
         (root / "report.html").write_text(render(result.report, "html"), "utf-8")
         charged, ledger = result.report.spend.totals.charged_micros, result.ledger.charged_micros
         if charged != ledger:

@@ -205,10 +205,10 @@ def sections(r: Report, *, outputs_limit: int | None = None) -> list[Section]:
     if len(files) < o.count:
         intro += f"; the first {len(files):,} are listed (json and csv list them all)"
     out.append(Section(
-        "Outputs", ("Path", "Step", "Bytes", "Size", "SHA-256"),
-        tuple((f.path, f.step, f"{f.bytes:,}", f"{f.width}x{f.height}" if f.width and f.height else "-", f.sha256)
+        "Outputs", ("Path", "Bytes", "Size", "SHA-256"),
+        tuple((f.path, f"{f.bytes:,}", f"{f.width}x{f.height}" if f.width and f.height else "-", f.sha256)
               for f in files),
-        intro=intro + ".", numeric=(2,), nowrap=(4,)))
+        intro=intro + ".", numeric=(1,), nowrap=(3,)))
     return out
 
 

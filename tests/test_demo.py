@@ -1,0 +1,62 @@
+"""`pixbatch demo`: the whole loop offline, checked against the emulator's ledger it leaves behind."""
+
+from __future__ import annotations
+
+import json
+import tempfile
+import time
+
+import duckdb
+from click.testing import CliRunner
+
+from pixbatch.cli import cli
+from pixbatch.money import format_usd
+from pixbatch.report import build_report
+
+
+def test_demo_runs_offline_and_its_report_matches_the_ledger(tmp_path):
+    root = tmp_path / "demo"
+    t0 = time.monotonic()
+    res = CliRunner().invoke(cli, ["demo", "--dir", str(root)], catch_exceptions=False)
+    elapsed = time.monotonic() - t0
+    assert res.exit_code == 0, res.output
+    assert elapsed < 45, f"the demo took {elapsed:.1f} s"
+    out = res.output
+    for part in ("1. estimate", "2. run", "3. report", "Estimate vs charged, explained", "equals the emulator's ledger"):
+        assert part in out, part
+
+    ledger = json.loads((root / "ledger.json").read_text())
+    entries = {e["request_id"]: (e["status"], e["amount_micros"]) for e in ledger["entries"]}
+    charged = ledger["totals"]["charged_micros"]
+    # 6 edits (the 2 of the non-image FAILED, charged) + 4 upscales; 2 upscales BLOCKED, never sent
+    assert len(entries) == 10 and sorted(s for s, _ in entries.values()).count("FAILED") == 2
+    assert charged == sum(a for _, a in entries.values()) == 6 * 10000 + 4 * 10000
+    assert format_usd(charged) in out
+
+    state = root / "demo.pixbatch.duckdb"
+    r = build_report(state, outputs_limit=None)
+    assert r.spend.totals.charged_micros == charged
+    assert dict(r.status.by_state) == {"COMPLETED": 8, "FAILED": 2, "BLOCKED": 2}
+    (failure,) = r.status.failures
+    assert failure.count == 2 and {e.input_id for e in failure.examples} == {"notes"}
+    db = duckdb.connect(str(state), read_only=True)
+    try:
+        mine = dict(db.execute("SELECT request_id, charged_micros FROM items WHERE request_id IS NOT NULL").fetchall())
+    finally:
+        db.close()
+    assert mine == {rid: amount for rid, (_, amount) in entries.items()}
+    assert len(r.outputs.files) == 8
+    for f in r.outputs.files:
+        assert (root / "out" / f.path).stat().st_size == f.bytes
+    assert (root / "report.html").read_text().count("<svg") == 3
+
+    again = CliRunner().invoke(cli, ["demo", "--dir", str(root)])
+    assert again.exit_code == 2 and "is not empty" in again.output
+
+
+def test_demo_cleans_up_its_temporary_directory(tmp_path, monkeypatch):
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    res = CliRunner().invoke(cli, ["demo"], catch_exceptions=False)
+    assert res.exit_code == 0, res.output
+    assert "equals the emulator's ledger" in res.output and "Kept" not in res.output
+    assert not list(tmp_path.glob("pixbatch-demo-*"))
