@@ -193,3 +193,12 @@ def test_html_is_self_contained_and_renders_its_charts_in_chromium(tmp_path, chr
         assert img.size == (1200, 1600)
         colors = img.convert("RGB").getcolors(maxcolors=1 << 20)
     assert len(colors) > 50  # text and charts, not a blank page
+
+
+def test_readme_lists_the_audit_sql_of_the_report():
+    from pixbatch.report import AUDIT_SQL
+
+    readme = (Path(__file__).parent.parent / "README.md").read_text("utf-8")
+    block = readme.split("<!-- audit-sql:", 1)[1].split("```sql\n", 1)[1].split("```", 1)[0]
+    expected = "".join(f"-- {title}\n{sql}\n" for title, sql in AUDIT_SQL)
+    assert block == expected
