@@ -201,12 +201,11 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
     import json
 
     from .expand import count_items
-    from .manifest import check_manifest, load_manifest
+    from .manifest import validate_manifest
 
-    problems = check_manifest(manifest_path)
+    manifest, problems = validate_manifest(manifest_path)
     summary = None
-    if not problems:
-        manifest = load_manifest(manifest_path, deep=False)
+    if manifest is not None:
         per_step = count_items(manifest)
         summary = {"inputs": manifest.count_inputs(), "steps": len(manifest.steps),
                    "items": sum(per_step.values()), "items_per_step": per_step}

@@ -231,6 +231,11 @@ def check_manifest(path: str | Path, *, deep: bool = True) -> list[Problem]:
     return _load(Path(path), deep=deep)[1]
 
 
+def validate_manifest(path: str | Path, *, deep: bool = True) -> tuple[Manifest | None, list[Problem]]:
+    """Both at once: (the manifest, []) when valid, (None, every problem) when not."""
+    return _load(Path(path), deep=deep)
+
+
 def _summary_message(path: str | Path, problems: list[Problem]) -> str:
     n = len(problems)
     head = f"{path} is not a valid manifest ({n} problem{'s' if n != 1 else ''}); fix these and run `pixbatch validate {path}`:"
