@@ -899,9 +899,14 @@ def _report_duplicate_ids(c: _Checker, sources: list[Input | FileSource], collid
             if reported > MAX_ROW_PROBLEMS:
                 continue
             f, line, col = _split_origin(inp.origin)
-            where = "$" if f != c.file else json_path(("inputs",))
-            explicit = "give one of them an explicit id" + (" (an id column)" if f != c.file else " (id: ...)")
-            c.problems.append(Problem(f, line, col, where if f == c.file else f"line {line}",
+            if f == c.file:
+                index = next((i for i, _ in enumerate(c.loc.data.get("inputs", []))
+                              if c.loc.values.get(("inputs", i)) == (line, col)), None)
+                where = json_path(("inputs",) if index is None else ("inputs", index))
+                explicit = "give one of them an explicit id (id: ...)"
+            else:
+                where, explicit = f"line {line}", "give one of them an explicit id (an id column)"
+            c.problems.append(Problem(f, line, col, where,
                                       f"duplicate input id {inp.id!r} (first at {first[inp.id]})", explicit))
     if reported > MAX_ROW_PROBLEMS:
         c.add(("inputs",), f"{reported - MAX_ROW_PROBLEMS} more duplicate input ids", "fix the ones listed and validate again")

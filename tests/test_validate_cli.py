@@ -184,6 +184,7 @@ def test_duplicate_ids_name_both_places():
           - id: hero
             url: https://cdn.example.com/hero.png
           - from: cat.csv
+          - https://cdn.example.com/z/hero.jpg
         steps:
           - id: up
             op: upscale
@@ -192,7 +193,8 @@ def test_duplicate_ids_name_both_places():
         """, files={"cat.csv": "url,id\nhttps://cdn.example.com/y/a.png,\nhttps://cdn.example.com/h.png,hero\n"})
     assert code == 2
     got = lines(out)
-    assert "m.yaml:10:9: $.steps[1].id: step id 'up' is already used by steps[0] (line 8) (give every step its own id)" in got
+    assert "m.yaml:11:9: $.steps[1].id: step id 'up' is already used by steps[0] (line 9) (give every step its own id)" in got
+    assert "m.yaml:7:5: $.inputs[3]: duplicate input id 'hero' (first at m.yaml:4:5) (give one of them an explicit id (id: ...))" in got
     assert "cat.csv:2:1: line 2: duplicate input id 'a' (first at m.yaml:3:5) (give one of them an explicit id (an id column))" in got
     assert "cat.csv:3:1: line 3: duplicate input id 'hero' (first at m.yaml:4:5) (give one of them an explicit id (an id column))" in got
 
