@@ -290,6 +290,7 @@ def estimate_manifest(manifest: Any, table: PriceTable, *, state_path: str | Pat
             url_of[inp.id] = inp.url
     if not need:
         return _finish(first, SizeSummary(declared=declared, probing=probe))
+    del first  # the second pass below builds its own (and needs the memory)
 
     from .probe import probe_sizes_report  # imports duckdb, httpx, Pillow: only when needed
 
