@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import httpx
 import pytest
 
 from pixbatch.contract import ENDPOINTS, STATUS_PATH
-from pixbatch.emulator import Dist, EmulatorConfig, fast_test_config, start_emulator
+from pixbatch.emulator import Dist, EmulatorConfig, emulator_app, fast_test_config, start_emulator
 
 EDIT = {"prompt": "p", "images": ["https://x.test/a.png"]}
 UPSCALE = {"image": "https://x.test/a.png", "target": 1}
@@ -176,3 +177,44 @@ def test_runtime_config_changes_apply_to_new_jobs(emulator, image_server):
     # an emulated failure is still priced by the real output size
     assert (by_id[failed].output_width, by_id[failed].output_height) == (by_id[done].output_width,
                                                                          by_id[done].output_height)
+
+
+def test_in_process_app_behaves_the_same_through_asgi_transport(image_server):
+    """``emulator_app`` + ``httpx.ASGITransport``: no server, same contract, drops are transport errors."""
+    image = image_server.add("a.png", (64, 48))
+
+    async def main() -> None:
+        cfg = fast_test_config(queue_time=0, processing_time=0.01)
+        async with emulator_app(cfg) as app:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://emulator") as client:
+                headers = {"Ocp-Apim-Subscription-Key": cfg.api_key}
+                r = await client.post(ENDPOINTS["upscale"], json={"image": image, "target": 1}, headers=headers)
+                assert r.status_code == 202 and r.json()["polling_url"].startswith("http://emulator/v2/")
+                for _ in range(500):
+                    doc = (await client.get(r.json()["polling_url"], headers=headers)).json()
+                    if doc["status"] == "COMPLETED":
+                        break
+                    await asyncio.sleep(0.01)
+                assert doc["status"] == "COMPLETED"
+                assert (await client.get(doc["output"]["media_url"][0])).status_code == 200
+                app.state.engine.script.append({"drop_after_accept": True})
+                with pytest.raises(httpx.TransportError):
+                    await client.post(ENDPOINTS["upscale"], json={"image": image, "target": 1}, headers=headers)
+                assert app.state.engine.stats["accepted"] == 2
+
+    asyncio.run(main())
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("0.5", Dist(0.5, 0.5)), ("0.1-2", Dist(0.1, 2.0)), (3, Dist(3.0)), ([0.2, 0.4], Dist(0.2, 0.4)),
+    ({"min": 1, "max": 2}, Dist(1.0, 2.0)),
+])
+def test_durations_parse_from_cli_and_json(text, expected):
+    assert Dist.parse(text) == expected
+
+
+@pytest.mark.parametrize("bad", ["soon", "-1", "2-1", True, [1, 2, 3]])
+def test_bad_durations_are_refused(bad):
+    with pytest.raises(ValueError):
+        Dist.parse(bad)

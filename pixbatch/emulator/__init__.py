@@ -16,11 +16,14 @@ under a seed. Layout:
     with start_emulator(EmulatorConfig(balance_micros=1_000_000, fail_rate=0.1)) as emu:
         httpx.post(emu.url + ENDPOINTS["upscale"], json={...}, headers=emu.headers)
         emu.ledger().charged_micros
+
+    async with emulator_app(config) as app:   # in-process, no server: httpx.ASGITransport(app=app)
+        ...
 """
 
 from __future__ import annotations
 
-from .app import create_app
+from .app import create_app, emulator_app
 from .config import DEFAULT_API_KEY, KEY_ENV, Dist, EmulatorConfig, fast_test_config
 from .control import RunningEmulator, start_emulator
 from .wallet import Ledger, LedgerEntry
@@ -34,6 +37,7 @@ __all__ = [
     "LedgerEntry",
     "RunningEmulator",
     "create_app",
+    "emulator_app",
     "fast_test_config",
     "start_emulator",
 ]

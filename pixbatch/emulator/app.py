@@ -39,9 +39,10 @@ import math
 import random
 import socket
 import time
-from typing import Any
+from typing import Any, AsyncIterator
 
 import anyio.to_thread
+import httpx
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
@@ -61,8 +62,12 @@ _SCRIPT_KEYS = {"submit", "body", "retry_after", "drop_after_accept", "garbage",
                 "processing_time", "polls"}
 
 
-class ConnectionDropped(Exception):
-    """Raised after the status line went out: the server closes the connection mid-answer."""
+class ConnectionDropped(httpx.RemoteProtocolError):
+    """Raised after the status line went out: the server closes the connection mid-answer.
+
+    An httpx transport error, so a client driving the app through ``httpx.ASGITransport``
+    (no socket to close) sees the same kind of failure as one talking to a real server.
+    """
 
 
 class _DropFilter(logging.Filter):
@@ -444,3 +449,18 @@ def create_app(config: EmulatorConfig | None = None) -> Starlette:
     app = _EmulatorApp(routes=routes, lifespan=lifespan)
     app.state.engine = engine
     return app
+
+
+@contextlib.asynccontextmanager
+async def emulator_app(config: EmulatorConfig | None = None) -> AsyncIterator[Starlette]:
+    """``create_app`` with its lifespan run, for in-process use without a server::
+
+        async with emulator_app(cfg) as app:
+            client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://emulator")
+
+    On exit the scheduler stops and the emulator's own HTTP clients and temporary files
+    are closed (httpx's ASGITransport does not run lifespans by itself).
+    """
+    app = create_app(config)
+    async with app.router.lifespan_context(app):
+        yield app
