@@ -520,10 +520,9 @@ class _Checker:
         self.problems.append(Problem(self.file, line, col, json_path(path), message, hint))
 
     def display_path(self, rel: str) -> tuple[Path, str]:
-        p = Path(rel)
-        absolute = p if p.is_absolute() else (self.path.parent / p)
-        shown = str(p) if p.is_absolute() else str(self.path.parent / p) if str(self.path.parent) != "." else str(p)
-        return absolute.resolve(), shown
+        """A ``from:`` path: absolute, and as shown in problems (relative to the manifest as given)."""
+        shown = Path(rel) if Path(rel).is_absolute() else self.path.parent / rel
+        return shown.resolve(), str(shown)
 
 
 def _load(path: Path, *, deep: bool) -> tuple[Manifest | None, list[Problem]]:
@@ -622,7 +621,8 @@ def _schema_error(c: _Checker, err: Any, path: tuple[Any, ...]) -> None:
         for k, needs in err.validator_value.items():
             for n in needs:
                 if k in inst and n not in inst:
-                    c.add((*path, k), f"{k} is given without {n}", f"give both width and height, or neither", key=True)
+                    both = " and ".join(x for x in schema.get("properties", {}) if x in (k, n))
+                    c.add((*path, k), f"{k} is given without {n}", f"give both {both}, or neither", key=True)
     elif v == "enum":
         near = suggest(inst, [str(e) for e in err.validator_value])
         opts = ", ".join(str(e) for e in err.validator_value)
