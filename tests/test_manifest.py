@@ -244,3 +244,24 @@ def test_yaml_syntax_error_has_a_position():
     with pytest.raises(YamlSyntaxError) as info:
         load_yaml("a: 1\nb: [1, 2\nc: 3\n")
     assert (info.value.line, info.value.column) == (3, 2) and "not closed" in info.value.hint
+
+
+def test_csv_quoting_bom_and_column_order():
+    Path("cat.csv").write_bytes(
+        "\ufeffsku,height,url,width,id,title\n"
+        'S1,600,https://cdn.example.com/1.png,800,one,"Dress, linen"\n'
+        "\n"
+        'S2,,https://cdn.example.com/2.png,,,"say ""hi"""\n'.encode("utf-8"))
+    m = load_manifest(write("version: 1\ninputs: [{from: cat.csv}]\n"
+                            "steps: [{id: u, op: upscale, naming: '{sku}/{title}.{ext}'}]\n"))
+    assert [(i.id, i.size, dict(i.vars)) for i in m.iter_inputs()] == [
+        ("one", (800, 600), {"sku": "S1", "title": "Dress, linen"}),
+        ("2", None, {"sku": "S2", "title": 'say "hi"'}),
+    ]
+
+
+def test_text_file_problems_have_line_and_column():
+    Path("urls.txt").write_text("# shots\nhttps://cdn.example.com/1.png\n   www.example.com/2.png\n")
+    (p,) = check_manifest(write("version: 1\ninputs: [{from: urls.txt}]\nsteps: [{id: u, op: upscale}]\n"))
+    assert str(p) == ("urls.txt:3:4: line 3: 'www.example.com/2.png' is not an http:// or https:// URL "
+                      "(write one http(s) URL per line; start comments with #)")
