@@ -85,7 +85,7 @@ def test_json_amounts_are_integers_and_decimal_strings():
 def work_items(draw):
     n_inputs = draw(st.integers(1, 6))
     out = []
-    for _ in range(draw(st.integers(0, 40))):
+    for _ in range(draw(st.integers(0, 25))):
         i = draw(st.integers(0, n_inputs - 1))
         url = f"https://x.test/{i}.png"
         size = draw(st.none() | st.tuples(st.integers(1, 5000), st.integers(1, 5000)))
@@ -101,7 +101,7 @@ def work_items(draw):
     return out
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(work_items())
 def test_aggregation_properties(items):
     est = estimate_items(items, TABLE)

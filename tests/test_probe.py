@@ -173,10 +173,30 @@ def test_locked_cache_raises_or_is_skipped(image_server, locked_state):
     assert rep.cache_note.startswith("probe cache not used")
 
 
-def test_concurrency_is_bounded(image_server):
-    urls = [image_server.add(f"i{i}.png", (10 + i, 10)) for i in range(12)]
-    got = probe_sizes(urls, concurrency=3)
+def test_concurrency_is_bounded():
+    import asyncio
+
+    from starlette.applications import Starlette
+    from starlette.responses import Response
+    from starlette.routing import Route
+
+    from conftest import png_bytes
+    from pixbatch.serve import serve_in_thread
+
+    state = {"now": 0, "max": 0}
+
+    async def slow(request):
+        state["now"] += 1
+        state["max"] = max(state["max"], state["now"])
+        await asyncio.sleep(0.05)
+        state["now"] -= 1
+        return Response(png_bytes((int(request.path_params["w"]), 10)), media_type="image/png")
+
+    with serve_in_thread(Starlette(routes=[Route("/slow/{w:int}.png", slow)])) as served:
+        urls = [f"{served.url}/slow/{10 + i}.png" for i in range(12)]
+        got = probe_sizes(urls, concurrency=3)
     assert [got[u].size for u in urls] == [(10 + i, 10) for i in range(12)]
+    assert state["max"] == 3
     with pytest.raises(ValueError):
         probe_sizes(urls, concurrency=0)
 
