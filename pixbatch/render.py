@@ -511,7 +511,7 @@ def svg_throughput(r: Report) -> str:
     pw, ph = W - left - 10, H - bottom - topm
     top = max([b.completed + b.failed for b in tm.buckets] + [1])
     n = max(1, len(tm.buckets))
-    bw = pw / n
+    bw = min(pw / n, 40.0)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" id="chart-throughput" width="{W}" '
              f'height="{H}" viewBox="0 0 {W} {H}" role="img" aria-label="Completions over time">']
     for v in sorted({0, top // 2, top}):

@@ -167,8 +167,9 @@ def test_export_from_the_cli(tmp_path, image_server, emulator):
 
 @pytest.mark.slow
 def test_a_killed_run_then_reconcile_gives_the_ledger_to_the_micro(tmp_path, image_server):
-    # jobs stay QUEUED for 3 s: long enough to kill the run with every edit submitted and none finished
-    cfg = fast_test_config(queue_time=Dist(3.0), processing_time=Dist(0.1))
+    # jobs stay QUEUED for 5 s: long enough to kill the run with every edit submitted and none finished,
+    # even on a slow CI machine
+    cfg = fast_test_config(queue_time=Dist(5.0), processing_time=Dist(0.1))
     with start_emulator(cfg) as emu:
         manifest = write_manifest(tmp_path, image_server)
         state = load_manifest(manifest).state_path
@@ -187,6 +188,9 @@ def test_a_killed_run_then_reconcile_gives_the_ledger_to_the_micro(tmp_path, ima
                 except (FileNotFoundError, json.JSONDecodeError):
                     pass
                 time.sleep(0.05)
+            live = build_report(state)  # the run holds the lock: the report reads its status file
+            assert live.live and live.status.count("recolor", "SUBMITTED") == 8
+            assert live.spend.totals.reserved_micros == 80000 and f"PID {proc.pid}" in live.notes[0]
             proc.send_signal(signal.SIGKILL)
             proc.wait(10)
         finally:
