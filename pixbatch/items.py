@@ -34,6 +34,9 @@ def parse_upstream_ref(url: str) -> str | None:
     return url[len(UPSTREAM_SCHEME):] if url.startswith(UPSTREAM_SCHEME) else None
 
 
+_DEFAULTS = {op: documented_defaults(op) for op in ENDPOINTS}
+
+
 def _normalise(v: Any) -> Any:
     if isinstance(v, float) and v.is_integer():
         return int(v)
@@ -46,18 +49,32 @@ def _normalise(v: Any) -> Any:
 
 def canonical_body(op: str, body: Mapping[str, Any]) -> dict[str, Any]:
     """The body with documented defaults filled in and numbers normalised."""
-    full = documented_defaults(op)
+    full = dict(_DEFAULTS[op])
     full.update(body)
-    return _normalise(full)
+    for k, v in full.items():  # request bodies are flat: scalars, or lists of strings
+        t = type(v)
+        if t is float:
+            if v.is_integer():
+                full[k] = int(v)
+        elif t is list or t is tuple or t is dict:
+            full[k] = _normalise(v)
+    return full
+
+
+_ENCODER = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False)
 
 
 def canonical_json(body: Mapping[str, Any]) -> str:
-    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(body)
 
 
 def item_key(op: str, body: Mapping[str, Any]) -> str:
     """The deterministic key of a request: stable across runs, machines and Python versions."""
-    text = ENDPOINTS[op] + "\n" + canonical_json(canonical_body(op, body))
+    return _key_of_canonical(op, canonical_body(op, body))
+
+
+def _key_of_canonical(op: str, canon: Mapping[str, Any]) -> str:
+    text = ENDPOINTS[op] + "\n" + canonical_json(canon)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
@@ -93,7 +110,7 @@ class WorkItem:
               upstream: str | None = None, input_size: Size | None = None,
               vars: Mapping[str, Any] | None = None, index: int = 0) -> WorkItem:
         canon = canonical_body(op, body)
-        return cls(key=item_key(op, canon), step=step, op=op, body=canon, input_id=input_id,
+        return cls(key=_key_of_canonical(op, canon), step=step, op=op, body=canon, input_id=input_id,
                    output_name=output_name, upstream=upstream, input_size=input_size,
                    vars=dict(vars or {}), index=index)
 
