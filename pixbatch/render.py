@@ -15,6 +15,7 @@ from __future__ import annotations
 import csv
 import dataclasses
 import datetime as dt
+import functools
 import html
 import io
 import json
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .money import format_usd, micros_to_decimal
-from .report import STATE_ORDER, Outputs, Report, SpendTotals, Variance
+from .report import OutputFile, Outputs, Report, SpendTotals, Variance
 
 FORMATS = ("table", "json", "csv", "md", "html")
 
@@ -321,12 +322,32 @@ _EXTRA: dict[type, tuple[str, ...]] = {Variance: ("delta_micros",), SpendTotals:
                                        Outputs: ("truncated",)}
 
 
+@functools.cache
+def _names(cls: type) -> tuple[str, ...]:
+    return tuple(f.name for f in dataclasses.fields(cls)) + _EXTRA.get(cls, ())
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, float):
+        raise TypeError(f"a float reached the JSON report: {value!r}")
+    return value
+
+
+def _output_file(f: OutputFile) -> dict[str, Any]:
+    # the one list that can have millions of entries: no generic walk
+    return {"key": f.key, "step": f.step, "input_id": f.input_id, "path": f.path, "sha256": f.sha256,
+            "bytes": f.bytes, "width": f.width, "height": f.height, "media_type": f.media_type}
+
+
 def to_jsonable(obj: Any) -> Any:
     """A Report (or any part of it) as JSON-ready data: money as micros + decimal strings, no floats."""
+    if isinstance(obj, OutputFile):
+        return _output_file(obj)
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {}
-        names = [f.name for f in dataclasses.fields(obj)] + list(_EXTRA.get(type(obj), ()))
-        for name in names:
+        for name in _names(type(obj)):
             value = getattr(obj, name)
             if name == "by_state":
                 out[name] = dict(value)
@@ -340,11 +361,7 @@ def to_jsonable(obj: Any) -> Any:
         return out
     if isinstance(obj, tuple | list):
         return [to_jsonable(x) for x in obj]
-    if isinstance(obj, dt.datetime):
-        return obj.isoformat()
-    if isinstance(obj, float):
-        raise TypeError(f"a float reached the JSON report: {obj!r}")
-    return obj
+    return _plain(obj)
 
 
 def render_json(r: Report, *, indent: int | None = 2) -> str:
