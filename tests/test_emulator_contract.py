@@ -114,18 +114,21 @@ def test_documented_examples_are_accepted_and_complete(emulator, image_server, o
 
 def test_status_moves_queued_processing_terminal_over_time(image_server):
     image = image_server.add("a.png", (64, 48))
-    cfg = fast_test_config(queue_time=0.3, processing_time=0.3)
+    # long timings, and the emulator's clock moved forward instead of sleeping
+    cfg = fast_test_config(queue_time=100, processing_time=50)
     with start_emulator(cfg) as emu:
-        r = httpx.post(emu.url + ENDPOINTS["upscale"], json={"image": image, "target": 1}, headers=emu.headers)
+        r = emu.http.post(emu.url + ENDPOINTS["upscale"], json={"image": image, "target": 1}, headers=emu.headers)
         url = r.json()["polling_url"]
-        first = httpx.get(url, headers=emu.headers).json()
+        first = emu.http.get(url, headers=emu.headers).json()
         assert first["status"] == "QUEUED" and first["output"] is None and first["completed_at"] is None
-        time.sleep(0.35)
-        mid = httpx.get(url, headers=emu.headers).json()
+        assert first["updated_at"] == first["created_at"]
+        emu.advance(100)
+        mid = emu.http.get(url, headers=emu.headers).json()
         assert mid["status"] == "PROCESSING" and mid["output"] is None and mid["completed_at"] is None
         assert mid["updated_at"] > mid["created_at"]
+        emu.advance(50)
         doc, _ = wait_terminal(url, emu.headers)
-        assert doc["status"] == "COMPLETED"
+        assert doc["status"] == "COMPLETED" and doc["completed_at"] >= mid["updated_at"]
 
 
 def test_every_request_needs_a_known_key(emulator):
@@ -216,7 +219,7 @@ def test_unknown_request_id_is_404(emulator):
 
 def test_insufficient_balance_is_402_with_the_documented_message():
     # $0.015 covers one edit ($0.01) but not a second while the first is in flight
-    with start_emulator(fast_test_config(balance_micros=15_000, queue_time=0.3, render="lazy")) as emu:
+    with start_emulator(fast_test_config(balance_micros=15_000, queue_time=100, render="lazy")) as emu:
         url, body = emu.url + ENDPOINTS["edit"], {"prompt": "p", "images": ["https://x.test/a.png"]}
         assert httpx.post(url, json=body, headers=emu.headers).status_code == 202
         r = httpx.post(url, json=body, headers=emu.headers)

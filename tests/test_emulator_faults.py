@@ -112,14 +112,22 @@ def test_latency_slows_submit_and_poll():
 
 
 def test_timings_are_configurable_and_sampled_per_job():
-    with start_emulator(fast_test_config(render="lazy", queue_time=Dist(0.3, 0.4), processing_time=0.4)) as emu:
-        t0 = time.monotonic()
-        rid = submit(emu).json()["request_id"]
-        assert poll(emu, rid).json()["status"] == "QUEUED"
-        time.sleep(max(0.0, t0 + 0.45 - time.monotonic()))
-        assert poll(emu, rid).json()["status"] == "PROCESSING"
-        time.sleep(max(0.0, t0 + 0.85 - time.monotonic()))
-        assert poll(emu, rid).json()["status"] == "COMPLETED"
+    with start_emulator(fast_test_config(render="lazy", queue_time=Dist(10, 20), processing_time=30)) as emu:
+        ids = [submit(emu).json()["request_id"] for _ in range(5)]
+        assert {poll(emu, rid).json()["status"] for rid in ids} == {"QUEUED"}
+        emu.advance(20.5)  # past every queue time (10-20 s), before any job's end (>= 10 s + 30 s)
+        docs = [poll(emu, rid).json() for rid in ids]
+        assert {d["status"] for d in docs} == {"PROCESSING"}
+        queued_for = {_seconds(d["updated_at"]) - _seconds(d["created_at"]) for d in docs}
+        assert all(9.99 <= q <= 20.01 for q in queued_for) and len(queued_for) > 1  # sampled per job
+        emu.advance(30)
+        assert {poll(emu, rid).json()["status"] for rid in ids} == {"COMPLETED"}
+
+
+def _seconds(stamp: str) -> float:
+    from datetime import datetime
+
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
 
 
 def test_script_queues_exact_outcomes():

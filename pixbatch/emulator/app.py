@@ -304,7 +304,7 @@ class _Gateway:
         if job is None or job.final != COMPLETED or name != f"output.{job.ext}":
             return self.error(404, "Not Found", f"No media at /media/{rid}/{name}")
         if job.media_path is None:  # lazy mode: draw it now
-            data = await anyio.to_thread.run_sync(e.lazy_media, job)
+            data = await anyio.to_thread.run_sync(e.lazy_media, job, limiter=e.limiter)
             assert e.media_root is not None
             path = e.media_root / rid / name
             path.parent.mkdir(parents=True, exist_ok=True)

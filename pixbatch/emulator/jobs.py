@@ -28,7 +28,7 @@ import tempfile
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -76,7 +76,7 @@ class Job:
     reserved_micros: int
     webhooks: tuple[WebhookTarget, ...] = ()
     edit_seed: int = 0  # used when the body has no seed
-    poll_script: deque = field(default_factory=deque)
+    poll_script: deque | None = None  # scripted answers for this job's next polls
     # filled in as the job runs
     started: bool = False
     work_done: bool = False
@@ -219,7 +219,7 @@ class Engine:
             outcome, error = ERROR, "Internal error while processing the request (emulated system error)"
         else:
             outcome, error = COMPLETED, None
-        polls: deque = deque()
+        polls: deque | None = None
         if scripted:
             if "status" in scripted:
                 outcome = scripted["status"]
@@ -228,7 +228,8 @@ class Engine:
                 queue_s = float(scripted["queue_time"])
             if "processing_time" in scripted:
                 proc_s = float(scripted["processing_time"])
-            polls.extend(scripted.get("polls", ()))
+            if scripted.get("polls"):
+                polls = deque(scripted["polls"])
         now_mono, now_wall = self.now(), time.time() + self.offset
         job = Job(
             request_id=new_request_id(MODEL_IDS[op]), op=op, body=body, seq=n,
@@ -399,6 +400,12 @@ class Engine:
         return random.Random(f"{self.config.seed}:webhook:{job.seq}:{self._webhook_sends}")
 
     # -- reads --------------------------------------------------------------------
+
+    @property
+    def limiter(self) -> anyio.CapacityLimiter:
+        """Bounds the threads doing Pillow work (``config.workers``), lazy drawing included."""
+        assert self._limiter is not None, "ensure_started() first"
+        return self._limiter
 
     def lazy_media(self, job: Job) -> bytes:
         """Lazy mode: draw the output on first request (called in a worker thread)."""
