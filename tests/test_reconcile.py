@@ -183,3 +183,26 @@ def test_reconcile_db_works_on_an_open_connection(crashed):
         assert build_report(db).spend.totals.charged_micros == 70000
     finally:
         db.close()
+
+
+def test_reconcile_cli_needs_a_key_only_when_there_is_something_to_poll(crashed, emulator):
+    from click.testing import CliRunner
+
+    from pixbatch.cli import cli
+
+    path, keys = crashed
+    res = CliRunner().invoke(cli, ["reconcile", "--state", str(path), "--base-url", emulator.url])
+    assert res.exit_code == 4 and "PIXAZO_API_KEY" in res.output
+    # the emulator never saw these request ids: reported, left as they were, exit 1
+    res = CliRunner(env={"PIXAZO_API_KEY": emulator.api_key}).invoke(
+        cli, ["reconcile", "--state", str(path), "--base-url", emulator.url, "--wait", "0"])
+    assert res.exit_code == 1, res.output
+    assert "checked 2 item(s): 0 settled ($0.00), 0 still running, 2 not resolved" in res.output.replace(
+        "(charged $0.00)", "($0.00)")
+    assert f"{keys['r8']} (recolor, p-image_r8):" in res.output and emulator.api_key not in res.output
+    assert build_report(path).spend.totals.in_flight_items == 2
+
+    empty = path.with_name("empty.duckdb")
+    connect(empty).close()
+    res = CliRunner().invoke(cli, ["reconcile", "--state", str(empty)])
+    assert res.exit_code == 0 and "nothing to reconcile" in res.output
