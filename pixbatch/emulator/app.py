@@ -152,10 +152,12 @@ class _Gateway:
         return Response(b'{"request_id": "' + request_id.encode()[:12] + b'", "status": "QUEU<html>502 Bad Gateway',
                         status_code=code, media_type="application/json")
 
-    def _enter(self, request: Request) -> None:
+    def _enter(self, request: Request) -> str:
+        """Per request: make sure the scheduler runs; the base URL this client used."""
         self.e.ensure_started()
-        if not self.e.base_url:
-            self.e.base_url = str(request.base_url).rstrip("/")
+        base = str(request.base_url).rstrip("/")
+        self.e.base_url = base  # webhooks (sent outside any request) use the latest one
+        return base
 
     def _auth(self, request: Request) -> Response | None:
         key = request.headers.get(AUTH_HEADER)
@@ -198,7 +200,7 @@ class _Gateway:
     # -- gateway routes -------------------------------------------------------------
 
     async def submit(self, request: Request, op: str) -> Any:
-        self._enter(request)
+        base = self._enter(request)
         e, cfg = self.e, self.e.config
         n = e.stats["submits"]
         e.stats["submits"] += 1
@@ -254,11 +256,11 @@ class _Gateway:
         return self.ok({
             "request_id": job.request_id,
             "status": "QUEUED",
-            "polling_url": e.base_url + STATUS_PATH.format(request_id=job.request_id),
+            "polling_url": base + STATUS_PATH.format(request_id=job.request_id),
         }, 202)
 
     async def status(self, request: Request) -> Any:
-        self._enter(request)
+        base = self._enter(request)
         e, cfg = self.e, self.e.config
         n = e.stats["polls"]
         e.stats["polls"] += 1
@@ -292,7 +294,7 @@ class _Gateway:
         elif ugarbage < cfg.poll_garbage_rate:
             e.stats["garbage_poll"] += 1
             return self.garbage(200, rid)
-        return self.ok(job.view(e.now(), e.base_url))
+        return self.ok(job.view(e.now(), base))
 
     async def media(self, request: Request) -> Response:
         self._enter(request)
@@ -303,13 +305,8 @@ class _Gateway:
         job: Job | None = e.jobs.get(rid)
         if job is None or job.final != COMPLETED or name != f"output.{job.ext}":
             return self.error(404, "Not Found", f"No media at /media/{rid}/{name}")
-        if job.media_path is None:  # lazy mode: draw it now
-            data = await anyio.to_thread.run_sync(e.lazy_media, job, limiter=e.limiter)
-            assert e.media_root is not None
-            path = e.media_root / rid / name
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(data)
-            job.media_path = path
+        if job.media_path is None:  # lazy mode: draw it now (in a worker thread, file included)
+            job.media_path = await anyio.to_thread.run_sync(e.lazy_media, job, limiter=e.limiter)
         self._count(200)
         return FileResponse(job.media_path, media_type=MEDIA_TYPES[job.ext])
 

@@ -407,8 +407,12 @@ class Engine:
         assert self._limiter is not None, "ensure_started() first"
         return self._limiter
 
-    def lazy_media(self, job: Job) -> bytes:
-        """Lazy mode: draw the output on first request (called in a worker thread)."""
-        assert job.output_size is not None
+    def lazy_media(self, job: Job) -> Path:
+        """Lazy mode: draw the output and write its file on first request (in a worker thread)."""
+        assert job.output_size is not None and self.media_root is not None
         quality = int(job.body.get("output_quality", 80)) if job.op == "upscale" else imaging.EDIT_QUALITY
-        return imaging.placeholder(job.output_size, job.ext, quality, job.request_id)
+        data = imaging.placeholder(job.output_size, job.ext, quality, job.request_id)
+        path = self.media_root / job.request_id / f"output.{job.ext}"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+        return path
