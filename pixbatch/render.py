@@ -162,7 +162,12 @@ def sections(r: Report, *, outputs_limit: int | None = None) -> list[Section]:
         tuple(spend_rows), intro="Tier is the actual price tier once an item finished, else the estimated one.",
         numeric=(3, 4, 5, 6, 7, 8, 9)))
 
-    var_rows = [("Estimate (upper bound)", f"{t.items:,}", usd(t.est_high_micros), "", "")]
+    var_rows = []
+    if r.spend.planned_high_micros is not None:
+        var_rows += [("Planned by `pixbatch estimate` (upper bound)", "", usd(r.spend.planned_high_micros), "", ""),
+                     ("sizes learned since the plan (probes, upstream outputs) and items added or reused", "",
+                      "", "", signed_usd(t.est_high_micros - r.spend.planned_high_micros))]
+    var_rows += [("Estimate (upper bound)", f"{t.items:,}", usd(t.est_high_micros), "", "")]
     var_rows += [(v.explanation, f"{v.items:,}", usd(v.est_high_micros), usd(v.charged_micros),
                   signed_usd(v.delta_micros)) for v in r.spend.variance]
     var_rows.append(("Charged", "", "", usd(t.charged_micros), signed_usd(t.delta_micros)))
@@ -455,13 +460,17 @@ def _svg_text(x: float, y: float, s: str, anchor: str = "start", size: int = 11,
 def svg_spend_by_step(r: Report) -> str:
     """Grouped bars per step: estimate low, estimate high, charged."""
     steps = r.spend.steps
-    series = (("estimate (low)", "#90caf9", "est_low_micros"), ("estimate (high)", "#1e88e5", "est_high_micros"),
-              ("charged", "#2e7d32", "charged_micros"))
-    top = max([getattr(s, a) for s in steps for _, _, a in series] + [1])
-    W, H, left, bottom, topm = max(360, 110 * len(steps) + 90), 260, 70, 40, 30
+    series: tuple[tuple[str, str, str], ...] = (
+        ("estimate (low)", "#90caf9", "est_low_micros"), ("estimate (high)", "#1e88e5", "est_high_micros"),
+        ("charged", "#2e7d32", "charged_micros"))
+    if steps and steps[0].planned_high_micros is not None:
+        series = (("planned (high)", "#b0bec5", "planned_high_micros"), *series)
+    top = max([getattr(s, a) or 0 for s in steps for _, _, a in series] + [1])
+    W, H, left, bottom, topm = max(480, 130 * len(steps) + 90), 260, 70, 40, 30
     ph = H - bottom - topm
     group = (W - left - 10) / max(1, len(steps))
-    bw = min(28, (group - 16) / 3)
+    k = len(series)
+    bw = min(28, (group - 16) / k)
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" id="chart-spend" width="{W}" height="{H}" '
              f'viewBox="0 0 {W} {H}" role="img" aria-label="Spend by step: estimate vs charged">']
     for i in range(5):  # grid + axis labels
@@ -470,17 +479,17 @@ def svg_spend_by_step(r: Report) -> str:
         parts.append(f'<line x1="{left}" x2="{W - 10}" y1="{y:.1f}" y2="{y:.1f}" stroke="#e0e0e0"/>')
         parts.append(_svg_text(left - 6, y + 4, format_usd(int(v)), "end", 10))
     for i, s in enumerate(steps):
-        x0 = left + i * group + (group - 3 * bw) / 2
+        x0 = left + i * group + (group - k * bw) / 2
         for j, (label, color, attr) in enumerate(series):
-            v = getattr(s, attr)
+            v = getattr(s, attr) or 0
             h = ph * v / top
             parts.append(f'<rect class="bar" x="{x0 + j * bw:.1f}" y="{topm + ph - h:.1f}" width="{bw - 2:.1f}" '
                          f'height="{h:.1f}" fill="{color}"><title>{html.escape(s.step)}: {label} '
                          f'{format_usd(v)}</title></rect>')
         parts.append(_svg_text(left + i * group + group / 2, H - bottom + 16, s.step, "middle"))
     for j, (label, color, _) in enumerate(series):
-        parts.append(f'<rect x="{left + j * 120}" y="8" width="10" height="10" fill="{color}"/>')
-        parts.append(_svg_text(left + j * 120 + 14, 17, label, size=10))
+        parts.append(f'<rect x="{left + j * 100}" y="8" width="10" height="10" fill="{color}"/>')
+        parts.append(_svg_text(left + j * 100 + 14, 17, label, size=10))
     parts.append("</svg>")
     return "".join(parts)
 

@@ -32,6 +32,7 @@ state only (``Report.live``), and ``StateLocked`` if there is no status file yet
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,6 +150,8 @@ class StepSpend:
     est_low_micros: int
     est_high_micros: int
     charged_micros: int
+    planned_low_micros: int | None = None  # this step's lines of an ``Estimate`` passed to build_report
+    planned_high_micros: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -566,19 +569,28 @@ def _spend(q: _Scoped, run: RunInfo | None, estimate, table: PriceTable) -> Spen
         budget_micros=run.budget_micros if run else None,
         abandoned_attempts=int(abandoned[0]), abandoned_micros=int(abandoned[1]),
     )
-    planned_low, planned_high = _planned(estimate)
+    planned_low, planned_high, per_step = _planned(estimate)
+    if per_step:
+        step_spend = tuple(dataclasses.replace(x, planned_low_micros=per_step.get(x.step, (0, 0))[0],
+                                               planned_high_micros=per_step.get(x.step, (0, 0))[1])
+                           for x in step_spend)
     return Spend(lines, step_spend, variance, totals, planned_low, planned_high)
 
 
-def _planned(estimate) -> tuple[int | None, int | None]:
-    """Totals of an ``estimate.Estimate`` (duck-typed: ``low_micros``/``high_micros``)."""
+def _planned(estimate) -> tuple[int | None, int | None, dict[str, tuple[int, int]]]:
+    """Totals, and per step subtotals, of an ``estimate.Estimate`` (duck-typed: ``low_micros``,
+    ``high_micros``, and ``lines`` with ``step``, ``subtotal_low_micros``, ``subtotal_high_micros``)."""
     if estimate is None:
-        return None, None
+        return None, None, {}
     low = getattr(estimate, "low_micros", None)
     high = getattr(estimate, "high_micros", None)
     if not isinstance(low, int) or not isinstance(high, int):
         raise TypeError(f"estimate must have integer low_micros/high_micros, got {estimate!r}")
-    return low, high
+    per_step: dict[str, tuple[int, int]] = {}
+    for line in getattr(estimate, "lines", ()):
+        lo, hi = per_step.get(line.step, (0, 0))
+        per_step[line.step] = (lo + line.subtotal_low_micros, hi + line.subtotal_high_micros)
+    return low, high, per_step
 
 
 def _status(q: _Scoped, issue_limit: int, examples: int) -> Status:

@@ -310,16 +310,24 @@ def test_report_for_one_run(state):
         build_report(path, run_id="nope")
 
 
-def test_estimate_totals_are_shown_next_to_the_state(state):
+def test_the_plan_of_pixbatch_estimate_is_shown_next_to_the_state(state):
+    from pixbatch.estimate import Estimate, EstimateLine
+    from pixbatch.render import render
+
     path, _ = state
-
-    @dataclass(frozen=True)
-    class Planned:
-        low_micros: int
-        high_micros: int
-
-    s = build_report(path, estimate=Planned(100000, 150000)).spend
-    assert (s.planned_low_micros, s.planned_high_micros) == (100000, 150000)
+    # the plan, before the hires inputs' sizes were known: all 5 hires items priced as a range
+    plan = Estimate(lines=(EstimateLine("recolor", "edit", EDIT, 8, 10000, 10000),
+                           EstimateLine("hires", "upscale", f"{UP_LOW} .. {UP_HIGH}", 5, 5000, 10000, "size unknown"),
+                           EstimateLine("thumbs", "upscale", UP_LOW, 3, 5000, 5000)),
+                    low_micros=80000 + 25000 + 15000, high_micros=80000 + 50000 + 15000, item_count=16)
+    s = build_report(path, estimate=plan).spend
+    assert (s.planned_low_micros, s.planned_high_micros) == (120000, 145000)
+    assert [(x.step, x.planned_low_micros, x.planned_high_micros) for x in s.steps] == [
+        ("recolor", 80000, 80000), ("hires", 25000, 50000), ("thumbs", 15000, 15000)]
+    md = render(build_report(path, estimate=plan), "md")
+    # h2's size became known: the state's upper bound is $0.005 below the plan's
+    assert "| sizes learned since the plan (probes, upstream outputs) and items added or reused |  |  |  | -$0.005 |" in md
+    assert "planned (high)" in render(build_report(path, estimate=plan), "html")
 
 
 def test_missing_or_empty_state_files(tmp_path):
