@@ -557,7 +557,7 @@ def svg_throughput(r: Report) -> str:
                          f'<title>{html.escape(label)}</title></rect>')
     if tm.buckets:
         parts.append(_svg_text(left, H - 12, _ts(tm.buckets[0].start), size=10))
-        parts.append(_svg_text(W - 10, H - 12, _ts(tm.buckets[-1].start), "end", 10))
+        parts.append(_svg_text(max(left + n * bw, left + 230), H - 12, _ts(tm.buckets[-1].start), "end", 10))
     parts.append(_svg_text(left, 14, f"per {bucket_label(tm.bucket_seconds)}: completed (green), failed (red)",
                            size=10))
     parts.append("</svg>")
