@@ -75,6 +75,8 @@ def _emulator_options(f):
 @_emulator_options
 @click.option("--render", type=click.Choice(["real", "lazy"]), default=None,
               help="real: fetch and process images (default); lazy: no fetch, outputs drawn on first GET.")
+@click.option("--lazy-input-size", default=None, metavar="WxH",
+              help="Input size assumed in lazy mode (sizes and prices follow it) [default: 1024x1024].")
 @click.option("--workers", type=int, default=None, help="Threads for image work [default: 2].")
 @click.option("--allow-http-webhooks", is_flag=True, default=None, help="Accept http:// webhook URLs (loopback tests).")
 @click.option("--pricing", "pricing_path", type=click.Path(dir_okay=False), default=None,
@@ -99,6 +101,9 @@ def emulator_command(host: str, port: int, balance: str | None, keys: tuple[str,
     try:
         settings = json.loads(config_json) if config_json else {}
         settings.update({k: v for k, v in options.items() if v is not None})
+        if isinstance(settings.get("lazy_input_size"), str):
+            w, _, h = settings["lazy_input_size"].lower().partition("x")
+            settings["lazy_input_size"] = (int(w), int(h))
         if balance is not None:
             settings["balance_micros"] = usd_to_micros(balance)
         if keys:

@@ -93,7 +93,7 @@ def test_ledger_paging_and_topups(emulator):
     for _ in range(3):
         emulator.http.post(emulator.url + ENDPOINTS["edit"], headers=emulator.headers,
                            json={"prompt": "p", "images": ["http://127.0.0.1:9/a.png"]})
-    settled(emulator, 3)
+    assert len(emulator.wait_idle().entries) == 3
     page = emulator.ledger_json(since=2)
     assert [e["seq"] for e in page["entries"]] == [2] and page["totals"]["settled"] == 3
     assert page["totals"]["by_status"] == {"ERROR": {"count": 3, "amount_micros": 0}}
@@ -143,7 +143,8 @@ def test_emulator_command_prints_url_and_key(tmp_path):
     env = dict(os.environ, PYTHONUNBUFFERED="1", PIXBATCH_EMULATOR_KEY="cli-key")
     proc = subprocess.Popen(
         [sys.executable, "-m", "pixbatch", "emulator", "--port", "0", "--balance", "1.50", "--seed", "3",
-         "--render", "lazy", "--queue-time", "0", "--processing-time", "0.01-0.02", "--rate-limit", "50"],
+         "--render", "lazy", "--queue-time", "0", "--processing-time", "0.01-0.02", "--rate-limit", "50",
+         "--lazy-input-size", "800x600"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
     )
     try:
@@ -156,7 +157,7 @@ def test_emulator_command_prints_url_and_key(tmp_path):
         assert r.status_code == 202
         config = httpx.get(url + "/_emulator/config").json()
         assert config["balance_micros"] == 1_500_000 and config["seed"] == 3 and config["rate_limit"] == 50
-        assert config["processing_time"] == [0.01, 0.02]
+        assert config["processing_time"] == [0.01, 0.02] and config["lazy_input_size"] == [800, 600]
     finally:
         proc.terminate()
         proc.communicate(timeout=10)

@@ -129,6 +129,8 @@ class EmulatorConfig:
             v = getattr(self, name)
             object.__setattr__(self, name, (v,) if isinstance(v, str) else tuple(v))
         object.__setattr__(self, "lazy_input_size", tuple(int(x) for x in self.lazy_input_size))
+        if len(self.lazy_input_size) != 2 or min(self.lazy_input_size) < 1:
+            raise ValueError(f"lazy_input_size must be two positive sides, got {self.lazy_input_size}")
         for name in _RATES:
             v = float(getattr(self, name))
             if not 0.0 <= v <= 1.0:

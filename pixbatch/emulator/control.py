@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -62,6 +63,17 @@ class RunningEmulator:
     def ledger(self) -> Ledger:
         """Every settlement so far (due jobs are settled first), balance and totals."""
         return Ledger.from_dict(self._get("/_emulator/ledger"))
+
+    def wait_idle(self, timeout: float = 30.0, interval: float = 0.02) -> Ledger:
+        """Wait until no job is in flight (every accepted job settled); returns the ledger."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.stats()
+            if stats["in_flight"] == 0:
+                return self.ledger()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{stats['in_flight']} emulator jobs still in flight after {timeout}s")
+            time.sleep(interval)
 
     def ledger_json(self, since: int = 0) -> dict[str, Any]:
         return self._get("/_emulator/ledger", since=since)
