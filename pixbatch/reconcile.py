@@ -100,6 +100,7 @@ class _Open:
     input_size: Size | None
     output_size: Size | None
     started_at: datetime | None
+    input_url: str | None = None  # where the main image is (the upstream's media_url), to measure it
 
 
 def _utcnow() -> datetime:
@@ -123,7 +124,7 @@ def open_items(db: duckdb.DuckDBPyConnection) -> list[_Open]:
                coalesce(i.request_id, (SELECT a.request_id FROM attempts a WHERE a.key = i.key
                                        AND a.request_id IS NOT NULL ORDER BY a.n DESC LIMIT 1)) AS rid,
                {polling}, i.input_width, i.input_height, i.output_width, i.output_height,
-               u.output_width, u.output_height, i.started_at
+               u.output_width, u.output_height, i.started_at, u.media_url
         FROM items i LEFT JOIN items u ON u.key = i.upstream
         WHERE (i.state IN ('SUBMITTING', 'SUBMITTED', 'AMBIGUOUS')
                OR (i.state IN ('COMPLETED', 'FAILED', 'ERROR') AND i.charged_micros IS NULL))
@@ -132,10 +133,12 @@ def open_items(db: duckdb.DuckDBPyConnection) -> list[_Open]:
         """
     ).fetchall()
     out = []
-    for key, step, op, body, state, rid, pp, iw, ih, ow, oh, uw, uh, started in rows:
+    for key, step, op, body, state, rid, pp, iw, ih, ow, oh, uw, uh, started, up_url in rows:
         insize = (iw, ih) if iw and ih else ((uw, uh) if uw and uh else None)
-        out.append(_Open(key, step, op, json.loads(body), state, rid, pp, insize,
-                         (ow, oh) if ow and oh else None, started))
+        b = json.loads(body)
+        main = b.get("image") if op == "upscale" else None
+        url = up_url or (main if isinstance(main, str) and main.startswith(("http://", "https://")) else None)
+        out.append(_Open(key, step, op, b, state, rid, pp, insize, (ow, oh) if ow and oh else None, started, url))
     return out
 
 
@@ -152,9 +155,12 @@ async def _measure(gateway: Any, url: str) -> Size | None:
     download = getattr(gateway, "download", None)
     if download is None:
         return None
-    d = await download(url)
-    with Image.open(io.BytesIO(d.data)) as img:
-        return img.size
+    try:
+        d = await download(url)
+        with Image.open(io.BytesIO(d.data)) as img:
+            return img.size
+    except (GatewayError, OSError):  # unreachable or not an image: priced without the size (upper bound)
+        return None
 
 
 async def _poll(gateway: StatusSource, table: PriceTable, it: _Open) -> tuple[Settled, dict | None]:
@@ -173,10 +179,14 @@ async def _poll(gateway: StatusSource, table: PriceTable, it: _Open) -> tuple[Se
         return Settled(it.key, it.step, it.request_id, it.state, "SUBMITTED", st.status, None), cols
     size = it.output_size
     media_url = st.media_urls[0] if st.media_urls else None
+    factor = it.op == "upscale" and it.body.get("upscale_mode", "target") == "factor"
     if st.status == "COMPLETED" and size is None:
         size = output_size(it.op, it.body, it.input_size)
-        if size is None and it.op == "upscale" and it.body.get("upscale_mode", "target") == "factor" and media_url:
+        if size is None and factor and media_url:
             size = await _measure(gateway, media_url)
+    elif st.status != "COMPLETED" and factor and it.input_size is None and it.input_url:
+        # a failed factor upscale is priced by the output its input would have made
+        it.input_size = await _measure(gateway, it.input_url)
     charge = table.charge_for(it.op, st.status, size if st.status == "COMPLETED" else None, it.body, it.input_size)
     cols = {
         "state": st.status, "gateway_status": st.status, "error": st.error, "charged_micros": charge,

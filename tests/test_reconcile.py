@@ -144,15 +144,30 @@ def test_factor_upscale_of_unknown_size_is_priced_by_its_measured_output(tmp_pat
                    " state, request_id, reserved_micros) VALUES (?, 'u', 'upscale', 0, ?, ?, 5000, 10000, ?,"
                    " 'SUBMITTED', ?, 10000)",
                    [it.key, it.body_json, up.key, "upscale <=4MP .. upscale 4-8MP", f"p-image-upscale_{name}"])
+    # a FAILED factor upscale is charged for the output its input would have made: the input is measured
+    up = WorkItem.build(step="e", op="edit", body={"prompt": "f", "images": ["https://img.test/f.png"]},
+                        input_id="f", output_name="e/f.jpg")
+    it = WorkItem.build(step="u", op="upscale", body={"image": upstream_ref(up.key), "upscale_mode": "factor"},
+                        input_id="f", output_name="u/f.jpg", upstream=up.key)
+    db.execute("INSERT INTO items (key, step, op, idx, body, est_low_micros, est_high_micros, state, charged_micros,"
+               " media_url) VALUES (?, 'e', 'edit', 1, ?, 10000, 10000, 'COMPLETED', 10000,"
+               " 'http://cdn.test/up-f/output.jpg')", [up.key, up.body_json])
+    db.execute("INSERT INTO items (key, step, op, idx, body, upstream, est_low_micros, est_high_micros, state,"
+               " request_id, reserved_micros) VALUES (?, 'u', 'upscale', 1, ?, ?, 5000, 10000, 'SUBMITTED',"
+               " 'p-image-upscale_f', 10000)", [it.key, it.body_json, up.key])
     db.close()
-    gw = ScriptedGateway({"p-image-upscale_small": ["COMPLETED"], "p-image-upscale_big": ["COMPLETED"]},
-                         images={"p-image-upscale_small": (2000, 2000), "p-image-upscale_big": (4200, 1900)})
+    gw = ScriptedGateway({"p-image-upscale_small": ["COMPLETED"], "p-image-upscale_big": ["COMPLETED"],
+                          "p-image-upscale_f": ["FAILED:nsfw"]},
+                         images={"p-image-upscale_small": (2000, 2000), "p-image-upscale_big": (4200, 1900),
+                                 "up-f": (1000, 1000)})
     result = reconcile(path, lambda: gw, TABLE)
-    assert sorted(s.charged_micros for s in result.items) == [5000, 10000]  # 4.0 MP -> lower tier; 7.98 MP
-    assert len(gw.downloaded) == 2
+    by_rid = {s.request_id: s.charged_micros for s in result.items}
+    # 4.0 MP -> lower tier; 7.98 MP -> upper; FAILED: 1000x1000 x2 = 4 MP -> lower
+    assert by_rid == {"p-image-upscale_small": 5000, "p-image-upscale_big": 10000, "p-image-upscale_f": 5000}
+    assert len(gw.downloaded) == 3
     spend = build_report(path).spend
     assert {(ln.tier, ln.charged_micros) for ln in spend.lines if ln.step == "u"} == {
-        ("upscale <=4MP", 5000), ("upscale 4-8MP", 10000)}
+        ("upscale <=4MP", 10000), ("upscale 4-8MP", 10000)}
     assert {v.cause: v.delta_micros for v in spend.variance}["range_resolved"] == -5000
 
 
