@@ -228,3 +228,36 @@ def test_a_killed_run_then_reconcile_gives_the_ledger_to_the_micro(tmp_path, ima
             cli, ["reconcile", str(manifest), "--base-url", emu.url]).output.endswith("nothing to reconcile "
                                                                                        "(every item with a request "
                                                                                        "id is settled).\n")
+
+
+def test_error_is_not_charged_and_failed_is_both_in_the_report_and_the_ledger(tmp_path, image_server, emulator):
+    urls = [image_server.add(n, s) for n, s in (("a.png", (640, 480)), ("b.png", (800, 600)), ("c.png", (300, 900)))]
+    manifest = tmp_path / "faults.yaml"
+    manifest.write_text("version: 1\ninputs:\n" + "".join(f"  - {u}\n" for u in urls) + """steps:
+  - id: recolor
+    op: edit
+    prompt: "make it {color}"
+    matrix:
+      color: [red, blue]
+  - id: hires
+    op: upscale
+    for_each: recolor
+    upscale_mode: factor
+    factor: 2
+""")
+    # the 6 edits are submitted first: one ends ERROR (not charged), one FAILED (charged)
+    emulator.script([{"status": "ERROR"}, {"status": "FAILED"}] + [{"status": "COMPLETED"}] * 4)
+    run(load_manifest(manifest), options=RunOptions(base_url=emulator.url, api_key=emulator.api_key,
+                                                    poll_initial=0.05, poll_max_interval=0.2))
+    ledger = emulator.ledger()
+    data = report_json(str(manifest))
+    assert data["status"]["by_state"] == {"COMPLETED": 8, "FAILED": 1, "ERROR": 1, "BLOCKED": 2}
+    t = data["spend"]["totals"]
+    assert t["charged_micros"] == ledger.charged_micros
+    assert (t["not_charged_items"], t["not_charged_est_micros"]) == (1, 10000)
+    v = {x["cause"]: x for x in data["spend"]["variance"]}
+    assert (v["error_not_charged"]["items"], v["error_not_charged"]["charged_micros"]) == (1, 0)
+    assert (v["failed_charged"]["items"], v["failed_charged"]["charged_micros"]) == (1, 10000)
+    by_req = ledger_by_request(emulator)
+    assert {r: (s, c) for r, (s, c, _) in items_by_request(load_manifest(manifest).state_path).items()} == by_req
+    assert sorted(s for s, _ in by_req.values()) == ["COMPLETED"] * 8 + ["ERROR", "FAILED"]
