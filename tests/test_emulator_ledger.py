@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import sys
 import time
+from importlib import resources
 
 import httpx
 import pytest
@@ -185,3 +187,25 @@ def test_subprocess_emulator_helpers_work_over_http():
         assert emu.stats()["scripted"] == 1
         proc = emu._proc
     assert proc is None or proc.poll() is not None
+
+
+def test_prices_come_from_the_given_table_by_real_output_size(tmp_path, image_server):
+    """A custom table (--pricing) is used; an upscale pays the tier of the size it really produced."""
+    table = json.loads(resources.files("pixbatch").joinpath("data/pricing.json").read_text("utf-8"))
+    tiers = table["operations"]["upscale"]["tiers"]
+    tiers[0]["max_megapixels"] = 1.5  # outputs up to 1.5 MP are cheap, above that dear
+    tiers[0]["price_usd"], tiers[1]["price_usd"] = "0.002", "0.02"
+    table["charged_statuses"] = ["COMPLETED"]  # this table does not charge FAILED
+    path = tmp_path / "pricing.json"
+    path.write_text(json.dumps(table), "utf-8")
+    cfg = fast_test_config(queue_time=0, processing_time=0, pricing_path=str(path))
+    image = image_server.add("a.png", (400, 300))
+    with start_emulator(cfg) as emu:
+        def submit(body):
+            return emu.http.post(emu.url + ENDPOINTS["upscale"], json=body, headers=emu.headers).json()["request_id"]
+        small = submit({"image": image, "upscale_mode": "factor", "factor": 3})  # 1200x900 = 1.08 MP
+        large = submit({"image": image, "upscale_mode": "factor", "factor": 4})  # 1600x1200 = 1.92 MP
+        emu.script([{"status": "FAILED"}])
+        failed = submit({"image": image, "target": 2})
+        charges = {e.request_id: e.amount_micros for e in emu.wait_idle().entries}
+    assert charges == {small: 2_000, large: 20_000, failed: 0}

@@ -373,7 +373,7 @@ class Engine:
         # terminal at the due time, or when the work finished if that was later (not when
         # someone happened to look)
         job.completed_wall = job.wall(max(job.due_mono, job.work_done_mono))
-        charge = self.prices.charge_for(job.op, status, job.output_size, job.body, job.input_size)
+        charge = self.charge(job, status)
         self.wallet.settle(request_id=job.request_id, model=job.model, status=status,
                            reserved_micros=job.reserved_micros, amount_micros=charge,
                            output_size=job.output_size, at=iso(job.completed_wall))
@@ -381,6 +381,15 @@ class Engine:
         self.stats["jobs"][status] += 1
         self.stats["in_flight"] -= 1
         self._notify(job, terminal=True)
+
+    def charge(self, job: Job, status: str) -> int:
+        """What the gateway takes for ``job`` ending in ``status``: nothing unless the table
+        charges that status; an upscale by the tier of its real output size; else the table's price."""
+        if not self.prices.is_charged(status):
+            return 0
+        if job.op == "upscale" and job.output_size is not None:
+            return self.prices.upscale_tier_for_size(job.output_size).price_micros
+        return self.prices.charge_for(job.op, status, job.output_size, job.body, job.input_size)
 
     def _notify(self, job: Job, *, terminal: bool) -> None:
         if not job.webhooks:
