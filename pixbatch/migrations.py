@@ -242,6 +242,10 @@ def m003_item_scope_attempts(db: duckdb.DuckDBPyConnection) -> None:
     # items.attempts: submit attempts so far (the next attempts.n), without scanning attempts.
     # items.polling_path: the path of the polling_url the 202 gave (polled under base_url).
     # (DuckDB cannot add a NOT NULL column to an indexed table: these are nullable.)
+    # items_state goes: DuckDB rewrites an ART index entry on every update of an indexed
+    # column, which made each group commit of state changes ~6x slower (measured: 256 row
+    # updates 39 ms with the index, 6 ms without); filters on state are column scans anyway.
+    db.execute("DROP INDEX items_state")
     db.execute("ALTER TABLE items ADD COLUMN scope VARCHAR")
     db.execute("ALTER TABLE items ADD COLUMN attempts INTEGER DEFAULT 0")
     db.execute("ALTER TABLE items ADD COLUMN polling_path VARCHAR")

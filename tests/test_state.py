@@ -1,0 +1,164 @@
+"""The DuckDB store: group commits, ingest, crash recovery, blocking, status while locked."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+
+import pytest
+
+from pixbatch import state as st
+from pixbatch.errors import StateLocked
+from pixbatch.items import WorkItem, upstream_ref
+from pixbatch.migrations import applied, connect
+from pixbatch.pricing import PriceTable
+
+
+def edit(i: int, n_images: int = 1000) -> WorkItem:
+    return WorkItem.build(step="e", op="edit", body={"prompt": "p", "images": [f"https://x.test/{i % n_images}.png"]},
+                          input_id=f"i{i}", output_name=f"e/{i}.jpg", index=i)
+
+
+def chain(n: int = 6) -> list[WorkItem]:
+    ups = [edit(i) for i in range(n)]
+    downs = [WorkItem.build(step="u", op="upscale", body={"image": upstream_ref(u.key)}, input_id=u.input_id,
+                            output_name=f"u/{i}.jpg", upstream=u.key, index=i) for i, u in enumerate(ups)]
+    twice = [WorkItem.build(step="v", op="upscale", body={"image": upstream_ref(d.key), "target": 8},
+                            input_id=d.input_id, output_name=f"v/{i}.jpg", upstream=d.key, index=i)
+             for i, d in enumerate(downs)]
+    return ups + downs + twice
+
+
+def open_ingested(path, items):
+    store = st.Store.open(path)
+    scope, _ = st.expansion_scope(items)
+    store.call_sync(lambda db: st.ingest(db, items, scope, PriceTable.load(), ["e", "u", "v"]))
+    return store, scope
+
+
+def test_m003_is_applied(tmp_path):
+    db = connect(tmp_path / "s.duckdb")
+    assert applied(db)[-1] == "m003_item_scope_attempts"
+    cols = {r[0] for r in db.execute("SELECT column_name FROM information_schema.columns WHERE table_name='items'")
+            .fetchall()}
+    assert {"scope", "attempts", "polling_path"} <= cols
+
+
+def test_ingest_dedups_into_aliases_prices_and_is_idempotent(tmp_path):
+    items = [edit(i, n_images=5) for i in range(12)]  # 5 unique requests, 7 repeats
+    store, scope = open_ingested(tmp_path / "s.duckdb", items)
+    with store:
+        r = store.call_sync(lambda db: st.ingest(db, items, scope, PriceTable.load(), ["e"]))
+        assert (r.items, r.new, r.aliases) == (5, 0, 7)
+        rows = store.call_sync(lambda db: db.execute(
+            "SELECT count(*), sum(est_high_micros), min(state) FROM items WHERE scope = ?", [scope]).fetchone())
+        assert rows == (5, 50_000, "PENDING")
+
+
+def test_queued_writes_group_commit_and_critical_writes_are_awaited(tmp_path):
+    items = [edit(i) for i in range(300)]
+    store, scope = open_ingested(tmp_path / "s.duckdb", items)
+
+    async def go():
+        rows = await store.call(lambda db: st.select_rows(db, "i.scope = ?", [scope]))
+        for r in rows:
+            r.state, r.reserved_micros = st.SUBMITTING, 10_000
+            store.put_item(r)
+            store.put_event("run1", r.key, "state", {"state": r.state})
+        last = rows[-1]
+        last.state, last.request_id = st.SUBMITTED, "p-image_1"
+        await asyncio.wrap_future(store.put_item(last, wait=True))  # durable once this returns
+        return await store.call(st.totals)
+
+    with store:
+        commits_before = store.commits
+        t = asyncio.run(go())
+        assert t.reserved_micros == 300 * 10_000 and t.committed_micros == 3_000_000
+        assert store.commits - commits_before < 300  # grouped, not one commit per write
+        ev = store.call_sync(lambda db: db.execute("SELECT count(*) FROM events WHERE run_id='run1'").fetchone()[0])
+        assert ev == 300
+
+
+def test_recover_turns_unanswered_submits_into_ambiguous_and_keeps_the_money(tmp_path):
+    items = [edit(i) for i in range(3)]
+    store, scope = open_ingested(tmp_path / "s.duckdb", items)
+    with store:
+        rows = store.call_sync(lambda db: st.select_rows(db, "i.scope = ?", [scope]))
+        a, b, _ = rows
+        for r, rid in ((a, None), (b, "p-image_b")):
+            r.state, r.reserved_micros, r.request_id = st.SUBMITTING, 10_000, rid
+            store.put_item(r)
+            store.put_attempt(st.Attempt(r.key, 1, "run1", st.utcnow(), 10_000, outcome="pending"))
+        store.commit_sync()
+    # "crash": reopen
+    store = st.Store.open(tmp_path / "s.duckdb")
+    with store:
+        assert store.call_sync(lambda db: st.recover(db, "run2")) == 1
+        states = dict(store.call_sync(lambda db: db.execute("SELECT key, state FROM items").fetchall()))
+        assert states[a.key] == st.AMBIGUOUS and states[b.key] == st.SUBMITTED
+        t = store.call_sync(st.totals)
+        assert t.at_risk_micros == 10_000 and t.committed_micros == 20_000
+        outcome = store.call_sync(lambda db: db.execute("SELECT outcome FROM attempts WHERE key = ?", [a.key])
+                                  .fetchone()[0])
+        assert outcome == "ambiguous"
+
+
+def test_failed_upstream_blocks_downstream_transitively(tmp_path):
+    items = chain(3)
+    store, scope = open_ingested(tmp_path / "s.duckdb", items)
+    with store:
+        first = store.call_sync(lambda db: st.select_rows(db, "i.step = 'e' AND i.idx = 0", []))[0]
+        first.state = st.FAILED
+        store.put_item(first)
+        assert store.call_sync(lambda db: st.block_downstream(db, scope, "r")) == 2
+        counts = store.call_sync(lambda db: st.counts_by_step(db, scope))
+        assert counts == {"e": {"FAILED": 1, "PENDING": 2}, "u": {"BLOCKED": 1, "PENDING": 2},
+                          "v": {"BLOCKED": 1, "PENDING": 2}}
+        # only items whose upstream completed are ready
+        first2 = store.call_sync(lambda db: st.select_rows(db, "i.step = 'e' AND i.idx = 1", []))[0]
+        first2.state, first2.media_url = st.COMPLETED, "https://cdn.test/1.jpg"
+        store.put_item(first2)
+        ready = store.call_sync(lambda db: st.ready_page(db, scope, "u", -1, 10))
+        assert [(r.idx, up.media_url) for r, up in ready] == [(1, "https://cdn.test/1.jpg")]
+
+
+def test_status_reads_the_status_file_while_another_process_holds_the_lock(tmp_path):
+    path = tmp_path / "s.duckdb"
+    store, scope = open_ingested(path, [edit(i) for i in range(4)])
+    store.close()
+    snap = st.read_status(path)
+    assert snap.source == "database" and snap.totals()["PENDING"] == 4
+    st.write_status_file(st.StatusSnapshot(state_path=str(path), source="runner", running=True,
+                                           updated_at="2026-01-01T00:00:00Z", steps={"e": {"SUBMITTED": 4}}))
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, sys, time; db = duckdb.connect(sys.argv[1]); print('locked', flush=True); time.sleep(30)"),
+        str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(StateLocked, match="in use"):
+            st.Store.open(path)
+        snap = st.read_status(path)
+        assert snap.source == "status-file" and snap.running and snap.steps == {"e": {"SUBMITTED": 4}}
+        assert json.loads(snap.to_json())["version"] == 1
+    finally:
+        holder.kill()
+        holder.communicate()
+
+
+def test_state_transitions_per_second_meet_the_target(tmp_path):
+    """Group commit keeps the store well above per-row commits (~1,400/s here).
+
+    bench/state.py measures the 10,000/s target on a quiet machine; under a parallel test
+    run this only guards against losing the batching.
+    """
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location(
+        "bench_state", pathlib.Path(__file__).resolve().parent.parent / "bench" / "state.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rate = bench.measure(tmp_path / "b.duckdb", n_items=20_000, transitions=40_000, tasks=256)
+    assert rate >= 3_000, f"{rate:,.0f} transitions/s"
