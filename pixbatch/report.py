@@ -41,6 +41,7 @@ import duckdb
 
 from .errors import PixbatchError, StateError, StateLocked
 from .migrations import connect
+from .money import format_usd
 from .pricing import PriceTable
 
 #: The states of ``items.state`` (see ``migrations.m002_run_state``).
@@ -444,7 +445,7 @@ def _build(db, label, *, run_id, all_items, estimate, outputs_limit, issue_limit
     notes = _notes(run, spend, status)
     if excluded[0]:
         notes += (f"{excluded[0]:,} item(s) of other versions of the manifest are not in this report (charged "
-                  f"{_usd(int(excluded[1]))}); `--all` includes them.",)
+                  f"{format_usd(int(excluded[1]))}); `--all` includes them.",)
     return Report(
         state_path=label,
         generated_at=now or dt.datetime.now(dt.UTC).replace(tzinfo=None, microsecond=0),
@@ -452,12 +453,6 @@ def _build(db, label, *, run_id, all_items, estimate, outputs_limit, issue_limit
         outputs=outputs, notes=notes, scope=scope, excluded_items=excluded[0],
         excluded_charged_micros=int(excluded[1]),
     )
-
-
-def _usd(micros: int) -> str:
-    from .money import format_usd
-
-    return format_usd(micros)
 
 
 class _Scoped:
@@ -711,8 +706,6 @@ def _outputs(q: _Scoped, db, run: RunInfo | None, limit: int | None, out_dir: st
 
 
 def _notes(run: RunInfo | None, spend: Spend, status: Status) -> tuple[str, ...]:
-    from .money import format_usd
-
     t = spend.totals
     notes: list[str] = []
     if run is None:
@@ -726,7 +719,8 @@ def _notes(run: RunInfo | None, spend: Spend, status: Status) -> tuple[str, ...]
                      f"{format_usd(t.reserved_micros)}); `pixbatch reconcile` settles them.")
     if t.at_risk_items:
         notes.append(f"{t.at_risk_items} item(s) are AMBIGUOUS: their submit may have been accepted and charged "
-                     f"(up to {format_usd(t.at_risk_micros)} at risk). Check the gateway's records for them.")
+                     f"(up to {format_usd(t.at_risk_micros)} at risk). `pixbatch run MANIFEST --retry-ambiguous` resubmits "
+                     "them, at the risk of paying twice.")
     if t.abandoned_attempts:
         notes.append(f"{t.abandoned_attempts} AMBIGUOUS attempt(s) were resent: the first sends may have been "
                      f"charged too (up to {format_usd(t.abandoned_micros)} at risk).")
