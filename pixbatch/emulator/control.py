@@ -23,7 +23,7 @@ import httpx
 
 from ..serve import ServedApp, serve_in_thread
 from .app import create_app
-from .config import EmulatorConfig
+from .config import KEY_ENV, EmulatorConfig
 from .wallet import Ledger
 
 
@@ -137,6 +137,7 @@ def start_emulator(config: EmulatorConfig | None = None, *, in_process: bool = T
     cmd = [sys.executable, "-m", "pixbatch", "emulator", "--host", host, "--port", str(port),
            "--config-json", json.dumps(config.to_dict())]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop(KEY_ENV, None)  # the config's keys rule, not the environment's
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     first: list[str] = []
     reader = threading.Thread(target=lambda: first.append(proc.stdout.readline()), daemon=True)  # type: ignore[union-attr]
