@@ -27,6 +27,15 @@ Control routes (no key; for tests, benchmarks and the Python helpers):
     DELETE /_emulator/script           forget queued outcomes
     GET  /_emulator/stats              counters (submits, polls, 429s, webhooks, ...)
     POST /_emulator/advance            {"seconds": N}: move the job clock forward (no waiting)
+
+Script entries are consumed one per submit, in order. ``{"submit": 503}`` (any 4xx/5xx,
+optional ``"body"``, ``"retry_after"`` for 429) answers that submit without creating a
+job; it is taken before validation. Any other entry is taken by the next submit that
+creates a job and shapes it: ``"status"`` (COMPLETED/FAILED/ERROR) and ``"error"``,
+``"queue_time"``/``"processing_time"`` (seconds), ``"drop_after_accept": true``,
+``"garbage": true`` (202 with a body that is not JSON), ``"polls": [500, "garbage",
+"drop", 200, ...]`` (answers for that job's next polls, 200 meaning a normal answer).
+A scripted entry replaces the random faults for that submit.
 """
 
 from __future__ import annotations
