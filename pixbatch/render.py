@@ -215,6 +215,8 @@ def sections(r: Report, *, outputs_limit: int | None = None) -> list[Section]:
         tuple((f.path, f"{f.bytes:,}", f"{f.width}x{f.height}" if f.width and f.height else "-", f.sha256)
               for f in files),
         intro=intro + ".", numeric=(1,), nowrap=(3,)))
+    if r.live:  # a running run's status file has totals and counts only: show nothing that would look empty
+        return [sec for sec in out if sec.title in ("Summary", "Status")]
     return out
 
 

@@ -392,6 +392,8 @@ def test_while_a_run_holds_the_lock_the_report_reads_its_status_file(state):
 
     for fmt in ("table", "json", "csv", "md", "html"):
         assert "$0.05" in render(r, fmt) or "50000" in render(r, fmt)
+    md = render(r, "md")
+    assert "## Status" in md and "## Failures" not in md and "## Outputs" not in md
 
 
 def test_items_of_other_manifest_versions_are_counted_apart(state):
