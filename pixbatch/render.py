@@ -586,11 +586,12 @@ def render_html(r: Report, *, outputs_limit: int | None = 20) -> str:
         body.append(f'<div class="note">{html.escape(n)}</div>')
     secs = sections(r, outputs_limit=outputs_limit)
     body.append(f"<h2>{secs[0].title}</h2>{_html_table(secs[0])}")
+    charts = [("Spend by step: estimate vs charged", svg_spend_by_step), ("Status by step", svg_status),
+              ("Completions over time", svg_throughput)]
+    if r.live:
+        charts = charts[1:2]
     body.append('<h2>Charts</h2><div class="charts">'
-                f"<figure><figcaption>Spend by step: estimate vs charged</figcaption>{svg_spend_by_step(r)}</figure>"
-                f"<figure><figcaption>Status by step</figcaption>{svg_status(r)}</figure>"
-                f"<figure><figcaption>Completions over time</figcaption>{svg_throughput(r)}</figure>"
-                "</div>")
+                + "".join(f"<figure><figcaption>{t}</figcaption>{fn(r)}</figure>" for t, fn in charts) + "</div>")
     for sec in secs[1:]:
         body.append(f"<h2>{html.escape(sec.title)}</h2>")
         if sec.intro:
