@@ -177,7 +177,7 @@ def test_a_killed_run_then_reconcile_gives_the_ledger_to_the_micro(tmp_path, ima
         proc = subprocess.Popen([sys.executable, "-m", "pixbatch", "run", str(manifest), "--base-url", emu.url,
                                  "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
-            deadline = time.monotonic() + 20
+            deadline = time.monotonic() + 40
             while True:  # the runner's status file says when all 8 edits have their request id
                 assert proc.poll() is None, proc.stderr.read()
                 assert time.monotonic() < deadline, "the run never had its 8 edits submitted"
