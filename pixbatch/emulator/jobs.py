@@ -260,7 +260,10 @@ class Engine:
     async def _run_scheduler(self) -> None:
         assert self._wake is not None
         while True:
-            self.settle_due()
+            try:
+                self.settle_due()
+            except Exception:  # noqa: BLE001 - keep settling other jobs; the bug is logged
+                log.exception("emulator scheduler: settling due jobs failed")
             self._wake.clear()
             timeout = None if not self._heap else max(0.0, self._heap[0][0] - self.now())
             try:
