@@ -717,6 +717,11 @@ def _notes(run: RunInfo | None, spend: Spend, status: Status) -> tuple[str, ...]
     elif t.in_flight_items:
         notes.append(f"{t.in_flight_items} item(s) are still SUBMITTING/SUBMITTED (up to "
                      f"{format_usd(t.reserved_micros)}); `pixbatch reconcile` settles them.")
+    submitting = status.count(state="SUBMITTING")
+    if submitting:
+        notes.append(f"{submitting} item(s) were being sent when the run stopped and have no request id: "
+                     "reconcile cannot poll them; the next `pixbatch run` marks them AMBIGUOUS (they may have "
+                     "been accepted and charged).")
     if t.at_risk_items:
         notes.append(f"{t.at_risk_items} item(s) are AMBIGUOUS: their submit may have been accepted and charged "
                      f"(up to {format_usd(t.at_risk_micros)} at risk). `pixbatch run MANIFEST --retry-ambiguous` resubmits "

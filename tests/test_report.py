@@ -298,6 +298,7 @@ def test_interrupted_run_says_to_reconcile(state):
     assert any("did not record an end" in n and "pixbatch reconcile" in n and "$0.015" in n for n in r.notes)
     assert any("AMBIGUOUS" in n and "$0.01 at risk" in n for n in r.notes)
     assert any("no recorded charge" in n for n in r.notes)
+    assert any(n.startswith("1 item(s) were being sent when the run stopped") for n in r.notes)  # t2
 
 
 def test_report_for_one_run(state):
