@@ -90,7 +90,8 @@ def emulator_command(host: str, port: int, balance: str | None, keys: tuple[str,
 
     Prints the base URL on the first line and a key on the second. Point pixbatch at it
     with the URL and PIXAZO_API_KEY set to the key. Control routes: /_emulator/ledger,
-    /_emulator/stats, /_emulator/topup, /_emulator/config, /_emulator/script.
+    /_emulator/stats, /_emulator/topup, /_emulator/config, /_emulator/script,
+    /_emulator/advance. Defaults: queue 0.2-1 s, processing 0.5-2 s, no faults.
     """
     import json
 
