@@ -254,10 +254,12 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
 @click.option("--json", "as_json", is_flag=True, help="One JSON line per event on stdout, then the summary.")
 @click.option("--pricing", "pricing_path", type=click.Path(dir_okay=False), default=None,
               help="Price table JSON [default: the built-in table].")
+@click.option("--first-poll", type=click.FloatRange(0.01, 60), default=2.0, show_default=True, metavar="SECONDS",
+              help="First status poll delay until job durations have been learned.")
 @click.pass_context
 def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, budget: str | None, concurrency: int,
                 max_rps: float | None, base_url: str, retry_ambiguous: bool, force: bool, no_download: bool,
-                quiet: bool, as_json: bool, pricing_path: str | None) -> None:
+                quiet: bool, as_json: bool, pricing_path: str | None, first_poll: float) -> None:
     """Run (or resume) MANIFEST against the gateway; the key comes from PIXAZO_API_KEY.
 
     Running the same command again resumes: submitted items are polled, never resent.
@@ -289,7 +291,8 @@ def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, 
     options = RunOptions(
         state_path=Path(state_path) if state_path else None, budget_micros=budget_micros, concurrency=concurrency,
         max_rps=max_rps, base_url=base_url, api_key=key, retry_ambiguous=retry_ambiguous, force=force,
-        download=not no_download, pricing_path=Path(pricing_path) if pricing_path else None, handle_signals=True)
+        download=not no_download, pricing_path=Path(pricing_path) if pricing_path else None, handle_signals=True,
+        poll_initial=first_poll)
     err = Console(stderr=True)
     progress = JsonLinesProgress() if as_json else NullProgress() if quiet else RichProgress(err)
     summary = run(manifest, options=options, progress=progress)

@@ -277,7 +277,7 @@ def snapshot_from_db(db: duckdb.DuckDBPyConnection, state_path: str, *, running:
         return StatusSnapshot(state_path=state_path, source="database", running=False, updated_at=_iso(utcnow()))
     run = db.execute(
         "SELECT run_id, pid, outcome, manifest_path, budget_micros, estimate_low_micros, estimate_high_micros, "
-        "manifest_sha256 FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+        "json_extract_string(options, '$.scope') FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
     scope = run[7] if run else None
     where, params = ("WHERE scope = ?", [scope]) if scope else ("", [])
     steps: dict[str, dict[str, int]] = {}

@@ -1,0 +1,294 @@
+"""`run` end to end against the emulator on loopback: real HTTP, real DuckDB files, real images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from pixbatch import retry_policy
+from pixbatch.cli import cli
+from pixbatch.emulator import fast_test_config, start_emulator
+from pixbatch.errors import AuthError, BudgetExceeded, StateLocked
+from pixbatch.manifest import load_manifest
+from pixbatch.runner import RunOptions, run
+from pixbatch.state import read_status
+
+
+@pytest.fixture(autouse=True)
+def _instant_backoff():
+    with retry_policy.instant():
+        yield
+
+
+def write_manifest(tmp_path: Path, urls: list[str], steps: str, name: str = "m", extra: str = "") -> Path:
+    inputs = "\n".join(f"  - {u}" for u in urls)
+    p = tmp_path / f"{name}.yaml"
+    p.write_text(f"version: 1\n{extra}inputs:\n{inputs}\nsteps:\n{steps}", "utf-8")
+    return p
+
+
+def opts(emu, **kw) -> RunOptions:
+    base = dict(base_url=emu.url, api_key=emu.api_key, concurrency=8, poll_initial=0.1, poll_max_interval=0.5,
+                status_interval=0.2)
+    base.update(kw)
+    return RunOptions(**base)
+
+
+def db_rows(state_path, sql, params=()):
+    db = duckdb.connect(str(state_path), read_only=True)
+    try:
+        return db.execute(sql, list(params)).fetchall()
+    finally:
+        db.close()
+
+
+MIXED = """\
+  - id: recolor
+    op: edit
+    prompt: "the background is {color}"
+    matrix:
+      color: [red, blue]
+  - id: hires
+    op: upscale
+    for_each: recolor
+    upscale_mode: factor
+    factor: 2
+    output_format: png
+  - id: thumbs
+    op: upscale
+    target: 1
+    output_format: webp
+  - id: thumbs_again
+    op: upscale
+    target: 1
+    output_format: webp
+"""
+
+
+def test_mixed_manifest_runs_to_completion_and_matches_the_ledger(tmp_path, emulator, image_server):
+    urls = [image_server.add(f"p{i}.png", (640 + 32 * i, 480)) for i in range(3)]
+    m = load_manifest(write_manifest(tmp_path, urls, MIXED))
+    s = run(m, options=opts(emulator))
+    assert s.outcome == "completed" and s.exit_code == 0, s.messages
+    # 6 edits + 6 chained upscales + 3 thumbs; thumbs_again repeats thumbs: sent once (aliases)
+    assert s.counts["COMPLETED"] == 15 and s.submits == 15
+    ledger = emulator.ledger()
+    assert len(ledger.entries) == 15
+    assert ledger.charged_micros == s.charged_total_micros == s.charged_run_micros
+    assert s.reserved_micros == 0
+    by_rid = {e.request_id: e for e in ledger.entries}
+    rows = db_rows(m.state_path, "SELECT i.key, i.request_id, i.output_name, o.path, o.sha256, o.width, o.height "
+                   "FROM items i JOIN outputs o USING (key)")
+    assert len(rows) == 18  # 15 items + 3 aliases
+    for key, rid, name, path, sha, w, h in rows:
+        f = m.output_dir / path
+        assert hashlib.sha256(f.read_bytes()).hexdigest() == sha
+        with Image.open(f) as im:
+            assert im.size == (w, h) == (by_rid[rid].output_width, by_rid[rid].output_height)
+            if path.startswith("hires/"):
+                assert im.format == "PNG"
+            if path.startswith("thumbs"):
+                assert im.format == "WEBP" and w * h <= 1_000_000
+    assert (m.output_dir / "thumbs_again").is_dir()
+    # again: nothing is sent or paid twice
+    again = run(m, options=opts(emulator))
+    assert again.submits == 0 and again.charged_run_micros == 0 and again.exit_code == 0
+    assert len(emulator.ledger().entries) == 15
+    # status, without the gateway
+    res = CliRunner().invoke(cli, ["status", str(m.path), "--json"])
+    assert res.exit_code == 0, res.output
+    snap = json.loads(res.output)
+    assert snap["steps"]["hires"] == {"COMPLETED": 6} and snap["charged_micros"] == ledger.charged_micros
+
+
+def test_polls_per_item_stay_low_on_default_timings(tmp_path, image_server):
+    url = image_server.add("a.png", (320, 240))
+    steps = "  - id: e\n    op: edit\n    prompt: \"v{n}\"\n    matrix:\n      n: [" + ", ".join(map(str, range(24))) + "]\n"
+    m = load_manifest(write_manifest(tmp_path, [url], steps))
+    cfg = fast_test_config(queue_time=(0.2, 1.0), processing_time=(0.5, 2.0))  # the emulator's defaults
+    with start_emulator(cfg) as emu:
+        s = run(m, options=RunOptions(base_url=emu.url, api_key=emu.api_key, concurrency=12, download=False))
+    assert s.exit_code == 0
+    assert s.polls / s.counts["COMPLETED"] <= 3, s.polls
+
+
+def test_dropped_connection_after_accept_is_ambiguous_and_never_paid_twice(tmp_path, emulator, image_server):
+    urls = [image_server.add(f"d{i}.png", (320, 240)) for i in range(4)]
+    steps = "  - id: e\n    op: edit\n    prompt: make it red\n  - id: u\n    op: upscale\n    for_each: e\n"
+    m = load_manifest(write_manifest(tmp_path, urls, steps))
+    emulator.script([{"drop_after_accept": True}])
+    s = run(m, options=opts(emulator, concurrency=1))
+    assert s.counts["AMBIGUOUS"] == 1 and s.counts["BLOCKED"] == 1 and s.counts["COMPLETED"] == 6
+    assert s.exit_code == 1 and s.at_risk_micros == 10_000
+    assert any("1 AMBIGUOUS" in msg and "--retry-ambiguous" in msg and "$0.01" in msg for msg in s.messages)
+    ledger = emulator.ledger()
+    # the gateway accepted (and charged) the dropped request: it is exactly the money at risk
+    assert ledger.charged_micros == s.charged_total_micros + s.at_risk_micros
+    # a plain re-run does not resend it
+    again = run(m, options=opts(emulator))
+    assert again.submits == 0 and again.counts["AMBIGUOUS"] == 1
+    assert len(emulator.ledger().entries) == 7  # 6 completed + the dropped one
+    # on request it is resent (and its downstream item unblocked)
+    retried = run(m, options=opts(emulator, retry_ambiguous=True))
+    assert retried.submits == 2 and retried.exit_code == 0 and retried.counts["COMPLETED"] == 8
+    assert emulator.ledger().charged_micros == retried.charged_total_micros + 10_000  # the abandoned attempt
+
+
+def test_budget_is_never_exceeded_at_concurrency_32(tmp_path):
+    urls = [f"https://img.test/{i}.png" for i in range(60)]  # lazy emulator: inputs are not fetched
+    steps = "  - id: big\n    op: upscale\n    upscale_mode: factor\n    factor: 2\n"
+    m = load_manifest(write_manifest(tmp_path, urls, steps))
+    # unknown input size: each item is $0.005-$0.01, reserved at $0.01; 1024x1024 x2 costs $0.01
+    with start_emulator(fast_test_config(render="lazy")) as emu:
+        s = run(m, options=opts(emu, concurrency=32, budget_micros=455_000, download=False))
+        ledger = emu.ledger()
+    assert s.outcome == "budget" and s.exit_code == 3
+    assert s.peak_committed_micros <= 455_000 and ledger.charged_micros <= 455_000
+    assert ledger.charged_micros == s.charged_total_micros == 450_000
+    assert s.left_items == 15 and s.left_low_micros == 75_000 and s.left_high_micros == 150_000
+    assert any("15 item(s) left" in msg for msg in s.messages)
+    committed = [json.loads(d)["committed"] for (d,) in db_rows(
+        m.state_path, "SELECT detail FROM events WHERE kind = 'state'")]
+    assert max(committed) <= 455_000
+    # the lower bound of what is left no longer fits: refuse to start
+    with pytest.raises(BudgetExceeded, match="cannot cover"):
+        run(m, options=opts(emu, budget_micros=460_000, download=False))
+
+
+def test_429_storm_is_ridden_out(tmp_path, image_server):
+    url = image_server.add("a.png", (320, 240))
+    steps = "  - id: e\n    op: edit\n    prompt: \"v{n}\"\n    matrix:\n      n: [" + ", ".join(map(str, range(30))) + "]\n"
+    m = load_manifest(write_manifest(tmp_path, [url], steps))
+    with start_emulator(fast_test_config(rate_limit=15, rate_burst=3)) as emu:
+        with retry_policy.instant():
+            retry_policy.INSTANT = False  # honour the real Retry-After here
+            s = run(m, options=opts(emu, concurrency=16, download=False))
+        stats, ledger = emu.stats(), emu.ledger()
+    assert s.exit_code == 0 and stats["rate_limited"] > 0
+    assert len(ledger.entries) == 30 and ledger.charged_micros == s.charged_total_micros
+
+
+def test_5xx_and_garbage_storm(tmp_path, emulator, image_server):
+    urls = [image_server.add(f"s{i}.png", (320, 240)) for i in range(10)]
+    steps = "  - id: e\n    op: edit\n    prompt: make it red\n  - id: u\n    op: upscale\n    for_each: e\n"
+    m = load_manifest(write_manifest(tmp_path, urls, steps))
+    emulator.configure(submit_500_rate=0.3, poll_500_rate=0.3, poll_garbage_rate=0.15, seed=7)
+    s = run(m, options=opts(emulator))
+    stats, ledger = emulator.stats(), emulator.ledger()
+    assert stats["injected_submit_500"] > 0 and stats["garbage_poll"] > 0
+    assert s.exit_code == 0 and s.counts["COMPLETED"] == 20
+    assert len(ledger.entries) == 20 and ledger.charged_micros == s.charged_total_micros
+
+
+def test_402_mid_run_then_resume_after_top_up(tmp_path, image_server):
+    url = image_server.add("a.png", (320, 240))
+    steps = "  - id: e\n    op: edit\n    prompt: \"v{n}\"\n    matrix:\n      n: [" + ", ".join(map(str, range(10))) + "]\n"
+    m = load_manifest(write_manifest(tmp_path, [url], steps))
+    with start_emulator(fast_test_config(balance_micros=50_000)) as emu:
+        s = run(m, options=opts(emu, concurrency=2))
+        assert s.outcome == "balance" and s.exit_code == 5
+        assert any("top up" in msg for msg in s.messages)
+        assert s.counts["SUBMITTED"] == 0 and s.counts["COMPLETED"] == 5  # in-flight items were finished
+        assert emu.ledger().charged_micros == s.charged_total_micros == 50_000
+        emu.topup(1_000_000)
+        again = run(m, options=opts(emu, concurrency=2))
+        ledger = emu.ledger()
+    assert again.exit_code == 0 and again.counts["COMPLETED"] == 10
+    assert len(ledger.entries) == 10 and ledger.charged_micros == again.charged_total_micros == 100_000
+
+
+def test_401_stops_at_once_and_a_missing_key_is_exit_4(tmp_path, emulator, image_server):
+    url = image_server.add("a.png", (320, 240))
+    m = load_manifest(write_manifest(tmp_path, [url], "  - id: e\n    op: edit\n    prompt: p\n"))
+    s = run(m, options=opts(emulator, api_key="wrong-key"))
+    assert s.outcome == "auth" and s.exit_code == 4 and s.counts["PENDING"] == 1
+    assert emulator.ledger().charged_micros == 0 and s.reserved_micros == 0
+    with pytest.raises(AuthError, match="PIXAZO_API_KEY"):
+        run(m, options=RunOptions(base_url=emulator.url))
+    res = CliRunner().invoke(cli, ["run", str(m.path), "--base-url", emulator.url])
+    assert res.exit_code == 4 and "PIXAZO_API_KEY" in res.output
+    res = CliRunner().invoke(cli, ["run", str(m.path), "--base-url", emulator.url, "--quiet"],
+                             env={"PIXAZO_API_KEY": "wrong-key"})
+    assert res.exit_code == 4 and "wrong-key" not in res.output
+
+
+def test_failed_and_rejected_items_block_their_downstream(tmp_path, emulator, image_server):
+    urls = [image_server.add(f"f{i}.png", (320, 240)) for i in range(3)]
+    steps = "  - id: e\n    op: edit\n    prompt: p\n  - id: u\n    op: upscale\n    for_each: e\n"
+    m = load_manifest(write_manifest(tmp_path, urls, steps))
+    emulator.script([{"status": "FAILED"}, {"submit": 400}])
+    s = run(m, options=opts(emulator, concurrency=1))
+    assert s.counts == {**s.counts, "FAILED": 1, "FAILED_VALIDATION": 1, "BLOCKED": 2, "COMPLETED": 2}
+    assert s.exit_code == 1
+    assert emulator.ledger().charged_micros == s.charged_total_micros  # FAILED is charged, 400 is not
+    reasons = [r for (r,) in db_rows(m.state_path, "SELECT error FROM items WHERE state = 'BLOCKED'")]
+    assert all("upstream item" in r for r in reasons)
+
+
+def test_corrupt_or_missing_outputs_are_fetched_again_not_resubmitted(tmp_path, emulator, image_server):
+    urls = [image_server.add(f"c{i}.png", (320, 240)) for i in range(3)]
+    m = load_manifest(write_manifest(tmp_path, urls, "  - id: t\n    op: upscale\n    target: 1\n"))
+    assert run(m, options=opts(emulator)).exit_code == 0
+    files = sorted((m.output_dir / "t").iterdir())
+    good = files[0].read_bytes()
+    files[0].write_bytes(good[:100] + b"corrupt" + good[107:])  # same size, different bytes
+    files[1].unlink()
+    again = run(m, options=opts(emulator))
+    assert again.submits == 0 and again.downloads == 2 and again.exit_code == 0
+    assert files[0].read_bytes() == good and files[1].exists()
+    assert len(emulator.ledger().entries) == 3
+
+
+def test_a_second_runner_is_refused_and_status_works_during_the_run(tmp_path, image_server):
+    url = image_server.add("a.png", (320, 240))
+    steps = "  - id: e\n    op: edit\n    prompt: \"v{n}\"\n    matrix:\n      n: [1, 2, 3, 4]\n"
+    mp = write_manifest(tmp_path, [url], steps)
+    m = load_manifest(mp)
+    with start_emulator(fast_test_config(queue_time=1.5, processing_time=0.5)) as emu:
+        env = {**os.environ, "PIXAZO_API_KEY": emu.api_key}
+        proc = subprocess.Popen([sys.executable, "-m", "pixbatch", "run", str(mp), "--base-url", emu.url, "--quiet",
+                                 "--first-poll", "0.5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            status_file = Path(str(m.state_path) + ".status.json")
+            deadline = time.monotonic() + 20
+            while not status_file.exists() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with pytest.raises(StateLocked, match="in use by another pixbatch process"):
+                run(m, options=opts(emu))
+            res = CliRunner().invoke(cli, ["run", str(mp), "--base-url", emu.url], env={"PIXAZO_API_KEY": emu.api_key})
+            assert res.exit_code == 6 and "in use" in res.output
+            snap = read_status(m.state_path)
+            assert snap.source == "status-file" and snap.running and sum(snap.totals().values()) == 4
+            res = CliRunner().invoke(cli, ["status", "--state", str(m.state_path)])
+            assert res.exit_code == 0 and "status-file" in res.output
+            out, err = proc.communicate(timeout=30)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+        assert proc.returncode == 0, err.decode()
+    done = read_status(m.state_path)
+    assert done.source == "database" and done.totals()["COMPLETED"] == 4 and not done.running
+
+
+def test_json_lines_progress(tmp_path, emulator, image_server):
+    url = image_server.add("a.png", (320, 240))
+    mp = write_manifest(tmp_path, [url], "  - id: e\n    op: edit\n    prompt: p\n")
+    res = CliRunner().invoke(cli, ["run", str(mp), "--base-url", emulator.url, "--json", "--first-poll", "0.1"],
+                             env={"PIXAZO_API_KEY": emulator.api_key})
+    assert res.exit_code == 0, res.output
+    lines = [json.loads(x) for x in res.output.splitlines() if x.strip()]
+    kinds = Counter(x["kind"] for x in lines)
+    assert kinds["state"] >= 3 and kinds["http"] >= 2 and lines[-1]["kind"] == "summary"
+    assert lines[-1]["outcome"] == "completed" and emulator.api_key not in res.output
