@@ -6,7 +6,8 @@ SUBMITTING with a request id that was committed just before the crash, or a term
 whose charge was never written. ``reconcile`` polls the gateway's status endpoint for each
 of them (never submits anything), and for a terminal status writes the state, the gateway
 status, the error, the timestamps, the actual price tier and the charge the price table
-says that status costs (``PriceTable.charge_for``), releases the reservation, and appends
+says that status costs (``PriceTable.charge_for``; added to what earlier attempts of the
+item cost, as the runner does), releases the reservation, and appends
 an ``events`` row (``kind = 'state'``, ``detail.by = 'reconcile'``). Items still QUEUED or
 PROCESSING are polled again until they finish or ``wait`` seconds pass.
 
@@ -177,23 +178,22 @@ async def _poll(gateway: StatusSource, table: PriceTable, it: _Open) -> tuple[Se
     if st.status not in TERMINAL_STATUSES:
         cols = {"gateway_status": st.status, "state": "SUBMITTED"}
         return Settled(it.key, it.step, it.request_id, it.state, "SUBMITTED", st.status, None), cols
-    size = it.output_size
     media_url = st.media_urls[0] if st.media_urls else None
     factor = it.op == "upscale" and it.body.get("upscale_mode", "target") == "factor"
-    if st.status == "COMPLETED" and size is None:
-        size = output_size(it.op, it.body, it.input_size)
+    measured = it.output_size  # a real output size (recorded, or measured now); never a prediction
+    size = None  # the output size the price depends on
+    if st.status == "COMPLETED":
+        size = measured or output_size(it.op, it.body, it.input_size)
         if size is None and factor and media_url:
-            size = await _measure(gateway, media_url)
-    elif st.status != "COMPLETED" and factor and it.input_size is None and it.input_url:
+            size = measured = await _measure(gateway, media_url)
+    elif factor and it.input_size is None and it.input_url:
         # a failed factor upscale is priced by the output its input would have made
         it.input_size = await _measure(gateway, it.input_url)
-    charge = table.charge_for(it.op, st.status, size if st.status == "COMPLETED" else None, it.body, it.input_size)
+    charge = table.charge_for(it.op, st.status, size, it.body, it.input_size)
     cols = {
         "state": st.status, "gateway_status": st.status, "error": st.error, "charged_micros": charge,
-        "reserved_micros": 0, "tier": _tier(table, it, size if st.status == "COMPLETED" else None),
-        "media_url": media_url, "media_type": st.media_type,
-        "output_width": size[0] if size and st.status == "COMPLETED" else None,
-        "output_height": size[1] if size and st.status == "COMPLETED" else None,
+        "reserved_micros": 0, "tier": _tier(table, it, size), "media_url": media_url, "media_type": st.media_type,
+        "output_width": measured[0] if measured else None, "output_height": measured[1] if measured else None,
         "finished_at": _naive_utc(st.completed_at) or _utcnow(),
     }
     return Settled(it.key, it.step, it.request_id, it.state, st.status, st.status, charge), cols
@@ -208,7 +208,8 @@ def _write(db: duckdb.DuckDBPyConnection, results: list[tuple[Settled, dict | No
                            [now, s.key, json.dumps({"by": "reconcile", "request_id": s.request_id,
                                                     "problem": s.note})])
                 continue
-            sets = ", ".join(f"{c} = ?" for c in cols)
+            # a charge adds to what earlier attempts of the item cost (a --force rerun pays again)
+            sets = ", ".join(f"{c} = coalesce({c}, 0) + ?" if c == "charged_micros" else f"{c} = ?" for c in cols)
             params = list(cols.values())
             extra = ", polls = polls + 1, updated_at = ?, request_id = coalesce(request_id, ?)"
             start = []

@@ -519,10 +519,9 @@ def _spend(q: _Scoped, run: RunInfo | None, estimate, table: PriceTable) -> Spen
           count(*) FILTER (WHERE state IN ('ERROR', 'FAILED_VALIDATION')),
           coalesce(sum(est_high_micros) FILTER (WHERE state IN ('ERROR', 'FAILED_VALIDATION')), 0),
           count(*) FILTER (WHERE state = 'AMBIGUOUS'),
-          coalesce(sum({_exposure()}) FILTER (WHERE state = 'AMBIGUOUS' AND charged_micros IS NULL), 0),
+          coalesce(sum({_exposure()}) FILTER (WHERE state = 'AMBIGUOUS'), 0),
           count(*) FILTER (WHERE state IN ('SUBMITTING', 'SUBMITTED')),
-          coalesce(sum({_exposure()}) FILTER (WHERE state IN ('SUBMITTING', 'SUBMITTED')
-                                                AND charged_micros IS NULL), 0),
+          coalesce(sum({_exposure()}) FILTER (WHERE state IN ('SUBMITTING', 'SUBMITTED')), 0),
           count(*) FILTER (WHERE state IN ('PENDING', 'BLOCKED')),
           coalesce(sum(est_high_micros) FILTER (WHERE state IN ('PENDING', 'BLOCKED')), 0),
           count(*) FILTER (WHERE state IN ('COMPLETED', 'FAILED') AND charged_micros IS NULL),

@@ -221,3 +221,15 @@ def test_reconcile_cli_needs_a_key_only_when_there_is_something_to_poll(crashed,
     connect(empty).close()
     res = CliRunner().invoke(cli, ["reconcile", "--state", str(empty)])
     assert res.exit_code == 0 and "nothing to reconcile" in res.output
+
+
+def test_a_rerun_item_adds_its_new_charge_to_the_old_one(crashed):
+    path, keys = crashed
+    db = connect(path)  # r8 was completed and charged once, then sent again with --force, and the run died
+    db.execute("UPDATE items SET charged_micros = 10000 WHERE key = ?", [keys["r8"]])
+    db.close()
+    before = build_report(path).spend.totals
+    assert (before.charged_micros, before.in_flight_items, before.reserved_micros) == (65000, 2, 15000)
+    gw = ScriptedGateway({"p-image_r8": ["COMPLETED"], "p-image-upscale_t3": ["COMPLETED"]})
+    assert reconcile(path, lambda: gw, TABLE).charged_micros == 15000
+    assert build_report(path).spend.totals.charged_micros == 65000 + 15000
