@@ -709,6 +709,10 @@ def _build(c: _Checker, data: dict[str, Any]) -> Manifest | None:
     naming = data.get("naming") if isinstance(data.get("naming"), str) and data.get("naming") else DEFAULT_NAMING
     out_raw = data.get("output_dir") if isinstance(data.get("output_dir"), str) and data.get("output_dir") else "out"
     state_raw = data.get("state") if isinstance(data.get("state"), str) and data.get("state") else f"{c.path.stem}.pixbatch.duckdb"
+    for key in ("output_dir", "state"):
+        if isinstance(data.get(key), str) and "\x00" in data[key]:
+            c.add((key,), "the path contains a NUL character", "write a plain file path")
+    out_raw, state_raw = out_raw.replace("\x00", ""), state_raw.replace("\x00", "")
     base = c.path.parent.resolve()
     output_dir = (base / out_raw).resolve()
     state_path = (base / state_raw).resolve()
@@ -789,6 +793,9 @@ def _build_sources(c: _Checker, inputs_raw: list[Any]) -> list[Input | FileSourc
         elif isinstance(item, dict) and "from" in item:
             rel = item.get("from")
             if not isinstance(rel, str) or not rel:
+                continue
+            if "\x00" in rel:
+                c.add(("inputs", i, "from"), "the path contains a NUL character", "write a plain file path")
                 continue
             absolute, shown = c.display_path(rel)
             kind = absolute.suffix.lower().lstrip(".")
@@ -971,7 +978,7 @@ def _build_step(c: _Checker, i: int, s: dict[str, Any], step_pos: dict[str, int]
 
     # references: URLs or input ids
     refs: list[str] = []
-    for j, r in enumerate(s.get("references") or []):
+    for j, r in enumerate(s.get("references") if isinstance(s.get("references"), list) else []):
         if not isinstance(r, str):
             continue
         if "://" in r:
@@ -1025,7 +1032,7 @@ def _build_step(c: _Checker, i: int, s: dict[str, Any], step_pos: dict[str, int]
         for pname, mode in (("factor", "factor"), ("target", "target")):
             if (pname in params or pname in matrix) and mode not in modes:
                 where = (*here, "matrix", pname) if pname in matrix else (*here, pname)
-                c.add(where, f"{pname} is set but upscale_mode is {', '.join(sorted(modes))}, so it would be ignored",
+                c.add(where, f"{pname} is set but upscale_mode is {', '.join(sorted(map(str, modes)))}, so it would be ignored",
                       f"add upscale_mode: {mode} to the step", key=True)
 
     # templates

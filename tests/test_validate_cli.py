@@ -516,3 +516,96 @@ def test_odd_documents(text, expected):
     code, out = validate(text)
     assert code == 2
     assert expected in lines(out)
+
+
+# -- whatever is written, validation answers with problems, never a crash ------------------
+
+from hypothesis import HealthCheck, event, given, settings, strategies as st  # noqa: E402
+import yaml  # noqa: E402
+
+from pixbatch.manifest import Problem, check_manifest  # noqa: E402
+
+_WORDS = ["https://cdn.example.com/a.png", "http://x", "ftp://a", "inputs", "edit", "upscale", "a", "up", "ed",
+          "{step}/{stem}.{ext}", "{", "}", "{nope}", "../x", "/abs", "cat.csv", "missing.txt", "16:9", "jpg", "factor",
+          "target", "0.10", "1e3", ""]
+_KEYS = ["id", "op", "url", "from", "width", "height", "params", "edit", "upscale", "for_each", "matrix", "naming",
+         "prompt", "references", "seed", "target", "factor", "upscale_mode", "output_format", "aspect_ratio", "color",
+         "turbo", "stem", "key"]
+_scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 12), st.floats(-1, 10, allow_nan=False),
+                     st.sampled_from(_WORDS), st.text(max_size=5))
+_values = st.recursive(_scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.sampled_from(_KEYS), inner, max_size=4),
+                       max_leaves=12)
+_steps = st.lists(st.dictionaries(st.sampled_from(_KEYS), _values, max_size=6)
+                  | st.fixed_dictionaries({"id": st.sampled_from(["a", "up", "ed"]), "op": st.sampled_from(["edit", "upscale"])},
+                                          optional={k: _values for k in ("for_each", "matrix", "naming", "prompt", "references")}),
+                  max_size=3)
+_manifests = st.fixed_dictionaries({"version": st.sampled_from([1, 1, 2])}, optional={
+    "inputs": st.lists(_values, max_size=3) | _values, "steps": _steps | _values, "naming": _values,
+    "defaults": _values, "budget_usd": _values, "output_dir": _values, "name": _values})
+
+
+@settings(max_examples=int(__import__("os").environ.get("PB_FUZZ", 100)), deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(_manifests)
+def test_validation_never_crashes(data):
+    Path("cat.csv").write_text("url,id,color\nhttps://cdn.example.com/c.png,c,red\n")
+    Path("m.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    problems = check_manifest("m.yaml")
+    assert all(isinstance(p, Problem) and p.line >= 1 and p.column >= 1 and p.message for p in problems)
+
+
+_templates = st.sampled_from(["{step}/{stem}.{ext}", "{step}/{stem}.{ext}", "{key}.{ext}", "{index:03d}", "{stem}",
+                              "{{lit}}-{stem}.{ext}", "{step}/{input}.{ext}", "{step}/{stem}-{index}.{ext}",
+                              "{input}-{color}.{ext}", "x/{color}/{seed}.{ext}"])
+_matrix = st.dictionaries(st.sampled_from(["color", "seed", "target", "factor", "output_format", "aspect_ratio", "prompt",
+                                           "upscale_mode"]),
+                          st.lists(st.sampled_from(["red", "..", "a/b", 1, 2, 9, 1.5, True, "16:9", "png", "factor",
+                                                    "in {color}"]), min_size=1, max_size=3), max_size=3)
+_odd = st.sampled_from([{"for_each": ["c", "x"]}, {"references": ["up"]}, {"naming": "{nope}.{ext}"},
+                        {"matrix": {"target": [9]}}, {"for_each": "s9"}])
+
+
+@st.composite
+def _good_steps(draw):
+    """Mostly valid chains of steps, sometimes with one odd thing."""
+    steps = []
+    for n in range(draw(st.integers(1, 3))):
+        op = draw(st.sampled_from(["edit", "upscale"]))
+        step = {"id": f"s{n}", "op": op,
+                "for_each": draw(st.sampled_from(["inputs", ["a"], ["c"]] + [f"s{k}" for k in range(n)]))}
+        keys = ["color"] + (["seed", "aspect_ratio", "prompt"] if op == "edit" else ["target", "output_format"])
+        pool = {"color": ["red", "..", "a/b", "Navy Blue"], "seed": [1, 2], "aspect_ratio": ["16:9", "1:1"],
+                "prompt": ["in {color}", "p {index}"], "target": [1, 8], "output_format": ["png", "webp"]}
+        step["matrix"] = {k: draw(st.lists(st.sampled_from(pool[k]), min_size=1, max_size=2, unique=True))
+                          for k in draw(st.lists(st.sampled_from(keys), max_size=2, unique=True))}
+        if not step["matrix"]:
+            del step["matrix"]
+        if op == "edit":
+            step["prompt"] = draw(st.sampled_from(["in {color}", "p", "{input} {index}"]))
+            if draw(st.booleans()):
+                step["references"] = draw(st.sampled_from([["c"], ["https://cdn.example.com/r.png"]]))
+        if draw(st.booleans()):
+            step["naming"] = draw(_templates)
+        if draw(st.integers(0, 4)) == 0:
+            step.update(draw(_odd))
+        steps.append(step)
+    return steps
+
+
+@settings(max_examples=int(__import__("os").environ.get("PB_FUZZ", 100)), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow])
+@given(_good_steps(), _templates, st.booleans())
+def test_near_valid_manifests_validate_or_explain(steps, naming, with_csv):
+    Path("cat.csv").write_text("url,id,color\nhttps://cdn.example.com/c.png,c,red\nhttps://cdn.example.com/d.png,d,blue\n")
+    inputs: list = ["https://cdn.example.com/x/a.png"] + ([{"from": "cat.csv"}] if with_csv else [])
+    data = {"version": 1, "naming": naming, "inputs": inputs, "steps": steps}
+    Path("m.yaml").write_text(yaml.safe_dump(data, sort_keys=False))
+    problems = check_manifest("m.yaml")
+    assert all(isinstance(p, Problem) and p.line >= 1 and p.column >= 1 and p.message for p in problems)
+    event("valid" if not problems else "invalid")
+    if not problems:  # a valid manifest expands without surprises
+        from pixbatch.expand import count_items, expand
+        from pixbatch.manifest import load_manifest
+
+        m = load_manifest("m.yaml")
+        items = list(expand(m))
+        assert len(items) == sum(count_items(m).values())
