@@ -56,6 +56,7 @@ CAUSES: dict[str, str] = {
     "range_resolved": "completed; priced as a range (size unknown), the real size fixed the price",
     "tier_changed": "completed; the real output size put it in another price tier than estimated",
     "failed_charged": "FAILED: the gateway charges failed requests",
+    "sent_again": "sent and charged more than once (a rerun with --force pays again)",
     "error_not_charged": "ERROR: system error, not charged",
     "rejected_not_charged": "FAILED_VALIDATION: rejected by the gateway (400), not charged",
     "blocked_not_spent": "BLOCKED: an upstream item did not complete; never sent",
@@ -75,6 +76,7 @@ CASE
   WHEN state = 'FAILED_VALIDATION' THEN 'rejected_not_charged'
   WHEN state = 'ERROR' THEN 'error_not_charged'
   WHEN state IN ('COMPLETED', 'FAILED') AND charged_micros IS NULL THEN 'unsettled'
+  WHEN coalesce(sent, 0) > 1 AND charged_micros > est_high_micros THEN 'sent_again'
   WHEN state = 'FAILED' THEN 'failed_charged'
   WHEN state = 'COMPLETED' AND est_low_micros = est_high_micros AND charged_micros = est_high_micros
        THEN 'as_estimated'
@@ -540,7 +542,9 @@ def _spend(q: _Scoped, run: RunInfo | None, estimate, table: PriceTable) -> Spen
         f"""
         SELECT {_CAUSE_SQL} AS cause, count(*), sum(est_low_micros), sum(est_high_micros),
                coalesce(sum(charged_micros), 0)
-        FROM s GROUP BY cause
+        FROM s LEFT JOIN (SELECT key, count(*) AS sent FROM attempts WHERE request_id IS NOT NULL
+                          GROUP BY key) a USING (key)
+        GROUP BY cause
         """
     ))
     variance = tuple(Variance(c, text, *(int(x) for x in var_rows[c]))

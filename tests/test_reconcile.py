@@ -233,3 +233,10 @@ def test_a_rerun_item_adds_its_new_charge_to_the_old_one(crashed):
     gw = ScriptedGateway({"p-image_r8": ["COMPLETED"], "p-image-upscale_t3": ["COMPLETED"]})
     assert reconcile(path, lambda: gw, TABLE).charged_micros == 15000
     assert build_report(path).spend.totals.charged_micros == 65000 + 15000
+    db = connect(path)  # the earlier, accepted attempt of r8
+    db.execute("INSERT INTO attempts (key, n, run_id, intent_at, reserved_micros, request_id, outcome) "
+               "VALUES (?, 0, 'run-0', TIMESTAMP '2026-05-22 09:00:00', 10000, 'p-image_r8-first', 'accepted')",
+               [keys["r8"]])
+    db.close()
+    v = {x.cause: x for x in build_report(path).spend.variance}
+    assert (v["sent_again"].items, v["sent_again"].delta_micros) == (1, +10000)
