@@ -261,3 +261,23 @@ def test_error_is_not_charged_and_failed_is_both_in_the_report_and_the_ledger(tm
     by_req = ledger_by_request(emulator)
     assert {r: (s, c) for r, (s, c, _) in items_by_request(load_manifest(manifest).state_path).items()} == by_req
     assert sorted(s for s, _ in by_req.values()) == ["COMPLETED"] * 8 + ["ERROR", "FAILED"]
+
+
+def test_a_forced_rerun_is_paid_twice_and_the_report_says_why(tmp_path, image_server, emulator):
+    manifest = tmp_path / "twice.yaml"
+    manifest.write_text(f"""version: 1
+inputs:
+  - {image_server.add("a.png", (500, 500))}
+  - {image_server.add("b.png", (600, 400))}
+steps:
+  - id: e
+    op: edit
+    prompt: "make it blue"
+""")
+    opts = dict(base_url=emulator.url, api_key=emulator.api_key, poll_initial=0.05, poll_max_interval=0.2)
+    run(load_manifest(manifest), options=RunOptions(**opts))
+    run(load_manifest(manifest), options=RunOptions(force=True, **opts))
+    data = report_json(str(manifest))
+    assert data["spend"]["totals"]["charged_micros"] == emulator.ledger().charged_micros == 4 * 10000
+    (v,) = data["spend"]["variance"]
+    assert (v["cause"], v["items"], v["delta_micros"]) == ("sent_again", 2, 20000)
