@@ -3,7 +3,8 @@
 ``expand(manifest)`` yields :class:`pixbatch.items.WorkItem` in step order. Nothing is
 held per item: inputs are streamed from the manifest (``from:`` files row by row), and a
 chained step (``for_each: <earlier step>``) re-generates its upstream's stream instead of
-storing it, so a step two links down costs twice the CPU but no memory.
+storing it, so a step n links down costs n+1 times the CPU but no memory. Output sizes of
+upstream items (``sizes.output_size``) are memoised: a batch has few distinct sizes.
 
 Everything that does not depend on the item is computed once per step into a
 :class:`_Plan`: the merged parameters for each matrix combination

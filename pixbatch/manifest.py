@@ -19,6 +19,9 @@ Validation happens in three passes, and every problem of every pass is reported 
 
 Inputs stay lazy after loading: :meth:`Manifest.iter_inputs` re-reads ``from:`` files row
 by row each time it is called.
+
+Entry points: ``load_manifest(path)`` (raises ManifestError), ``check_manifest(path)``
+(the problems), ``validate_manifest(path)`` (both). ``deep=False`` skips pass 3.
 """
 
 from __future__ import annotations
