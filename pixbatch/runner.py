@@ -195,6 +195,7 @@ class _Run:
         self.inflight: set[str] = set()
         self.skip: set[str] = set()
         self.tasks: set[asyncio.Task] = set()
+        self.task_errors: list[BaseException] = []
         self.polling: set[asyncio.Task] = set()
         self.item_done = asyncio.Event()
         self.clocks: dict[str, _PollClock] = {}
@@ -359,6 +360,8 @@ class _Run:
         await store.commit()
         await self._write_status(running=False, outcome=summary.outcome)
         self.progress.stop(summary)
+        if self.task_errors:
+            raise self.task_errors[0]
         return summary
 
     def on_signal(self) -> None:
@@ -388,8 +391,16 @@ class _Run:
     def _spawn(self, coro: Any) -> asyncio.Task:
         task = asyncio.create_task(coro)
         self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
+        task.add_done_callback(self._task_done)
         return task
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        self.tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # a bug, not a gateway answer: the item keeps its committed state (re-run resumes
+            # it); the error is raised once the run has recorded everything
+            self.task_errors.append(task.exception())  # type: ignore[arg-type]
+            self._stop("interrupt", f"internal error: {task.exception()!r}")
 
     async def _resume_in_flight(self) -> None:
         assert self.store is not None
@@ -631,8 +642,10 @@ class _Run:
             row.media_url = s.media_urls[0] if s.media_urls else None
             row.media_type = s.media_type
             if self.o.download and row.media_url:
-                with contextlib.suppress(GatewayError, OSError):
+                try:
                     await self._download(row)
+                except (PixbatchError, OSError) as exc:  # the item is done and paid; the file comes next run
+                    row.error = f"download failed: {exc}"
         out_size = (row.output_width, row.output_height) if row.output_width and row.output_height else None
         charge = self.table.charge_for(row.op, s.status, out_size, body, row.input_size)
         reserved = row.reserved_micros
@@ -742,8 +755,11 @@ class _Run:
 
                 async def refetch(r: st.ItemRow) -> None:
                     async with sem:
-                        with contextlib.suppress(GatewayError, OSError):
+                        try:
                             await self._download(r)
+                        except (PixbatchError, OSError) as exc:
+                            self.emit("download", r.key, ok=False, error=str(exc))
+                        else:
                             self.store.put_item(r)  # type: ignore[union-attr]
 
                 await asyncio.gather(*(refetch(r) for r in stale))

@@ -292,3 +292,47 @@ def test_json_lines_progress(tmp_path, emulator, image_server):
     kinds = Counter(x["kind"] for x in lines)
     assert kinds["state"] >= 3 and kinds["http"] >= 2 and lines[-1]["kind"] == "summary"
     assert lines[-1]["outcome"] == "completed" and emulator.api_key not in res.output
+
+
+def test_ctrl_c_stops_submitting_records_state_and_exits_130(tmp_path, image_server):
+    import signal
+
+    url = image_server.add("a.png", (320, 240))
+    steps = "  - id: e\n    op: edit\n    prompt: \"v{n}\"\n    matrix:\n      n: [" + ", ".join(map(str, range(12))) + "]\n"
+    mp = write_manifest(tmp_path, [url], steps)
+    m = load_manifest(mp)
+    with start_emulator(fast_test_config(queue_time=2.0, processing_time=0.2)) as emu:
+        env = {**os.environ, "PIXAZO_API_KEY": emu.api_key}
+        proc = subprocess.Popen([sys.executable, "-m", "pixbatch", "run", str(mp), "--base-url", emu.url, "--quiet",
+                                 "--concurrency", "4", "--first-poll", "0.2"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        status_file = Path(str(m.state_path) + ".status.json")
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if status_file.exists() and json.loads(status_file.read_text()).get("steps", {}).get("e", {}).get(
+                    "SUBMITTED", 0) >= 4:
+                break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=20)
+        assert proc.returncode == 130, err.decode()
+        assert "Interrupted" in err.decode()
+        snap = read_status(m.state_path)
+        t = snap.totals()
+        assert t["SUBMITTING"] == 0 and t["AMBIGUOUS"] == 0 and t["SUBMITTED"] == 4 and t["PENDING"] == 8
+        # resume: the 4 submitted are polled, not resent
+        s = run(m, options=opts(emu))
+        ledger = emu.ledger()
+    assert s.exit_code == 0 and s.submits == 8 and len(ledger.entries) == 12
+    assert ledger.charged_micros == s.charged_total_micros
+
+
+def test_force_redoes_finished_items_and_pays_again(tmp_path, emulator, image_server):
+    url = image_server.add("a.png", (320, 240))
+    mp = write_manifest(tmp_path, [url], "  - id: t\n    op: upscale\n    target: 1\n")
+    m = load_manifest(mp)
+    res = CliRunner().invoke(cli, ["run", str(mp), "--base-url", emulator.url, "--first-poll", "0.1"],
+                             env={"PIXAZO_API_KEY": emulator.api_key})  # the rich display, not a terminal
+    assert res.exit_code == 0, res.output
+    forced = run(m, options=opts(emulator, force=True))
+    assert forced.submits == 1 and forced.charged_total_micros == 10_000 == emulator.ledger().charged_micros
