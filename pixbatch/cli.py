@@ -417,7 +417,7 @@ def report_command(manifest_path: str | None, state_path: str | None, run_id: st
 @click.option("--poll-interval", type=click.FloatRange(0, min_open=True), default=2.0, show_default=True,
               metavar="SECONDS", help="Seconds between polls of items still running.")
 @click.option("--pricing", "pricing_path", type=click.Path(dir_okay=False), default=None,
-              help="Price table JSON [default: the built-in table].")
+              help="Price table JSON [default: the one the last run used, else the built-in table].")
 @click.pass_context
 def reconcile_command(ctx: click.Context, manifest_path: str | None, state_path: str | None, base_url: str,
                       wait: float, poll_interval: float, pricing_path: str | None) -> None:
@@ -438,7 +438,7 @@ def reconcile_command(ctx: click.Context, manifest_path: str | None, state_path:
     from .reconcile import reconcile
 
     path, _ = _resolve_state(manifest_path, state_path)
-    table = PriceTable.load(pricing_path)
+    table = PriceTable.load(pricing_path) if pricing_path else None
     result = reconcile(path, lambda: Gateway(base_url, os.environ.get(API_KEY_ENV, "").strip() or None), table,
                        wait=wait, poll_interval=poll_interval)
     if not result.checked:

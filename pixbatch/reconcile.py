@@ -267,9 +267,11 @@ async def reconcile_db(db: duckdb.DuckDBPyConnection, gateway: StatusSource, tab
     return ReconcileResult(tuple(final.values()))
 
 
-def reconcile(state_path: str | Path, gateway_factory: Callable[[], Any], table: PriceTable, *,
+def reconcile(state_path: str | Path, gateway_factory: Callable[[], Any], table: PriceTable | None = None, *,
               wait: float = 0.0, poll_interval: float = 1.0, concurrency: int = 16) -> ReconcileResult:
     """Open the state file read-write and reconcile it; ``gateway_factory()`` makes the (async) gateway.
+
+    ``table`` None: the price table the last run used (``report.run_price_table``).
 
     Raises ``StateLocked`` while a run holds the file: that run settles its own items. When
     nothing is open, the gateway is not made (no key needed).
@@ -283,9 +285,12 @@ def reconcile(state_path: str | Path, gateway_factory: Callable[[], Any], table:
         pending = open_items(db)
         if not pending:
             return ReconcileResult(())
+        from .report import run_price_table
+
+        prices = table or run_price_table(db)
         gw = gateway_factory()
         try:
-            return await reconcile_db(db, gw, table, wait=wait, poll_interval=poll_interval,
+            return await reconcile_db(db, gw, prices, wait=wait, poll_interval=poll_interval,
                                       concurrency=concurrency, items=pending)
         finally:
             close = getattr(gw, "aclose", None)

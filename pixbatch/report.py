@@ -402,15 +402,19 @@ def _live_report(path: Path, locked: str, now: dt.datetime | None) -> Report:
     )
 
 
-def _price_table(db, run: RunInfo | None) -> PriceTable:
-    if run is not None:
-        row = db.execute("SELECT json_extract_string(options, '$.pricing_path') FROM runs WHERE run_id = ?",
-                         [run.run_id]).fetchone()
-        if row and row[0] and Path(row[0]).is_file():
-            try:
-                return PriceTable.load(row[0])
-            except PixbatchError:
-                pass  # the tiers are labels here; the built-in names will do
+def run_price_table(db: duckdb.DuckDBPyConnection, run_id: str | None = None) -> PriceTable:
+    """The price table a run used: its ``--pricing`` file if it recorded one that still loads, else the built-in.
+
+    ``run_id`` None: the latest run.
+    """
+    sql = "SELECT json_extract_string(options, '$.pricing_path') FROM runs"
+    row = (db.execute(sql + " WHERE run_id = ?", [run_id]).fetchone() if run_id is not None
+           else db.execute(sql + " ORDER BY started_at DESC LIMIT 1").fetchone())
+    if row and row[0] and Path(row[0]).is_file():
+        try:
+            return PriceTable.load(row[0])
+        except PixbatchError:
+            pass  # fall back to the built-in table
     return PriceTable.load()
 
 
@@ -440,7 +444,7 @@ def _build(db, label, *, run_id, all_items, estimate, outputs_limit, issue_limit
             excluded = db.execute("SELECT count(*), coalesce(sum(charged_micros), 0) FROM items "
                                   "WHERE scope IS DISTINCT FROM ?", [scope]).fetchone()
     q = _Scoped(db, run_id, scope)
-    spend = _spend(q, run, estimate, table or _price_table(db, run))
+    spend = _spend(q, run, estimate, table or run_price_table(db, run.run_id if run else None))
     status = _status(q, issue_limit, examples)
     timing = _timing(q)
     outputs = _outputs(q, db, run, outputs_limit, output_dir)

@@ -240,3 +240,19 @@ def test_a_rerun_item_adds_its_new_charge_to_the_old_one(crashed):
     db.close()
     v = {x.cause: x for x in build_report(path).spend.variance}
     assert (v["sent_again"].items, v["sent_again"].delta_micros) == (1, +10000)
+
+
+def test_reconcile_prices_with_the_table_the_run_used(crashed, tmp_path):
+    from importlib import resources
+
+    path, keys = crashed
+    data = json.loads(resources.files("pixbatch").joinpath("data/pricing.json").read_text("utf-8"))
+    data["operations"]["edit"]["tiers"][0]["price_usd"] = "0.02"
+    custom = tmp_path / "my-prices.json"
+    custom.write_text(json.dumps(data))
+    db = connect(path)
+    db.execute("UPDATE runs SET options = json_object('pricing_path', ?) WHERE run_id = 'run-2'", [str(custom)])
+    db.close()
+    gw = ScriptedGateway({"p-image_r8": ["COMPLETED"], "p-image-upscale_t3": ["COMPLETED"]})
+    result = reconcile(path, lambda: gw)
+    assert {s.key: s.charged_micros for s in result.items} == {keys["r8"]: 20000, keys["t3"]: 5000}
