@@ -608,17 +608,22 @@ def _schema_error(c: _Checker, err: Any, path: tuple[Any, ...]) -> None:
     desc = schema.get("description")
     if v == "additionalProperties":
         allowed = list(schema.get("properties", {}))
+        # an input object without url may have meant {from: FILE}
+        extra = ["from"] if path[:1] == ("inputs",) and "url" in allowed and "url" not in inst else []
         for k in inst:
             if k in allowed:
                 continue
-            near = suggest(k, allowed)
+            near = suggest(k, allowed + extra)
             hint = f"did you mean {near!r}?" if near else f"remove it; allowed here: {', '.join(allowed)}"
             c.add((*path, k), f"unknown key {k!r}", hint, key=True)
     elif v == "required":
         props = schema.get("properties", {})
         for k in err.validator_value:
             if isinstance(inst, dict) and k not in inst:
-                what = props.get(k, {}).get("description")
+                unknown = [x for x in inst if x not in props]
+                if any(suggest(x, [k, *(["from"] if k == "url" else [])]) for x in unknown):
+                    continue  # a misspelled key: reported as unknown, with "did you mean"
+                what = _describe(props.get(k, {}))
                 c.add(path, f"the required key {k!r} is missing", f"add {k}: <{what}>" if what else f"add {k}:")
     elif v == "dependentRequired":
         for k, needs in err.validator_value.items():
@@ -641,9 +646,10 @@ def _schema_error(c: _Checker, err: Any, path: tuple[Any, ...]) -> None:
     elif v in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
         c.add(path, f"{_short(inst)} is out of range", f"expected {desc}" if desc else err.message)
     elif v == "pattern":
+        examples = schema.get("examples")
         c.add(path, f"{_short(inst)} is not {desc or 'in the expected form'}",
               "quote the whole URL and start it with http:// or https://" if "URL" in (desc or "") else
-              f"write {desc}" if desc else None)
+              f"write it like {json.dumps(examples[0])}" if examples else None)
     elif v in ("minItems", "minProperties"):
         c.add(path, f"{'the list' if v == 'minItems' else 'the mapping'} is empty, so it would expand to nothing",
               f"give {desc}" if desc else "add at least one entry, or remove the key")
@@ -657,6 +663,16 @@ def _schema_error(c: _Checker, err: Any, path: tuple[Any, ...]) -> None:
         c.add((*path, name), f"{_short(name)} is not a valid name", f"use {schema.get('description', 'letters, digits and _')}", key=True)
     else:
         c.add(path, err.message)
+
+
+def _describe(sub: dict[str, Any]) -> str | None:
+    """A subschema's description, following a local $ref."""
+    if "description" in sub:
+        return sub["description"]
+    ref = sub.get("$ref", "")
+    if ref.startswith("#/$defs/"):
+        return load_schema("manifest")["$defs"].get(ref[len("#/$defs/"):], {}).get("description")
+    return None
 
 
 def _type_hint(inst: Any, expected: Any) -> str | None:

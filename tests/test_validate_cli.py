@@ -93,8 +93,8 @@ def test_every_problem_is_reported_at_once_with_did_you_mean():
     assert code == 2
     got = lines(out)
     assert got == [
-        "m.yaml:2:13: $.budget_usd: 'ten' is not a positive amount of dollars with at most 6 decimals, e.g. \"25.00\" "
-        "(write a positive amount of dollars with at most 6 decimals, e.g. \"25.00\")",
+        "m.yaml:2:13: $.budget_usd: 'ten' is not a positive amount of dollars with at most 6 decimals "
+        "(write it like \"25.00\")",
         "m.yaml:5:5: $.inputs[0].widht: unknown key 'widht' (did you mean 'width'?)",
         "m.yaml:9:5: $.steps[0].output_formt: unknown key 'output_formt' (did you mean 'output_format'?)",
         "m.yaml:10:20: $.steps[0].output_format: 'jpeg' is not one of webp, jpg, png (did you mean 'jpg'?)",
@@ -609,3 +609,22 @@ def test_near_valid_manifests_validate_or_explain(steps, naming, with_csv):
         m = load_manifest("m.yaml")
         items = list(expand(m))
         assert len(items) == sum(count_items(m).values())
+
+
+def test_a_misspelled_required_key_is_one_problem_not_two():
+    code, out = validate("""\
+        version: 1
+        inputs:
+          - frm: cat.csv
+          - urll: https://cdn.example.com/a.png
+          - {id: x}
+        step:
+          - {id: u, op: upscale}
+        """)
+    assert code == 2
+    assert lines(out) == [
+        "m.yaml:3:5: $.inputs[0].frm: unknown key 'frm' (did you mean 'from'?)",
+        "m.yaml:4:5: $.inputs[1].urll: unknown key 'urll' (did you mean 'url'?)",
+        "m.yaml:5:5: $.inputs[2]: the required key 'url' is missing (add url: <an http:// or https:// URL>)",
+        "m.yaml:6:1: $.step: unknown key 'step' (did you mean 'steps'?)",
+    ]
