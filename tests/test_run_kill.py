@@ -24,7 +24,7 @@ KILLS = 22
 
 def test_sigkill_at_random_moments_then_resume(tmp_path):
     rng = random.Random(int(os.environ.get("PIXBATCH_KILL_SEED", "20261125")))
-    n = 16
+    n = 40  # 160 items: enough work that the kills, not the items, run out
     mp = tmp_path / "k.yaml"
     mp.write_text(
         "version: 1\ninputs:\n" + "".join(f"  - https://img.test/k{i}.png\n" for i in range(n)) +
@@ -35,11 +35,11 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     with start_emulator(cfg) as emu:
         env = {**os.environ, "PIXAZO_API_KEY": emu.api_key}
         cmd = [sys.executable, "-m", "pixbatch", "run", str(mp), "--base-url", emu.url, "--quiet", "--no-download",
-               "--concurrency", "6", "--first-poll", "0.15"]
+               "--first-poll", "0.15", "--concurrency"]
         kills = 0
         finished_early = 0
         while kills < KILLS:
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            proc = subprocess.Popen([*cmd, "3"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             try:
                 proc.wait(timeout=rng.uniform(0.45, 1.1))
             except subprocess.TimeoutExpired:
@@ -52,7 +52,7 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
             finished_early += 1
             if finished_early > 3:
                 break  # the work ran out before the kills did
-        final = subprocess.run(cmd, env=env, capture_output=True, timeout=60)
+        final = subprocess.run([*cmd, "16"], env=env, capture_output=True, timeout=60)
         assert final.returncode in (0, 1), final.stderr.decode()
         time.sleep(0.5)  # ambiguous jobs finish on the emulator's side too
         ledger = emu.ledger()
