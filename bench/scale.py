@@ -98,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             env = pixbatch_env(emu)
             cmd = pixbatch_cmd(manifest, emu, "--concurrency", "64", "--first-poll", "0.05")
             t_start, rss_start, reqs = run_until_first_request(cmd, env, emu, work_s=a.run_seconds)
-            size_mb = state.stat().st_size / 2**20
+            size_mb = sum(p.stat().st_size for p in root.glob(state.name + '*')) / 2**20  # with the WAL
             print(f"run start-up (insert {a.n:,} items into a fresh state file, then the first request): "
                   f"{t_start:.1f} s; peak RSS {rss_start:.0f} MB; killed after {reqs:,} requests; "
-                  f"state file {size_mb:.0f} MB", flush=True)
+                  f"state file + WAL {size_mb:.0f} MB", flush=True)
             ((n_items, open_items),) = query(state, "SELECT count(*), count(*) FILTER (WHERE state IN "
                                                     "('SUBMITTING', 'SUBMITTED')) FROM items")
             t_resume, rss_resume, reqs = run_until_first_request(cmd, env, emu, work_s=a.run_seconds)

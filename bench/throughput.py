@@ -29,8 +29,8 @@ from pathlib import Path
 import aiohttp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (bench_emulator, machine, pixbatch_cmd, pixbatch_env, verdict, wait_child,  # noqa: E402
-                     write_edit_manifest)
+from _common import (bench_emulator, machine, pixbatch_cmd, pixbatch_env, query, verdict,  # noqa: E402
+                     wait_child, write_edit_manifest)
 
 from pixbatch.contract import AUTH_HEADER, ENDPOINTS, TERMINAL_STATUSES  # noqa: E402
 
@@ -99,6 +99,10 @@ def main(argv: list[str] | None = None) -> int:
         pix_rate = a.n / t_pix
         print(f"pixbatch run: {a.n:,} items in {t_pix:.2f} s = {pix_rate:,.0f} items/s "
               f"(submits {stats['submits']:,}, polls {stats['polls']:,}, accepted {done:,}, peak RSS {rss:.0f} MB)")
+        ((span,),) = query(Path(tmp) / "bench.pixbatch.duckdb", "SELECT epoch(max(finished_at)) - "
+                           "(SELECT epoch(min(intent_at)) FROM attempts) FROM items")
+        print(f"pixbatch without start-up (first intent to last terminal status): {span:.2f} s = "
+              f"{a.n / span:,.0f} items/s; start-up and shutdown {t_pix - span:.2f} s")
 
         with bench_emulator() as emu:
             t_raw, polls = asyncio.run(raw_client(emu.url, emu.api_key, work, a.concurrency))
