@@ -108,7 +108,9 @@ def summary_pairs(r: Report) -> list[tuple[str, str]]:
     pairs = [("State file", r.state_path)]
     if r.run:
         pairs.append(("Run", f"{r.run.run_id} ({r.run.outcome or 'no outcome recorded'}), started "
-                             f"{_ts(r.run.started_at)}" + (f", ended {_ts(r.run.finished_at)}" if r.run.finished_at else "")))
+                             f"{_ts(r.run.started_at)}" + (f", ended {_ts(r.run.finished_at)}" if r.run.finished_at else "")
+                      + (f"; its settlements charged {usd(r.run.charged_micros)}"
+                         if r.run.charged_micros is not None else "")))
     if r.scope_run_id:
         pairs.append(("Scope", f"items touched by run {r.scope_run_id}"))
     pairs += [

@@ -119,6 +119,8 @@ class RunInfo:
     budget_micros: int | None
     estimate_low_micros: int | None
     estimate_high_micros: int | None
+    # what this run's settlements charged (the "charged" of its events); None when it recorded none
+    charged_micros: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,7 +492,12 @@ def _run_info(db, run_id) -> RunInfo | None:
            " estimate_low_micros, estimate_high_micros FROM runs")
     row = (db.execute(sql + " WHERE run_id = ?", [run_id]).fetchone() if run_id is not None
            else db.execute(sql + " ORDER BY started_at DESC, run_id DESC LIMIT 1").fetchone())
-    return RunInfo(*row) if row else None
+    if not row:
+        return None
+    n, charged = db.execute(
+        "SELECT count(*), coalesce(sum(TRY_CAST(detail->>'charged' AS BIGINT)), 0) FROM events "
+        "WHERE run_id = ? AND kind = 'state' AND detail->>'charged' IS NOT NULL", [row[0]]).fetchone()
+    return RunInfo(*row, charged_micros=int(charged) if n else None)
 
 
 def _exposure(col: str = "reserved_micros") -> str:

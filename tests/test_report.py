@@ -295,6 +295,7 @@ def test_interrupted_run_says_to_reconcile(state):
     path, _ = state
     r = build_report(path)
     assert r.run.run_id == "run-2" and r.run.outcome == "running" and r.runs == 2
+    assert r.run.charged_micros is None  # its events recorded no settlement
     assert any("did not record an end" in n and "pixbatch reconcile" in n and "$0.015" in n for n in r.notes)
     assert any("AMBIGUOUS" in n and "$0.01 at risk" in n for n in r.notes)
     assert any("no recorded charge" in n for n in r.notes)

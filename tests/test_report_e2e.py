@@ -281,3 +281,13 @@ steps:
     assert data["spend"]["totals"]["charged_micros"] == emulator.ledger().charged_micros == 4 * 10000
     (v,) = data["spend"]["variance"]
     assert (v["cause"], v["items"], v["delta_micros"]) == ("sent_again", 2, 20000)
+    # what the second run itself cost: its own settlements, not the items' whole history
+    assert data["run"]["charged_micros"] == 20000
+    first = load_manifest(manifest).state_path
+    db = duckdb.connect(str(first), read_only=True)
+    try:
+        first_run = db.execute("SELECT run_id FROM runs ORDER BY started_at LIMIT 1").fetchone()[0]
+    finally:
+        db.close()
+    older = report_json(str(manifest), "--run", first_run)
+    assert older["run"]["charged_micros"] == 20000 and older["spend"]["totals"]["charged_micros"] == 40000
