@@ -198,6 +198,7 @@ class _Run:
         self.task_errors: list[BaseException] = []
         self.polling: set[asyncio.Task] = set()
         self.item_done = asyncio.Event()
+        self.done_seq = 0  # items finished (and stop requests): waiters compare, never miss one
         self.clocks: dict[str, _PollClock] = {}
         self.aliases: dict[str, list[str]] = {}
         self.downloaded: set[str] = set()
@@ -378,7 +379,7 @@ class _Run:
             self.stop_message = "interrupted"
         for task in list(self.polling):
             task.cancel()
-        self.item_done.set()
+        self._signal_done()
 
     async def _finish_run(self, outcome: str) -> None:
         assert self.store is not None
@@ -415,6 +416,7 @@ class _Run:
         store = self.store
         while self.stop_reason is None:
             progressed = False
+            seq0 = self.done_seq
             for step in self.steps_order:
                 after = -1
                 while self.stop_reason is None:
@@ -436,12 +438,21 @@ class _Run:
             waiting = pending - len(self.skip)
             if waiting <= 0:
                 return
+            if self.done_seq != seq0:
+                continue  # something finished during the pass: its downstream may be ready now
             if not self.tasks:
-                if not progressed:
-                    return  # what is left waits on items this run will not send
-                continue
+                return  # what is left waits on items this run will not send
+            await self._wait_done(seq0)
+
+    async def _wait_done(self, seq: int) -> None:
+        """Until an item finishes after ``seq`` (or the run is told to stop)."""
+        while self.done_seq == seq and self.stop_reason is None:
             self.item_done.clear()
             await self.item_done.wait()
+
+    def _signal_done(self) -> None:
+        self.done_seq += 1
+        self.item_done.set()
 
     async def _start(self, row: st.ItemRow, up: st.ItemRow | None) -> bool:
         """Take a slot, reserve the price, start the item. False: stop feeding."""
@@ -468,8 +479,7 @@ class _Run:
                     f"(committed {format_usd(self.committed)}, next {format_usd(amount)}).")
                 self.emit("budget", row.key, event="stop", committed=self.committed, budget=self.budget, next=amount)
                 return False
-            self.item_done.clear()
-            await self.item_done.wait()
+            await self._wait_done(self.done_seq)
             if self.stop_reason is not None:
                 self.slots.release()
                 return False
@@ -516,7 +526,7 @@ class _Run:
         finally:
             self.inflight.discard(row.key)
             self.slots.release()
-            self.item_done.set()
+            self._signal_done()
 
     def _put(self, row: st.ItemRow, *, wait: bool = False, **event: Any):
         assert self.store is not None
@@ -594,7 +604,7 @@ class _Run:
             for task in list(self.polling):
                 if task is not asyncio.current_task():
                     task.cancel()
-        self.item_done.set()
+        self._signal_done()
 
     async def _poll(self, row: st.ItemRow, *, resumed: bool) -> JobStatus | None:
         assert self.gw is not None and row.request_id is not None
