@@ -281,8 +281,9 @@ def snapshot_from_db(db: duckdb.DuckDBPyConnection, state_path: str, *, running:
     scope = run[7] if run else None
     where, params = ("WHERE scope = ?", [scope]) if scope else ("", [])
     steps: dict[str, dict[str, int]] = {}
-    for step, st, n in db.execute(f"SELECT step, state, count(*) FROM items {where} GROUP BY 1, 2 ORDER BY 1, 2",
-                                  params).fetchall():
+    for step, st, n in db.execute(
+            f"SELECT step, state, count(*) FROM items {where} GROUP BY 1, 2 "
+            "ORDER BY min(min(rowid)) OVER (PARTITION BY step), 2", params).fetchall():  # steps in manifest order
         steps.setdefault(step, {})[st] = n
     t = totals(db)
     return StatusSnapshot(
@@ -711,8 +712,8 @@ def ready_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_idx: 
 
 def counts_by_step(db: duckdb.DuckDBPyConnection, scope: str) -> dict[str, dict[str, int]]:
     out: dict[str, dict[str, int]] = {}
-    for step, st, n in db.execute("SELECT step, state, count(*) FROM items WHERE scope = ? GROUP BY 1, 2",
-                                  [scope]).fetchall():
+    for step, st, n in db.execute("SELECT step, state, count(*) FROM items WHERE scope = ? GROUP BY 1, 2 "
+                                  "ORDER BY min(min(rowid)) OVER (PARTITION BY step), 2", [scope]).fetchall():
         out.setdefault(step, {})[st] = n
     return out
 
