@@ -657,6 +657,9 @@ class _Run:
                 except (PixbatchError, OSError) as exc:  # the item is done and paid; the file comes next run
                     row.error = f"download failed: {exc}"
         out_size = (row.output_width, row.output_height) if row.output_width and row.output_height else None
+        if (out_size is None and s.status == "COMPLETED" and row.media_url and row.op == "upscale"
+                and body.get("upscale_mode", "target") == "factor"):
+            out_size = await self._measure(row)  # the price depends on it: read just the image header
         charge = self.table.charge_for(row.op, s.status, out_size, body, row.input_size)
         reserved = row.reserved_micros
         self._track(charge - reserved)
@@ -668,6 +671,18 @@ class _Run:
         self._put(row, charged=charge, released=reserved)
 
     # -- outputs ------------------------------------------------------------------------------
+
+    async def _measure(self, row: st.ItemRow) -> tuple[int, int] | None:
+        """Output size from the first bytes of the media URL (no download): prices factor upscales."""
+        from .probe import probe_sizes_async
+
+        assert row.media_url is not None
+        got = (await probe_sizes_async([row.media_url], concurrency=1, timeout=self.o.timeout)).get(row.media_url)
+        if got is None or got.size is None:
+            self.emit("download", row.key, ok=False, error=f"could not measure the output: {got.error if got else '?'}")
+            return None
+        row.output_width, row.output_height = got.size
+        return got.size
 
     def _target(self, name: str) -> Path:
         root = self.output_dir.resolve()

@@ -336,3 +336,14 @@ def test_force_redoes_finished_items_and_pays_again(tmp_path, emulator, image_se
     assert res.exit_code == 0, res.output
     forced = run(m, options=opts(emulator, force=True))
     assert forced.submits == 1 and forced.charged_total_micros == 10_000 == emulator.ledger().charged_micros
+
+
+def test_no_download_still_prices_factor_upscales_by_their_real_size(tmp_path, emulator, image_server):
+    # 640x480 x2 = 1.2 MP ($0.005), 1100x1000 x2 = 4.4 MP ($0.01): the input
+    # sizes are unknown to pixbatch (not declared, not probed), so only the output can tell
+    urls = [image_server.add("small.png", (640, 480)), image_server.add("large.png", (1100, 1000))]
+    m = load_manifest(write_manifest(tmp_path, urls, "  - id: x\n    op: upscale\n    upscale_mode: factor\n"
+                                                     "    factor: 2\n"))
+    s = run(m, options=opts(emulator, download=False))
+    assert s.exit_code == 0 and s.downloads == 0 and not (m.output_dir / "x").exists()
+    assert s.charged_total_micros == emulator.ledger().charged_micros == 15_000
