@@ -162,3 +162,18 @@ def test_state_transitions_per_second_meet_the_target(tmp_path):
     spec.loader.exec_module(bench)
     rate = bench.measure(tmp_path / "b.duckdb", n_items=20_000, transitions=40_000, tasks=256)
     assert rate >= 3_000, f"{rate:,.0f} transitions/s"
+
+
+def test_item_updates_join_on_rowid_but_fall_back_to_the_key(tmp_path):
+    store, scope = open_ingested(tmp_path / "s.duckdb", [edit(i) for i in range(5)])
+    with store:
+        rows = store.call_sync(lambda db: st.select_rows(db, "i.scope = ?", [scope]))
+        assert all(r.rowid is not None for r in rows)
+        rows[0].rowid, rows[1].rowid = rows[1].rowid, None  # a stale and a missing row id
+        for r in rows:
+            r.state, r.polls = st.SUBMITTED, 2
+            store.put_item(r)
+        store.commit_sync()
+        got = store.call_sync(lambda db: db.execute("SELECT state, polls, count(*) FROM items GROUP BY ALL")
+                              .fetchall())
+        assert got == [("SUBMITTED", 2, 5)]
