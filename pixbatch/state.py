@@ -314,6 +314,20 @@ def _iso(dt: datetime) -> str:
 _STOP = object()
 
 
+def _resolve(f: concurrent.futures.Future | None, exc: BaseException | None = None, result: Any = None) -> None:
+    """Complete a caller's future unless the caller gave up on it (its asyncio task was
+    cancelled, which cancels the future): the write itself is committed either way."""
+    if f is None or f.cancelled():
+        return
+    try:
+        if exc is not None:
+            f.set_exception(exc)
+        else:
+            f.set_result(result)
+    except concurrent.futures.InvalidStateError:  # cancelled between the check and the set
+        pass
+
+
 class _Op:
     __slots__ = ("kind", "payload", "future")
 
@@ -441,7 +455,12 @@ class Store:
                     stop = True
                     break
                 batch.append(nxt)  # type: ignore[arg-type]
-            self._process(batch)
+            try:
+                self._process(batch)
+            except BaseException as exc:  # never let the writer die silently: callers would wait forever
+                self._error = self._error or exc
+                for op in batch:
+                    _resolve(op.future, StateError(f"writing the state file {self.path} failed: {exc}"))
 
     def _process(self, batch: list[_Op]) -> None:
         pending: list[_Op] = []
@@ -452,9 +471,9 @@ class Store:
                 try:
                     res = op.payload(self._db)
                 except BaseException as exc:  # handed to the caller, not swallowed
-                    op.future.set_exception(exc)
+                    _resolve(op.future, exc)
                 else:
-                    op.future.set_result(res)
+                    _resolve(op.future, result=res)
             else:
                 pending.append(op)
         self._flush(pending)
@@ -465,7 +484,7 @@ class Store:
         waiters = [op.future for op in ops if op.future is not None]
         if self._error is not None:
             for f in waiters:
-                f.set_exception(StateError(f"state file {self.path} is not writable: {self._error}"))
+                _resolve(f, StateError(f"state file {self.path} is not writable: {self._error}"))
             return
         items: dict[str, tuple] = {}
         attempts: dict[tuple[str, int], Attempt] = {}
@@ -506,12 +525,12 @@ class Store:
                 pass
             self._error = exc
             for f in waiters:
-                f.set_exception(StateError(f"writing the state file {self.path} failed: {exc}"))
+                _resolve(f, StateError(f"writing the state file {self.path} failed: {exc}"))
             return
         self.commits += 1
         self.rows_committed += len(items) + len(events) + len(attempts)
         for f in waiters:
-            f.set_result(None)
+            _resolve(f)
 
 
 def _update_items(db: duckdb.DuckDBPyConnection, snaps: list[tuple]) -> None:

@@ -177,3 +177,27 @@ def test_item_updates_join_on_rowid_but_fall_back_to_the_key(tmp_path):
         got = store.call_sync(lambda db: db.execute("SELECT state, polls, count(*) FROM items GROUP BY ALL")
                               .fetchall())
         assert got == [("SUBMITTED", 2, 5)]
+
+
+def test_a_caller_that_gives_up_does_not_kill_the_writer(tmp_path):
+    """Cancelling a task that awaits a write (Ctrl-C, end of run) must not stop the writer thread."""
+    import threading
+
+    store, scope = open_ingested(tmp_path / "s.duckdb", [edit(i) for i in range(50)])
+    gate = threading.Event()
+
+    async def go():
+        store.put_sql("SELECT 1")  # keep the writer busy until the callers below have given up
+        blocker = asyncio.ensure_future(store.call(lambda db: gate.wait(5)))
+        waiting = [asyncio.ensure_future(store.call(lambda db: db.execute("SELECT count(*) FROM items").fetchone()))
+                   for _ in range(5)]
+        await asyncio.sleep(0.05)
+        for t in waiting:
+            t.cancel()
+        gate.set()
+        await blocker
+        await store.commit()  # hung forever when the writer died on a cancelled future
+        return await store.call(lambda db: db.execute("SELECT count(*) FROM items").fetchone()[0])
+
+    with store:
+        assert asyncio.run(asyncio.wait_for(go(), 10)) == 50
