@@ -73,6 +73,7 @@ from .sizes import MEGAPIXEL, MAX_UPSCALE_MP, output_size as predicted_output_si
 
 EXIT_OK, EXIT_INCOMPLETE, EXIT_BUDGET, EXIT_AUTH, EXIT_BALANCE, EXIT_INTERRUPTED = 0, 1, 3, 4, 5, 130
 PAGE = 2000
+POLL_GIVE_UP = 6  # rounds of (already retried) poll failures before an item is left for the next run
 PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 MIME_TO_EXT = {v: k for k, v in MEDIA_TYPES.items()}
 
@@ -611,7 +612,7 @@ class _Run:
         clock = self.clocks.setdefault(row.step, _PollClock(self.o.poll_initial, self.o.poll_max_interval))
         t_submit = time.monotonic()
         delay = 0.0 if resumed else clock.first()
-        k = 0
+        k = failures = 0
         last = row.gateway_status
         while True:
             await asyncio.sleep(delay)
@@ -620,10 +621,21 @@ class _Run:
             except AuthError as exc:
                 self._stop("auth", str(exc))
                 return None
-            except GatewayError as exc:
+            except NotFound as exc:
                 row.error = f"polling failed: {exc}"
                 self._put(row, reason=row.error)
                 return None
+            except GatewayError as exc:
+                # the request is accepted and polling is free: outlast a storm before giving up
+                # (the item stays SUBMITTED with its request id; a re-run polls it again)
+                failures += 1
+                if failures >= POLL_GIVE_UP:
+                    row.error = f"polling failed: {exc}"
+                    self._put(row, reason=row.error)
+                    return None
+                delay = self.gw.policy.backoff(failures + 3)
+                continue
+            failures = 0
             self.polls += 1
             row.polls += 1
             if s.status != last:
