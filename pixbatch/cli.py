@@ -256,10 +256,15 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
               help="Price table JSON [default: the built-in table].")
 @click.option("--first-poll", type=click.FloatRange(0.01, 60), default=2.0, show_default=True, metavar="SECONDS",
               help="First status poll delay until job durations have been learned.")
+@click.option("--webhook-url", default=None, metavar="URL",
+              help="Ask the gateway to call URL when a job ends (https for the real gateway); polls only confirm.")
+@click.option("--webhook-listen", default=None, metavar="HOST:PORT",
+              help="Where to receive the callbacks [default: the --webhook-url host and port].")
 @click.pass_context
 def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, budget: str | None, concurrency: int,
                 max_rps: float | None, base_url: str, retry_ambiguous: bool, force: bool, no_download: bool,
-                quiet: bool, as_json: bool, pricing_path: str | None, first_poll: float) -> None:
+                quiet: bool, as_json: bool, pricing_path: str | None, first_poll: float, webhook_url: str | None,
+                webhook_listen: str | None) -> None:
     """Run (or resume) MANIFEST against the gateway; the key comes from PIXAZO_API_KEY.
 
     Running the same command again resumes: submitted items are polled, never resent.
@@ -292,7 +297,7 @@ def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, 
         state_path=Path(state_path) if state_path else None, budget_micros=budget_micros, concurrency=concurrency,
         max_rps=max_rps, base_url=base_url, api_key=key, retry_ambiguous=retry_ambiguous, force=force,
         download=not no_download, pricing_path=Path(pricing_path) if pricing_path else None, handle_signals=True,
-        poll_initial=first_poll)
+        poll_initial=first_poll, webhook_url=webhook_url, webhook_listen=webhook_listen)
     err = Console(stderr=True)
     progress = JsonLinesProgress() if as_json else NullProgress() if quiet else RichProgress(err)
     summary = run(manifest, options=options, progress=progress)

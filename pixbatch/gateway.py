@@ -31,7 +31,15 @@ from urllib.parse import urljoin, urlsplit
 import httpx
 
 from . import retry_policy
-from .contract import AUTH_HEADER, ENDPOINTS, STATUS_PATH, STATUSES, TERMINAL_STATUSES
+from .contract import (
+    AUTH_HEADER,
+    ENDPOINTS,
+    STATUS_PATH,
+    STATUSES,
+    TERMINAL_STATUSES,
+    WEBHOOK_MODE_HEADER,
+    WEBHOOK_URL_HEADER,
+)
 from .errors import (
     AuthError,
     BadRequest,
@@ -201,7 +209,7 @@ class Gateway:
 
     # -- submit -------------------------------------------------------------------------
 
-    async def submit(self, op: str, body: dict[str, Any]) -> Accepted:
+    async def submit(self, op: str, body: dict[str, Any], *, webhook_url: str | None = None) -> Accepted:
         """POST one request; returns the acceptance or raises.
 
         Raises ``SubmitUnknown`` when it may have been accepted; ``BadRequest``/``NotFound``
@@ -211,6 +219,9 @@ class Gateway:
         path = ENDPOINTS[op]
         content = json.dumps(body, separators=(",", ":")).encode()
         headers = {"Content-Type": "application/json"}
+        if webhook_url:
+            headers[WEBHOOK_URL_HEADER] = webhook_url
+            headers[WEBHOOK_MODE_HEADER] = "terminal"
         attempt = throttled = 0
         while True:
             attempt += 1

@@ -95,6 +95,12 @@ class RunOptions:
     handle_signals: bool = False  # install SIGINT/SIGTERM handlers (the CLI does)
     poll_initial: float = 2.0  # first poll delay before anything has been learned
     poll_max_interval: float = 10.0
+    # webhook mode: the gateway POSTs terminal statuses to webhook_url (which must reach
+    # webhook_listen, "host:port", default: the URL's own host and port). A callback only
+    # wakes the item up: its status is then read once from the gateway (callbacks are not
+    # authenticated), and items poll as usual if no callback comes in time.
+    webhook_url: str | None = None
+    webhook_listen: str | None = None
 
     def public(self) -> dict[str, Any]:
         """The options as recorded in runs.options (no key)."""
@@ -209,6 +215,8 @@ class _Run:
         self.t0 = time.monotonic()
         self.sigints = 0
         self.steps_order = [s.id for s in manifest.steps]
+        self.wakeups: dict[str, asyncio.Event] = {}
+        self.early_wakeups: set[str] = set()
         self.estimate = (0, 0)
 
     # -- events ---------------------------------------------------------------------------
@@ -337,6 +345,7 @@ class _Run:
                              "estimate_low_micros": self.estimate[0], "estimate_high_micros": self.estimate[1]})
         self.emit("run", None, event="start", pid=os.getpid(), budget_micros=self.budget, committed=self.committed)
         status_task = asyncio.create_task(self._status_loop())
+        hook = self._start_webhook_receiver(loop) if self.o.webhook_url else None
         try:
             await self._resume_in_flight()
             await self._feed()
@@ -350,6 +359,8 @@ class _Run:
             status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await status_task
+            if hook is not None:
+                await asyncio.to_thread(hook.stop)
             if self._gateway is None and self.gw is not None:
                 await self.gw.aclose()
             if self.o.handle_signals:
@@ -365,6 +376,41 @@ class _Run:
         if self.task_errors:
             raise self.task_errors[0]
         return summary
+
+    def _start_webhook_receiver(self, loop: asyncio.AbstractEventLoop) -> Any:
+        from urllib.parse import urlsplit
+
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import Response
+        from starlette.routing import Route
+
+        from .serve import serve_in_thread
+
+        assert self.o.webhook_url is not None
+        url = urlsplit(self.o.webhook_url)
+        listen = self.o.webhook_listen or f"{url.hostname}:{url.port or (443 if url.scheme == 'https' else 80)}"
+        host, _, port = listen.rpartition(":")
+
+        async def callback(request: Request) -> Response:
+            try:
+                data = json.loads(await request.body())
+                rid = data["request_id"]
+            except (ValueError, KeyError, TypeError):
+                return Response(status_code=400)
+            if isinstance(rid, str):
+                loop.call_soon_threadsafe(self._wake, rid)
+            return Response(status_code=200)
+
+        app = Starlette(routes=[Route(url.path or "/", callback, methods=["POST"])])
+        return serve_in_thread(app, host=host or "127.0.0.1", port=int(port))
+
+    def _wake(self, request_id: str) -> None:
+        ev = self.wakeups.get(request_id)
+        if ev is not None:
+            ev.set()
+        elif len(self.early_wakeups) < 1_000_000:
+            self.early_wakeups.add(request_id)  # the callback beat our own record of the 202
 
     def on_signal(self) -> None:
         self.sigints += 1
@@ -554,7 +600,7 @@ class _Run:
         await _durable(self._put(row, wait=True, reserved=row.reserved_micros))  # (1) intent before the POST
         self.submits += 1
         try:
-            acc = await self.gw.submit(row.op, body)
+            acc = await self.gw.submit(row.op, body, webhook_url=self.o.webhook_url)
         except SubmitUnknown as exc:
             row.state = st.AMBIGUOUS
             row.error = str(exc)
@@ -614,6 +660,8 @@ class _Run:
         delay = 0.0 if resumed else clock.first()
         k = failures = 0
         last = row.gateway_status
+        if self.o.webhook_url and not resumed:
+            delay = await self._await_callback(row.request_id, clock)
         while True:
             await asyncio.sleep(delay)
             try:
@@ -652,6 +700,20 @@ class _Run:
                 return s
             k += 1
             delay = clock.next(k)
+
+    async def _await_callback(self, request_id: str, clock: _PollClock) -> float:
+        """Wait for the webhook; returns the delay before the first poll (0 once called back)."""
+        if request_id in self.early_wakeups:
+            self.early_wakeups.discard(request_id)
+            return 0.0
+        ev = self.wakeups.setdefault(request_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(ev.wait(), timeout=max(30.0, 4 * clock.first()))
+            return 0.0
+        except asyncio.TimeoutError:
+            return 0.0  # no callback in time: poll as usual from now on
+        finally:
+            self.wakeups.pop(request_id, None)
 
     async def _settle(self, row: st.ItemRow, s: JobStatus) -> None:
         body = row.body_dict

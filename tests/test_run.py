@@ -347,3 +347,19 @@ def test_no_download_still_prices_factor_upscales_by_their_real_size(tmp_path, e
     s = run(m, options=opts(emulator, download=False))
     assert s.exit_code == 0 and s.downloads == 0 and not (m.output_dir / "x").exists()
     assert s.charged_total_micros == emulator.ledger().charged_micros == 15_000
+
+
+def test_webhook_mode_wakes_items_up_instead_of_polling(tmp_path, emulator, image_server):
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    urls = [image_server.add(f"w{i}.png", (320, 240)) for i in range(4)]
+    m = load_manifest(write_manifest(tmp_path, urls, "  - id: t\n    op: upscale\n    target: 1\n"))
+    # without the callbacks the first poll would come only after 20 s
+    s = run(m, options=opts(emulator, poll_initial=20.0, webhook_url=f"http://127.0.0.1:{port}/pixbatch/callback"))
+    assert s.exit_code == 0 and s.duration_s < 10
+    assert s.polls == 4  # one confirming poll per item
+    assert emulator.stats()["webhooks_delivered"] >= 4
+    assert emulator.ledger().charged_micros == s.charged_total_micros
