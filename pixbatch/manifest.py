@@ -621,8 +621,14 @@ def _schema_error(c: _Checker, err: Any, path: tuple[Any, ...]) -> None:
         for k in err.validator_value:
             if isinstance(inst, dict) and k not in inst:
                 unknown = [x for x in inst if x not in props]
-                if any(suggest(x, [k, *(["from"] if k == "url" else [])]) for x in unknown):
-                    continue  # a misspelled key: reported as unknown, with "did you mean"
+                misspelled = [x for x in unknown if suggest(x, [k, *(["from"] if k == "url" else [])])]
+                if misspelled:
+                    # reported as an unknown key with "did you mean" (once: problems are deduplicated,
+                    # and a schema branch that does not apply may not report it at all)
+                    for x in misspelled:
+                        near = suggest(x, [k, *(["from"] if k == "url" else [])])
+                        c.add((*path, x), f"unknown key {x!r}", f"did you mean {near!r}?", key=True)
+                    continue
                 what = _describe(props.get(k, {}))
                 c.add(path, f"the required key {k!r} is missing", f"add {k}: <{what}>" if what else f"add {k}:")
     elif v == "dependentRequired":

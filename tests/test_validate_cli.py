@@ -628,3 +628,11 @@ def test_a_misspelled_required_key_is_one_problem_not_two():
         "m.yaml:5:5: $.inputs[2]: the required key 'url' is missing (add url: <an http:// or https:// URL>)",
         "m.yaml:6:1: $.step: unknown key 'step' (did you mean 'steps'?)",
     ]
+
+
+def test_misspelled_op_is_reported_even_though_no_op_branch_applies():
+    # found by the estimate fuzz test: `o: edit` matched neither op branch of the schema,
+    # so nothing was reported and the chained step crashed the deep check
+    code, out = validate(GOOD.replace("    op: edit", "    o: edit"))
+    assert code == 2, out
+    assert lines(out) == ["m.yaml:10:5: $.steps[0].o: unknown key 'o' (did you mean 'op'?)"]
