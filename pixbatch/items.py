@@ -115,16 +115,21 @@ class WorkItem:
                    vars=dict(vars or {}), index=index)
 
 
-def resolve_body(item: WorkItem, upstream_urls: Mapping[str, str]) -> dict[str, Any]:
-    """The body to send: placeholders replaced by the upstream items' media URLs."""
-    body = dict(item.body)
+def resolve_urls(body: Mapping[str, Any], upstream_urls: Mapping[str, str]) -> dict[str, Any]:
+    """A copy of ``body`` with upstream placeholders replaced by the upstream items' media URLs."""
+    out = dict(body)
 
     def sub(url: str) -> str:
         k = parse_upstream_ref(url)
         return upstream_urls[k] if k is not None else url
 
-    if "image" in body:
-        body["image"] = sub(body["image"])
-    if "images" in body:
-        body["images"] = [sub(u) for u in body["images"]]
-    return body
+    if "image" in out:
+        out["image"] = sub(out["image"])
+    if "images" in out:
+        out["images"] = [sub(u) for u in out["images"]]
+    return out
+
+
+def resolve_body(item: WorkItem, upstream_urls: Mapping[str, str]) -> dict[str, Any]:
+    """The body to send for ``item``: placeholders replaced by the upstream items' media URLs."""
+    return resolve_urls(item.body, upstream_urls)

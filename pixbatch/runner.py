@@ -64,7 +64,7 @@ from .errors import (
     API_KEY_ENV,
 )
 from .gateway import DEFAULT_BASE_URL, Exchange, Gateway, JobStatus, SubmitUnknown
-from .items import parse_upstream_ref
+from .items import resolve_urls
 from .money import format_usd
 from .pricing import PriceTable
 from .progress import NullProgress, Progress
@@ -590,7 +590,7 @@ class _Run:
         assert self.store is not None and self.gw is not None
         body = row.body_dict
         if up is not None:
-            body = _resolve(body, {up.key: up.media_url or ""})
+            body = resolve_urls(body, {up.key: up.media_url or ""})
         row.attempts += 1
         n = row.attempts
         row.state = st.SUBMITTING
@@ -957,18 +957,6 @@ def _with(a: st.Attempt, **changes: Any) -> st.Attempt:
     from dataclasses import replace
 
     return replace(a, **changes)
-
-
-def _resolve(body: dict[str, Any], urls: dict[str, str]) -> dict[str, Any]:
-    def sub(u: str) -> str:
-        k = parse_upstream_ref(u)
-        return urls[k] if k is not None else u
-
-    if "image" in body:
-        body["image"] = sub(body["image"])
-    if "images" in body:
-        body["images"] = [sub(u) for u in body["images"]]
-    return body
 
 
 def _sha256_file(path: Path) -> str:
