@@ -52,8 +52,10 @@ def decode(data: bytes, what: str = "input image") -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data))
             img.load()
-    except (UnidentifiedImageError, Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
-        raise ImagingError(f"{what} is not a supported image: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImagingError(f"{what} is not a supported image ({_sniff(data)})") from None
+    except (Image.DecompressionBombWarning, Image.DecompressionBombError) as exc:
+        raise ImagingError(f"{what} is too large: {exc}") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImagingError(f"{what} could not be decoded: {exc}") from None
     return ImageOps.exif_transpose(img) or img
@@ -64,8 +66,22 @@ def image_size(data: bytes) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as img:
             return img.size
-    except (UnidentifiedImageError, OSError) as exc:
-        raise ImagingError(f"input image is not a supported image: {exc}") from None
+    except UnidentifiedImageError:
+        raise ImagingError(f"input image is not a supported image ({_sniff(data)})") from None
+    except OSError as exc:
+        raise ImagingError(f"input image could not be read: {exc}") from None
+
+
+def _sniff(data: bytes) -> str:
+    """What the bytes look like, for an error message (never the bytes themselves)."""
+    head = data[:64].lstrip().lower()
+    if not data:
+        return "empty body"
+    if head.startswith((b"<!doctype html", b"<html")):
+        return f"an HTML page, {len(data):,} bytes"
+    if head.startswith((b"{", b"[")):
+        return f"JSON, {len(data):,} bytes"
+    return f"{len(data):,} bytes of unknown format"
 
 
 def encode(img: Image.Image, ext: str, quality: int = 80) -> bytes:
