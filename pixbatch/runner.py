@@ -59,6 +59,7 @@ from .errors import (
     BudgetExceeded,
     GatewayError,
     InsufficientBalance,
+    ManifestError,
     NotFound,
     PixbatchError,
     API_KEY_ENV,
@@ -101,6 +102,10 @@ class RunOptions:
     # authenticated), and items poll as usual if no callback comes in time.
     webhook_url: str | None = None
     webhook_listen: str | None = None
+    # check output names (the deep pass of load_manifest) unless the state file already holds
+    # this very expansion: a caller that loads the manifest with deep=False sets this, so a
+    # resume of an unchanged manifest does not walk every item twice more
+    check_names: bool = False
 
     def public(self) -> dict[str, Any]:
         """The options as recorded in runs.options (no key)."""
@@ -170,6 +175,40 @@ class _PollClock:
     def next(self, k: int) -> float:
         base = self.initial / 2 if self.mean is None else max(0.05, 0.3 * self.mean)
         return min(self.cap, base * (1.5 ** (k - 1)))
+
+
+_EXPANSION_CODE = ("expand.py", "items.py", "manifest.py", "sizes.py", "contract.py")
+
+
+def _expansion_fingerprint(db: Any, manifest: Any, pricing_path: Path | None) -> str | None:
+    """A digest of everything the expansion depends on, or None when it cannot be known.
+
+    The manifest as loaded (its repr: steps, defaults, inline inputs, paths), the bytes of
+    its ``from:`` files, the probed sizes in the state file, the pricing file and the code
+    that expands. Equal fingerprints give equal expansions, so a resume of an unchanged
+    manifest reuses the last run's scope instead of walking a million items again.
+    """
+    h = hashlib.sha256(b"pixbatch-expansion-1\n")
+    try:
+        h.update(repr(manifest).encode())
+        for src in manifest.sources:
+            path = getattr(src, "path", None)
+            if path is not None:
+                h.update(f"\nfile {path}\n".encode())
+                with open(path, "rb") as f:
+                    for chunk in iter(lambda: f.read(1 << 20), b""):
+                        h.update(chunk)
+        here = Path(__file__).resolve().parent
+        for name in _EXPANSION_CODE:
+            h.update((here / name).read_bytes())
+        if pricing_path is not None:
+            h.update(b"\npricing\n" + Path(pricing_path).read_bytes())
+    except (OSError, ValueError):
+        return None
+    n, digest = db.execute("SELECT count(*), coalesce(sum(hash(url, width, height)::HUGEINT), 0)::VARCHAR FROM probes "
+                           "WHERE error IS NULL AND width IS NOT NULL").fetchone()
+    h.update(f"\nprobes {n} {digest}\n".encode())
+    return h.hexdigest()[:32]
 
 
 def _durable(fut: Any) -> Any:
@@ -247,21 +286,36 @@ class _Run:
 
     def _setup(self, db: Any) -> dict[str, Any]:
         """On the writer thread, before anything is sent: ingest, recover, reset, totals."""
-        probes = {u: (w, h) for u, w, h in db.execute(
-            "SELECT url, width, height FROM probes WHERE error IS NULL AND width IS NOT NULL").fetchall()}
-        sizes = probes.get if probes else None
-        scope, _n = st.expansion_scope(self._expand(sizes))
-        last = db.execute("SELECT json_extract_string(options, '$.scope') FROM runs ORDER BY started_at DESC "
-                          "LIMIT 1").fetchone()
-        have = db.execute("SELECT count(*) FROM items WHERE scope = ?", [scope]).fetchone()[0]
-        if not (last and last[0] == scope and have):
-            st.ingest(db, self._expand(sizes), scope, self.table, self.steps_order)
+        fingerprint = _expansion_fingerprint(db, self.m, self.o.pricing_path)
+        last = db.execute("SELECT json_extract_string(options, '$.scope'), json_extract_string(options, "
+                          "'$.fingerprint') FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+        scope = None
+        if fingerprint is not None and last and last[0] and last[1] == fingerprint:
+            # same manifest, input files, probed sizes and code as the last run, whose row is
+            # written only after its ingest committed: its scope is this expansion's
+            if db.execute("SELECT count(*) FROM items WHERE scope = ?", [last[0]]).fetchone()[0]:
+                scope = last[0]
+        if scope is None:
+            if self.o.check_names:
+                from .expand import check_items
+                from .manifest import _summary_message
+
+                problems = check_items(self.m)
+                if problems:
+                    raise ManifestError(problems, _summary_message(self.m.display or self.m.path, problems))
+            probes = {u: (w, h) for u, w, h in db.execute(
+                "SELECT url, width, height FROM probes WHERE error IS NULL AND width IS NOT NULL").fetchall()}
+            sizes = probes.get if probes else None
+            scope, _n = st.expansion_scope(self._expand(sizes))
+            have = db.execute("SELECT count(*) FROM items WHERE scope = ?", [scope]).fetchone()[0]
+            if not (last and last[0] == scope and have):
+                st.ingest(db, self._expand(sizes), scope, self.table, self.steps_order)
         self.scope = scope
         manifest_sha = hashlib.sha256(Path(self.m.path).read_bytes()).hexdigest() if Path(self.m.path).exists() else None
         db.execute("INSERT INTO runs (run_id, manifest_path, manifest_sha256, base_url, budget_micros, outcome, pid, "
                    "options) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
                    [self.run_id, str(self.m.path), manifest_sha, self.o.base_url, self.budget, os.getpid(),
-                    json.dumps({**self.o.public(), "scope": scope})])
+                    json.dumps({**self.o.public(), "scope": scope, "fingerprint": fingerprint})])
         ambiguous_now = st.recover(db, self.run_id)
         db.execute("BEGIN TRANSACTION")
         if self.o.force:

@@ -1,0 +1,117 @@
+"""Resume set-up: an unchanged manifest is not expanded again; any change to what the expansion reads is seen.
+
+``--budget 0`` stops a run right after its set-up (BudgetExceeded), so these tests need no gateway.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import duckdb
+import pytest
+
+from pixbatch import runner
+from pixbatch.errors import BudgetExceeded, ManifestError
+from pixbatch.manifest import load_manifest
+from pixbatch.runner import RunOptions, run
+
+STEPS = """\
+steps:
+  - id: big
+    op: upscale
+    upscale_mode: factor
+    factor: 2
+"""
+
+
+def write(tmp_path: Path, rows: int, naming: str = "") -> Path:
+    with open(tmp_path / "inputs.csv", "w") as f:
+        f.write("id,url,width,height\n")
+        for i in range(rows):
+            f.write(f"img{i},https://cdn.example.com/img{i}.jpg,{640 + i},480\n")
+    p = tmp_path / "m.yaml"
+    p.write_text(f"version: 1\n{naming}inputs:\n  - from: inputs.csv\n{STEPS}", "utf-8")
+    return p
+
+
+def set_up(path: Path, **kw) -> None:
+    """One run that stops after its set-up (budget 0)."""
+    options = RunOptions(budget_micros=0, api_key="k", base_url="http://127.0.0.1:9", **kw)
+    with pytest.raises(BudgetExceeded):
+        run(load_manifest(path, deep=False), options=options)
+
+
+def items(path: Path) -> list[tuple]:
+    db = duckdb.connect(str(path.with_suffix(".pixbatch.duckdb")), read_only=True)
+    try:
+        return db.execute("SELECT key, scope, input_width FROM items ORDER BY idx").fetchall()
+    finally:
+        db.close()
+
+
+@pytest.fixture
+def expansions(monkeypatch):
+    calls = []
+    real = runner._Run._expand
+
+    def counting(self, sizes):
+        calls.append(1)
+        return real(self, sizes)
+
+    monkeypatch.setattr(runner._Run, "_expand", counting)
+    return calls
+
+
+def test_resume_of_an_unchanged_manifest_reuses_the_ingested_items_without_expanding(tmp_path, expansions):
+    m = write(tmp_path, 5)
+    set_up(m)
+    assert len(expansions) == 2  # scope digest, then ingest
+    first = items(m)
+    assert len(first) == 5
+    set_up(m)
+    set_up(m)
+    assert len(expansions) == 2
+    assert items(m) == first
+
+
+def test_a_changed_input_file_is_expanded_and_ingested_again(tmp_path, expansions):
+    m = write(tmp_path, 5)
+    set_up(m)
+    write(tmp_path, 6)  # same manifest text, one more row in the CSV
+    set_up(m)
+    assert len(expansions) == 4
+    rows = items(m)
+    assert len(rows) == 6 and len({scope for _k, scope, _w in rows}) == 1
+    set_up(m)
+    assert len(expansions) == 4
+
+
+def test_a_changed_manifest_or_new_probed_sizes_expand_again(tmp_path, expansions):
+    m = write(tmp_path, 3)
+    set_up(m)
+    m.write_text(m.read_text() + "    output_format: png\n")
+    set_up(m)
+    assert len(expansions) == 4
+    db = duckdb.connect(str(m.with_suffix(".pixbatch.duckdb")))
+    try:
+        db.execute("INSERT INTO probes (url, width, height) VALUES ('https://cdn.example.com/other.jpg', 10, 10)")
+    finally:
+        db.close()
+    set_up(m)
+    assert len(expansions) == 5  # sizes differ: the scope is computed again (same items: no ingest)
+
+
+def test_check_names_runs_the_deep_check_only_when_the_expansion_is_new(tmp_path, monkeypatch):
+    bad = write(tmp_path, 3, naming="naming: 'all/same.png'\n")
+    with pytest.raises(ManifestError, match="same"):
+        run(load_manifest(bad, deep=False), options=RunOptions(budget_micros=0, api_key="k", check_names=True))
+    good = write(tmp_path, 3)
+    set_up(good, check_names=True)
+
+    from pixbatch import expand
+
+    def no_check(_manifest):
+        raise AssertionError("expanded again")
+
+    monkeypatch.setattr(expand, "check_items", no_check)
+    set_up(good, check_names=True)
