@@ -163,6 +163,13 @@ class Gateway:
         self._client = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout,
                                          headers={AUTH_HEADER: api_key, "Cache-Control": "no-cache"})
         self._cdn = httpx.AsyncClient(transport=download_transport, timeout=timeout, follow_redirects=True)
+        # gateway calls skip the client's per-request work (URL merging and parsing, header
+        # merging, cookies, auth and redirect machinery: two thirds of the per-call CPU at
+        # high rates): the request is built once from pre-merged headers and handed to the
+        # same transport, with the same timeouts
+        self._transport = transport
+        self._headers = list(self._client.headers.raw)
+        self._timeouts = httpx.Timeout(timeout).as_dict()
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -180,6 +187,25 @@ class Gateway:
         if self.on_exchange is not None:
             self.on_exchange(Exchange(method, path, status, round((time.perf_counter() - t0) * 1000, 2),
                                       redact(error, (self._key,)) if error else None))
+
+    async def _call(self, method: str, path: str, content: bytes | None = None,
+                    headers: list[tuple[bytes, bytes]] | None = None) -> httpx.Response:
+        """One gateway exchange straight on the transport; the body is read before returning."""
+        t0 = time.perf_counter()
+        try:
+            request = httpx.Request(method, self.base_url + path, headers=self._headers + headers if headers
+                                    else self._headers, content=content, extensions={"timeout": self._timeouts})
+            resp = await self._transport.handle_async_request(request)
+            try:
+                await resp.aread()
+            finally:
+                await resp.aclose()
+        except httpx.TransportError as exc:
+            self._record(method, path.split("?")[0], None, t0, f"{type(exc).__name__}: {exc}")
+            raise
+        resp.request = request
+        self._record(method, path.split("?")[0], resp.status_code, t0)
+        return resp
 
     async def _send(self, client: httpx.AsyncClient, method: str, url: str, path: str, **kw: Any) -> httpx.Response:
         t0 = time.perf_counter()
@@ -218,16 +244,15 @@ class Gateway:
         """
         path = ENDPOINTS[op]
         content = json.dumps(body, separators=(",", ":")).encode()
-        headers = {"Content-Type": "application/json"}
+        headers = [(b"Content-Type", b"application/json")]
         if webhook_url:
-            headers[WEBHOOK_URL_HEADER] = webhook_url
-            headers[WEBHOOK_MODE_HEADER] = "terminal"
+            headers += [(WEBHOOK_URL_HEADER.encode(), webhook_url.encode()), (WEBHOOK_MODE_HEADER.encode(), b"terminal")]
         attempt = throttled = 0
         while True:
             attempt += 1
             await self.limiter.acquire()
             try:
-                resp = await self._send(self._client, "POST", path, path, content=content, headers=headers)
+                resp = await self._call("POST", path, content, headers)
             except httpx.TransportError as exc:
                 if retry_policy.retry_transport_error(exc, idempotent=False) and attempt < self.policy.max_attempts:
                     await asyncio.sleep(self.policy.backoff(attempt))
@@ -303,7 +328,7 @@ class Gateway:
             attempt += 1
             await self.limiter.acquire()
             try:
-                resp = await self._send(self._client, "GET", path, path.split("?")[0])
+                resp = await self._call("GET", path)
             except httpx.TransportError as exc:
                 last = f"{type(exc).__name__}"
                 if attempt < self.policy.max_attempts:
