@@ -292,8 +292,11 @@ def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, 
             budget_micros = usd_to_micros(budget)
         except (ValueError, TypeError) as exc:
             raise click.BadParameter(f"{exc}; give dollars like 25 or 12.50", param_hint="--budget") from None
-    manifest = load_manifest(manifest_path)
+    # the output-name pass runs inside the runner, and only when this expansion is not
+    # already in the state file: a resume of an unchanged manifest never walks every item
+    manifest = load_manifest(manifest_path, deep=False)
     options = RunOptions(
+        check_names=True,
         state_path=Path(state_path) if state_path else None, budget_micros=budget_micros, concurrency=concurrency,
         max_rps=max_rps, base_url=base_url, api_key=key, retry_ambiguous=retry_ambiguous, force=force,
         download=not no_download, pricing_path=Path(pricing_path) if pricing_path else None, handle_signals=True,
