@@ -264,6 +264,7 @@ class Gateway:
                                     f"({type(exc).__name__}); the gateway may have accepted it.") from None
             code = resp.status_code
             if 200 <= code < 300:
+                self.limiter.on_accept()
                 try:
                     data = resp.json()
                     rid = data["request_id"]
@@ -326,7 +327,7 @@ class Gateway:
         last = ""
         while True:
             attempt += 1
-            await self.limiter.acquire()
+            await self.limiter.acquire_poll()
             try:
                 resp = await self._call("GET", path)
             except httpx.TransportError as exc:

@@ -240,3 +240,49 @@ def test_rate_limiter_unlimited_until_throttled():
     assert c.t == 0  # no pacing without a ceiling
     rl.on_throttle(None)
     assert rl.rate == 50  # half of the 100/s just observed
+
+
+def test_rate_limiter_learns_the_gateways_submit_rate_and_sits_just_under_it():
+    """A gateway bucket refilling 40/s, burst 40: the limiter settles near 40/s, not at half of it."""
+    c = FakeClock()
+    rl = AdaptiveRateLimiter(None, clock=c, sleep=c.sleep)
+    server = {"tokens": 40.0, "at": 0.0}
+    accepted: list[float] = []
+    throttled = 0
+
+    async def submit():
+        nonlocal throttled
+        while True:
+            await rl.acquire()
+            c.t += 0.001  # the request's own time
+            server["tokens"] = min(40.0, server["tokens"] + (c.t - server["at"]) * 40)
+            server["at"] = c.t
+            if server["tokens"] >= 1:
+                server["tokens"] -= 1
+                rl.on_accept()
+                accepted.append(c.t)
+                return
+            throttled += 1
+            rl.on_throttle(1.0)
+
+    async def main():
+        for _ in range(2000):
+            await submit()
+
+    asyncio.run(main())
+    assert rl.learned is not None and 38 <= rl.learned <= 43
+    late = [t for t in accepted if t >= accepted[-1] - 20]
+    assert len(late) / (late[-1] - late[0]) >= 0.95 * 40
+    assert throttled <= 0.02 * len(accepted)
+
+
+def test_polls_are_not_paced_by_the_submit_rate_but_wait_out_a_pause():
+    c = FakeClock()
+    rl = AdaptiveRateLimiter(None, clock=c, sleep=c.sleep)
+    rl.on_throttle(2.0)
+    asyncio.run(rl.acquire_poll())
+    assert c.t == 2.0  # the pause holds for polls too
+    assert rl.rate is not None
+    for _ in range(100):
+        asyncio.run(rl.acquire_poll())
+    assert c.t == 2.0 and rl.observed_rps() == 0  # not paced, not counted as submits
