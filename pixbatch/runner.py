@@ -170,7 +170,8 @@ class _PollClock:
     def first(self) -> float:
         if self.mean is None:
             return self.initial
-        return min(self.cap, self.mean + self.var ** 0.5 + 0.02)
+        # a small margin past mean + one deviation, scaled down for jobs that take no time
+        return min(self.cap, self.mean + self.var ** 0.5 + min(0.02, 0.1 * self.mean))
 
     def next(self, k: int) -> float:
         base = self.initial / 2 if self.mean is None else max(0.05, 0.3 * self.mean)
