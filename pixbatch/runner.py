@@ -307,10 +307,13 @@ class _Run:
             probes = {u: (w, h) for u, w, h in db.execute(
                 "SELECT url, width, height FROM probes WHERE error IS NULL AND width IS NOT NULL").fetchall()}
             sizes = probes.get if probes else None
-            scope, _n = st.expansion_scope(self._expand(sizes))
-            have = db.execute("SELECT count(*) FROM items WHERE scope = ?", [scope]).fetchone()[0]
-            if not (last and last[0] == scope and have):
-                st.ingest(db, self._expand(sizes), scope, self.table, self.steps_order)
+            if last is None:  # a fresh state file: one walk ingests and computes the scope
+                scope = st.ingest(db, self._expand(sizes), None, self.table, self.steps_order).scope
+            else:
+                scope, _n = st.expansion_scope(self._expand(sizes))
+                have = db.execute("SELECT count(*) FROM items WHERE scope = ?", [scope]).fetchone()[0]
+                if not (last and last[0] == scope and have):
+                    st.ingest(db, self._expand(sizes), scope, self.table, self.steps_order)
         self.scope = scope
         manifest_sha = hashlib.sha256(Path(self.m.path).read_bytes()).hexdigest() if Path(self.m.path).exists() else None
         db.execute("INSERT INTO runs (run_id, manifest_path, manifest_sha256, base_url, budget_micros, outcome, pid, "

@@ -65,12 +65,12 @@ def expansions(monkeypatch):
 def test_resume_of_an_unchanged_manifest_reuses_the_ingested_items_without_expanding(tmp_path, expansions):
     m = write(tmp_path, 5)
     set_up(m)
-    assert len(expansions) == 2  # scope digest, then ingest
+    assert len(expansions) == 1  # a fresh state file: ingest and scope digest in one walk
     first = items(m)
     assert len(first) == 5
     set_up(m)
     set_up(m)
-    assert len(expansions) == 2
+    assert len(expansions) == 1
     assert items(m) == first
 
 
@@ -79,11 +79,11 @@ def test_a_changed_input_file_is_expanded_and_ingested_again(tmp_path, expansion
     set_up(m)
     write(tmp_path, 6)  # same manifest text, one more row in the CSV
     set_up(m)
-    assert len(expansions) == 4
+    assert len(expansions) == 3  # scope digest (changed), then ingest
     rows = items(m)
     assert len(rows) == 6 and len({scope for _k, scope, _w in rows}) == 1
     set_up(m)
-    assert len(expansions) == 4
+    assert len(expansions) == 3
 
 
 def test_a_changed_manifest_or_new_probed_sizes_expand_again(tmp_path, expansions):
@@ -91,14 +91,14 @@ def test_a_changed_manifest_or_new_probed_sizes_expand_again(tmp_path, expansion
     set_up(m)
     m.write_text(m.read_text() + "    output_format: png\n")
     set_up(m)
-    assert len(expansions) == 4
+    assert len(expansions) == 3
     db = duckdb.connect(str(m.with_suffix(".pixbatch.duckdb")))
     try:
         db.execute("INSERT INTO probes (url, width, height) VALUES ('https://cdn.example.com/other.jpg', 10, 10)")
     finally:
         db.close()
     set_up(m)
-    assert len(expansions) == 5  # sizes differ: the scope is computed again (same items: no ingest)
+    assert len(expansions) == 4  # sizes differ: the scope is computed again (same items: no ingest)
 
 
 def test_check_names_runs_the_deep_check_only_when_the_expansion_is_new(tmp_path, monkeypatch):
@@ -115,3 +115,13 @@ def test_check_names_runs_the_deep_check_only_when_the_expansion_is_new(tmp_path
 
     monkeypatch.setattr(expand, "check_items", no_check)
     set_up(good, check_names=True)
+
+
+def test_a_fresh_state_file_gets_the_same_scope_as_a_separate_digest(tmp_path):
+    from pixbatch.expand import expand
+    from pixbatch.state import expansion_scope
+
+    m = write(tmp_path, 4)
+    set_up(m)
+    scope, n = expansion_scope(expand(load_manifest(m)))
+    assert n == 4 and {s for _k, s, _w in items(m)} == {scope}
