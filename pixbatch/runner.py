@@ -307,8 +307,12 @@ class _Run:
             probes = {u: (w, h) for u, w, h in db.execute(
                 "SELECT url, width, height FROM probes WHERE error IS NULL AND width IS NOT NULL").fetchall()}
             sizes = probes.get if probes else None
-            if last is None:  # a fresh state file: one walk ingests and computes the scope
-                scope = st.ingest(db, self._expand(sizes), None, self.table, self.steps_order).scope
+            if last is None and fingerprint is not None:
+                # a fresh state file: one walk (ingest). The fingerprint names the expansion as
+                # well as its digest would (equal fingerprints, equal expansions); a later run
+                # whose fingerprint differs computes the digest, which differs, and ingests again
+                scope = "f" + fingerprint[:31]
+                st.ingest(db, self._expand(sizes), scope, self.table, self.steps_order)
             else:
                 scope, _n = st.expansion_scope(self._expand(sizes))
                 have = db.execute("SELECT count(*) FROM items WHERE scope = ?", [scope]).fetchone()[0]

@@ -575,46 +575,23 @@ def _insert_events(db: duckdb.DuckDBPyConnection, events: list[tuple]) -> None:
 
 def expansion_scope(items: Iterable[WorkItem]) -> tuple[str, int]:
     """A digest of an expansion (keys, places and names, in order): equal digests, same work."""
-    digest = _ScopeDigest()
-    for _ in digest.feed(items):
-        pass
-    return digest.value(), digest.n
+    import hashlib
+
+    h = hashlib.sha256()
+    n = 0
+    for it in items:
+        h.update(f"{it.key}\t{it.step}\t{it.index}\t{it.output_name}\t{it.input_size}\n".encode())
+        n += 1
+    return h.hexdigest()[:32], n
 
 
-class _ScopeDigest:
-    """``expansion_scope`` computed while the items stream through ``feed`` (one walk for both)."""
-
-    def __init__(self) -> None:
-        import hashlib
-
-        self._h = hashlib.sha256()
-        self.n = 0
-
-    def feed(self, items: Iterable[WorkItem]) -> Iterable[WorkItem]:
-        for it in items:
-            self._h.update(f"{it.key}\t{it.step}\t{it.index}\t{it.output_name}\t{it.input_size}\n".encode())
-            self.n += 1
-            yield it
-
-    def value(self) -> str:
-        return self._h.hexdigest()[:32]
-
-
-def ingest(db: duckdb.DuckDBPyConnection, items: Iterable[WorkItem], scope: str | None, table: PriceTable,
+def ingest(db: duckdb.DuckDBPyConnection, items: Iterable[WorkItem], scope: str, table: PriceTable,
            steps: Iterable[str], *, batch: int = INGEST_BATCH) -> IngestResult:
     """Insert the expansion's items (new keys) and aliases (repeated keys), tagging all with ``scope``.
 
     Items already in the file keep their state (so completed results are reused); only
-    their ``scope`` changes. Batched inserts from Python lists via ``unnest``. ``scope=None``:
-    the scope is ``expansion_scope`` of these items, computed in the same walk (rows are
-    tagged provisionally, then with the digest, in the same transaction).
+    their ``scope`` changes. Batched inserts from Python lists via ``unnest``.
     """
-    digest = None
-    final_scope = scope
-    if scope is None:
-        digest = _ScopeDigest()
-        items = digest.feed(items)
-        scope = "ingesting"
     seen: set[str] = set()
     buf: list[WorkItem] = []
     aliases: list[tuple[str, str, int, str]] = []
@@ -672,9 +649,6 @@ def ingest(db: duckdb.DuckDBPyConnection, items: Iterable[WorkItem], scope: str 
                 new += flush()
         new += flush()
         flush_aliases()
-        if digest is not None:
-            final_scope = digest.value()
-            db.execute("UPDATE items SET scope = ? WHERE scope = ?", [final_scope, scope])
         n_alias = db.execute("SELECT count(*) FROM aliases WHERE list_contains(?::VARCHAR[], step)",
                              [step_list]).fetchone()[0] if step_list else 0
         db.execute("DROP TABLE IF EXISTS _ingest")
@@ -682,8 +656,7 @@ def ingest(db: duckdb.DuckDBPyConnection, items: Iterable[WorkItem], scope: str 
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    assert final_scope is not None
-    return IngestResult(scope=final_scope, items=total, new=new, aliases=n_alias, reused=False)
+    return IngestResult(scope=scope, items=total, new=new, aliases=n_alias, reused=False)
 
 
 def recover(db: duckdb.DuckDBPyConnection, run_id: str) -> int:

@@ -117,11 +117,14 @@ def test_check_names_runs_the_deep_check_only_when_the_expansion_is_new(tmp_path
     set_up(good, check_names=True)
 
 
-def test_a_fresh_state_file_gets_the_same_scope_as_a_separate_digest(tmp_path):
+def test_a_fresh_state_file_is_ingested_in_one_walk_and_a_new_expansion_replaces_its_scope(tmp_path, expansions):
     from pixbatch.expand import expand
     from pixbatch.state import expansion_scope
 
     m = write(tmp_path, 4)
     set_up(m)
+    assert len(expansions) == 1 and len({s for _k, s, _w in items(m)}) == 1
+    write(tmp_path, 5)
+    set_up(m)
     scope, n = expansion_scope(expand(load_manifest(m)))
-    assert n == 4 and {s for _k, s, _w in items(m)} == {scope}
+    assert n == 5 and {s for _k, s, _w in items(m)} == {scope}
