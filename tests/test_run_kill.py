@@ -24,7 +24,8 @@ KILLS = 22
 
 def test_sigkill_at_random_moments_then_resume(tmp_path):
     rng = random.Random(int(os.environ.get("PIXBATCH_KILL_SEED", "20261125")))
-    n = 40  # 160 items: enough work that the kills, not the items, run out
+    n = 80  # 320 items: enough work that the kills, not the items, run out (each kill may leave
+    # up to 3 AMBIGUOUS edits, whose upscales are then BLOCKED)
     mp = tmp_path / "k.yaml"
     mp.write_text(
         "version: 1\ninputs:\n" + "".join(f"  - https://img.test/k{i}.png\n" for i in range(n)) +
