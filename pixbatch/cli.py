@@ -248,6 +248,8 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
               help="Gateway base URL (the emulator's URL for local runs).")
 @click.option("--retry-ambiguous", is_flag=True,
               help="Resubmit AMBIGUOUS items (they may already have been charged once).")
+@click.option("--retry-errors", is_flag=True,
+              help="Resubmit items that ended ERROR (not charged by the gateway) and what they blocked.")
 @click.option("--force", is_flag=True, help="Redo items already finished in this state file (pays again).")
 @click.option("--no-download", is_flag=True, help="Do not download outputs (benchmarks).")
 @click.option("--quiet", is_flag=True, help="No progress display; only the summary on stderr.")
@@ -262,7 +264,8 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
               help="Where to receive the callbacks [default: the --webhook-url host and port].")
 @click.pass_context
 def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, budget: str | None, concurrency: int,
-                max_rps: float | None, base_url: str, retry_ambiguous: bool, force: bool, no_download: bool,
+                max_rps: float | None, base_url: str, retry_ambiguous: bool, retry_errors: bool, force: bool,
+                no_download: bool,
                 quiet: bool, as_json: bool, pricing_path: str | None, first_poll: float, webhook_url: str | None,
                 webhook_listen: str | None) -> None:
     """Run (or resume) MANIFEST against the gateway; the key comes from PIXAZO_API_KEY.
@@ -298,7 +301,8 @@ def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, 
     options = RunOptions(
         check_names=True,
         state_path=Path(state_path) if state_path else None, budget_micros=budget_micros, concurrency=concurrency,
-        max_rps=max_rps, base_url=base_url, api_key=key, retry_ambiguous=retry_ambiguous, force=force,
+        max_rps=max_rps, base_url=base_url, api_key=key, retry_ambiguous=retry_ambiguous, retry_errors=retry_errors,
+        force=force,
         download=not no_download, pricing_path=Path(pricing_path) if pricing_path else None, handle_signals=True,
         poll_initial=first_poll, webhook_url=webhook_url, webhook_listen=webhook_listen)
     err = Console(stderr=True)

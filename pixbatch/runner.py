@@ -88,6 +88,7 @@ class RunOptions:
     base_url: str = DEFAULT_BASE_URL
     api_key: str | None = None  # default: $PIXAZO_API_KEY (never stored)
     retry_ambiguous: bool = False
+    retry_errors: bool = False  # resubmit items that ended ERROR (the gateway did not charge them)
     force: bool = False
     download: bool = True
     pricing_path: Path | None = None
@@ -110,7 +111,8 @@ class RunOptions:
     def public(self) -> dict[str, Any]:
         """The options as recorded in runs.options (no key)."""
         return {"budget_micros": self.budget_micros, "concurrency": self.concurrency, "max_rps": self.max_rps,
-                "base_url": self.base_url, "retry_ambiguous": self.retry_ambiguous, "force": self.force,
+                "base_url": self.base_url, "retry_ambiguous": self.retry_ambiguous,
+                "retry_errors": self.retry_errors, "force": self.force,
                 "download": self.download, "pricing_path": str(self.pricing_path) if self.pricing_path else None}
 
 
@@ -331,6 +333,13 @@ class _Run:
                        "media_url = NULL, media_type = NULL, polling_path = NULL, run_id = ? WHERE scope = ? AND "
                        "state IN ('COMPLETED', 'FAILED', 'ERROR', 'FAILED_VALIDATION', 'BLOCKED')",
                        [self.run_id, scope])
+        if self.o.retry_errors and not self.o.force:
+            # ERROR is the gateway's own failure and is not charged: sending again costs nothing extra
+            db.execute("UPDATE items SET state = 'PENDING', request_id = NULL, gateway_status = NULL, error = NULL, "
+                       "media_url = NULL, media_type = NULL, polling_path = NULL, run_id = ? WHERE scope = ? AND "
+                       "state = 'ERROR'", [self.run_id, scope])
+        if self.o.retry_ambiguous or self.o.retry_errors:
+            db.execute("UPDATE items SET state = 'PENDING', error = NULL WHERE scope = ? AND state = 'BLOCKED'", [scope])
         if self.o.retry_ambiguous:
             keys = [r[0] for r in db.execute("SELECT key FROM items WHERE scope = ? AND state = 'AMBIGUOUS'",
                                              [scope]).fetchall()]
@@ -340,7 +349,6 @@ class _Run:
                            "list_contains(?::VARCHAR[], key)", [keys])
                 db.execute("UPDATE items SET state = 'PENDING', reserved_micros = 0, error = NULL, run_id = ? "
                            "WHERE list_contains(?::VARCHAR[], key)", [self.run_id, keys])
-            db.execute("UPDATE items SET state = 'PENDING', error = NULL WHERE scope = ? AND state = 'BLOCKED'", [scope])
         db.execute("COMMIT")
         st.block_downstream(db, scope, self.run_id)
         t = st.totals(db)
@@ -998,6 +1006,9 @@ class _Run:
         if bad:
             msgs.append(", ".join(f"{n} {s}" for s, n in bad.items()) +
                         ": see `pixbatch report` for the errors; --force resubmits them (and pays again).")
+        if counts.get(st.ERROR):
+            msgs.append(f"{counts[st.ERROR]} ERROR item(s) were not charged: re-run with --retry-errors to resubmit "
+                        "them (and what they blocked).")
         inflight = counts.get(st.SUBMITTED, 0)
         if inflight and outcome not in ("interrupted",):
             msgs.append(f"{inflight} submitted item(s) not finished yet: run again to collect them.")
