@@ -249,3 +249,32 @@ def m003_item_scope_attempts(db: duckdb.DuckDBPyConnection) -> None:
     db.execute("ALTER TABLE items ADD COLUMN scope VARCHAR")
     db.execute("ALTER TABLE items ADD COLUMN attempts INTEGER DEFAULT 0")
     db.execute("ALTER TABLE items ADD COLUMN polling_path VARCHAR")
+
+
+@migration
+def m004_attempts_append_only(db: duckdb.DuckDBPyConnection) -> None:
+    # attempts become an append-only log written once per attempt, when its outcome is known
+    # (accepted/rejected/ambiguous), in the same transaction as the item's state; the intent
+    # lives on items (state SUBMITTING, attempts = n, reserved_micros). The primary key goes:
+    # an INSERT OR REPLACE into an indexed table at every intent and again at every outcome
+    # was a quarter of the state writer's time. (key, n) stays unique by construction.
+    db.execute(
+        """
+        CREATE TABLE attempts_log (
+            key             VARCHAR NOT NULL,
+            n               INTEGER NOT NULL,     -- 1, 2, ... per key (items.attempts)
+            run_id          VARCHAR NOT NULL,
+            intent_at       TIMESTAMP NOT NULL,   -- when the intent was committed
+            reserved_micros BIGINT NOT NULL,
+            request_id      VARCHAR,              -- the 202's request_id
+            accepted_at     TIMESTAMP,
+            http_status     INTEGER,
+            outcome         VARCHAR               -- accepted|rejected|ambiguous|abandoned
+        )
+        """
+    )
+    db.execute("INSERT INTO attempts_log SELECT key, n, run_id, intent_at, reserved_micros, request_id, accepted_at, "
+               "http_status, outcome FROM attempts")
+    db.execute("DROP TABLE attempts")
+    db.execute("ALTER TABLE attempts_log RENAME TO attempts")
+

@@ -47,7 +47,7 @@ import signal
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -140,6 +140,7 @@ class RunSummary:
     output_problems: int
     duration_s: float
     messages: tuple[str, ...] = ()
+    http: dict[str, int] = field(default_factory=dict)  # "POST 202" -> exchanges this run ("GET none": no answer)
 
     @property
     def ambiguous(self) -> int:
@@ -252,6 +253,7 @@ class _Run:
         self.aliases: dict[str, list[str]] = {}
         self.downloaded: set[str] = set()
         self.submits = self.polls = self.downloads = self.output_problems = 0
+        self.http: dict[str, int] = {}
         self.finished_this_run = 0
         self.left = (0, 0, 0)
         self.t0 = time.monotonic()
@@ -269,10 +271,18 @@ class _Run:
         self.progress.event(kind, key, detail)
 
     def on_exchange(self, ex: Exchange) -> None:
+        """Every exchange is counted and shown to the progress (``--json`` lines); the state
+        file keeps the ones that went wrong (no answer, or not 2xx) one by one, and the counts
+        of all in the run's end event: a row per successful poll was a fifth of its writes."""
+        tag = f"{ex.method} {ex.status if ex.status is not None else 'none'}"
+        self.http[tag] = self.http.get(tag, 0) + 1
         d = {"method": ex.method, "path": ex.path, "status": ex.status, "ms": ex.ms}
         if ex.error:
             d["error"] = ex.error
-        self.emit("http", None, **d)
+        if ex.status is None or not 200 <= ex.status < 300:
+            assert self.store is not None
+            self.store.put_event(self.run_id, None, "http", d)
+        self.progress.event("http", None, d)
 
     def _track(self, delta: int) -> None:
         self.committed += delta
@@ -439,7 +449,7 @@ class _Run:
                         loop.remove_signal_handler(sig)
         summary = await self._summary()
         await self._finish_run(summary.outcome)
-        self.emit("run", None, event="end", outcome=summary.outcome, exit_code=summary.exit_code)
+        self.emit("run", None, event="end", outcome=summary.outcome, exit_code=summary.exit_code, http=self.http)
         await store.commit()
         await self._write_status(running=False, outcome=summary.outcome)
         self.progress.stop(summary)
@@ -645,10 +655,10 @@ class _Run:
             self.slots.release()
             self._signal_done()
 
-    def _put(self, row: st.ItemRow, *, wait: bool = False, **event: Any):
+    def _put(self, row: st.ItemRow, *, wait: bool = False, attempt: st.Attempt | None = None, **event: Any):
         assert self.store is not None
         row.run_id = self.run_id
-        fut = self.store.put_item(row, wait=wait)
+        fut = self.store.put_item(row, wait=wait, attempt=attempt)
         self.emit("state", row.key, state=row.state, step=row.step, committed=self.committed, **event)
         return fut
 
@@ -665,8 +675,8 @@ class _Run:
         n = row.attempts
         row.state = st.SUBMITTING
         row.error = None
+        # the attempt's row is written with its outcome; until then the intent is the item's state
         intent = st.Attempt(row.key, n, self.run_id, st.utcnow(), row.reserved_micros, outcome="pending")
-        self.store.put_attempt(intent)
         await _durable(self._put(row, wait=True, reserved=row.reserved_micros))  # (1) intent before the POST
         self.submits += 1
         try:
@@ -674,8 +684,7 @@ class _Run:
         except SubmitUnknown as exc:
             row.state = st.AMBIGUOUS
             row.error = str(exc)
-            self.store.put_attempt(_with(intent, outcome="ambiguous", http_status=exc.status_code))
-            self._put(row, reason=str(exc))
+            self._put(row, attempt=_with(intent, outcome="ambiguous", http_status=exc.status_code), reason=str(exc))
             return False
         except (BadRequest, NotFound) as exc:
             self._release(row)
@@ -683,16 +692,14 @@ class _Run:
             row.error = str(exc)
             row.charged_micros = row.charged_micros or 0
             row.finished_at = st.utcnow()
-            self.store.put_attempt(_with(intent, outcome="rejected", http_status=exc.status_code))
-            self._put(row, reason=str(exc))
+            self._put(row, attempt=_with(intent, outcome="rejected", http_status=exc.status_code), reason=str(exc))
             return False
         except (InsufficientBalance, AuthError) as exc:
             self._release(row)
             row.state = st.PENDING
             row.error = str(exc)
             self.skip.add(row.key)
-            self.store.put_attempt(_with(intent, outcome="rejected", http_status=exc.status_code))
-            self._put(row, reason=str(exc))
+            self._put(row, attempt=_with(intent, outcome="rejected", http_status=exc.status_code), reason=str(exc))
             self._stop("balance" if isinstance(exc, InsufficientBalance) else "auth", str(exc))
             return False
         except GatewayError as exc:  # definite refusals that outlasted the retries, or never sent
@@ -700,17 +707,16 @@ class _Run:
             row.state = st.PENDING
             row.error = str(exc)
             self.skip.add(row.key)
-            self.store.put_attempt(_with(intent, outcome="rejected", http_status=exc.status_code))
-            self._put(row, reason=str(exc))
+            self._put(row, attempt=_with(intent, outcome="rejected", http_status=exc.status_code), reason=str(exc))
             return False
         row.state = st.SUBMITTED
         row.request_id = acc.request_id
         row.polling_path = acc.polling_path
         row.gateway_status = acc.status
         row.submitted_at = st.utcnow()
-        self.store.put_attempt(_with(intent, outcome="accepted", request_id=acc.request_id,
-                                     accepted_at=row.submitted_at, http_status=202))
-        await _durable(self._put(row, wait=True, request_id=acc.request_id))  # (2) request_id on 202
+        accepted = _with(intent, outcome="accepted", request_id=acc.request_id, accepted_at=row.submitted_at,
+                         http_status=202)
+        await _durable(self._put(row, wait=True, attempt=accepted, request_id=acc.request_id))  # (2) on 202
         return True
 
     def _stop(self, reason: str, message: str) -> None:
@@ -1023,7 +1029,7 @@ class _Run:
             at_risk_micros=snap.at_risk_micros, peak_committed_micros=self.peak, budget_micros=self.budget,
             left_items=n_left, left_low_micros=lo, left_high_micros=hi, submits=self.submits, polls=self.polls,
             downloads=self.downloads, output_problems=self.output_problems,
-            duration_s=round(time.monotonic() - self.t0, 3), messages=tuple(msgs))
+            duration_s=round(time.monotonic() - self.t0, 3), messages=tuple(msgs), http=dict(self.http))
 
 
 def _with(a: st.Attempt, **changes: Any) -> st.Attempt:

@@ -7,8 +7,9 @@ Every item (one unique request, keyed by ``items.key``) has a lifecycle in ``ite
 commit around the HTTP call:
 
 1. the **intent**, before the POST leaves: ``state = SUBMITTING``, the reservation in
-   ``reserved_micros``, an ``attempts`` row;
-2. the **request_id**, as soon as the 202 arrives: ``state = SUBMITTED``.
+   ``reserved_micros``, the attempt number in ``attempts``;
+2. the **request_id**, as soon as the 202 arrives: ``state = SUBMITTED``, and in the same
+   transaction the attempt's row in ``attempts`` (written once, with its outcome).
 
 So after a crash at any moment an item is either PENDING (never sent), SUBMITTED (has a
 request id: poll it, never resend it), or SUBMITTING without a request id: the POST may
@@ -372,15 +373,18 @@ class Store:
     def _future(self, wait: bool) -> concurrent.futures.Future | None:
         return concurrent.futures.Future() if wait else None
 
-    def put_item(self, row: ItemRow, *, wait: bool = False) -> concurrent.futures.Future | None:
+    def put_item(self, row: ItemRow, *, wait: bool = False, attempt: Attempt | None = None
+                 ) -> concurrent.futures.Future | None:
+        """Queue the row's snapshot, and with it (same transaction) the outcome of a submit attempt."""
         f = self._future(wait)
-        self._put(_Op("item", row.snapshot(), f))
+        self._put(_Op("item", (row.snapshot(), attempt), f))
         return f
 
     def put_event(self, run_id: str | None, key: str | None, kind: str, detail: dict[str, Any] | None = None) -> None:
         self._put(_Op("event", (utcnow(), run_id, key, kind, json.dumps(detail or {}, default=str))))
 
     def put_attempt(self, attempt: Attempt, *, wait: bool = False) -> concurrent.futures.Future | None:
+        """Queue one attempt row on its own (the runner writes attempts with ``put_item``)."""
         f = self._future(wait)
         self._put(_Op("attempt", attempt, f))
         return f
@@ -487,17 +491,20 @@ class Store:
                 _resolve(f, StateError(f"state file {self.path} is not writable: {self._error}"))
             return
         items: dict[str, tuple] = {}
-        attempts: dict[tuple[str, int], Attempt] = {}
+        attempts: list[Attempt] = []
         events: list[tuple] = []
         outputs: dict[tuple[str, str], OutputRow] = {}
         sqls: list[tuple[str, list]] = []
         for op in ops:
             if op.kind == "item":
-                items[op.payload[0]] = op.payload  # later snapshot of the same key wins
+                snap, attempt = op.payload
+                items[snap[0]] = snap  # later snapshot of the same key wins
+                if attempt is not None:
+                    attempts.append(attempt)
             elif op.kind == "event":
                 events.append(op.payload)
             elif op.kind == "attempt":
-                attempts[(op.payload.key, op.payload.n)] = op.payload
+                attempts.append(op.payload)
             elif op.kind == "output":
                 outputs[(op.payload.key, op.payload.path)] = op.payload
             elif op.kind == "sql":
@@ -508,7 +515,7 @@ class Store:
             if items:
                 _update_items(db, list(items.values()))
             if attempts:
-                _upsert_attempts(db, list(attempts.values()))
+                _insert_attempts(db, attempts)
             if events:
                 _insert_events(db, events)
             for o in outputs.values():
@@ -552,9 +559,10 @@ def _update_items(db: duckdb.DuckDBPyConnection, snaps: list[tuple]) -> None:
         db.execute(sql + "items.key = u.key", cols)
 
 
-def _upsert_attempts(db: duckdb.DuckDBPyConnection, rows: list[Attempt]) -> None:
+def _insert_attempts(db: duckdb.DuckDBPyConnection, rows: list[Attempt]) -> None:
+    """Attempts are written once, when their outcome is known (append-only, no index: see m004)."""
     db.execute(
-        "INSERT OR REPLACE INTO attempts (key, n, run_id, intent_at, reserved_micros, request_id, accepted_at, "
+        "INSERT INTO attempts (key, n, run_id, intent_at, reserved_micros, request_id, accepted_at, "
         "http_status, outcome) SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]), "
         "unnest(?::TIMESTAMP[]), unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::TIMESTAMP[]), "
         "unnest(?::INTEGER[]), unnest(?::VARCHAR[])",
@@ -671,11 +679,18 @@ def recover(db: duckdb.DuckDBPyConnection, run_id: str) -> int:
         keys = [r[0] for r in db.execute(
             "SELECT key FROM items WHERE state = 'SUBMITTING' AND request_id IS NULL").fetchall()]
         if keys:
+            # the attempt's outcome row was never written: write it now, as ambiguous (its intent
+            # time is when the intent was committed); files from before m004 have 'pending' rows
+            db.execute("UPDATE attempts SET outcome = 'ambiguous' WHERE outcome = 'pending' AND list_contains(?, key)",
+                       [keys])
+            db.execute("INSERT INTO attempts (key, n, run_id, intent_at, reserved_micros, outcome) "
+                       "SELECT i.key, i.attempts, coalesce(i.run_id, ?), coalesce(i.updated_at, now()::TIMESTAMP), "
+                       "i.reserved_micros, 'ambiguous' FROM items i WHERE i.state = 'SUBMITTING' AND "
+                       "i.request_id IS NULL AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.key = i.key "
+                       "AND a.n = i.attempts)", [run_id])
             db.execute("UPDATE items SET state = 'AMBIGUOUS', run_id = ?, updated_at = now()::TIMESTAMP, "
                        "error = 'the run stopped between sending this request and recording its answer: it may "
                        "have been accepted (and charged)' WHERE state = 'SUBMITTING' AND request_id IS NULL", [run_id])
-            db.execute("UPDATE attempts SET outcome = 'ambiguous' WHERE outcome = 'pending' AND list_contains(?, key)",
-                       [keys])
             db.execute("INSERT INTO events (ts, run_id, key, kind, detail) SELECT now()::TIMESTAMP, ?, unnest(?), "
                        "'state', '{\"state\": \"AMBIGUOUS\", \"reason\": \"recovered SUBMITTING without request_id\"}'",
                        [run_id, keys])

@@ -189,6 +189,15 @@ def test_5xx_and_garbage_storm(tmp_path, emulator, image_server):
     assert stats["injected_submit_500"] > 0 and stats["garbage_poll"] > 0
     assert s.exit_code == 0 and s.counts["COMPLETED"] == 20
     assert len(ledger.entries) == 20 and ledger.charged_micros == s.charged_total_micros
+    # every exchange is counted; the state file keeps the failed ones one by one
+    assert s.http["POST 202"] == 20 and s.http["POST 500"] == stats["injected_submit_500"]
+    assert sum(n for tag, n in s.http.items() if tag.startswith("POST")) == stats["submits"]
+    db = duckdb.connect(str(m.state_path), read_only=True)
+    rows = db.execute("SELECT detail->>'method', (detail->>'status')::INT FROM events WHERE kind = 'http'").fetchall()
+    end = json.loads(db.execute("SELECT detail FROM events WHERE kind = 'run' AND detail->>'event' = 'end'").fetchone()[0])
+    db.close()
+    assert len(rows) == sum(n for tag, n in s.http.items() if not tag.split()[1].startswith("2"))
+    assert all(status >= 300 for _, status in rows) and end["http"] == s.http
 
 
 def test_402_mid_run_then_resume_after_top_up(tmp_path, image_server):

@@ -7,12 +7,13 @@ import json
 import subprocess
 import sys
 
+import duckdb
 import pytest
 
 from pixbatch import state as st
 from pixbatch.errors import StateLocked
 from pixbatch.items import WorkItem, upstream_ref
-from pixbatch.migrations import applied, connect
+from pixbatch.migrations import MIGRATIONS, applied, connect, migrate
 from pixbatch.pricing import PriceTable
 
 
@@ -38,12 +39,22 @@ def open_ingested(path, items):
     return store, scope
 
 
-def test_m003_is_applied(tmp_path):
-    db = connect(tmp_path / "s.duckdb")
-    assert applied(db)[-1] == "m003_item_scope_attempts"
+def test_migrations_are_applied_and_m004_keeps_the_attempts_of_an_older_file(tmp_path):
+    path = tmp_path / "s.duckdb"
+    old = duckdb.connect(str(path))  # a state file written before m004
+    migrate(old, MIGRATIONS[:3])
+    old.execute("INSERT INTO attempts VALUES ('k1', 1, 'run0', TIMESTAMP '2026-01-01 00:00:00', 10000, 'p-image_1', "
+                "TIMESTAMP '2026-01-01 00:00:01', 202, 'accepted')")
+    old.close()
+    db = connect(path)
+    assert applied(db)[-2:] == ["m003_item_scope_attempts", "m004_attempts_append_only"]
     cols = {r[0] for r in db.execute("SELECT column_name FROM information_schema.columns WHERE table_name='items'")
             .fetchall()}
     assert {"scope", "attempts", "polling_path"} <= cols
+    assert db.execute("SELECT key, n, request_id, outcome FROM attempts").fetchall() == [
+        ("k1", 1, "p-image_1", "accepted")]
+    assert db.execute("SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'attempts' "
+                      "AND constraint_type = 'PRIMARY KEY'").fetchone()[0] == 0
 
 
 def test_ingest_dedups_into_aliases_prices_and_is_idempotent(tmp_path):
@@ -87,10 +98,9 @@ def test_recover_turns_unanswered_submits_into_ambiguous_and_keeps_the_money(tmp
     with store:
         rows = store.call_sync(lambda db: st.select_rows(db, "i.scope = ?", [scope]))
         a, b, _ = rows
-        for r, rid in ((a, None), (b, "p-image_b")):
-            r.state, r.reserved_micros, r.request_id = st.SUBMITTING, 10_000, rid
+        for r, rid in ((a, None), (b, "p-image_b")):  # intents committed, then the "crash"
+            r.state, r.reserved_micros, r.request_id, r.attempts, r.run_id = st.SUBMITTING, 10_000, rid, 1, "run1"
             store.put_item(r)
-            store.put_attempt(st.Attempt(r.key, 1, "run1", st.utcnow(), 10_000, outcome="pending"))
         store.commit_sync()
     # "crash": reopen
     store = st.Store.open(tmp_path / "s.duckdb")
@@ -100,9 +110,10 @@ def test_recover_turns_unanswered_submits_into_ambiguous_and_keeps_the_money(tmp
         assert states[a.key] == st.AMBIGUOUS and states[b.key] == st.SUBMITTED
         t = store.call_sync(st.totals)
         assert t.at_risk_micros == 10_000 and t.committed_micros == 20_000
-        outcome = store.call_sync(lambda db: db.execute("SELECT outcome FROM attempts WHERE key = ?", [a.key])
-                                  .fetchone()[0])
-        assert outcome == "ambiguous"
+        attempts = store.call_sync(lambda db: db.execute(
+            "SELECT key, n, run_id, reserved_micros, outcome FROM attempts").fetchall())
+        assert attempts == [(a.key, 1, "run1", 10_000, "ambiguous")]  # the unanswered attempt, once
+        assert store.call_sync(lambda db: st.recover(db, "run3")) == 0  # recovering again changes nothing
 
 
 def test_failed_upstream_blocks_downstream_transitively(tmp_path):
