@@ -252,29 +252,45 @@ def m003_item_scope_attempts(db: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
-def m004_attempts_append_only(db: duckdb.DuckDBPyConnection) -> None:
-    # attempts become an append-only log written once per attempt, when its outcome is known
-    # (accepted/rejected/ambiguous), in the same transaction as the item's state; the intent
-    # lives on items (state SUBMITTING, attempts = n, reserved_micros). The primary key goes:
-    # an INSERT OR REPLACE into an indexed table at every intent and again at every outcome
-    # was a quarter of the state writer's time. (key, n) stays unique by construction.
+def m004_submit_log(db: duckdb.DuckDBPyConnection) -> None:
+    # The two facts a crash must never lose become rows of two append-only logs, committed
+    # before the runner goes on (see state.py, "What makes a run resumable"):
+    #   intents:  a submit about to be sent (before the POST leaves);
+    #   attempts: its outcome (accepted with its request_id, rejected, ambiguous), written
+    #             once, as soon as it is known.
+    # items is the materialized state, committed in bulk a fraction of a second later;
+    # state.absorb_log() rebuilds in-flight items from the logs after a crash. The old
+    # attempts table (an INSERT OR REPLACE at every intent and again at every outcome, on a
+    # primary key) was a quarter of the state writer's time; (key, n) stays unique by
+    # construction (items.attempts numbers the submits of a key).
+    db.execute(
+        """
+        CREATE TABLE intents (
+            key             VARCHAR NOT NULL,
+            n               INTEGER NOT NULL,     -- 1, 2, ... per key (items.attempts)
+            run_id          VARCHAR NOT NULL,
+            intent_at       TIMESTAMP NOT NULL,
+            reserved_micros BIGINT NOT NULL       -- the budget reservation for this submit
+        )
+        """
+    )
     db.execute(
         """
         CREATE TABLE attempts_log (
             key             VARCHAR NOT NULL,
-            n               INTEGER NOT NULL,     -- 1, 2, ... per key (items.attempts)
+            n               INTEGER NOT NULL,
             run_id          VARCHAR NOT NULL,
-            intent_at       TIMESTAMP NOT NULL,   -- when the intent was committed
+            intent_at       TIMESTAMP NOT NULL,
             reserved_micros BIGINT NOT NULL,
             request_id      VARCHAR,              -- the 202's request_id
             accepted_at     TIMESTAMP,
             http_status     INTEGER,
-            outcome         VARCHAR               -- accepted|rejected|ambiguous|abandoned
+            outcome         VARCHAR,              -- accepted|rejected|ambiguous (|abandoned)
+            polling_path    VARCHAR               -- of the 202's polling_url
         )
         """
     )
     db.execute("INSERT INTO attempts_log SELECT key, n, run_id, intent_at, reserved_micros, request_id, accepted_at, "
-               "http_status, outcome FROM attempts")
+               "http_status, outcome, NULL FROM attempts")
     db.execute("DROP TABLE attempts")
     db.execute("ALTER TABLE attempts_log RENAME TO attempts")
-

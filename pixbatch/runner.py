@@ -655,10 +655,11 @@ class _Run:
             self.slots.release()
             self._signal_done()
 
-    def _put(self, row: st.ItemRow, *, wait: bool = False, attempt: st.Attempt | None = None, **event: Any):
+    def _put(self, row: st.ItemRow, *, wait: bool = False, attempt: st.Attempt | None = None,
+             intent: st.Intent | None = None, **event: Any):
         assert self.store is not None
         row.run_id = self.run_id
-        fut = self.store.put_item(row, wait=wait, attempt=attempt)
+        fut = self.store.put_item(row, wait=wait, attempt=attempt, intent=intent)
         self.emit("state", row.key, state=row.state, step=row.step, committed=self.committed, **event)
         return fut
 
@@ -675,16 +676,15 @@ class _Run:
         n = row.attempts
         row.state = st.SUBMITTING
         row.error = None
-        # the attempt's row is written with its outcome; until then the intent is the item's state
-        intent = st.Attempt(row.key, n, self.run_id, st.utcnow(), row.reserved_micros, outcome="pending")
-        await _durable(self._put(row, wait=True, reserved=row.reserved_micros))  # (1) intent before the POST
+        intent = st.Intent(row.key, n, self.run_id, st.utcnow(), row.reserved_micros)
+        await _durable(self._put(row, wait=True, intent=intent, reserved=row.reserved_micros))  # (1) before the POST
         self.submits += 1
         try:
             acc = await self.gw.submit(row.op, body, webhook_url=self.o.webhook_url)
         except SubmitUnknown as exc:
             row.state = st.AMBIGUOUS
             row.error = str(exc)
-            self._put(row, attempt=_with(intent, outcome="ambiguous", http_status=exc.status_code), reason=str(exc))
+            self._put(row, attempt=st.Attempt.of(intent, "ambiguous", http_status=exc.status_code), reason=str(exc))
             return False
         except (BadRequest, NotFound) as exc:
             self._release(row)
@@ -692,14 +692,14 @@ class _Run:
             row.error = str(exc)
             row.charged_micros = row.charged_micros or 0
             row.finished_at = st.utcnow()
-            self._put(row, attempt=_with(intent, outcome="rejected", http_status=exc.status_code), reason=str(exc))
+            self._put(row, attempt=st.Attempt.of(intent, "rejected", http_status=exc.status_code), reason=str(exc))
             return False
         except (InsufficientBalance, AuthError) as exc:
             self._release(row)
             row.state = st.PENDING
             row.error = str(exc)
             self.skip.add(row.key)
-            self._put(row, attempt=_with(intent, outcome="rejected", http_status=exc.status_code), reason=str(exc))
+            self._put(row, attempt=st.Attempt.of(intent, "rejected", http_status=exc.status_code), reason=str(exc))
             self._stop("balance" if isinstance(exc, InsufficientBalance) else "auth", str(exc))
             return False
         except GatewayError as exc:  # definite refusals that outlasted the retries, or never sent
@@ -707,15 +707,15 @@ class _Run:
             row.state = st.PENDING
             row.error = str(exc)
             self.skip.add(row.key)
-            self._put(row, attempt=_with(intent, outcome="rejected", http_status=exc.status_code), reason=str(exc))
+            self._put(row, attempt=st.Attempt.of(intent, "rejected", http_status=exc.status_code), reason=str(exc))
             return False
         row.state = st.SUBMITTED
         row.request_id = acc.request_id
         row.polling_path = acc.polling_path
         row.gateway_status = acc.status
         row.submitted_at = st.utcnow()
-        accepted = _with(intent, outcome="accepted", request_id=acc.request_id, accepted_at=row.submitted_at,
-                         http_status=202)
+        accepted = st.Attempt.of(intent, "accepted", request_id=acc.request_id, accepted_at=row.submitted_at,
+                                 http_status=202, polling_path=acc.polling_path)
         await _durable(self._put(row, wait=True, attempt=accepted, request_id=acc.request_id))  # (2) on 202
         return True
 
@@ -1030,12 +1030,6 @@ class _Run:
             left_items=n_left, left_low_micros=lo, left_high_micros=hi, submits=self.submits, polls=self.polls,
             downloads=self.downloads, output_problems=self.output_problems,
             duration_s=round(time.monotonic() - self.t0, 3), messages=tuple(msgs), http=dict(self.http))
-
-
-def _with(a: st.Attempt, **changes: Any) -> st.Attempt:
-    from dataclasses import replace
-
-    return replace(a, **changes)
 
 
 def _sha256_file(path: Path) -> str:

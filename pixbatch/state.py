@@ -45,6 +45,7 @@ import json
 import os
 import queue
 import threading
+import time
 from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -155,7 +156,20 @@ class ItemRow:
 
 
 @dataclass(frozen=True, slots=True)
+class Intent:
+    """A submit about to be sent: committed (``intents``) before the POST leaves."""
+
+    key: str
+    n: int  # the item's attempt number (items.attempts after this submit)
+    run_id: str
+    intent_at: datetime
+    reserved_micros: int
+
+
+@dataclass(frozen=True, slots=True)
 class Attempt:
+    """A submit's outcome (``attempts``): committed as soon as it is known."""
+
     key: str
     n: int
     run_id: str
@@ -164,7 +178,12 @@ class Attempt:
     request_id: str | None = None
     accepted_at: datetime | None = None
     http_status: int | None = None
-    outcome: str | None = None  # pending|accepted|rejected|ambiguous|abandoned
+    outcome: str | None = None  # accepted|rejected|ambiguous (|abandoned, set later)
+    polling_path: str | None = None  # of an accepted one
+
+    @classmethod
+    def of(cls, intent: Intent, outcome: str, **kw: Any) -> Attempt:
+        return cls(intent.key, intent.n, intent.run_id, intent.intent_at, intent.reserved_micros, outcome=outcome, **kw)
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,10 +357,64 @@ class _Op:
         self.future = future
 
 
-class Store:
-    """One state file, one writer thread. Open with ``Store.open(path)``; ``close()`` flushes."""
+@dataclass
+class _Pending:
+    """Queued writes not committed yet: the log rows (``intents``, ``attempts``: committed
+    first, at every batch) and the rest (items, events, outputs, SQL: committed in bulk)."""
 
-    def __init__(self, path: str | Path, db: duckdb.DuckDBPyConnection, *, max_batch: int = 50_000):
+    intents: list[Intent] = field(default_factory=list)
+    attempts: list[Attempt] = field(default_factory=list)
+    log_waiters: list[concurrent.futures.Future] = field(default_factory=list)
+    items: dict[str, tuple] = field(default_factory=dict)
+    events: list[tuple] = field(default_factory=list)
+    outputs: dict[tuple[str, str], OutputRow] = field(default_factory=dict)
+    sqls: list[tuple[str, list]] = field(default_factory=list)
+    waiters: list[concurrent.futures.Future] = field(default_factory=list)
+    since: float | None = None  # monotonic time of the oldest uncommitted item/event/...
+    ops: int = 0
+
+    def add(self, op: _Op) -> None:
+        kind, payload, fut = op.kind, op.payload, op.future
+        to_log = False
+        if kind == "item":
+            snap, attempt, intent = payload
+            self.items[snap[0]] = snap  # a later snapshot of the same key wins
+            if intent is not None:
+                self.intents.append(intent)
+                to_log = True
+            if attempt is not None:
+                self.attempts.append(attempt)
+                to_log = True
+        elif kind == "attempt":
+            self.attempts.append(payload)
+            to_log = True
+        elif kind == "event":
+            self.events.append(payload)
+        elif kind == "output":
+            self.outputs[(payload.key, payload.path)] = payload
+        elif kind == "sql":
+            self.sqls.append(payload)
+        if kind in ("item", "event", "output", "sql"):
+            self.ops += 1
+            if self.since is None:
+                self.since = time.monotonic()
+        if fut is not None:
+            # an intent or a request id is durable once its log row is; anything else waits
+            # for the bulk commit (a barrier, a plain put_item(wait=True), SQL)
+            (self.log_waiters if to_log else self.waiters).append(fut)
+
+
+class Store:
+    """One state file, one writer thread. Open with ``Store.open(path)``; ``close()`` flushes.
+
+    ``bulk_interval``: the longest an item snapshot, event or output row waits in memory
+    before its bulk commit (reads, barriers and ``close`` commit at once). A crash loses at
+    most that much of them, and nothing that matters: ``absorb_log`` rebuilds every
+    in-flight item from the log rows, which are committed before their waiters go on.
+    """
+
+    def __init__(self, path: str | Path, db: duckdb.DuckDBPyConnection, *, max_batch: int = 50_000,
+                 bulk_interval: float = 0.25, bulk_max: int = 20_000):
         self.path = Path(path)
         self._db = db
         # DuckDB checkpoints (rewrites changed row groups) whenever the WAL passes 16 MB; with
@@ -349,6 +422,9 @@ class Store:
         db.execute("SET checkpoint_threshold = '1GB'")
         self._q: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
         self._max_batch = max_batch
+        self._bulk_interval = bulk_interval
+        self._bulk_max = bulk_max
+        self._pending = _Pending()
         self._error: BaseException | None = None
         self._closed = False
         self.commits = 0
@@ -357,9 +433,9 @@ class Store:
         self._thread.start()
 
     @classmethod
-    def open(cls, path: str | Path) -> Store:
+    def open(cls, path: str | Path, **kw: Any) -> Store:
         """Open (creating and migrating) a state file for writing; ``StateLocked`` if in use."""
-        return cls(path, connect(path))
+        return cls(path, connect(path), **kw)
 
     # -- queued writes (any thread, never blocks) ----------------------------------------
 
@@ -373,11 +449,15 @@ class Store:
     def _future(self, wait: bool) -> concurrent.futures.Future | None:
         return concurrent.futures.Future() if wait else None
 
-    def put_item(self, row: ItemRow, *, wait: bool = False, attempt: Attempt | None = None
-                 ) -> concurrent.futures.Future | None:
-        """Queue the row's snapshot, and with it (same transaction) the outcome of a submit attempt."""
+    def put_item(self, row: ItemRow, *, wait: bool = False, attempt: Attempt | None = None,
+                 intent: Intent | None = None) -> concurrent.futures.Future | None:
+        """Queue the row's snapshot, with the log row of a submit's intent or outcome.
+
+        With ``wait``, the future completes once the log row is committed (or, without one,
+        once the snapshot is).
+        """
         f = self._future(wait)
-        self._put(_Op("item", (row.snapshot(), attempt), f))
+        self._put(_Op("item", (row.snapshot(), attempt, intent), f))
         return f
 
     def put_event(self, run_id: str | None, key: str | None, kind: str, detail: dict[str, Any] | None = None) -> None:
@@ -445,7 +525,13 @@ class Store:
     def _writer(self) -> None:
         stop = False
         while not stop:
-            first = self._q.get()
+            pend = self._pending
+            timeout = None if pend.since is None else max(0.0, pend.since + self._bulk_interval - time.monotonic())
+            try:
+                first = self._q.get(timeout=timeout)
+            except queue.Empty:
+                self._guarded([], lambda: self._commit_bulk())
+                continue
             batch: list[_Op] = []
             if first is _STOP:
                 break
@@ -459,19 +545,26 @@ class Store:
                     stop = True
                     break
                 batch.append(nxt)  # type: ignore[arg-type]
-            try:
-                self._process(batch)
-            except BaseException as exc:  # never let the writer die silently: callers would wait forever
-                self._error = self._error or exc
-                for op in batch:
-                    _resolve(op.future, StateError(f"writing the state file {self.path} failed: {exc}"))
+            self._guarded(batch, lambda: self._process(batch))
+        self._guarded([], lambda: self._commit_bulk())  # close: nothing stays in memory
+
+    def _guarded(self, batch: list[_Op], fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except BaseException as exc:  # never let the writer die silently: callers would wait forever
+            self._fail(exc, [op.future for op in batch if op.future is not None])
+
+    def _fail(self, exc: BaseException, futures: Iterable[concurrent.futures.Future | None]) -> None:
+        self._error = self._error or exc
+        pend, self._pending = self._pending, _Pending()
+        for f in [*futures, *pend.log_waiters, *pend.waiters]:
+            _resolve(f, StateError(f"writing the state file {self.path} failed: {exc}"))
 
     def _process(self, batch: list[_Op]) -> None:
-        pending: list[_Op] = []
         for op in batch:
             if op.kind == "call":
-                self._flush(pending)
-                pending = []
+                self._commit_log()
+                self._commit_bulk()
                 try:
                     res = op.payload(self._db)
                 except BaseException as exc:  # handed to the caller, not swallowed
@@ -479,64 +572,72 @@ class Store:
                 else:
                     _resolve(op.future, result=res)
             else:
-                pending.append(op)
-        self._flush(pending)
+                self._pending.add(op)
+        self._commit_log()
+        pend = self._pending
+        if pend.waiters or pend.ops >= self._bulk_max or (
+                pend.since is not None and time.monotonic() - pend.since >= self._bulk_interval):
+            self._commit_bulk()
 
-    def _flush(self, ops: list[_Op]) -> None:
-        if not ops:
-            return
-        waiters = [op.future for op in ops if op.future is not None]
+    def _transaction(self, body: Callable[[duckdb.DuckDBPyConnection], None]) -> None:
         if self._error is not None:
-            for f in waiters:
-                _resolve(f, StateError(f"state file {self.path} is not writable: {self._error}"))
-            return
-        items: dict[str, tuple] = {}
-        attempts: list[Attempt] = []
-        events: list[tuple] = []
-        outputs: dict[tuple[str, str], OutputRow] = {}
-        sqls: list[tuple[str, list]] = []
-        for op in ops:
-            if op.kind == "item":
-                snap, attempt = op.payload
-                items[snap[0]] = snap  # later snapshot of the same key wins
-                if attempt is not None:
-                    attempts.append(attempt)
-            elif op.kind == "event":
-                events.append(op.payload)
-            elif op.kind == "attempt":
-                attempts.append(op.payload)
-            elif op.kind == "output":
-                outputs[(op.payload.key, op.payload.path)] = op.payload
-            elif op.kind == "sql":
-                sqls.append(op.payload)
+            raise StateError(f"state file {self.path} is not writable: {self._error}")
         db = self._db
+        db.execute("BEGIN TRANSACTION")
         try:
-            db.execute("BEGIN TRANSACTION")
-            if items:
-                _update_items(db, list(items.values()))
-            if attempts:
-                _insert_attempts(db, attempts)
-            if events:
-                _insert_events(db, events)
-            for o in outputs.values():
-                db.execute("INSERT OR REPLACE INTO outputs (key, path, sha256, bytes, width, height, media_type, "
-                           "downloaded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                           [o.key, o.path, o.sha256, o.bytes, o.width, o.height, o.media_type, utcnow()])
-            for sql, params in sqls:
-                db.execute(sql, params)
+            body(db)
             db.execute("COMMIT")
-        except BaseException as exc:
+        except BaseException:
             try:
                 db.execute("ROLLBACK")
             except duckdb.Error:
                 pass
-            self._error = exc
-            for f in waiters:
-                _resolve(f, StateError(f"writing the state file {self.path} failed: {exc}"))
-            return
+            raise
         self.commits += 1
-        self.rows_committed += len(items) + len(events) + len(attempts)
+
+    def _commit_log(self) -> None:
+        """Commit the intents and attempt outcomes queued so far; release their waiters."""
+        pend = self._pending
+        if not pend.intents and not pend.attempts:
+            return
+        intents, attempts, waiters = pend.intents, pend.attempts, pend.log_waiters
+
+        def body(db: duckdb.DuckDBPyConnection) -> None:
+            if intents:
+                _insert_intents(db, intents)
+            if attempts:
+                _insert_attempts(db, attempts)
+
+        self._transaction(body)
+        pend.intents, pend.attempts, pend.log_waiters = [], [], []
+        self.rows_committed += len(intents) + len(attempts)
         for f in waiters:
+            _resolve(f)
+
+    def _commit_bulk(self) -> None:
+        """Commit item snapshots, events, outputs and SQL queued so far; release their waiters."""
+        self._commit_log()
+        pend = self._pending
+        if not pend.ops and not pend.waiters:
+            return
+
+        def body(db: duckdb.DuckDBPyConnection) -> None:
+            if pend.items:
+                _update_items(db, list(pend.items.values()))
+            if pend.events:
+                _insert_events(db, pend.events)
+            for o in pend.outputs.values():
+                db.execute("INSERT OR REPLACE INTO outputs (key, path, sha256, bytes, width, height, media_type, "
+                           "downloaded_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                           [o.key, o.path, o.sha256, o.bytes, o.width, o.height, o.media_type, utcnow()])
+            for sql, params in pend.sqls:
+                db.execute(sql, params)
+
+        if pend.ops:
+            self._transaction(body)
+        self._pending = _Pending()
+        self.rows_committed += len(pend.items) + len(pend.events)
+        for f in pend.waiters:
             _resolve(f)
 
 
@@ -559,16 +660,23 @@ def _update_items(db: duckdb.DuckDBPyConnection, snaps: list[tuple]) -> None:
         db.execute(sql + "items.key = u.key", cols)
 
 
+def _insert_intents(db: duckdb.DuckDBPyConnection, rows: list[Intent]) -> None:
+    db.execute("INSERT INTO intents (key, n, run_id, intent_at, reserved_micros) SELECT unnest(?::VARCHAR[]), "
+               "unnest(?::INTEGER[]), unnest(?::VARCHAR[]), unnest(?::TIMESTAMP[]), unnest(?::BIGINT[])",
+               [[i.key for i in rows], [i.n for i in rows], [i.run_id for i in rows], [i.intent_at for i in rows],
+                [i.reserved_micros for i in rows]])
+
+
 def _insert_attempts(db: duckdb.DuckDBPyConnection, rows: list[Attempt]) -> None:
     """Attempts are written once, when their outcome is known (append-only, no index: see m004)."""
     db.execute(
         "INSERT INTO attempts (key, n, run_id, intent_at, reserved_micros, request_id, accepted_at, "
-        "http_status, outcome) SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]), "
-        "unnest(?::TIMESTAMP[]), unnest(?::BIGINT[]), unnest(?::VARCHAR[]), unnest(?::TIMESTAMP[]), "
-        "unnest(?::INTEGER[]), unnest(?::VARCHAR[])",
+        "http_status, outcome, polling_path) SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]), "
+        "unnest(?::VARCHAR[]), unnest(?::TIMESTAMP[]), unnest(?::BIGINT[]), unnest(?::VARCHAR[]), "
+        "unnest(?::TIMESTAMP[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[])",
         [[a.key for a in rows], [a.n for a in rows], [a.run_id for a in rows], [a.intent_at for a in rows],
          [a.reserved_micros for a in rows], [a.request_id for a in rows], [a.accepted_at for a in rows],
-         [a.http_status for a in rows], [a.outcome for a in rows]])
+         [a.http_status for a in rows], [a.outcome for a in rows], [a.polling_path for a in rows]])
 
 
 def _insert_events(db: duckdb.DuckDBPyConnection, events: list[tuple]) -> None:
@@ -667,30 +775,60 @@ def ingest(db: duckdb.DuckDBPyConnection, items: Iterable[WorkItem], scope: str,
     return IngestResult(scope=scope, items=total, new=new, aliases=n_alias, reused=False)
 
 
-def recover(db: duckdb.DuckDBPyConnection, run_id: str) -> int:
-    """After a crash: SUBMITTING without a request id -> AMBIGUOUS (it may have been charged).
+_AMBIGUOUS_ERROR = ("the run stopped between sending this request and recording its answer: it may have been "
+                    "accepted (and charged)")
 
-    Returns how many items became AMBIGUOUS. Their reservation is kept: the money is at risk.
+
+def recover(db: duckdb.DuckDBPyConnection, run_id: str) -> int:
+    """After a crash, bring ``items`` up to what the submit log says (one transaction).
+
+    For each key whose latest intent (from a run that never finished) is newer than its
+    items row: accepted -> SUBMITTED with the request id (polled again, never resent);
+    rejected -> FAILED_VALIDATION (400/404) or PENDING; an ambiguous outcome, or none at all
+    (the POST may have been accepted and charged) -> AMBIGUOUS, reservation kept, and an
+    ``attempts`` row says so. Returns how many items became AMBIGUOUS. Idempotent.
     """
     db.execute("BEGIN TRANSACTION")
     try:
-        # a request id that was committed is authoritative (the state write raced the crash)
+        db.execute(
+            "CREATE OR REPLACE TEMP TABLE _replay AS "
+            "WITH latest AS (SELECT t.* FROM intents t JOIN (SELECT key, max(n) AS n FROM intents WHERE run_id IN "
+            "  (SELECT run_id FROM runs WHERE finished_at IS NULL) GROUP BY key) m USING (key, n)) "
+            "SELECT l.key, l.n, l.run_id, l.intent_at, l.reserved_micros, a.outcome, a.request_id, a.polling_path, "
+            "  a.accepted_at, a.http_status, CASE WHEN a.outcome = 'accepted' THEN 'SUBMITTED' "
+            "  WHEN a.outcome = 'rejected' AND a.http_status IN (400, 404) THEN 'FAILED_VALIDATION' "
+            "  WHEN a.outcome = 'rejected' THEN 'PENDING' ELSE 'AMBIGUOUS' END AS new_state "
+            "FROM latest l JOIN items i USING (key) "
+            "LEFT JOIN (SELECT * FROM attempts WHERE outcome <> 'abandoned') a ON a.key = l.key AND a.n = l.n "
+            "WHERE i.attempts < l.n OR (i.attempts = l.n AND i.state = 'SUBMITTING')")
+        db.execute(
+            "UPDATE items SET state = r.new_state, attempts = r.n, run_id = r.run_id, updated_at = now()::TIMESTAMP, "
+            "request_id = CASE WHEN r.new_state = 'SUBMITTED' THEN r.request_id END, "
+            "polling_path = CASE WHEN r.new_state = 'SUBMITTED' THEN r.polling_path END, "
+            "submitted_at = CASE WHEN r.new_state = 'SUBMITTED' THEN r.accepted_at END, "
+            "gateway_status = CASE WHEN r.new_state = 'SUBMITTED' THEN 'QUEUED' END, "
+            "reserved_micros = CASE WHEN r.outcome = 'rejected' THEN 0 ELSE r.reserved_micros END, "
+            "charged_micros = CASE WHEN r.new_state = 'FAILED_VALIDATION' THEN coalesce(items.charged_micros, 0) "
+            "  ELSE items.charged_micros END, "
+            "finished_at = CASE WHEN r.new_state = 'FAILED_VALIDATION' THEN now()::TIMESTAMP END, "
+            "error = CASE WHEN r.new_state = 'SUBMITTED' THEN NULL WHEN r.outcome = 'rejected' THEN "
+            "  'the gateway refused the submit (HTTP ' || coalesce(r.http_status::VARCHAR, 'none') || ')' ELSE ? END "
+            "FROM _replay r WHERE items.key = r.key", [_AMBIGUOUS_ERROR])
+        db.execute("INSERT INTO attempts (key, n, run_id, intent_at, reserved_micros, outcome) "
+                   "SELECT key, n, run_id, intent_at, reserved_micros, 'ambiguous' FROM _replay WHERE outcome IS NULL")
+        db.execute("INSERT INTO events (ts, run_id, key, kind, detail) SELECT now()::TIMESTAMP, ?, key, 'state', "
+                   "json_object('state', new_state, 'reason', 'recovered from the submit log') FROM _replay", [run_id])
+        replayed = db.execute("SELECT count(*) FILTER (WHERE new_state = 'AMBIGUOUS') FROM _replay").fetchone()[0]
+        db.execute("DROP TABLE _replay")
+        # state files written before m004 (no intents): the state column said it all
         db.execute("UPDATE items SET state = 'SUBMITTED' WHERE state = 'SUBMITTING' AND request_id IS NOT NULL")
         keys = [r[0] for r in db.execute(
             "SELECT key FROM items WHERE state = 'SUBMITTING' AND request_id IS NULL").fetchall()]
         if keys:
-            # the attempt's outcome row was never written: write it now, as ambiguous (its intent
-            # time is when the intent was committed); files from before m004 have 'pending' rows
             db.execute("UPDATE attempts SET outcome = 'ambiguous' WHERE outcome = 'pending' AND list_contains(?, key)",
                        [keys])
-            db.execute("INSERT INTO attempts (key, n, run_id, intent_at, reserved_micros, outcome) "
-                       "SELECT i.key, i.attempts, coalesce(i.run_id, ?), coalesce(i.updated_at, now()::TIMESTAMP), "
-                       "i.reserved_micros, 'ambiguous' FROM items i WHERE i.state = 'SUBMITTING' AND "
-                       "i.request_id IS NULL AND NOT EXISTS (SELECT 1 FROM attempts a WHERE a.key = i.key "
-                       "AND a.n = i.attempts)", [run_id])
-            db.execute("UPDATE items SET state = 'AMBIGUOUS', run_id = ?, updated_at = now()::TIMESTAMP, "
-                       "error = 'the run stopped between sending this request and recording its answer: it may "
-                       "have been accepted (and charged)' WHERE state = 'SUBMITTING' AND request_id IS NULL", [run_id])
+            db.execute("UPDATE items SET state = 'AMBIGUOUS', run_id = ?, updated_at = now()::TIMESTAMP, error = ? "
+                       "WHERE state = 'SUBMITTING' AND request_id IS NULL", [run_id, _AMBIGUOUS_ERROR])
             db.execute("INSERT INTO events (ts, run_id, key, kind, detail) SELECT now()::TIMESTAMP, ?, unnest(?), "
                        "'state', '{\"state\": \"AMBIGUOUS\", \"reason\": \"recovered SUBMITTING without request_id\"}'",
                        [run_id, keys])
@@ -698,7 +836,7 @@ def recover(db: duckdb.DuckDBPyConnection, run_id: str) -> int:
     except BaseException:
         db.execute("ROLLBACK")
         raise
-    return len(keys)
+    return int(replayed) + len(keys)
 
 
 def block_downstream(db: duckdb.DuckDBPyConnection, scope: str, run_id: str) -> int:

@@ -47,7 +47,7 @@ def test_migrations_are_applied_and_m004_keeps_the_attempts_of_an_older_file(tmp
                 "TIMESTAMP '2026-01-01 00:00:01', 202, 'accepted')")
     old.close()
     db = connect(path)
-    assert applied(db)[-2:] == ["m003_item_scope_attempts", "m004_attempts_append_only"]
+    assert applied(db)[-2:] == ["m003_item_scope_attempts", "m004_submit_log"]
     cols = {r[0] for r in db.execute("SELECT column_name FROM information_schema.columns WHERE table_name='items'")
             .fetchall()}
     assert {"scope", "attempts", "polling_path"} <= cols
@@ -92,17 +92,71 @@ def test_queued_writes_group_commit_and_critical_writes_are_awaited(tmp_path):
         assert ev == 300
 
 
-def test_recover_turns_unanswered_submits_into_ambiguous_and_keeps_the_money(tmp_path):
+_CRASHING_WRITER = """
+import asyncio, os, sys
+from pixbatch import state as st
+store = st.Store.open(sys.argv[1], bulk_interval=3600)  # item snapshots stay in memory
+rows = store.call_sync(lambda db: st.select_rows(db, "true", [], order="idx"))
+outcomes = [None, ("accepted", 202), ("rejected", 400), ("rejected", 402), ("ambiguous", 502)]
+for row, outcome in zip(rows, outcomes):
+    row.attempts, row.state, row.reserved_micros, row.run_id = 1, st.SUBMITTING, 10_000, "run1"
+    intent = st.Intent(row.key, 1, "run1", st.utcnow(), 10_000)
+    store.put_item(row, wait=True, intent=intent).result()  # (1) durable before the POST
+    if outcome:
+        kind, code = outcome
+        row.state = {"accepted": st.SUBMITTED, "ambiguous": st.AMBIGUOUS}.get(kind, st.PENDING)
+        row.request_id = "p-image_" + row.key[:8] if kind == "accepted" else None
+        store.put_item(row, wait=True, attempt=st.Attempt.of(
+            intent, kind, http_status=code, request_id=row.request_id, accepted_at=st.utcnow(),
+            polling_path="/v2/requests/status/" + (row.request_id or ""))).result()  # (2) durable on the answer
+print("logged", flush=True)
+os._exit(0)  # the crash: nothing else is flushed
+"""
+
+
+def test_a_crash_loses_no_submit_the_log_rebuilds_every_in_flight_item(tmp_path):
+    path = tmp_path / "s.duckdb"
+    store, scope = open_ingested(path, [edit(i) for i in range(6)])
+    with store:
+        store.call_sync(lambda db: db.execute("INSERT INTO runs (run_id, outcome) VALUES ('run1', 'running')"))
+        keys = [r.key for r in store.call_sync(lambda db: st.select_rows(db, "true", [], order="idx"))]
+    out = subprocess.run([sys.executable, "-c", _CRASHING_WRITER, str(path)], capture_output=True, text=True)
+    assert out.stdout.strip() == "logged", out.stderr
+    store = st.Store.open(path)
+    with store:
+        # nothing but the log rows reached the file
+        assert store.call_sync(lambda db: db.execute("SELECT count(*) FROM items WHERE state <> 'PENDING'")
+                               .fetchone()[0]) == 0
+        assert store.call_sync(lambda db: st.recover(db, "run2")) == 2
+        got = {k: v for k, *v in store.call_sync(lambda db: db.execute(
+            "SELECT key, state, request_id, reserved_micros, attempts FROM items").fetchall())}
+        assert got[keys[0]] == ["AMBIGUOUS", None, 10_000, 1]  # no answer recorded: may have been charged
+        assert got[keys[1]] == ["SUBMITTED", "p-image_" + keys[1][:8], 10_000, 1]  # polled, never resent
+        assert got[keys[2]] == ["FAILED_VALIDATION", None, 0, 1]
+        assert got[keys[3]] == ["PENDING", None, 0, 1]  # 402: sent again after a top-up
+        assert got[keys[4]] == ["AMBIGUOUS", None, 10_000, 1]
+        assert got[keys[5]] == ["PENDING", None, 0, 0]  # never started
+        t = store.call_sync(st.totals)
+        assert t.at_risk_micros == 20_000 and t.committed_micros == 30_000
+        attempts = store.call_sync(lambda db: db.execute("SELECT key, outcome FROM attempts ORDER BY key").fetchall())
+        assert sorted(attempts) == sorted([(keys[0], "ambiguous"), (keys[1], "accepted"), (keys[2], "rejected"),
+                                           (keys[3], "rejected"), (keys[4], "ambiguous")])  # one row per attempt
+        assert store.call_sync(lambda db: db.execute("SELECT polling_path FROM items WHERE key = ?", [keys[1]])
+                               .fetchone()[0]) == "/v2/requests/status/p-image_" + keys[1][:8]
+        assert store.call_sync(lambda db: st.recover(db, "run3")) == 0  # recovering again changes nothing
+        assert store.call_sync(lambda db: db.execute("SELECT count(*) FROM attempts").fetchone()[0]) == 5
+
+
+def test_recover_reads_state_files_from_before_the_submit_log(tmp_path):
     items = [edit(i) for i in range(3)]
     store, scope = open_ingested(tmp_path / "s.duckdb", items)
-    with store:
+    with store:  # what an older pixbatch left: SUBMITTING items (no intents rows)
         rows = store.call_sync(lambda db: st.select_rows(db, "i.scope = ?", [scope]))
         a, b, _ = rows
-        for r, rid in ((a, None), (b, "p-image_b")):  # intents committed, then the "crash"
-            r.state, r.reserved_micros, r.request_id, r.attempts, r.run_id = st.SUBMITTING, 10_000, rid, 1, "run1"
+        for r, rid in ((a, None), (b, "p-image_b")):
+            r.state, r.reserved_micros, r.request_id = st.SUBMITTING, 10_000, rid
             store.put_item(r)
         store.commit_sync()
-    # "crash": reopen
     store = st.Store.open(tmp_path / "s.duckdb")
     with store:
         assert store.call_sync(lambda db: st.recover(db, "run2")) == 1
@@ -110,10 +164,6 @@ def test_recover_turns_unanswered_submits_into_ambiguous_and_keeps_the_money(tmp
         assert states[a.key] == st.AMBIGUOUS and states[b.key] == st.SUBMITTED
         t = store.call_sync(st.totals)
         assert t.at_risk_micros == 10_000 and t.committed_micros == 20_000
-        attempts = store.call_sync(lambda db: db.execute(
-            "SELECT key, n, run_id, reserved_micros, outcome FROM attempts").fetchall())
-        assert attempts == [(a.key, 1, "run1", 10_000, "ambiguous")]  # the unanswered attempt, once
-        assert store.call_sync(lambda db: st.recover(db, "run3")) == 0  # recovering again changes nothing
 
 
 def test_failed_upstream_blocks_downstream_transitively(tmp_path):
