@@ -1,7 +1,7 @@
 """Export the state file's tables to Parquet or CSV, with DuckDB's own ``COPY``.
 
 ``export_state(state, out_dir, fmt)`` writes one file per table (``runs``, ``items``,
-``aliases``, ``attempts``, ``events``, ``outputs``) as
+``aliases``, ``attempts``, ``submit_log``, ``events``, ``outputs``) as
 ``COPY (SELECT * FROM t ORDER BY ...) TO 'out_dir/t.parquet' (FORMAT parquet)``: DuckDB
 streams the rows itself, so a state file of millions of items never passes through
 Python. The rows are in a stable order (by key columns), the columns are the state
@@ -24,7 +24,8 @@ TABLES: dict[str, str] = {
     "runs": "started_at, run_id",
     "items": "step, idx, key",
     "aliases": "step, idx",
-    "attempts": "key, n",
+    "attempts": "key, n",  # a view of submit_log: one row per submit, intent and outcome side by side
+    "submit_log": "ts, key, n, event",
     "events": "seq",
     "outputs": "path, key",
 }
@@ -50,7 +51,7 @@ def export_db(db: duckdb.DuckDBPyConnection, out_dir: str | Path, fmt: str = "pa
     if unknown:
         raise ValueError(f"cannot export {', '.join(unknown)}; tables: {', '.join(TABLES)}")
     present = {r[0] for r in db.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
     missing = [t for t in names if t not in present]
     if missing:
         raise StateError(f"the state file has no {', '.join(missing)} table yet; run `pixbatch run` first.")

@@ -253,44 +253,53 @@ def m003_item_scope_attempts(db: duckdb.DuckDBPyConnection) -> None:
 
 @migration
 def m004_submit_log(db: duckdb.DuckDBPyConnection) -> None:
-    # The two facts a crash must never lose become rows of two append-only logs, committed
-    # before the runner goes on (see state.py, "What makes a run resumable"):
-    #   intents:  a submit about to be sent (before the POST leaves);
-    #   attempts: its outcome (accepted with its request_id, rejected, ambiguous), written
-    #             once, as soon as it is known.
+    # The two facts a crash must never lose become rows of one append-only log, each batch
+    # of them committed by a single INSERT before the runner goes on (see state.py, "What
+    # makes a run resumable"):
+    #   intent:  a submit about to be sent (before the POST leaves), with its reservation;
+    #   accepted | rejected | ambiguous: its outcome, as soon as it is known;
+    #   abandoned: an ambiguous attempt given up by --retry-ambiguous (its reservation stays
+    #   counted: it may have been charged).
     # items is the materialized state, committed in bulk a fraction of a second later;
-    # state.absorb_log() rebuilds in-flight items from the logs after a crash. The old
-    # attempts table (an INSERT OR REPLACE at every intent and again at every outcome, on a
-    # primary key) was a quarter of the state writer's time; (key, n) stays unique by
-    # construction (items.attempts numbers the submits of a key).
+    # state.recover() rebuilds in-flight items from the log after a crash. attempts, the
+    # table of m002 (an INSERT OR REPLACE at every intent and again at every outcome, on a
+    # primary key: a quarter of the state writer's time), becomes a view of the log with
+    # the same columns (plus polling_path); its rows move into the log.
     db.execute(
         """
-        CREATE TABLE intents (
+        CREATE TABLE submit_log (
             key             VARCHAR NOT NULL,
             n               INTEGER NOT NULL,     -- 1, 2, ... per key (items.attempts)
             run_id          VARCHAR NOT NULL,
-            intent_at       TIMESTAMP NOT NULL,
-            reserved_micros BIGINT NOT NULL       -- the budget reservation for this submit
+            ts              TIMESTAMP NOT NULL,
+            event           VARCHAR NOT NULL,     -- intent|accepted|rejected|ambiguous|abandoned
+            reserved_micros BIGINT NOT NULL,      -- the submit's budget reservation
+            request_id      VARCHAR,              -- accepted: the 202's request_id
+            http_status     INTEGER,
+            polling_path    VARCHAR               -- accepted: the path of the 202's polling_url
         )
         """
     )
+    db.execute("INSERT INTO submit_log SELECT key, n, run_id, intent_at, 'intent', reserved_micros, NULL, NULL, NULL "
+               "FROM attempts")
+    db.execute("INSERT INTO submit_log SELECT key, n, run_id, coalesce(accepted_at, intent_at), "
+               "CASE WHEN outcome = 'abandoned' THEN 'ambiguous' ELSE outcome END, reserved_micros, request_id, "
+               "http_status, NULL FROM attempts WHERE outcome IN ('accepted', 'rejected', 'ambiguous', 'abandoned')")
+    db.execute("INSERT INTO submit_log SELECT key, n, run_id, intent_at, 'abandoned', reserved_micros, NULL, NULL, "
+               "NULL FROM attempts WHERE outcome = 'abandoned'")
+    db.execute("DROP TABLE attempts")
     db.execute(
         """
-        CREATE TABLE attempts_log (
-            key             VARCHAR NOT NULL,
-            n               INTEGER NOT NULL,
-            run_id          VARCHAR NOT NULL,
-            intent_at       TIMESTAMP NOT NULL,
-            reserved_micros BIGINT NOT NULL,
-            request_id      VARCHAR,              -- the 202's request_id
-            accepted_at     TIMESTAMP,
-            http_status     INTEGER,
-            outcome         VARCHAR,              -- accepted|rejected|ambiguous (|abandoned)
-            polling_path    VARCHAR               -- of the 202's polling_url
-        )
+        CREATE VIEW attempts AS
+        SELECT i.key, i.n, i.run_id, i.ts AS intent_at, i.reserved_micros, o.request_id,
+               CASE WHEN o.event = 'accepted' THEN o.ts END AS accepted_at, o.http_status,
+               CASE WHEN ab.key IS NOT NULL THEN 'abandoned' ELSE coalesce(o.event, 'pending') END AS outcome,
+               o.polling_path
+        FROM submit_log i
+        LEFT JOIN (SELECT * FROM submit_log WHERE event IN ('accepted', 'rejected', 'ambiguous')) o
+               ON o.key = i.key AND o.n = i.n
+        LEFT JOIN (SELECT DISTINCT key, n FROM submit_log WHERE event = 'abandoned') ab
+               ON ab.key = i.key AND ab.n = i.n
+        WHERE i.event = 'intent'
         """
     )
-    db.execute("INSERT INTO attempts_log SELECT key, n, run_id, intent_at, reserved_micros, request_id, accepted_at, "
-               "http_status, outcome, NULL FROM attempts")
-    db.execute("DROP TABLE attempts")
-    db.execute("ALTER TABLE attempts_log RENAME TO attempts")

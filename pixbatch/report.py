@@ -424,7 +424,7 @@ def _build(db, label, *, run_id, all_items, estimate, outputs_limit, issue_limit
            now) -> Report:
     tables = {r[0] for r in db.execute(
         "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
-    if not {"items", "runs", "outputs", "attempts"} <= tables:
+    if not {"items", "runs", "outputs", "submit_log"} <= tables:
         raise StateError(f"{label} holds no run yet (no items table); run `pixbatch run` first, "
                          "or pass the --state file of a run.")
     runs = db.execute("SELECT count(*) FROM runs").fetchone()[0]

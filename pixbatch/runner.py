@@ -355,8 +355,7 @@ class _Run:
                                              [scope]).fetchall()]
             if keys:
                 # the old attempt's reservation stays counted (it may have been charged)
-                db.execute("UPDATE attempts SET outcome = 'abandoned' WHERE outcome = 'ambiguous' AND "
-                           "list_contains(?::VARCHAR[], key)", [keys])
+                st.abandon(db, keys, self.run_id)
                 db.execute("UPDATE items SET state = 'PENDING', reserved_micros = 0, error = NULL, run_id = ? "
                            "WHERE list_contains(?::VARCHAR[], key)", [self.run_id, keys])
         db.execute("COMMIT")

@@ -3,31 +3,34 @@
 What makes a run resumable
 --------------------------
 Every item (one unique request, keyed by ``items.key``) has a lifecycle in ``items.state``
-(see ``migrations.m002_run_state``). Two writes are *critical* and the runner awaits their
-commit around the HTTP call:
+(see ``migrations.m002_run_state``). Two facts must survive any crash, and the runner
+awaits their commit around the HTTP call:
 
-1. the **intent**, before the POST leaves: ``state = SUBMITTING``, the reservation in
-   ``reserved_micros``, the attempt number in ``attempts``;
-2. the **request_id**, as soon as the 202 arrives: ``state = SUBMITTED``, and in the same
-   transaction the attempt's row in ``attempts`` (written once, with its outcome).
+1. the **intent**, before the POST leaves: the attempt number and the budget reservation;
+2. the **outcome**, as soon as it is known: above all the ``request_id`` of a 202.
 
-So after a crash at any moment an item is either PENDING (never sent), SUBMITTED (has a
-request id: poll it, never resend it), or SUBMITTING without a request id: the POST may
-have been accepted and charged, so ``recover()`` turns it into AMBIGUOUS and it is only
-resent on request (``--retry-ambiguous``). Reservations live in the table too, so the
-budget survives crashes: money committed = charged + reserved (+ the reservations of
-abandoned ambiguous attempts, kept in ``attempts``).
+Both are rows of ``submit_log``, an append-only table (``m004_submit_log``): each batch of
+them is one INSERT, atomic and durable by itself, which is the whole cost of the critical
+path. ``items`` (and events and outputs) follow in bulk, at most ``bulk_interval`` later;
+after a crash ``recover()`` rebuilds every in-flight item from the log: accepted -> SUBMITTED
+(poll it, never resend it); an intent without an answer -> AMBIGUOUS (the POST may have
+been accepted and charged; it is only resent on request, ``--retry-ambiguous``). Nothing
+that matters is lost with the bulk rows: a settled item whose row was lost is polled again
+(polling is free) and settled again. Reservations live in the tables too, so the budget
+survives crashes: money committed = charged + reserved (+ the reservations of abandoned
+ambiguous attempts, in the log).
 
 One writer
 ----------
 DuckDB lets one process open a file read-write and is slow at single-row transactions
 (about 1,400 commits/s here) but fast at set-based ones. So the store owns one connection
 used by one thread; callers (the asyncio runner) *queue* writes and never touch DuckDB on
-the event loop. The thread drains the queue and commits everything it found in one
-transaction (group commit): item snapshots become one ``UPDATE items ... FROM (SELECT
-unnest(?), ...)``, events one ``INSERT ... SELECT unnest(...)``. A caller that must know
-its write is durable awaits ``commit()`` (or passes ``wait=True``); reads run on the same
-thread, in queue order, through ``call()``.
+the event loop. The thread drains the queue and commits what it found as a group: the log
+rows at once (one INSERT), the rest in one transaction when due (item snapshots become one
+``UPDATE items ... FROM (SELECT unnest(?), ...)``, events one ``INSERT ... SELECT
+unnest(...)``). A caller that must know its write is durable passes ``wait=True`` or awaits
+``commit()``; reads run on the same thread, in queue order, after everything queued before
+them is committed, through ``call()``.
 
 Status while a run holds the lock
 ---------------------------------
@@ -47,7 +50,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, TypeVar
@@ -157,7 +160,7 @@ class ItemRow:
 
 @dataclass(frozen=True, slots=True)
 class Intent:
-    """A submit about to be sent: committed (``intents``) before the POST leaves."""
+    """A submit about to be sent: its ``submit_log`` row is committed before the POST leaves."""
 
     key: str
     n: int  # the item's attempt number (items.attempts after this submit)
@@ -168,7 +171,8 @@ class Intent:
 
 @dataclass(frozen=True, slots=True)
 class Attempt:
-    """A submit's outcome (``attempts``): committed as soon as it is known."""
+    """A submit's outcome: its ``submit_log`` row is committed as soon as it is known (the
+    ``attempts`` view shows intent and outcome side by side)."""
 
     key: str
     n: int
@@ -321,7 +325,7 @@ def totals(db: duckdb.DuckDBPyConnection) -> Totals:
         "SELECT coalesce(sum(charged_micros), 0), coalesce(sum(reserved_micros), 0), "
         "coalesce(sum(reserved_micros) FILTER (WHERE state = 'AMBIGUOUS'), 0) FROM items").fetchone()
     abandoned = db.execute(
-        "SELECT coalesce(sum(reserved_micros), 0) FROM attempts WHERE outcome = 'abandoned'").fetchone()[0]
+        "SELECT coalesce(sum(reserved_micros), 0) FROM submit_log WHERE event = 'abandoned'").fetchone()[0]
     return Totals(int(charged), int(reserved), int(abandoned), int(at_risk))
 
 
@@ -359,7 +363,7 @@ class _Op:
 
 @dataclass
 class _Pending:
-    """Queued writes not committed yet: the log rows (``intents``, ``attempts``: committed
+    """Queued writes not committed yet: the submit log rows (intents and outcomes: committed
     first, at every batch) and the rest (items, events, outputs, SQL: committed in bulk)."""
 
     intents: list[Intent] = field(default_factory=list)
@@ -385,9 +389,6 @@ class _Pending:
             if attempt is not None:
                 self.attempts.append(attempt)
                 to_log = True
-        elif kind == "attempt":
-            self.attempts.append(payload)
-            to_log = True
         elif kind == "event":
             self.events.append(payload)
         elif kind == "output":
@@ -462,12 +463,6 @@ class Store:
 
     def put_event(self, run_id: str | None, key: str | None, kind: str, detail: dict[str, Any] | None = None) -> None:
         self._put(_Op("event", (utcnow(), run_id, key, kind, json.dumps(detail or {}, default=str))))
-
-    def put_attempt(self, attempt: Attempt, *, wait: bool = False) -> concurrent.futures.Future | None:
-        """Queue one attempt row on its own (the runner writes attempts with ``put_item``)."""
-        f = self._future(wait)
-        self._put(_Op("attempt", attempt, f))
-        return f
 
     def put_output(self, out: OutputRow) -> None:
         self._put(_Op("output", out))
@@ -596,19 +591,16 @@ class Store:
         self.commits += 1
 
     def _commit_log(self) -> None:
-        """Commit the intents and attempt outcomes queued so far; release their waiters."""
+        """Commit the intents and outcomes queued so far (one INSERT: atomic and durable by
+        itself, so no explicit transaction); then release their waiters."""
         pend = self._pending
         if not pend.intents and not pend.attempts:
             return
+        if self._error is not None:
+            raise StateError(f"state file {self.path} is not writable: {self._error}")
         intents, attempts, waiters = pend.intents, pend.attempts, pend.log_waiters
-
-        def body(db: duckdb.DuckDBPyConnection) -> None:
-            if intents:
-                _insert_intents(db, intents)
-            if attempts:
-                _insert_attempts(db, attempts)
-
-        self._transaction(body)
+        insert_log(self._db, intents, attempts)
+        self.commits += 1
         pend.intents, pend.attempts, pend.log_waiters = [], [], []
         self.rows_committed += len(intents) + len(attempts)
         for f in waiters:
@@ -660,23 +652,34 @@ def _update_items(db: duckdb.DuckDBPyConnection, snaps: list[tuple]) -> None:
         db.execute(sql + "items.key = u.key", cols)
 
 
-def _insert_intents(db: duckdb.DuckDBPyConnection, rows: list[Intent]) -> None:
-    db.execute("INSERT INTO intents (key, n, run_id, intent_at, reserved_micros) SELECT unnest(?::VARCHAR[]), "
-               "unnest(?::INTEGER[]), unnest(?::VARCHAR[]), unnest(?::TIMESTAMP[]), unnest(?::BIGINT[])",
-               [[i.key for i in rows], [i.n for i in rows], [i.run_id for i in rows], [i.intent_at for i in rows],
-                [i.reserved_micros for i in rows]])
+def insert_log(db: duckdb.DuckDBPyConnection, intents: Iterable[Intent] = (),
+               outcomes: Iterable[Attempt] = ()) -> None:
+    """Append intents and outcomes to ``submit_log`` in one statement."""
+    rows = [(i.key, i.n, i.run_id, i.intent_at, "intent", i.reserved_micros, None, None, None) for i in intents]
+    rows += [(a.key, a.n, a.run_id, a.accepted_at or utcnow(), a.outcome, a.reserved_micros, a.request_id,
+              a.http_status, a.polling_path) for a in outcomes]
+    if not rows:
+        return
+    db.execute("INSERT INTO submit_log (key, n, run_id, ts, event, reserved_micros, request_id, http_status, "
+               "polling_path) SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]), "
+               "unnest(?::TIMESTAMP[]), unnest(?::VARCHAR[]), unnest(?::BIGINT[]), unnest(?::VARCHAR[]), "
+               "unnest(?::INTEGER[]), unnest(?::VARCHAR[])", [list(c) for c in zip(*rows)])
 
 
-def _insert_attempts(db: duckdb.DuckDBPyConnection, rows: list[Attempt]) -> None:
-    """Attempts are written once, when their outcome is known (append-only, no index: see m004)."""
-    db.execute(
-        "INSERT INTO attempts (key, n, run_id, intent_at, reserved_micros, request_id, accepted_at, "
-        "http_status, outcome, polling_path) SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]), "
-        "unnest(?::VARCHAR[]), unnest(?::TIMESTAMP[]), unnest(?::BIGINT[]), unnest(?::VARCHAR[]), "
-        "unnest(?::TIMESTAMP[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]), unnest(?::VARCHAR[])",
-        [[a.key for a in rows], [a.n for a in rows], [a.run_id for a in rows], [a.intent_at for a in rows],
-         [a.reserved_micros for a in rows], [a.request_id for a in rows], [a.accepted_at for a in rows],
-         [a.http_status for a in rows], [a.outcome for a in rows], [a.polling_path for a in rows]])
+def log_attempt(db: duckdb.DuckDBPyConnection, attempt: Attempt) -> None:
+    """Write a whole attempt (its intent, and its outcome unless "pending"): for tools and tests."""
+    intent = Intent(attempt.key, attempt.n, attempt.run_id, attempt.intent_at, attempt.reserved_micros)
+    done = attempt.outcome not in (None, "pending")
+    insert_log(db, [intent], [attempt] if done and attempt.outcome != "abandoned" else [])
+    if attempt.outcome == "abandoned":
+        insert_log(db, (), [replace(attempt, outcome="ambiguous"), replace(attempt, outcome="abandoned")])
+
+
+def abandon(db: duckdb.DuckDBPyConnection, keys: list[str], run_id: str) -> None:
+    """--retry-ambiguous: the ambiguous attempts of ``keys`` are given up (their money stays counted)."""
+    db.execute("INSERT INTO submit_log (key, n, run_id, ts, event, reserved_micros) SELECT key, n, ?, "
+               "now()::TIMESTAMP, 'abandoned', reserved_micros FROM attempts WHERE outcome = 'ambiguous' AND "
+               "list_contains(?::VARCHAR[], key)", [run_id, keys])
 
 
 def _insert_events(db: duckdb.DuckDBPyConnection, events: list[tuple]) -> None:
@@ -792,14 +795,15 @@ def recover(db: duckdb.DuckDBPyConnection, run_id: str) -> int:
     try:
         db.execute(
             "CREATE OR REPLACE TEMP TABLE _replay AS "
-            "WITH latest AS (SELECT t.* FROM intents t JOIN (SELECT key, max(n) AS n FROM intents WHERE run_id IN "
-            "  (SELECT run_id FROM runs WHERE finished_at IS NULL) GROUP BY key) m USING (key, n)) "
-            "SELECT l.key, l.n, l.run_id, l.intent_at, l.reserved_micros, a.outcome, a.request_id, a.polling_path, "
+            "WITH latest AS (SELECT key, max(n) AS n FROM submit_log WHERE event = 'intent' AND run_id IN "
+            "  (SELECT run_id FROM runs WHERE finished_at IS NULL) GROUP BY key) "
+            "SELECT l.key, l.n, a.run_id, a.intent_at, a.reserved_micros, "
+            "  CASE WHEN a.outcome IN ('accepted', 'rejected', 'ambiguous') THEN a.outcome END AS outcome, "
+            "  a.request_id, a.polling_path, "
             "  a.accepted_at, a.http_status, CASE WHEN a.outcome = 'accepted' THEN 'SUBMITTED' "
             "  WHEN a.outcome = 'rejected' AND a.http_status IN (400, 404) THEN 'FAILED_VALIDATION' "
             "  WHEN a.outcome = 'rejected' THEN 'PENDING' ELSE 'AMBIGUOUS' END AS new_state "
-            "FROM latest l JOIN items i USING (key) "
-            "LEFT JOIN (SELECT * FROM attempts WHERE outcome <> 'abandoned') a ON a.key = l.key AND a.n = l.n "
+            "FROM latest l JOIN items i USING (key) JOIN attempts a ON a.key = l.key AND a.n = l.n "
             "WHERE i.attempts < l.n OR (i.attempts = l.n AND i.state = 'SUBMITTING')")
         db.execute(
             "UPDATE items SET state = r.new_state, attempts = r.n, run_id = r.run_id, updated_at = now()::TIMESTAMP, "
@@ -814,19 +818,17 @@ def recover(db: duckdb.DuckDBPyConnection, run_id: str) -> int:
             "error = CASE WHEN r.new_state = 'SUBMITTED' THEN NULL WHEN r.outcome = 'rejected' THEN "
             "  'the gateway refused the submit (HTTP ' || coalesce(r.http_status::VARCHAR, 'none') || ')' ELSE ? END "
             "FROM _replay r WHERE items.key = r.key", [_AMBIGUOUS_ERROR])
-        db.execute("INSERT INTO attempts (key, n, run_id, intent_at, reserved_micros, outcome) "
-                   "SELECT key, n, run_id, intent_at, reserved_micros, 'ambiguous' FROM _replay WHERE outcome IS NULL")
+        db.execute("INSERT INTO submit_log (key, n, run_id, ts, event, reserved_micros) SELECT key, n, run_id, "
+                   "now()::TIMESTAMP, 'ambiguous', reserved_micros FROM _replay WHERE outcome IS NULL")
         db.execute("INSERT INTO events (ts, run_id, key, kind, detail) SELECT now()::TIMESTAMP, ?, key, 'state', "
                    "json_object('state', new_state, 'reason', 'recovered from the submit log') FROM _replay", [run_id])
         replayed = db.execute("SELECT count(*) FILTER (WHERE new_state = 'AMBIGUOUS') FROM _replay").fetchone()[0]
         db.execute("DROP TABLE _replay")
-        # state files written before m004 (no intents): the state column said it all
+        # state files written before m004 whose items lack a logged intent: the state column says it all
         db.execute("UPDATE items SET state = 'SUBMITTED' WHERE state = 'SUBMITTING' AND request_id IS NOT NULL")
         keys = [r[0] for r in db.execute(
             "SELECT key FROM items WHERE state = 'SUBMITTING' AND request_id IS NULL").fetchall()]
         if keys:
-            db.execute("UPDATE attempts SET outcome = 'ambiguous' WHERE outcome = 'pending' AND list_contains(?, key)",
-                       [keys])
             db.execute("UPDATE items SET state = 'AMBIGUOUS', run_id = ?, updated_at = now()::TIMESTAMP, error = ? "
                        "WHERE state = 'SUBMITTING' AND request_id IS NULL", [run_id, _AMBIGUOUS_ERROR])
             db.execute("INSERT INTO events (ts, run_id, key, kind, detail) SELECT now()::TIMESTAMP, ?, unnest(?), "

@@ -25,8 +25,9 @@ def test_export_round_trip(state, tmp_path, fmt):
     assert [w.table for w in written] == list(TABLES)
     counts = {w.table: w.rows for w in written}
     sent = sum(1 for r in ROWS if r.state not in ("PENDING", "BLOCKED"))
-    assert counts == {"runs": 2, "items": len(ROWS), "aliases": 0, "attempts": sent, "events": sent,
-                      "outputs": sum(1 for r in ROWS if r.output_bytes)}
+    answered = sum(1 for r in ROWS if r.state not in ("PENDING", "BLOCKED", "SUBMITTING"))
+    assert counts == {"runs": 2, "items": len(ROWS), "aliases": 0, "attempts": sent,
+                      "submit_log": sent + answered, "events": sent, "outputs": sum(1 for r in ROWS if r.output_bytes)}
     reader = "read_parquet" if fmt == "parquet" else "read_csv"
     src = duckdb.connect(str(path), read_only=True)
     out = duckdb.connect()
@@ -65,7 +66,7 @@ def test_export_of_a_state_file_without_runs(tmp_path):
     db = duckdb.connect(str(tmp_path / "old.duckdb"))
     db.execute("CREATE TABLE probes (url VARCHAR)")
     db.close()
-    with pytest.raises(StateError, match="no runs, items, aliases, attempts, events, outputs table yet"):
+    with pytest.raises(StateError, match="no runs, items, aliases, attempts, submit_log, events, outputs table yet"):
         export_state(tmp_path / "old.duckdb", tmp_path / "x")
     connect(tmp_path / "new.duckdb").close()
     assert {w.rows for w in export_state(tmp_path / "new.duckdb", tmp_path / "y")} == {0}

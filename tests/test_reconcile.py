@@ -12,6 +12,7 @@ import duckdb
 import pytest
 from PIL import Image
 
+from pixbatch import state as st
 from pixbatch.errors import NotFound, ServerError, StateLocked
 from pixbatch.gateway import Download, JobStatus
 from pixbatch.items import WorkItem, upstream_ref
@@ -234,9 +235,8 @@ def test_a_rerun_item_adds_its_new_charge_to_the_old_one(crashed):
     assert reconcile(path, lambda: gw, TABLE).charged_micros == 15000
     assert build_report(path).spend.totals.charged_micros == 65000 + 15000
     db = connect(path)  # the earlier, accepted attempt of r8
-    db.execute("INSERT INTO attempts (key, n, run_id, intent_at, reserved_micros, request_id, outcome) "
-               "VALUES (?, 0, 'run-0', TIMESTAMP '2026-05-22 09:00:00', 10000, 'p-image_r8-first', 'accepted')",
-               [keys["r8"]])
+    st.log_attempt(db, st.Attempt(keys["r8"], 0, "run-0", datetime(2026, 5, 22, 9), 10000, "p-image_r8-first",
+                                  outcome="accepted"))
     db.close()
     v = {x.cause: x for x in build_report(path).spend.variance}
     assert (v["sent_again"].items, v["sent_again"].delta_micros) == (1, +10000)

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from pixbatch import state as st
 from pixbatch.errors import StateError, StateLocked
 from pixbatch.items import WorkItem, upstream_ref
 from pixbatch.migrations import connect
@@ -121,12 +122,11 @@ def build_state(path: Path, out_dir: Path) -> dict[str, str]:
              r.error, r.reserved, r.charged, submitted, started, finished, r.run if sent else None],
         )
         if sent:
-            db.execute("INSERT INTO attempts (key, n, run_id, intent_at, reserved_micros, request_id, accepted_at,"
-                       " http_status, outcome) VALUES (?, 1, ?, ?, ?, ?, ?, ?, ?)",
-                       [item.key, r.run, at(r.times[0] or 0), r.est[1], request_id, submitted,
-                        400 if r.state == "FAILED_VALIDATION" else (202 if submitted else None),
-                        {"FAILED_VALIDATION": "rejected", "AMBIGUOUS": "ambiguous", "SUBMITTING": None}.get(
-                            r.state, "accepted")])
+            st.log_attempt(db, st.Attempt(
+                item.key, 1, r.run, at(r.times[0] or 0), r.est[1], request_id, submitted,
+                400 if r.state == "FAILED_VALIDATION" else (202 if submitted else None),
+                {"FAILED_VALIDATION": "rejected", "AMBIGUOUS": "ambiguous", "SUBMITTING": "pending"}.get(
+                    r.state, "accepted")))
             db.execute("INSERT INTO events (ts, run_id, key, kind, detail) VALUES (?, ?, ?, 'state', ?)",
                        [at(r.times[0] or 0), r.run, item.key, json.dumps({"to": r.state})])
         if r.output_bytes:
@@ -403,7 +403,7 @@ def test_items_of_other_manifest_versions_are_counted_apart(state):
     db = connect(path)
     db.execute("UPDATE runs SET options = json_object('scope', 'v2')")
     db.execute("UPDATE items SET scope = CASE WHEN step = 'thumbs' THEN 'v1' ELSE 'v2' END")
-    db.execute("UPDATE attempts SET outcome = 'abandoned' WHERE key = ?", [keys["r7"]])
+    st.abandon(db, [keys["r7"]], "run-3")
     db.close()
     r = build_report(path)
     assert r.scope == "v2" and r.status.steps == ("recolor", "hires")
