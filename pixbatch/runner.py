@@ -216,7 +216,7 @@ def _expansion_fingerprint(db: Any, manifest: Any, pricing_path: Path | None) ->
 
 
 def _durable(fut: Any) -> Any:
-    return asyncio.wrap_future(fut)
+    return fut if isinstance(fut, asyncio.Future) else asyncio.wrap_future(fut)
 
 
 class _Run:
@@ -382,6 +382,7 @@ class _Run:
 
     async def main(self) -> RunSummary:
         self.store = st.Store.open(self.state_path)
+        self.store.bind_loop(asyncio.get_running_loop())
         try:
             return await self._main()
         finally:

@@ -352,10 +352,22 @@ def _resolve(f: concurrent.futures.Future | None, exc: BaseException | None = No
         pass
 
 
+def _settle_all(futures: list[asyncio.Future], exc: BaseException | None) -> None:
+    for f in futures:
+        if not f.done():  # a cancelled waiter gave up; its write is committed all the same
+            if exc is not None:
+                f.set_exception(exc)
+            else:
+                f.set_result(None)
+
+
+Waiter = concurrent.futures.Future | asyncio.Future
+
+
 class _Op:
     __slots__ = ("kind", "payload", "future")
 
-    def __init__(self, kind: str, payload: Any, future: concurrent.futures.Future | None = None):
+    def __init__(self, kind: str, payload: Any, future: Waiter | None = None):
         self.kind = kind
         self.payload = payload
         self.future = future
@@ -368,12 +380,12 @@ class _Pending:
 
     intents: list[Intent] = field(default_factory=list)
     attempts: list[Attempt] = field(default_factory=list)
-    log_waiters: list[concurrent.futures.Future] = field(default_factory=list)
+    log_waiters: list[Waiter] = field(default_factory=list)
     items: dict[str, tuple] = field(default_factory=dict)
     events: list[tuple] = field(default_factory=list)
     outputs: dict[tuple[str, str], OutputRow] = field(default_factory=dict)
     sqls: list[tuple[str, list]] = field(default_factory=list)
-    waiters: list[concurrent.futures.Future] = field(default_factory=list)
+    waiters: list[Waiter] = field(default_factory=list)
     since: float | None = None  # monotonic time of the oldest uncommitted item/event/...
     ops: int = 0
 
@@ -415,7 +427,7 @@ class Store:
     """
 
     def __init__(self, path: str | Path, db: duckdb.DuckDBPyConnection, *, max_batch: int = 50_000,
-                 bulk_interval: float = 0.25, bulk_max: int = 20_000):
+                 bulk_interval: float = 1.0, bulk_max: int = 20_000):
         self.path = Path(path)
         self._db = db
         # DuckDB checkpoints (rewrites changed row groups) whenever the WAL passes 16 MB; with
@@ -426,6 +438,8 @@ class Store:
         self._bulk_interval = bulk_interval
         self._bulk_max = bulk_max
         self._pending = _Pending()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._loop_thread: int | None = None
         self._error: BaseException | None = None
         self._closed = False
         self.commits = 0
@@ -447,11 +461,34 @@ class Store:
             raise StateError(f"state file {self.path} is closed")
         self._q.put(op)
 
-    def _future(self, wait: bool) -> concurrent.futures.Future | None:
-        return concurrent.futures.Future() if wait else None
+    def bind_loop(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Waits asked for from ``loop``'s thread get futures of that loop, all those a commit
+        releases completed with one wake-up of the loop (not one per waiter: each wake-up is a
+        system call that hands the GIL back and forth between the writer and the loop)."""
+        self._loop, self._loop_thread = loop, threading.get_ident()
+
+    def _future(self, wait: bool) -> Waiter | None:
+        if not wait:
+            return None
+        if self._loop is not None and threading.get_ident() == self._loop_thread:
+            return self._loop.create_future()
+        return concurrent.futures.Future()
+
+    def _release(self, waiters: Iterable[Waiter], exc: BaseException | None = None) -> None:
+        mine = []
+        for f in waiters:
+            if isinstance(f, asyncio.Future):
+                mine.append(f)
+            else:
+                _resolve(f, exc)
+        if mine and self._loop is not None:
+            try:
+                self._loop.call_soon_threadsafe(_settle_all, mine, exc)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                pass
 
     def put_item(self, row: ItemRow, *, wait: bool = False, attempt: Attempt | None = None,
-                 intent: Intent | None = None) -> concurrent.futures.Future | None:
+                 intent: Intent | None = None) -> Waiter | None:
         """Queue the row's snapshot, with the log row of a submit's intent or outcome.
 
         With ``wait``, the future completes once the log row is committed (or, without one,
@@ -467,16 +504,16 @@ class Store:
     def put_output(self, out: OutputRow) -> None:
         self._put(_Op("output", out))
 
-    def put_sql(self, sql: str, params: list | None = None, *, wait: bool = False) -> concurrent.futures.Future | None:
+    def put_sql(self, sql: str, params: list | None = None, *, wait: bool = False) -> Waiter | None:
         f = self._future(wait)
         self._put(_Op("sql", (sql, params or []), f))
         return f
 
     async def commit(self) -> None:
         """Wait until everything queued so far is committed."""
-        f: concurrent.futures.Future = concurrent.futures.Future()
+        f = self._future(True)
         self._put(_Op("barrier", None, f))
-        await asyncio.wrap_future(f)
+        await (f if isinstance(f, asyncio.Future) else asyncio.wrap_future(f))  # type: ignore[arg-type]
 
     def commit_sync(self) -> None:
         f: concurrent.futures.Future = concurrent.futures.Future()
@@ -549,11 +586,11 @@ class Store:
         except BaseException as exc:  # never let the writer die silently: callers would wait forever
             self._fail(exc, [op.future for op in batch if op.future is not None])
 
-    def _fail(self, exc: BaseException, futures: Iterable[concurrent.futures.Future | None]) -> None:
+    def _fail(self, exc: BaseException, futures: Iterable[Waiter]) -> None:
         self._error = self._error or exc
         pend, self._pending = self._pending, _Pending()
-        for f in [*futures, *pend.log_waiters, *pend.waiters]:
-            _resolve(f, StateError(f"writing the state file {self.path} failed: {exc}"))
+        self._release([*futures, *pend.log_waiters, *pend.waiters],
+                      StateError(f"writing the state file {self.path} failed: {exc}"))
 
     def _process(self, batch: list[_Op]) -> None:
         for op in batch:
@@ -603,8 +640,7 @@ class Store:
         self.commits += 1
         pend.intents, pend.attempts, pend.log_waiters = [], [], []
         self.rows_committed += len(intents) + len(attempts)
-        for f in waiters:
-            _resolve(f)
+        self._release(waiters)
 
     def _commit_bulk(self) -> None:
         """Commit item snapshots, events, outputs and SQL queued so far; release their waiters."""
@@ -629,8 +665,7 @@ class Store:
             self._transaction(body)
         self._pending = _Pending()
         self.rows_committed += len(pend.items) + len(pend.events)
-        for f in pend.waiters:
-            _resolve(f)
+        self._release(pend.waiters)
 
 
 def _update_items(db: duckdb.DuckDBPyConnection, snaps: list[tuple]) -> None:
@@ -660,10 +695,15 @@ def insert_log(db: duckdb.DuckDBPyConnection, intents: Iterable[Intent] = (),
               a.http_status, a.polling_path) for a in outcomes]
     if not rows:
         return
+    cols = [list(c) for c in zip(*rows)]
+    # typed casts only where DuckDB cannot infer the type (all NULL): casting lists is slower
+    sel = ", ".join(f"unnest(?::{t}[])" if all(v is None for v in vals) else "unnest(?)"
+                    for t, vals in zip(_LOG_TYPES, cols))
     db.execute("INSERT INTO submit_log (key, n, run_id, ts, event, reserved_micros, request_id, http_status, "
-               "polling_path) SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]), "
-               "unnest(?::TIMESTAMP[]), unnest(?::VARCHAR[]), unnest(?::BIGINT[]), unnest(?::VARCHAR[]), "
-               "unnest(?::INTEGER[]), unnest(?::VARCHAR[])", [list(c) for c in zip(*rows)])
+               f"polling_path) SELECT {sel}", cols)
+
+
+_LOG_TYPES = ("VARCHAR", "INTEGER", "VARCHAR", "TIMESTAMP", "VARCHAR", "BIGINT", "VARCHAR", "INTEGER", "VARCHAR")
 
 
 def log_attempt(db: duckdb.DuckDBPyConnection, attempt: Attempt) -> None:
