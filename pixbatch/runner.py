@@ -716,7 +716,10 @@ class _Run:
         row.submitted_at = st.utcnow()
         accepted = st.Attempt.of(intent, "accepted", request_id=acc.request_id, accepted_at=row.submitted_at,
                                  http_status=202, polling_path=acc.polling_path)
-        await _durable(self._put(row, wait=True, attempt=accepted, request_id=acc.request_id))  # (2) on 202
+        # (2) the request id: queued at once, committed ahead of anything later about this item;
+        # polling (free, no side effects) need not wait for it: a crash before the commit
+        # leaves the item AMBIGUOUS whether or not its first poll had gone out
+        self._put(row, attempt=accepted, request_id=acc.request_id)
         return True
 
     def _stop(self, reason: str, message: str) -> None:

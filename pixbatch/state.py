@@ -3,11 +3,12 @@
 What makes a run resumable
 --------------------------
 Every item (one unique request, keyed by ``items.key``) has a lifecycle in ``items.state``
-(see ``migrations.m002_run_state``). Two facts must survive any crash, and the runner
-awaits their commit around the HTTP call:
+(see ``migrations.m002_run_state``). Two facts must survive any crash:
 
-1. the **intent**, before the POST leaves: the attempt number and the budget reservation;
-2. the **outcome**, as soon as it is known: above all the ``request_id`` of a 202.
+1. the **intent**, committed before the POST leaves (the runner waits for it): the attempt
+   number and the budget reservation;
+2. the **outcome**, committed as soon as it is known, ahead of anything later about the
+   item: above all the ``request_id`` of a 202 (the runner polls meanwhile: a poll is free).
 
 Both are rows of ``submit_log``, an append-only table (``m004_submit_log``): each batch of
 them is one INSERT, atomic and durable by itself, which is the whole cost of the critical
