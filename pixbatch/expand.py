@@ -26,7 +26,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -277,6 +277,36 @@ def check_items(manifest: Manifest) -> list[Problem]:
         if colliding:
             problems.extend(_duplicate_names(manifest, step, npath, colliding))
     return problems
+
+
+class NameCheck:
+    """``check_items`` riding on a walk of the expansion that happens anyway (the run's ingest).
+
+    ``wrap(items)`` passes the items through, remembering one hash per name of the step
+    being walked; ``problems()`` is ``check_items``' answer, which it computes (for its exact
+    messages) only when the walk saw a name that escapes or repeats. Steps come one after
+    the other from ``expand``, so one step's hashes are in memory at a time.
+    """
+
+    def __init__(self, manifest: Manifest):
+        self.manifest = manifest
+        self.suspect = False
+
+    def wrap(self, items: Iterable[WorkItem]) -> Iterator[WorkItem]:
+        step: str | None = None
+        seen: set[int] = set()
+        for it in items:
+            if it.step != step:
+                step, seen = it.step, set()
+            name = it.output_name
+            h = hash(name)
+            if h in seen or name_escapes(name):
+                self.suspect = True
+            seen.add(h)
+            yield it
+
+    def problems(self) -> list[Problem]:
+        return check_items(self.manifest) if self.suspect else []
 
 
 def _duplicate_names(manifest: Manifest, step: Step, npath: tuple[Any, ...], colliding: set[int]) -> list[Problem]:

@@ -17,6 +17,7 @@ import duckdb
 
 from .errors import StateError, StateLocked
 from .migrations import connect
+from .state import open_for_reading
 
 FORMATS = ("parquet", "csv")
 #: table -> ORDER BY, in the order they are written
@@ -71,7 +72,7 @@ def export_state(state: str | Path, out_dir: str | Path, fmt: str = "parquet",
                  tables: tuple[str, ...] | None = None) -> tuple[Exported, ...]:
     """Write each table of the state file to ``out_dir/<table>.<fmt>``; returns what was written."""
     try:
-        db = connect(state, read_only=True)
+        db = open_for_reading(state)
     except StateLocked as exc:
         raise StateLocked(f"{exc} Export after the run ends.") from None
     try:

@@ -38,6 +38,7 @@ import duckdb
 from .contract import TERMINAL_STATUSES
 from .errors import AuthError, GatewayError, NotFound, StateLocked
 from .migrations import connect
+from .state import absorb_crashed_runs
 from .pricing import PriceTable
 from .sizes import Size, output_size
 
@@ -282,6 +283,7 @@ def reconcile(state_path: str | Path, gateway_factory: Callable[[], Any], table:
         raise StateLocked(f"{exc} A running `pixbatch run` settles its own items; reconcile after it ends.") from None
 
     async def go() -> ReconcileResult:
+        absorb_crashed_runs(db)  # a killed run's last item rows may lag its submit log
         pending = open_items(db)
         if not pending:
             return ReconcileResult(())

@@ -41,6 +41,7 @@ import duckdb
 
 from .errors import PixbatchError, StateError, StateLocked
 from .migrations import connect
+from .state import open_for_reading
 from .money import format_usd
 from .pricing import PriceTable
 
@@ -352,7 +353,7 @@ def build_report(state: str | Path | duckdb.DuckDBPyConnection, *, run_id: str |
         return _build(state, "<connection>", **opts)
     path = Path(state)
     try:
-        db = connect(path, read_only=True)
+        db = open_for_reading(path)
     except StateLocked as exc:
         return _live_report(path, str(exc), now)
     try:

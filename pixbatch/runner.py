@@ -309,24 +309,31 @@ class _Run:
             if db.execute("SELECT count(*) FROM items WHERE scope = ?", [last[0]]).fetchone()[0]:
                 scope = last[0]
         if scope is None:
-            if self.o.check_names:
-                from .expand import check_items
-                from .manifest import _summary_message
+            from .expand import NameCheck
 
-                problems = check_items(self.m)
-                if problems:
-                    raise ManifestError(problems, _summary_message(self.m.display or self.m.path, problems))
             probes = {u: (w, h) for u, w, h in db.execute(
                 "SELECT url, width, height FROM probes WHERE error IS NULL AND width IS NOT NULL").fetchall()}
             sizes = probes.get if probes else None
+            # output names are checked on the first walk of the expansion (not one of their own)
+            names = NameCheck(self.m) if self.o.check_names else None
+            first_walk = names.wrap(self._expand(sizes)) if names else self._expand(sizes)
+
+            def check_names() -> None:
+                problems = names.problems() if names else []
+                if problems:
+                    from .manifest import _summary_message
+
+                    raise ManifestError(problems, _summary_message(self.m.display or self.m.path, problems))
+
             if last is None and fingerprint is not None:
                 # a fresh state file: one walk (ingest). The fingerprint names the expansion as
                 # well as its digest would (equal fingerprints, equal expansions); a later run
                 # whose fingerprint differs computes the digest, which differs, and ingests again
                 scope = "f" + fingerprint[:31]
-                st.ingest(db, self._expand(sizes), scope, self.table, self.steps_order)
+                st.ingest(db, first_walk, scope, self.table, self.steps_order, before_commit=check_names)
             else:
-                scope, _n = st.expansion_scope(self._expand(sizes))
+                scope, _n = st.expansion_scope(first_walk)
+                check_names()
                 have = db.execute("SELECT count(*) FROM items WHERE scope = ?", [scope]).fetchone()[0]
                 if not (last and last[0] == scope and have):
                     st.ingest(db, self._expand(sizes), scope, self.table, self.steps_order)

@@ -746,11 +746,13 @@ def expansion_scope(items: Iterable[WorkItem]) -> tuple[str, int]:
 
 
 def ingest(db: duckdb.DuckDBPyConnection, items: Iterable[WorkItem], scope: str, table: PriceTable,
-           steps: Iterable[str], *, batch: int = INGEST_BATCH) -> IngestResult:
+           steps: Iterable[str], *, batch: int = INGEST_BATCH,
+           before_commit: Callable[[], None] | None = None) -> IngestResult:
     """Insert the expansion's items (new keys) and aliases (repeated keys), tagging all with ``scope``.
 
     Items already in the file keep their state (so completed results are reused); only
-    their ``scope`` changes. Batched inserts from Python lists via ``unnest``.
+    their ``scope`` changes. Batched inserts from Python lists via ``unnest``. ``before_commit``
+    runs after the last item, inside the transaction: raising from it keeps nothing.
     """
     seen: set[str] = set()
     buf: list[WorkItem] = []
@@ -812,6 +814,8 @@ def ingest(db: duckdb.DuckDBPyConnection, items: Iterable[WorkItem], scope: str,
         n_alias = db.execute("SELECT count(*) FROM aliases WHERE list_contains(?::VARCHAR[], step)",
                              [step_list]).fetchone()[0] if step_list else 0
         db.execute("DROP TABLE IF EXISTS _ingest")
+        if before_commit is not None:
+            before_commit()  # may raise: nothing of this ingest is kept
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")
@@ -823,29 +827,36 @@ _AMBIGUOUS_ERROR = ("the run stopped between sending this request and recording 
                     "accepted (and charged)")
 
 
-def recover(db: duckdb.DuckDBPyConnection, run_id: str) -> int:
+def recover(db: duckdb.DuckDBPyConnection, run_id: str, *, decide: bool = True) -> int:
     """After a crash, bring ``items`` up to what the submit log says (one transaction).
 
     For each key whose latest intent (from a run that never finished) is newer than its
     items row: accepted -> SUBMITTED with the request id (polled again, never resent);
     rejected -> FAILED_VALIDATION (400/404) or PENDING; an ambiguous outcome, or none at all
-    (the POST may have been accepted and charged) -> AMBIGUOUS, reservation kept, and an
-    ``attempts`` row says so. Returns how many items became AMBIGUOUS. Idempotent.
+    (the POST may have been accepted and charged) -> AMBIGUOUS, reservation kept, and the
+    log says so. Returns how many items became AMBIGUOUS. Idempotent.
+
+    ``decide=False`` (readers: report, export, reconcile) applies what the log knows and
+    leaves an intent without an answer SUBMITTING (with its reservation): deciding that it is
+    AMBIGUOUS is for the next run.
     """
+    unanswered = "'AMBIGUOUS'" if decide else "'SUBMITTING'"
     db.execute("BEGIN TRANSACTION")
     try:
         db.execute(
             "CREATE OR REPLACE TEMP TABLE _replay AS "
             "WITH latest AS (SELECT key, max(n) AS n FROM submit_log WHERE event = 'intent' AND run_id IN "
-            "  (SELECT run_id FROM runs WHERE finished_at IS NULL) GROUP BY key) "
-            "SELECT l.key, l.n, a.run_id, a.intent_at, a.reserved_micros, "
-            "  CASE WHEN a.outcome IN ('accepted', 'rejected', 'ambiguous') THEN a.outcome END AS outcome, "
-            "  a.request_id, a.polling_path, "
-            "  a.accepted_at, a.http_status, CASE WHEN a.outcome = 'accepted' THEN 'SUBMITTED' "
-            "  WHEN a.outcome = 'rejected' AND a.http_status IN (400, 404) THEN 'FAILED_VALIDATION' "
-            "  WHEN a.outcome = 'rejected' THEN 'PENDING' ELSE 'AMBIGUOUS' END AS new_state "
-            "FROM latest l JOIN items i USING (key) JOIN attempts a ON a.key = l.key AND a.n = l.n "
-            "WHERE i.attempts < l.n OR (i.attempts = l.n AND i.state = 'SUBMITTING')")
+            "  (SELECT run_id FROM runs WHERE finished_at IS NULL) GROUP BY key), "
+            "r AS (SELECT l.key, l.n, a.run_id, a.intent_at, a.reserved_micros, i.state AS old_state, "
+            "  i.attempts AS old_n, CASE WHEN a.outcome IN ('accepted', 'rejected', 'ambiguous') THEN a.outcome "
+            "  END AS outcome, a.request_id, a.polling_path, a.accepted_at, a.http_status "
+            "  FROM latest l JOIN items i USING (key) JOIN attempts a ON a.key = l.key AND a.n = l.n "
+            "  WHERE i.attempts < l.n OR (i.attempts = l.n AND i.state = 'SUBMITTING')) "
+            "SELECT *, CASE WHEN outcome = 'accepted' THEN 'SUBMITTED' "
+            "  WHEN outcome = 'rejected' AND http_status IN (400, 404) THEN 'FAILED_VALIDATION' "
+            f"  WHEN outcome = 'rejected' THEN 'PENDING' WHEN outcome = 'ambiguous' THEN 'AMBIGUOUS' "
+            f"  ELSE {unanswered} END AS new_state FROM r")
+        db.execute("DELETE FROM _replay WHERE new_state = old_state AND n = old_n")  # nothing to do
         db.execute(
             "UPDATE items SET state = r.new_state, attempts = r.n, run_id = r.run_id, updated_at = now()::TIMESTAMP, "
             "request_id = CASE WHEN r.new_state = 'SUBMITTED' THEN r.request_id END, "
@@ -856,11 +867,12 @@ def recover(db: duckdb.DuckDBPyConnection, run_id: str) -> int:
             "charged_micros = CASE WHEN r.new_state = 'FAILED_VALIDATION' THEN coalesce(items.charged_micros, 0) "
             "  ELSE items.charged_micros END, "
             "finished_at = CASE WHEN r.new_state = 'FAILED_VALIDATION' THEN now()::TIMESTAMP END, "
-            "error = CASE WHEN r.new_state = 'SUBMITTED' THEN NULL WHEN r.outcome = 'rejected' THEN "
+            "error = CASE WHEN r.new_state IN ('SUBMITTED', 'SUBMITTING') THEN NULL WHEN r.outcome = 'rejected' THEN "
             "  'the gateway refused the submit (HTTP ' || coalesce(r.http_status::VARCHAR, 'none') || ')' ELSE ? END "
             "FROM _replay r WHERE items.key = r.key", [_AMBIGUOUS_ERROR])
         db.execute("INSERT INTO submit_log (key, n, run_id, ts, event, reserved_micros) SELECT key, n, run_id, "
-                   "now()::TIMESTAMP, 'ambiguous', reserved_micros FROM _replay WHERE outcome IS NULL")
+                   "now()::TIMESTAMP, 'ambiguous', reserved_micros FROM _replay WHERE outcome IS NULL "
+                   "AND new_state = 'AMBIGUOUS'")
         db.execute("INSERT INTO events (ts, run_id, key, kind, detail) SELECT now()::TIMESTAMP, ?, key, 'state', "
                    "json_object('state', new_state, 'reason', 'recovered from the submit log') FROM _replay", [run_id])
         replayed = db.execute("SELECT count(*) FILTER (WHERE new_state = 'AMBIGUOUS') FROM _replay").fetchone()[0]
@@ -868,7 +880,7 @@ def recover(db: duckdb.DuckDBPyConnection, run_id: str) -> int:
         # state files written before m004 whose items lack a logged intent: the state column says it all
         db.execute("UPDATE items SET state = 'SUBMITTED' WHERE state = 'SUBMITTING' AND request_id IS NOT NULL")
         keys = [r[0] for r in db.execute(
-            "SELECT key FROM items WHERE state = 'SUBMITTING' AND request_id IS NULL").fetchall()]
+            "SELECT key FROM items WHERE state = 'SUBMITTING' AND request_id IS NULL").fetchall()] if decide else []
         if keys:
             db.execute("UPDATE items SET state = 'AMBIGUOUS', run_id = ?, updated_at = now()::TIMESTAMP, error = ? "
                        "WHERE state = 'SUBMITTING' AND request_id IS NULL", [run_id, _AMBIGUOUS_ERROR])
@@ -880,6 +892,34 @@ def recover(db: duckdb.DuckDBPyConnection, run_id: str) -> int:
         db.execute("ROLLBACK")
         raise
     return int(replayed) + len(keys)
+
+
+def absorb_crashed_runs(db: duckdb.DuckDBPyConnection) -> int:
+    """``recover(decide=False)`` on behalf of a run that was killed (no ``finished_at``):
+    called by readers that open the file read-write when no run holds it."""
+    row = db.execute("SELECT run_id FROM runs WHERE finished_at IS NULL ORDER BY started_at DESC LIMIT 1").fetchone()
+    return recover(db, row[0], decide=False) if row else 0
+
+
+def open_for_reading(path: str | Path) -> duckdb.DuckDBPyConnection:
+    """A read-only connection to a state file that is first brought up to date when no run
+    holds it: migrated to this version's schema, and the submit log of a killed run absorbed
+    (its last item rows can lag the log by a fraction of a second). ``StateLocked`` while a
+    run holds it; a file that cannot be opened for writing (permissions) is read as it is."""
+    path = Path(path)
+    if path.exists():
+        try:
+            db = connect(path)
+        except StateLocked:
+            raise
+        except StateError:
+            pass
+        else:
+            try:
+                absorb_crashed_runs(db)
+            finally:
+                db.close()
+    return connect(path, read_only=True)
 
 
 def block_downstream(db: duckdb.DuckDBPyConnection, scope: str, run_id: str) -> int:

@@ -115,11 +115,11 @@ def build_state(path: Path, out_dir: Path) -> dict[str, str]:
         db.execute(
             "INSERT INTO items (key, step, op, idx, body, input_id, output_name, upstream, est_low_micros,"
             " est_high_micros, tier, state, request_id, gateway_status, error, reserved_micros, charged_micros,"
-            " submitted_at, started_at, finished_at, run_id) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+            " submitted_at, started_at, finished_at, run_id, attempts) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
             [item.key, r.step, op, idx, item.body_json, r.input_id, item.output_name, item.upstream, r.est[0],
              r.est[1], r.tier, r.state, request_id,
              r.state if r.state in ("COMPLETED", "FAILED", "ERROR") else ("QUEUED" if submitted else None),
-             r.error, r.reserved, r.charged, submitted, started, finished, r.run if sent else None],
+             r.error, r.reserved, r.charged, submitted, started, finished, r.run if sent else None, 1 if sent else 0],
         )
         if sent:
             st.log_attempt(db, st.Attempt(

@@ -101,20 +101,21 @@ def test_a_changed_manifest_or_new_probed_sizes_expand_again(tmp_path, expansion
     assert len(expansions) == 4  # sizes differ: the scope is computed again (same items: no ingest)
 
 
-def test_check_names_runs_the_deep_check_only_when_the_expansion_is_new(tmp_path, monkeypatch):
+def test_output_names_are_checked_on_the_ingest_walk_and_a_bad_name_keeps_nothing(tmp_path, monkeypatch, expansions):
     bad = write(tmp_path, 3, naming="naming: 'all/same.png'\n")
-    with pytest.raises(ManifestError, match="same"):
+    with pytest.raises(ManifestError, match="both render the output name 'all/same.png'"):
         run(load_manifest(bad, deep=False), options=RunOptions(budget_micros=0, api_key="k", check_names=True))
+    assert items(bad) == []  # the ingest was rolled back
     good = write(tmp_path, 3)
-    set_up(good, check_names=True)
 
     from pixbatch import expand
 
-    def no_check(_manifest):
-        raise AssertionError("expanded again")
-
-    monkeypatch.setattr(expand, "check_items", no_check)
-    set_up(good, check_names=True)
+    real, checks = expand.check_items, []
+    monkeypatch.setattr(expand, "check_items", lambda m: checks.append(1) or real(m))
+    before = len(expansions)
+    set_up(good, check_names=True)  # names are fine: checked on the ingest's walk, no walk of their own
+    set_up(good, check_names=True)  # unchanged: no walk at all
+    assert checks == [] and len(expansions) - before == 1 and len(items(good)) == 3
 
 
 def test_a_fresh_state_file_is_ingested_in_one_walk_and_a_new_expansion_replaces_its_scope(tmp_path, expansions):

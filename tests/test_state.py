@@ -147,6 +147,26 @@ def test_a_crash_loses_no_submit_the_log_rebuilds_every_in_flight_item(tmp_path)
         assert store.call_sync(lambda db: db.execute("SELECT count(*) FROM attempts").fetchone()[0]) == 5
 
 
+def test_a_report_on_the_file_of_a_killed_run_sees_what_the_log_says(tmp_path):
+    from pixbatch.report import build_report
+
+    path = tmp_path / "s.duckdb"
+    store, _scope = open_ingested(path, [edit(i) for i in range(6)])
+    with store:
+        store.call_sync(lambda db: db.execute("INSERT INTO runs (run_id, outcome) VALUES ('run1', 'running')"))
+    out = subprocess.run([sys.executable, "-c", _CRASHING_WRITER, str(path)], capture_output=True, text=True)
+    assert out.stdout.strip() == "logged", out.stderr
+    r = build_report(path)  # no run holds the file: what the killed run's log knows is applied first
+    states = {c.state: c.count for c in r.status.counts}
+    # the intent without an answer stays SUBMITTING (reserved): calling it AMBIGUOUS is the next run's call
+    assert states == {"PENDING": 2, "SUBMITTING": 1, "SUBMITTED": 1, "AMBIGUOUS": 1, "FAILED_VALIDATION": 1}
+    t = r.spend.totals
+    assert (t.at_risk_micros, t.in_flight_items, t.reserved_micros) == (10_000, 2, 20_000)
+    store = st.Store.open(path)
+    with store:
+        assert store.call_sync(lambda db: st.recover(db, "run2")) == 1  # the next run decides
+
+
 def test_recover_reads_state_files_from_before_the_submit_log(tmp_path):
     items = [edit(i) for i in range(3)]
     store, scope = open_ingested(tmp_path / "s.duckdb", items)
