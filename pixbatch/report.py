@@ -90,9 +90,9 @@ END
 
 #: Example queries for the audit trail; shown in the md/html footer and the README.
 AUDIT_SQL: tuple[tuple[str, str], ...] = (
-    ("Every state change and HTTP exchange of one item, in order",
+    ("Every state change of one item, in order (failed HTTP exchanges: kind = 'http', key NULL)",
      "SELECT seq, ts, run_id, kind, detail FROM events WHERE key = '<item key>' ORDER BY seq;"),
-    ("Every request sent (one row per submit attempt, with its request_id)",
+    ("Every request sent (one row per submit attempt, with its request_id; a view of submit_log)",
      "SELECT key, n, run_id, intent_at, request_id, http_status, outcome FROM attempts ORDER BY intent_at;"),
     ("Charged per step and tier (micro-dollars)",
      "SELECT step, tier, count(*) AS items, sum(charged_micros) AS charged_micros\n"
