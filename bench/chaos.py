@@ -217,7 +217,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory(prefix="pixbatch-chaos-") as tmp:
         f = chaos(Path(tmp), kills=a.kills, seed=a.seed, n_inputs=a.inputs,
-                  log=lambda s: print(s, end="\r", flush=True))
+                  log=lambda s: print(s, end="\r" if sys.stderr.isatty() else "\n", file=sys.stderr, flush=True))
     for line in f.lines():
         print(line)
     problems = f.problems()
