@@ -278,10 +278,11 @@ def write_status_file(snapshot: StatusSnapshot) -> Path:
 
 
 def read_status(state_path: str | Path) -> StatusSnapshot:
-    """Progress per step from the state file, or from its status file while a run holds it."""
+    """Progress per step from the state file (with what a killed run's submit log knows applied:
+    ``open_for_reading``), or from its status file while a run holds it."""
     state_path = Path(state_path)
     try:
-        db = connect(state_path, read_only=True)
+        db = open_for_reading(state_path)
     except StateLocked:
         sf = status_file_path(state_path)
         try:

@@ -147,7 +147,7 @@ def test_a_crash_loses_no_submit_the_log_rebuilds_every_in_flight_item(tmp_path)
         assert store.call_sync(lambda db: db.execute("SELECT count(*) FROM attempts").fetchone()[0]) == 5
 
 
-def test_a_report_on_the_file_of_a_killed_run_sees_what_the_log_says(tmp_path):
+def test_status_and_report_on_the_file_of_a_killed_run_see_what_the_log_says(tmp_path):
     from pixbatch.report import build_report
 
     path = tmp_path / "s.duckdb"
@@ -156,7 +156,10 @@ def test_a_report_on_the_file_of_a_killed_run_sees_what_the_log_says(tmp_path):
         store.call_sync(lambda db: db.execute("INSERT INTO runs (run_id, outcome) VALUES ('run1', 'running')"))
     out = subprocess.run([sys.executable, "-c", _CRASHING_WRITER, str(path)], capture_output=True, text=True)
     assert out.stdout.strip() == "logged", out.stderr
-    r = build_report(path)  # no run holds the file: what the killed run's log knows is applied first
+    snap = st.read_status(path)  # no run holds the file: what the killed run's log knows is applied first
+    assert {k: v for k, v in snap.totals().items() if v} == {
+        "PENDING": 2, "SUBMITTING": 1, "SUBMITTED": 1, "AMBIGUOUS": 1, "FAILED_VALIDATION": 1}
+    r = build_report(path)
     states = {c.state: c.count for c in r.status.counts}
     # the intent without an answer stays SUBMITTING (reserved): calling it AMBIGUOUS is the next run's call
     assert states == {"PENDING": 2, "SUBMITTING": 1, "SUBMITTED": 1, "AMBIGUOUS": 1, "FAILED_VALIDATION": 1}
