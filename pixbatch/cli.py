@@ -172,13 +172,12 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
         if budget_micros < 0:
             raise click.BadParameter("must not be negative", param_hint="--budget")
     table = PriceTable.load(pricing_path)
-    # deep=False: skip the output-name pass (a full extra expansion); names do not change
-    # the price and `validate` / `run` check them
+    # deep=False: the output names are checked on the estimate's own walk of the expansion
     manifest = load_manifest(manifest_path, deep=False)
     if budget_micros is None:
         budget_micros = manifest.budget_micros
     est = estimate_manifest(manifest, table, state_path=state_path, probe=not no_probe, refresh=refresh_probes,
-                            concurrency=probe_concurrency, timeout=probe_timeout)
+                            concurrency=probe_concurrency, timeout=probe_timeout, check_names=True)
     if as_json:
         click.echo(json.dumps(estimate_to_dict(est, budget_micros=budget_micros), indent=2))
     else:

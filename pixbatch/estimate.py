@@ -265,21 +265,30 @@ def estimate(manifest: Any, table: PriceTable, *, sizes: Callable[[str], Size | 
 
 def estimate_manifest(manifest: Any, table: PriceTable, *, state_path: str | Path | None = None,
                       probe: bool = True, refresh: bool = False, concurrency: int = 16,
-                      timeout: float = 10.0, transport: Any = None) -> Estimate:
+                      timeout: float = 10.0, transport: Any = None, check_names: bool = False) -> Estimate:
     """The estimate command's strategy: price, probe only the inputs whose size matters, re-price.
 
     ``state_path`` (default ``manifest.state_path``) holds the probe cache; a state file
     locked by a running ``pixbatch run`` is skipped (the estimate says so). With
     ``probe=False`` nothing is fetched: cached sizes are used, the rest stay ranges.
+    ``check_names``: the output names are checked on the first walk (a manifest loaded with
+    ``deep=False``); a name that escapes output_dir or repeats in a step is a ManifestError.
     """
-    from .expand import expand
+    from .expand import NameCheck, expand
 
     first = EstimateBuilder(table)
     need: set[str] = set()
-    for item in expand(manifest):
+    names = NameCheck(manifest) if check_names else None
+    for item in names.wrap(expand(manifest)) if names else expand(manifest):
         price = first.add(item)
         if price is not None and not price.exact:
             need.add(item.input_id)
+    problems = names.problems() if names else []
+    if problems:
+        from .errors import ManifestError
+        from .manifest import _summary_message
+
+        raise ManifestError(problems, _summary_message(manifest.display or manifest.path, problems))
 
     declared = 0
     url_of: dict[str, str] = {}

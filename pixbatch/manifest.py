@@ -307,6 +307,9 @@ def template_value(v: Any) -> Any:
 
 def name_escapes(name: str) -> str | None:
     """Why a rendered output name would leave the output directory (None when it stays in)."""
+    if (name and not name[0].isspace() and name[0] not in "/\\~" and name[1:2] != ":" and ".." not in name
+            and "\\" not in name and "\x00" not in name and not name.endswith(("/", "/.")) and name != "."):
+        return None  # the common case, without splitting (each clause rules out one reason below)
     if not name.strip():
         return "is empty"
     if name.startswith(("/", "\\", "~")) or re.match(r"^[A-Za-z]:", name):

@@ -265,3 +265,23 @@ def test_text_file_problems_have_line_and_column():
     (p,) = check_manifest(write("version: 1\ninputs: [{from: urls.txt}]\nsteps: [{id: u, op: upscale}]\n"))
     assert str(p) == ("urls.txt:3:4: line 3: 'www.example.com/2.png' is not an http:// or https:// URL "
                       "(write one http(s) URL per line; start comments with #)")
+
+
+def test_name_escapes_agrees_with_its_rules_on_every_short_name():
+    """The fast path of ``name_escapes`` (the common case, no splitting) never lets a bad name through."""
+    import itertools
+    import re
+
+    from pixbatch.manifest import name_escapes
+
+    def rules(name: str) -> bool:  # True: stays inside output_dir
+        parts = re.split(r"[/\\]", name)
+        return bool(name.strip()) and not name.startswith(("/", "\\", "~")) and not re.match(r"^[A-Za-z]:", name) \
+            and ".." not in parts and not name.endswith(("/", "\\")) and parts[-1] not in ("", ".") \
+            and "\x00" not in name
+
+    alphabet = ["a", ".", "/", "\\", "~", ":", " ", "\x00", "..", "C", "\t"]
+    for n in range(1, 5):
+        for t in itertools.product(alphabet, repeat=n):
+            name = "".join(t)
+            assert (name_escapes(name) is None) == rules(name), repr(name)

@@ -397,6 +397,25 @@ def test_duplicate_output_names_within_a_step():
     ]
 
 
+def test_estimate_reports_duplicate_output_names_like_validate():
+    """estimate checks names on its own walk of the expansion: same problems, same places, exit 2."""
+    text = """\
+        version: 1
+        inputs: [https://cdn.example.com/a.png, https://cdn.example.com/b.png]
+        steps:
+          - id: up
+            op: upscale
+            naming: "{step}/{input}.{ext}"
+            matrix:
+              target: [2, 4]
+        """
+    code, out = validate(text)
+    result = CliRunner().invoke(cli, ["estimate", "m.yaml", "--no-probe"])
+    assert code == result.exit_code == 2
+    assert lines(result.output) == lines(out) and len(lines(out)) == 2
+    assert "both render the output name 'up/a.jpg'" in lines(out)[0]
+
+
 def test_ignored_parameters_and_misspelled_matrix_keys():
     code, out = validate("""\
         version: 1
