@@ -268,6 +268,7 @@ def m004_submit_log(db: duckdb.DuckDBPyConnection) -> None:
     # table of m002 (an INSERT OR REPLACE at every intent and again at every outcome, on a
     # primary key: a quarter of the state writer's time), becomes a view of the log with
     # the same columns (plus polling_path); its rows move into the log.
+    # runs.outcome gains "killed": a run that never finished, as the next run's recover() finds it.
     db.execute(
         """
         CREATE TABLE submit_log (

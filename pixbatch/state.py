@@ -835,7 +835,8 @@ def recover(db: duckdb.DuckDBPyConnection, run_id: str, *, decide: bool = True) 
     items row: accepted -> SUBMITTED with the request id (polled again, never resent);
     rejected -> FAILED_VALIDATION (400/404) or PENDING; an ambiguous outcome, or none at all
     (the POST may have been accepted and charged) -> AMBIGUOUS, reservation kept, and the
-    log says so. Returns how many items became AMBIGUOUS. Idempotent.
+    log says so; the runs that never finished get the outcome ``killed``. Returns how many
+    items became AMBIGUOUS. Idempotent.
 
     ``decide=False`` (readers: report, export, reconcile) applies what the log knows and
     leaves an intent without an answer SUBMITTING (with its reservation): deciding that it is
@@ -888,6 +889,10 @@ def recover(db: duckdb.DuckDBPyConnection, run_id: str, *, decide: bool = True) 
             db.execute("INSERT INTO events (ts, run_id, key, kind, detail) SELECT now()::TIMESTAMP, ?, unnest(?), "
                        "'state', '{\"state\": \"AMBIGUOUS\", \"reason\": \"recovered SUBMITTING without request_id\"}'",
                        [run_id, keys])
+        if decide:  # the runs that never finished are over: they were killed (ended: their last trace)
+            db.execute("UPDATE runs SET outcome = 'killed', finished_at = greatest(runs.started_at, coalesce("
+                       "(SELECT max(ts) FROM submit_log l WHERE l.run_id = runs.run_id), runs.started_at)) "
+                       "WHERE finished_at IS NULL AND run_id <> ?", [run_id])
         db.execute("COMMIT")
     except BaseException:
         db.execute("ROLLBACK")

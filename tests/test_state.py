@@ -151,6 +151,9 @@ def test_a_crash_loses_no_submit_the_log_rebuilds_every_in_flight_item(tmp_path)
                                .fetchone()[0]) == "/v2/requests/status/p-image_" + keys[1][:8]
         assert store.call_sync(lambda db: st.recover(db, "run3")) == 0  # recovering again changes nothing
         assert store.call_sync(lambda db: db.execute("SELECT count(*) FROM attempts").fetchone()[0]) == 5
+        run1 = store.call_sync(lambda db: db.execute(
+            "SELECT outcome, finished_at = (SELECT max(ts) FROM submit_log) FROM runs").fetchall())
+        assert run1 == [("killed", True)]  # ended at its last trace
 
 
 def test_status_and_report_on_the_file_of_a_killed_run_see_what_the_log_says(tmp_path):
