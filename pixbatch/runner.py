@@ -554,7 +554,8 @@ class _Run:
             for step in self.steps_order:
                 after = -1
                 while self.stop_reason is None:
-                    page = await store.call(lambda db, s=step, a=after: st.ready_page(db, self.scope, s, a, PAGE))
+                    page = await store.call(lambda db, s=step, a=after: st.ready_page(
+                        db, self.scope, s, a, PAGE, chained=self.m.step(s).upstream is not None))
                     if not page:
                         break
                     after = page[-1][0].idx

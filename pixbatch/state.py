@@ -963,21 +963,31 @@ def select_rows(db: duckdb.DuckDBPyConnection, where: str, params: list, *, orde
 
 
 def ready_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_idx: int, limit: int,
-               states: tuple[str, ...] = (PENDING,)) -> list[tuple[ItemRow, ItemRow | None]]:
-    """PENDING items of a step whose upstream (if any) is COMPLETED, with that upstream row."""
+               states: tuple[str, ...] = (PENDING,), *, chained: bool = True) -> list[tuple[ItemRow, ItemRow | None]]:
+    """PENDING items of a step whose upstream (if any) is COMPLETED, with that upstream row.
+
+    Two light queries instead of one wide join: the page's row ids (joining only the
+    upstream's key and state), then those rows. At 1,000,000 items a page of 2,000 takes
+    20-35 ms this way, 150-300 ms as one join of whole rows (the writer thread, and every
+    intent waiting on it, stood still meanwhile). ``chained=False`` (a step that feeds on no
+    other step) needs no join at all.
+    """
     cols = ", ".join(f"i.{c}" for c in (*ROW_COLUMNS, "rowid"))
-    ucols = ", ".join(f"u.{c}" for c in (*ROW_COLUMNS, "rowid"))
-    rows = db.execute(
-        f"SELECT {cols}, {ucols} FROM items i LEFT JOIN items u ON u.key = i.upstream "
-        "WHERE i.scope = ? AND i.step = ? AND i.idx > ? AND list_contains(?::VARCHAR[], i.state) "
-        "AND (i.upstream IS NULL OR u.state = 'COMPLETED') ORDER BY i.idx LIMIT ?",
-        [scope, step, after_idx, list(states), limit]).fetchall()
-    n = len(ROW_COLUMNS) + 1
-    out = []
-    for r in rows:
-        up = ItemRow.from_db(r[n:]) if r[n] is not None else None
-        out.append((ItemRow.from_db(r[:n]), up))
-    return out
+    where = "i.scope = ? AND i.step = ? AND i.idx > ? AND list_contains(?::VARCHAR[], i.state)"
+    params = [scope, step, after_idx, list(states)]
+    if not chained:
+        rows = db.execute(f"SELECT {cols} FROM items i WHERE {where} ORDER BY i.idx LIMIT ?", [*params, limit]).fetchall()
+        return [(ItemRow.from_db(r), None) for r in rows]
+    ids = db.execute(
+        f"SELECT i.rowid, u.rowid FROM items i LEFT JOIN (SELECT key, state, rowid FROM items) u ON u.key = i.upstream "
+        f"WHERE {where} AND (i.upstream IS NULL OR u.state = 'COMPLETED') ORDER BY i.idx LIMIT ?",
+        [*params, limit]).fetchall()
+    if not ids:
+        return []
+    want = [a for a, _ in ids] + [b for _, b in ids if b is not None]
+    by_rowid = {r[-1]: ItemRow.from_db(r) for r in db.execute(
+        f"SELECT {cols} FROM items i SEMI JOIN (SELECT unnest(?::BIGINT[]) AS r) w ON i.rowid = w.r", [want]).fetchall()}
+    return [(by_rowid[a], by_rowid[b] if b is not None else None) for a, b in ids]
 
 
 def counts_by_step(db: duckdb.DuckDBPyConnection, scope: str) -> dict[str, dict[str, int]]:
