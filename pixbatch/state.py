@@ -381,7 +381,7 @@ class _Pending:
     first, at every batch) and the rest (items, events, outputs, SQL: committed in bulk)."""
 
     intents: list[Intent] = field(default_factory=list)
-    attempts: list[Attempt] = field(default_factory=list)
+    outcomes: list[Attempt] = field(default_factory=list)
     log_waiters: list[Waiter] = field(default_factory=list)
     items: dict[str, tuple] = field(default_factory=dict)
     events: list[tuple] = field(default_factory=list)
@@ -401,7 +401,7 @@ class _Pending:
                 self.intents.append(intent)
                 to_log = True
             if attempt is not None:
-                self.attempts.append(attempt)
+                self.outcomes.append(attempt)
                 to_log = True
         elif kind == "event":
             self.events.append(payload)
@@ -633,15 +633,15 @@ class Store:
         """Commit the intents and outcomes queued so far (one INSERT: atomic and durable by
         itself, so no explicit transaction); then release their waiters."""
         pend = self._pending
-        if not pend.intents and not pend.attempts:
+        if not pend.intents and not pend.outcomes:
             return
         if self._error is not None:
             raise StateError(f"state file {self.path} is not writable: {self._error}")
-        intents, attempts, waiters = pend.intents, pend.attempts, pend.log_waiters
-        insert_log(self._db, intents, attempts)
+        intents, outcomes, waiters = pend.intents, pend.outcomes, pend.log_waiters
+        insert_log(self._db, intents, outcomes)
         self.commits += 1
-        pend.intents, pend.attempts, pend.log_waiters = [], [], []
-        self.rows_committed += len(intents) + len(attempts)
+        pend.intents, pend.outcomes, pend.log_waiters = [], [], []
+        self.rows_committed += len(intents) + len(outcomes)
         self._release(waiters)
 
     def _commit_bulk(self) -> None:
