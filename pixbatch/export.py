@@ -16,7 +16,6 @@ from pathlib import Path
 import duckdb
 
 from .errors import StateError, StateLocked
-from .migrations import connect
 from .state import open_for_reading
 
 FORMATS = ("parquet", "csv")

@@ -1029,7 +1029,6 @@ def _build_step(c: _Checker, i: int, s: dict[str, Any], step_pos: dict[str, int]
     # matrix: param keys checked against the parameter rules; other keys are variables
     matrix: dict[str, tuple[Any, ...]] = {}
     mraw = s.get("matrix")
-    step_schema = load_schema("manifest")["$defs"][f"{op}Step"]["properties"]
     if isinstance(mraw, dict):
         for k, values in mraw.items():
             if not isinstance(values, list) or not values:

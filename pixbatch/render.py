@@ -262,7 +262,7 @@ def render_table(r: Report, *, width: int = 120, outputs_limit: int | None = 20,
     buf = io.StringIO()
     console = Console(file=buf, width=width, color_system="standard" if color else None,
                       force_terminal=color, highlight=False, emoji=False, soft_wrap=False)
-    console.print(f"[bold]pixbatch report[/bold]", markup=True)
+    console.print("[bold]pixbatch report[/bold]", markup=True)
     for sec in sections(r, outputs_limit=outputs_limit):
         if sec.headers == ("", ""):
             tbl = Table(title=sec.title, title_justify="left", show_header=False, box=box.SIMPLE)

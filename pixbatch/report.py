@@ -40,7 +40,6 @@ from pathlib import Path
 import duckdb
 
 from .errors import PixbatchError, StateError, StateLocked
-from .migrations import connect
 from .state import open_for_reading
 from .money import format_usd
 from .pricing import PriceTable

@@ -549,7 +549,6 @@ class _Run:
         assert self.store is not None
         store = self.store
         while self.stop_reason is None:
-            progressed = False
             seq0 = self.done_seq
             for step in self.steps_order:
                 after = -1
@@ -564,7 +563,6 @@ class _Run:
                             continue
                         if not await self._start(row, up):
                             return
-                        progressed = True
             if self.stop_reason is not None:
                 return
             await store.call(lambda db: st.block_downstream(db, self.scope, self.run_id))

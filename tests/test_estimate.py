@@ -12,7 +12,7 @@ from click.testing import CliRunner
 from hypothesis import given, settings, strategies as st
 
 from pixbatch.estimate import EstimateBuilder, estimate_items, estimate_to_dict
-from pixbatch.items import WorkItem, upstream_ref
+from pixbatch.items import WorkItem
 from pixbatch.pricing import PriceTable
 
 TABLE = PriceTable.load()

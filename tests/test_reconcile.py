@@ -6,7 +6,6 @@ import asyncio
 import io
 import json
 from datetime import datetime, timezone
-from pathlib import Path
 
 import duckdb
 import pytest
