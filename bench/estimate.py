@@ -83,6 +83,12 @@ def measure(mode: str, manifest: Path) -> dict:
 
 
 def main(sizes: list[int]) -> int:
+    # the machine line comes from a child too: importing _common (duckdb, aiohttp) here would
+    # add to the measured children's peak RSS (Linux counts a forked parent's pages in it)
+    here = str(Path(__file__).resolve().parent)
+    line = subprocess.run([sys.executable, "-c", f"import sys; sys.path.insert(0, {here!r}); from _common import "
+                           "machine; print(machine())"], check=True, capture_output=True, text=True).stdout.strip()
+    print(f"machine: {line}", flush=True)
     results: dict[tuple[str, int], dict] = {}
     with tempfile.TemporaryDirectory(prefix="pixbatch-bench-") as tmp:
         for n in sizes:

@@ -18,7 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from pixbatch import state as st
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine  # noqa: E402
+
+from pixbatch import state as st  # noqa: E402
 
 TARGET = 10_000
 
@@ -70,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--transitions", type=int, default=300_000)
     ap.add_argument("--tasks", type=int, default=256)
     a = ap.parse_args(argv)
+    print(f"machine: {machine()}")
     with tempfile.TemporaryDirectory() as d:
         rate = measure(Path(d) / "bench.duckdb", n_items=a.items, transitions=a.transitions, tasks=a.tasks)
     print(f"items {a.items:,}  transitions {a.transitions:,}  tasks {a.tasks}  ->  {rate:,.0f} transitions/s")
