@@ -101,7 +101,13 @@ class _Builder:
     def scalar(self, node: yaml.ScalarNode) -> Any:
         if node.tag == _TIMESTAMP or node.tag not in self.loader.yaml_constructors:
             return node.value
-        return self.loader.yaml_constructors[node.tag](self.loader, node)
+        try:
+            return self.loader.yaml_constructors[node.tag](self.loader, node)
+        except Exception:  # e.g. `!!int height`, `!!bool maybe`: the tag and the text disagree
+            tag = node.tag.rsplit(":", 1)[-1]
+            raise YamlSyntaxError(f"invalid YAML: {node.value!r} is not a valid !!{tag}",
+                                  node.start_mark.line + 1, node.start_mark.column + 1,
+                                  f"remove the !!{tag} tag or write a valid {tag}") from None
 
 
 def load(text: str) -> Located:

@@ -655,3 +655,20 @@ def test_misspelled_op_is_reported_even_though_no_op_branch_applies():
     code, out = validate(GOOD.replace("    op: edit", "    o: edit"))
     assert code == 2, out
     assert lines(out) == ["m.yaml:10:5: $.steps[0].o: unknown key 'o' (did you mean 'op'?)"]
+
+
+@pytest.mark.parametrize("value, tag", [("!!int height", "int"), ("!!float abc", "float"), ("!!bool maybe", "bool"),
+                                        ("!!binary x", "binary")])
+def test_a_yaml_tag_that_contradicts_its_value_is_a_located_error(value, tag):
+    """Found by the estimate fuzz: `!!int height` made PyYAML raise ValueError (a traceback)."""
+    code, out = validate(f"""\
+        version: 1
+        inputs: [https://cdn.example.com/a.png]
+        steps:
+          - id: up
+            op: upscale
+            target: {value}
+        """)
+    assert code == 2
+    assert lines(out) == [f"m.yaml:6:13: $: invalid YAML: {value.split()[1]!r} is not a valid !!{tag} "
+                          f"(remove the !!{tag} tag or write a valid {tag})"]
