@@ -200,14 +200,28 @@ def migrate(db: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration
     return now
 
 
-def connect(path: str | Path, *, read_only: bool = False) -> duckdb.DuckDBPyConnection:
-    """Open a state file, migrated to the latest schema (read-only files are not migrated)."""
+def connect(path: str | Path, *, read_only: bool = False, wait: float = 0.0) -> duckdb.DuckDBPyConnection:
+    """Open a state file, migrated to the latest schema (read-only files are not migrated).
+
+    ``wait``: seconds to keep trying while another process holds the file (a `status` or
+    `report` holds it for a fraction of a second); then ``StateLocked``.
+    """
+    import time
+
     path = Path(path)
     if read_only and not path.exists():
         raise StateError(f"state file {path} does not exist; run `pixbatch run` (or `estimate`) first, or pass --state.")
+    deadline = time.monotonic() + wait
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        db = duckdb.connect(str(path), read_only=read_only)
+        while True:
+            try:
+                db = duckdb.connect(str(path), read_only=read_only)
+                break
+            except duckdb.IOException as exc:
+                if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.05)
     except duckdb.IOException as exc:
         msg = str(exc)
         if "lock" in msg.lower():

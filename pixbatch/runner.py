@@ -107,6 +107,9 @@ class RunOptions:
     # this very expansion: a caller that loads the manifest with deep=False sets this, so a
     # resume of an unchanged manifest does not walk every item twice more
     check_names: bool = False
+    # seconds to wait for the state file while another process holds it: a `status` or a
+    # `report` holds it for a moment; another run holds it to the end (then StateLocked)
+    lock_wait: float = 3.0
 
     def public(self) -> dict[str, Any]:
         """The options as recorded in runs.options (no key)."""
@@ -388,7 +391,7 @@ class _Run:
     # -- main -----------------------------------------------------------------------------
 
     async def main(self) -> RunSummary:
-        self.store = st.Store.open(self.state_path)
+        self.store = st.Store.open(self.state_path, wait=self.o.lock_wait)
         self.store.bind_loop(asyncio.get_running_loop())
         try:
             return await self._main()

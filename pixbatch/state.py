@@ -450,9 +450,10 @@ class Store:
         self._thread.start()
 
     @classmethod
-    def open(cls, path: str | Path, **kw: Any) -> Store:
-        """Open (creating and migrating) a state file for writing; ``StateLocked`` if in use."""
-        return cls(path, connect(path), **kw)
+    def open(cls, path: str | Path, *, wait: float = 0.0, **kw: Any) -> Store:
+        """Open (creating and migrating) a state file for writing; ``StateLocked`` if it is still
+        in use after ``wait`` seconds."""
+        return cls(path, connect(path, wait=wait), **kw)
 
     # -- queued writes (any thread, never blocks) ----------------------------------------
 

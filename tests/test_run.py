@@ -264,7 +264,7 @@ def test_a_second_runner_is_refused_and_status_works_during_the_run(tmp_path, im
     steps = "  - id: e\n    op: edit\n    prompt: \"v{n}\"\n    matrix:\n      n: [1, 2, 3, 4]\n"
     mp = write_manifest(tmp_path, [url], steps)
     m = load_manifest(mp)
-    with start_emulator(fast_test_config(queue_time=1.5, processing_time=0.5)) as emu:
+    with start_emulator(fast_test_config(queue_time=6, processing_time=0.5)) as emu:  # outlasts 3 s of lock wait
         env = {**os.environ, "PIXAZO_API_KEY": emu.api_key}
         proc = subprocess.Popen([sys.executable, "-m", "pixbatch", "run", str(mp), "--base-url", emu.url, "--quiet",
                                  "--first-poll", "0.5"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -274,7 +274,7 @@ def test_a_second_runner_is_refused_and_status_works_during_the_run(tmp_path, im
             while not status_file.exists() and time.monotonic() < deadline:
                 time.sleep(0.05)
             with pytest.raises(StateLocked, match="in use by another pixbatch process"):
-                run(m, options=opts(emu))
+                run(m, options=opts(emu, lock_wait=0))
             res = CliRunner().invoke(cli, ["run", str(mp), "--base-url", emu.url], env={"PIXAZO_API_KEY": emu.api_key})
             assert res.exit_code == 6 and "in use" in res.output
             snap = read_status(m.state_path)

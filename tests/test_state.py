@@ -240,6 +240,26 @@ def test_status_reads_the_status_file_while_another_process_holds_the_lock(tmp_p
         holder.communicate()
 
 
+def test_opening_for_a_run_waits_out_a_reader_that_holds_the_file_for_a_moment(tmp_path):
+    import time
+
+    path = tmp_path / "s.duckdb"
+    open_ingested(path, [edit(0)])[0].close()
+    reader = subprocess.Popen([sys.executable, "-c", (
+        "import duckdb, sys, time; db = duckdb.connect(sys.argv[1], read_only=True); print('reading', flush=True); "
+        "time.sleep(0.8)"), str(path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert reader.stdout.readline().strip() == "reading"
+        t0 = time.monotonic()
+        with pytest.raises(StateLocked):
+            st.Store.open(path, wait=0.2)  # not long enough
+        st.Store.open(path, wait=5).close()  # the reader let go: the run goes on
+        assert time.monotonic() - t0 < 5
+    finally:
+        reader.kill()
+        reader.communicate()
+
+
 def test_concurrent_transitions_are_group_committed(tmp_path):
     """Many tasks changing items at once share transactions (speed is bench/state.py's job)."""
     import asyncio
