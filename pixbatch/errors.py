@@ -8,28 +8,59 @@
     ├── StateError                     exit 1   the DuckDB state file is unusable
     │   └── StateLocked                exit 6   another pixbatch process holds the state file
     └── GatewayError                   exit 1   the gateway answered something we cannot act on
-        ├── AuthError                  exit 4   401/403: the key is missing, unknown or not allowed
+        ├── AuthError                  exit 4   401/403: the key is unknown or not allowed
+        │   └── MissingApiKey          exit 4   no key at all (``require_api_key``)
         ├── InsufficientBalance        exit 5   402: top up the wallet, then run again
         ├── RateLimited                         429 (retried by the client; surfaced only if retries run out)
         ├── ServerError                         5xx (retried on idempotent calls)
         ├── BadRequest                          400: the gateway rejected the request body
         ├── NotFound                            404: unknown request id
-        └── ProtocolError                       the answer is not what the contract says (garbage JSON, ...)
+        ├── SubmitUnknown                       a submit that may have been accepted (and charged): AMBIGUOUS
+        ├── GatewayUnreachable                  no answer at all (after the retries the call allows)
+        └── GatewayProtocolError                the answer is not what the contract says (garbage JSON, ...)
 
-Messages never contain the API key; ``redact`` scrubs any text that might.
+(``GatewayUnreachable`` and ``GatewayProtocolError`` are named so that they do not shadow
+httpx's ``NetworkError`` and ``ProtocolError``, which the gateway client also handles.)
+
+Exit codes (``ExitCode``; the CLI exits with ``exc.exit_code``, a run with ``RunSummary.exit_code``):
+
+    0    OK            everything asked for completed
+    1    ERROR         some items did not complete (failed, blocked, ambiguous), or another error
+    2    USAGE         invalid manifest, price table or command line (click's usage errors are 2 too)
+    3    BUDGET        the estimate or the next item does not fit the budget
+    4    AUTH          the API key is missing or refused
+    5    BALANCE       insufficient wallet balance (402)
+    6    STATE_LOCKED  another pixbatch process holds the state file
+    130  INTERRUPTED   SIGINT/SIGTERM
+
+The API key is read in one place, ``require_api_key``. Messages never contain it;
+``redact`` scrubs any text that might.
 """
 
 from __future__ import annotations
 
+import enum
 import os
 
 
+class ExitCode(enum.IntEnum):
+    OK = 0
+    ERROR = 1
+    INCOMPLETE = 1  # alias: a run that left items not completed
+    USAGE = 2
+    BUDGET = 3
+    AUTH = 4
+    BALANCE = 5
+    STATE_LOCKED = 6
+    INTERRUPTED = 130
+
+
 class PixbatchError(Exception):
-    exit_code = 1
+    exit_code: ExitCode = ExitCode.ERROR
 
 
 class ManifestError(PixbatchError):
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
     def __init__(self, problems: list, message: str | None = None):
         self.problems = list(problems)
@@ -37,7 +68,7 @@ class ManifestError(PixbatchError):
 
 
 class PricingError(PixbatchError):
-    exit_code = 2
+    exit_code = ExitCode.USAGE
 
 
 class ProbeError(PixbatchError):
@@ -45,7 +76,7 @@ class ProbeError(PixbatchError):
 
 
 class BudgetExceeded(PixbatchError):
-    exit_code = 3
+    exit_code = ExitCode.BUDGET
 
 
 class StateError(PixbatchError):
@@ -53,7 +84,7 @@ class StateError(PixbatchError):
 
 
 class StateLocked(StateError):
-    exit_code = 6
+    exit_code = ExitCode.STATE_LOCKED
 
 
 class GatewayError(PixbatchError):
@@ -64,11 +95,15 @@ class GatewayError(PixbatchError):
 
 
 class AuthError(GatewayError):
-    exit_code = 4
+    exit_code = ExitCode.AUTH
+
+
+class MissingApiKey(AuthError):
+    """No API key was given and ``PIXAZO_API_KEY`` is not set."""
 
 
 class InsufficientBalance(GatewayError):
-    exit_code = 5
+    exit_code = ExitCode.BALANCE
 
 
 class RateLimited(GatewayError):
@@ -89,11 +124,31 @@ class NotFound(GatewayError):
     pass
 
 
-class ProtocolError(GatewayError):
-    pass
+class SubmitUnknown(GatewayError):
+    """The submit may or may not have been accepted (and charged): never retry automatically."""
+
+
+class GatewayUnreachable(GatewayError):
+    """The gateway could not be reached (after retries, for idempotent calls)."""
+
+
+class GatewayProtocolError(GatewayError):
+    """The gateway's answer is not what the contract says."""
 
 
 API_KEY_ENV = "PIXAZO_API_KEY"
+
+
+def require_api_key(explicit: str | None = None) -> str:
+    """The API key: ``explicit`` when given, else ``$PIXAZO_API_KEY``; ``MissingApiKey`` when neither is set.
+
+    Surrounding whitespace is dropped (a key pasted with a newline is the same key).
+    """
+    key = (explicit or os.environ.get(API_KEY_ENV) or "").strip()
+    if not key:
+        raise MissingApiKey(f"no API key: set {API_KEY_ENV} to your Pixazo subscription key, then run again "
+                            "(it is read from the environment only and never stored).")
+    return key
 
 
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:

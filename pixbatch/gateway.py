@@ -48,11 +48,14 @@ from .errors import (
     BadRequest,
     GatewayError,
     InsufficientBalance,
+    GatewayProtocolError,
+    GatewayUnreachable,
     NotFound,
-    ProtocolError,
     RateLimited,
     ServerError,
+    SubmitUnknown,
     redact,
+    require_api_key,
 )
 from .ratelimit import AdaptiveRateLimiter
 from .retry_policy import DEFAULT_POLICY, RetryPolicy
@@ -60,14 +63,6 @@ from .retry_policy import DEFAULT_POLICY, RetryPolicy
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
 #: the most throttled (429) tries one call makes before giving up
 MAX_THROTTLED_TRIES = 200
-
-
-class SubmitUnknown(GatewayError):
-    """The submit may or may not have been accepted (and charged): never retry automatically."""
-
-
-class NetworkError(GatewayError):
-    """The gateway could not be reached (after retries, for idempotent calls)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,8 +159,7 @@ class Gateway:
                  limiter: AdaptiveRateLimiter | None = None, policy: RetryPolicy = DEFAULT_POLICY,
                  on_exchange: Callable[[Exchange], None] | None = None, max_connections: int = 256,
                  download_transport: httpx.AsyncBaseTransport | None = None):
-        if not api_key:
-            raise AuthError("no API key: set PIXAZO_API_KEY to your Pixazo subscription key and run again.")
+        api_key = require_api_key(api_key)
         self.base_url = base_url.rstrip("/")
         self._key = api_key
         self.limiter = limiter or AdaptiveRateLimiter(None)
@@ -302,7 +296,7 @@ class Gateway:
                     await asyncio.sleep(self.policy.backoff(attempt))
                     continue
                 if retry_policy.request_never_sent(exc):
-                    raise NetworkError(f"cannot reach the gateway at {self.base_url}: {type(exc).__name__} "
+                    raise GatewayUnreachable(f"cannot reach the gateway at {self.base_url}: {type(exc).__name__} "
                                        f"{redact(str(exc), (self._key,))}. Check --base-url and the network.") from None
                 raise SubmitUnknown(f"submit to {path}: the connection failed after the request was sent "
                                     f"({type(exc).__name__}); the gateway may have accepted it.") from None
@@ -364,7 +358,7 @@ class Gateway:
                 error=data.get("error"), created_at=parse_timestamp(data.get("created_at")),
                 completed_at=parse_timestamp(data.get("completed_at")))
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise ProtocolError(f"status of {request_id}: the answer is not a status ({str(data)[:200]})") from None
+            raise GatewayProtocolError(f"status of {request_id}: the answer is not a status ({str(data)[:200]})") from None
 
     async def _get_json(self, path: str) -> Any:
         attempt = throttled = 0
@@ -379,7 +373,7 @@ class Gateway:
                 if attempt < self.policy.max_attempts:
                     await asyncio.sleep(self.policy.backoff(attempt))
                     continue
-                raise NetworkError(f"GET {path}: network error ({last}) after {attempt} tries.") from None
+                raise GatewayUnreachable(f"GET {path}: network error ({last}) after {attempt} tries.") from None
             code = resp.status_code
             if code == 429:
                 throttled += 1
@@ -403,7 +397,7 @@ class Gateway:
                 await asyncio.sleep(self.policy.backoff(attempt))
                 continue
             if last.endswith("garbage body"):
-                raise ProtocolError(f"GET {path}: {last} after {attempt} tries.")
+                raise GatewayProtocolError(f"GET {path}: {last} after {attempt} tries.")
             raise ServerError(f"GET {path}: {last} after {attempt} tries.", status_code=code)
 
     # -- download -----------------------------------------------------------------------
@@ -413,7 +407,7 @@ class Gateway:
         if url.startswith("/"):
             url = urljoin(self.base_url + "/", url)
         if not url.startswith(("http://", "https://")):
-            raise ProtocolError(f"media_url {url[:200]!r} is not an http(s) URL")
+            raise GatewayProtocolError(f"media_url {url[:200]!r} is not an http(s) URL")
         path = urlsplit(url).path
         attempt = 0
         while True:
@@ -424,7 +418,7 @@ class Gateway:
                 if attempt < self.policy.max_attempts:
                     await asyncio.sleep(self.policy.backoff(attempt))
                     continue
-                raise NetworkError(f"download {path}: network error ({type(exc).__name__}) after {attempt} tries.") from None
+                raise GatewayUnreachable(f"download {path}: network error ({type(exc).__name__}) after {attempt} tries.") from None
             code = resp.status_code
             if 200 <= code < 300:
                 return Download(resp.content, resp.headers.get("content-type"))

@@ -57,14 +57,16 @@ from .errors import (
     AuthError,
     BadRequest,
     BudgetExceeded,
+    ExitCode,
     GatewayError,
     InsufficientBalance,
     ManifestError,
     NotFound,
     PixbatchError,
-    API_KEY_ENV,
+    SubmitUnknown,
+    require_api_key,
 )
-from .gateway import DEFAULT_BASE_URL, Exchange, Gateway, JobStatus, SubmitUnknown
+from .gateway import DEFAULT_BASE_URL, Exchange, Gateway, JobStatus
 from .items import resolve_urls
 from .money import format_usd
 from .pricing import PriceTable
@@ -72,7 +74,8 @@ from .progress import NullProgress, Progress
 from .ratelimit import AdaptiveRateLimiter
 from .sizes import MEGAPIXEL, MAX_UPSCALE_MP, output_size as predicted_output_size
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_BUDGET, EXIT_AUTH, EXIT_BALANCE, EXIT_INTERRUPTED = 0, 1, 3, 4, 5, 130
+EXIT_OK, EXIT_INCOMPLETE, EXIT_BUDGET, EXIT_AUTH, EXIT_BALANCE, EXIT_INTERRUPTED = map(int, (
+    ExitCode.OK, ExitCode.INCOMPLETE, ExitCode.BUDGET, ExitCode.AUTH, ExitCode.BALANCE, ExitCode.INTERRUPTED))
 PAGE = 2000
 POLL_GIVE_UP = 6  # rounds of (already retried) poll failures before an item is left for the next run
 PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
@@ -227,10 +230,7 @@ class _Run:
         self.m = manifest
         self.o = options
         self.progress = progress
-        self.key = options.api_key or os.environ.get(API_KEY_ENV) or None
-        if gateway is None and not self.key:
-            raise AuthError(f"no API key: set {API_KEY_ENV} to your Pixazo subscription key and run again "
-                            "(the key is read from the environment only, never stored).")
+        self.key = require_api_key(options.api_key) if gateway is None else None
         self.table = PriceTable.load(options.pricing_path)
         self.state_path = Path(options.state_path or manifest.state_path)
         self.output_dir = Path(manifest.output_dir)

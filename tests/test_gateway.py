@@ -12,8 +12,9 @@ import pytest
 
 from pixbatch import retry_policy
 from pixbatch.contract import AUTH_HEADER, ENDPOINTS
-from pixbatch.errors import AuthError, BadRequest, InsufficientBalance, ProtocolError, ServerError
-from pixbatch.gateway import Gateway, NetworkError, SubmitUnknown, parse_timestamp
+from pixbatch.errors import (AuthError, BadRequest, GatewayProtocolError, GatewayUnreachable, InsufficientBalance,
+                             ServerError, SubmitUnknown)
+from pixbatch.gateway import Gateway, parse_timestamp
 from pixbatch.ratelimit import AdaptiveRateLimiter
 from pixbatch.retry_policy import parse_retry_after
 
@@ -117,7 +118,7 @@ def test_submit_connect_error_never_left_so_it_is_retried():
     assert run(gw.submit("upscale", {"image": "https://x.test/a.png"})).request_id == "p-image_abc"
     s2 = Script(httpx.ConnectError("refused"))
     gw2, _ = gateway(s2)
-    with pytest.raises(NetworkError, match="cannot reach"):
+    with pytest.raises(GatewayUnreachable, match="cannot reach"):
         run(gw2.submit("upscale", {"image": "https://x.test/a.png"}))
 
 
@@ -147,10 +148,10 @@ def test_status_retries_5xx_network_and_garbage():
 
 def test_status_garbage_forever_is_a_protocol_error():
     gw, _ = gateway(Script(httpx.Response(200, content=b"garbage")))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(GatewayProtocolError):
         run(gw.status("r1"))
     gw, _ = gateway(Script(httpx.Response(200, json={"status": "WEIRD"})))
-    with pytest.raises(ProtocolError):
+    with pytest.raises(GatewayProtocolError):
         run(gw.status("r1"))
 
 
