@@ -6,22 +6,24 @@ get ``202 {request_id, status, polling_url}``; GET the polling URL's *path* unde
 base URL until a terminal status; download ``output.media_url`` (public CDN URLs: the key
 is never sent there). Swapping the emulator for the real gateway changes only the base URL.
 
-Transport: ``httpx_aiohttp.AiohttpTransport`` by default (about 10x the throughput of
-httpx's own pool at 64 concurrent requests), and gateway calls then go straight to the
-aiohttp session behind it (no httpx request/response objects: half the client CPU per
-call; errors are mapped to the same httpx exceptions). Tests pass
-``transport=httpx.MockTransport`` or ``httpx.ASGITransport``, which take the httpx path.
+Transport: ``transport.AiohttpTransport`` by default (aiohttp's pool: about fifteen times
+less client CPU per call than httpx's own at 64 concurrent requests), and gateway calls
+then go straight to its ``request()`` (no httpx request/response objects; errors are the
+same httpx exceptions). Tests pass ``transport=httpx.MockTransport`` or
+``httpx.ASGITransport``, which take the plain httpx path; downloads always go through an
+``httpx.AsyncClient`` (redirects).
 
-What is retried is decided by ``retry_policy`` (see the table there); the rule that matters
-for money: a submit whose outcome is unknown (connection dropped or timed out after the
-request left, a 2xx with a body we cannot read, a 502/504) raises ``SubmitUnknown`` and is
-never retried here. Every HTTP exchange is reported to ``on_exchange`` (method, path,
-status, milliseconds: never headers, never the key).
+What is retried is decided by ``retry_policy`` (its table and its three predicates), and
+one loop, ``retry_policy.retrying``, serves submit, poll and download; this module turns
+the final outcome into a result or an exception. The rule that matters for money: a
+submit whose outcome is unknown (connection dropped or timed out after the request left,
+a 2xx with a body we cannot read, a 502/504) raises ``SubmitUnknown`` and is never retried
+here. Every HTTP exchange is reported to ``on_exchange`` (method, path, status,
+milliseconds: never headers, never the key).
 """
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from collections.abc import Callable
@@ -47,9 +49,9 @@ from .errors import (
     AuthError,
     BadRequest,
     GatewayError,
-    InsufficientBalance,
     GatewayProtocolError,
     GatewayUnreachable,
+    InsufficientBalance,
     NotFound,
     RateLimited,
     ServerError,
@@ -58,11 +60,13 @@ from .errors import (
     require_api_key,
 )
 from .ratelimit import AdaptiveRateLimiter
-from .retry_policy import DEFAULT_POLICY, RetryPolicy
+from .retry_policy import DEFAULT_POLICY, RetryPolicy, retrying
+from .transport import AiohttpTransport, Reply
 
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
-#: the most throttled (429) tries one call makes before giving up
-MAX_THROTTLED_TRIES = 200
+
+__all__ = ["DEFAULT_BASE_URL", "Accepted", "Download", "Exchange", "Gateway", "JobStatus", "Reply", "SubmitUnknown",
+           "parse_timestamp"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,22 +129,6 @@ def parse_timestamp(value: Any) -> datetime | None:
     return dt
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """A gateway answer, read whole: what the callers look at, from either transport path."""
-
-    status_code: int
-    headers: Any  # case-insensitive mapping (httpx.Headers or aiohttp's CIMultiDictProxy)
-    content: bytes
-
-    def json(self) -> Any:
-        return json.loads(self.content)
-
-    @property
-    def text(self) -> str:
-        return self.content.decode("utf-8", "replace")
-
-
 def _message(resp: Reply | httpx.Response) -> str:
     try:
         data = resp.json()
@@ -165,27 +153,26 @@ class Gateway:
         self.limiter = limiter or AdaptiveRateLimiter(None)
         self.policy = policy
         self.on_exchange = on_exchange
-        limits = httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections)
         if transport is None:
-            from httpx_aiohttp import AiohttpTransport
-
-            transport = AiohttpTransport(limits=limits)
+            transport = AiohttpTransport(max_connections=max_connections)
         if download_transport is None:
-            download_transport = transport if not _is_aiohttp(transport) else _aiohttp_transport(limits)
+            # the CDN gets a pool of its own when the gateway's is aiohttp's
+            download_transport = (AiohttpTransport(max_connections=max_connections)
+                                  if isinstance(transport, AiohttpTransport) else transport)
         # httpx stores the header; it is never logged or put in exceptions by this module
         self._client = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout,
                                          headers={AUTH_HEADER: api_key, "Cache-Control": "no-cache"})
         self._cdn = httpx.AsyncClient(transport=download_transport, timeout=timeout, follow_redirects=True)
         # gateway calls skip the client's per-request work (URL merging and parsing, header
         # merging, cookies, auth and redirect machinery: two thirds of the per-call CPU at
-        # high rates): the request is built once from pre-merged headers and handed to the
-        # same transport, with the same timeouts
+        # high rates): the request is built from pre-merged headers and handed to the same
+        # transport, with the same timeouts
         self._transport = transport
         self._headers = list(self._client.headers.raw)
         self._timeouts = httpx.Timeout(timeout).as_dict()
-        self._aio_headers = {k.decode(): v.decode() for k, v in self._headers}
-        self._aio = (aiohttp.ClientTimeout(sock_connect=timeout, sock_read=timeout, connect=timeout)
-                     if _is_aiohttp(transport) else None)
+        self._fast = transport if isinstance(transport, AiohttpTransport) else None
+        self._fast_headers = {k.decode(): v.decode() for k, v in self._headers}
+        self._fast_timeout = aiohttp.ClientTimeout(sock_connect=timeout, sock_read=timeout, connect=timeout)
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -209,8 +196,12 @@ class Gateway:
         """One gateway exchange; the body is read before returning."""
         t0 = time.perf_counter()
         try:
-            if self._aio is not None:
-                reply = await self._call_aiohttp(method, path, content, headers)
+            if self._fast is not None:
+                hdrs = self._fast_headers
+                if headers:
+                    hdrs = {**hdrs, **{k.decode(): v.decode() for k, v in headers}}
+                reply = await self._fast.request(method, self.base_url + path, headers=hdrs, content=content,
+                                                 timeout=self._fast_timeout)
             else:
                 request = httpx.Request(method, self.base_url + path, headers=self._headers + headers if headers
                                         else self._headers, content=content, extensions={"timeout": self._timeouts})
@@ -225,25 +216,6 @@ class Gateway:
             raise
         self._record(method, path.split("?")[0], reply.status_code, t0)
         return reply
-
-    async def _call_aiohttp(self, method: str, path: str, content: bytes | None,
-                            headers: list[tuple[bytes, bytes]] | None) -> Reply:
-        """The same exchange straight on the aiohttp session behind ``AiohttpTransport``: no
-        httpx request or response objects (half the client CPU per call at high rates).
-        aiohttp's errors become the same httpx exceptions the transport would raise."""
-        from httpx_aiohttp.transport import map_aiohttp_exceptions
-
-        transport = self._transport
-        session = transport.client
-        if not isinstance(session, aiohttp.ClientSession):
-            session = transport.client = transport.get_client()  # what the transport does on first use
-        hdrs = self._aio_headers
-        if headers:
-            hdrs = {**hdrs, **{k.decode(): v.decode() for k, v in headers}}
-        with map_aiohttp_exceptions():
-            async with session.request(method, self.base_url + path, headers=hdrs, data=content,
-                                       allow_redirects=False, timeout=self._aio) as r:
-                return Reply(r.status, r.headers, await r.read())
 
     async def _send(self, client: httpx.AsyncClient, method: str, url: str, path: str, **kw: Any) -> httpx.Response:
         t0 = time.perf_counter()
@@ -278,66 +250,55 @@ class Gateway:
 
         Raises ``SubmitUnknown`` when it may have been accepted; ``BadRequest``/``NotFound``
         (not accepted, not charged); ``AuthError``; ``InsufficientBalance``; ``RateLimited``
-        or ``ServerError`` when definite refusals outlast the retries.
+        or ``ServerError`` when definite refusals outlast the retries; ``GatewayUnreachable``
+        when no connection could be made.
         """
         path = ENDPOINTS[op]
         content = json.dumps(body, separators=(",", ":")).encode()
         headers = [(b"Content-Type", b"application/json")]
         if webhook_url:
             headers += [(WEBHOOK_URL_HEADER.encode(), webhook_url.encode()), (WEBHOOK_MODE_HEADER.encode(), b"terminal")]
-        attempt = throttled = 0
-        while True:
-            attempt += 1
-            await self.limiter.acquire()
+        end = await retrying(self.policy, lambda: self._call("POST", path, content, headers),
+                             on=retry_policy.submit_again, before=self.limiter.acquire,
+                             on_throttle=self.limiter.on_throttle)
+        resp = end.outcome
+        if isinstance(resp, BaseException):
+            if retry_policy.request_never_sent(resp):
+                raise GatewayUnreachable(f"cannot reach the gateway at {self.base_url}: {type(resp).__name__} "
+                                         f"{redact(str(resp), (self._key,))}. Check --base-url and the network.") from None
+            raise SubmitUnknown(f"submit to {path}: the connection failed after the request was sent "
+                                f"({type(resp).__name__}); the gateway may have accepted it.") from None
+        code = resp.status_code
+        if 200 <= code < 300:
+            self.limiter.on_accept()
             try:
-                resp = await self._call("POST", path, content, headers)
-            except httpx.TransportError as exc:
-                if retry_policy.retry_transport_error(exc, idempotent=False) and attempt < self.policy.max_attempts:
-                    await asyncio.sleep(self.policy.backoff(attempt))
-                    continue
-                if retry_policy.request_never_sent(exc):
-                    raise GatewayUnreachable(f"cannot reach the gateway at {self.base_url}: {type(exc).__name__} "
-                                       f"{redact(str(exc), (self._key,))}. Check --base-url and the network.") from None
-                raise SubmitUnknown(f"submit to {path}: the connection failed after the request was sent "
-                                    f"({type(exc).__name__}); the gateway may have accepted it.") from None
-            code = resp.status_code
-            if 200 <= code < 300:
-                self.limiter.on_accept()
-                try:
-                    data = resp.json()
-                    rid = data["request_id"]
-                    if not isinstance(rid, str) or not rid:
-                        raise ValueError("empty request_id")
-                except (ValueError, KeyError, TypeError):
-                    raise SubmitUnknown(f"submit to {path}: {code} with an unreadable body "
-                                        f"({resp.text[:120]!r}); the gateway may have accepted it.") from None
-                polling = data.get("polling_url")
-                polling_path = STATUS_PATH.format(request_id=rid)
-                if isinstance(polling, str) and polling:
-                    parts = urlsplit(polling)
-                    if parts.path:
-                        polling_path = parts.path + (f"?{parts.query}" if parts.query else "")
-                return Accepted(rid, str(data.get("status") or "QUEUED"), polling_path)
-            if code == 429:
-                ra = retry_policy.parse_retry_after(resp.headers.get("Retry-After"))
-                throttled += 1
-                attempt -= 1  # a throttle is not a failure; it has its own allowance
-                self.limiter.on_throttle(self.policy.wait_for_retry_after(ra, throttled))
-                if throttled < MAX_THROTTLED_TRIES:
-                    continue
-                raise RateLimited(f"submit to {path}: still throttled (429) after {throttled} tries; "
-                                  "lower --max-rps or --concurrency.", retry_after=ra, status_code=429)
-            if retry_policy.submit_status_is_ambiguous(code):
-                raise SubmitUnknown(f"submit to {path}: {code} from a proxy; the gateway may have accepted it.",
-                                    status_code=code)
-            if retry_policy.retry_status(code, idempotent=False):
-                if attempt < self.policy.max_attempts:
-                    await asyncio.sleep(self.policy.backoff(attempt))
-                    continue
-                raise ServerError(f"submit to {path}: the gateway kept failing ({code}) after {attempt} tries.",
-                                  status_code=code)
-            self._raise_for_definite(resp, f"submit to {path}")
-            raise GatewayError(f"submit to {path}: unexpected HTTP {code}: {_message(resp)}", status_code=code)
+                data = resp.json()
+                rid = data["request_id"]
+                if not isinstance(rid, str) or not rid:
+                    raise ValueError("empty request_id")
+            except (ValueError, KeyError, TypeError):
+                raise SubmitUnknown(f"submit to {path}: {code} with an unreadable body "
+                                    f"({resp.text[:120]!r}); the gateway may have accepted it.") from None
+            polling = data.get("polling_url")
+            polling_path = STATUS_PATH.format(request_id=rid)
+            if isinstance(polling, str) and polling:
+                parts = urlsplit(polling)
+                if parts.path:
+                    polling_path = parts.path + (f"?{parts.query}" if parts.query else "")
+            return Accepted(rid, str(data.get("status") or "QUEUED"), polling_path)
+        if code == 429:
+            raise RateLimited(f"submit to {path}: still throttled (429) after {end.throttles} tries; "
+                              "lower --max-rps or --concurrency.",
+                              retry_after=retry_policy.parse_retry_after(resp.headers.get("Retry-After")),
+                              status_code=429)
+        if retry_policy.submit_status_is_ambiguous(code):
+            raise SubmitUnknown(f"submit to {path}: {code} from a proxy; the gateway may have accepted it.",
+                                status_code=code)
+        if end.exhausted:
+            raise ServerError(f"submit to {path}: the gateway kept failing ({code}) after {end.tries} tries.",
+                              status_code=code)
+        self._raise_for_definite(resp, f"submit to {path}")
+        raise GatewayError(f"submit to {path}: unexpected HTTP {code}: {_message(resp)}", status_code=code)
 
     # -- status -------------------------------------------------------------------------
 
@@ -358,82 +319,47 @@ class Gateway:
                 error=data.get("error"), created_at=parse_timestamp(data.get("created_at")),
                 completed_at=parse_timestamp(data.get("completed_at")))
         except (KeyError, TypeError, ValueError, AttributeError):
-            raise GatewayProtocolError(f"status of {request_id}: the answer is not a status ({str(data)[:200]})") from None
+            raise GatewayProtocolError(
+                f"status of {request_id}: the answer is not a status ({str(data)[:200]})") from None
 
     async def _get_json(self, path: str) -> Any:
-        attempt = throttled = 0
-        last = ""
-        while True:
-            attempt += 1
-            await self.limiter.acquire_poll()
+        end = await retrying(self.policy, lambda: self._call("GET", path), on=retry_policy.poll_again,
+                             before=self.limiter.acquire_poll, on_throttle=self.limiter.on_throttle)
+        resp = end.outcome
+        if isinstance(resp, BaseException):
+            raise GatewayUnreachable(f"GET {path}: network error ({type(resp).__name__}) after {end.tries} tries.") \
+                from None
+        code = resp.status_code
+        if code == 429:
+            raise RateLimited(f"GET {path}: still throttled after {end.throttles} tries.",
+                              retry_after=retry_policy.parse_retry_after(resp.headers.get("Retry-After")),
+                              status_code=429)
+        if 200 <= code < 300:
             try:
-                resp = await self._call("GET", path)
-            except httpx.TransportError as exc:
-                last = f"{type(exc).__name__}"
-                if attempt < self.policy.max_attempts:
-                    await asyncio.sleep(self.policy.backoff(attempt))
-                    continue
-                raise GatewayUnreachable(f"GET {path}: network error ({last}) after {attempt} tries.") from None
-            code = resp.status_code
-            if code == 429:
-                throttled += 1
-                attempt -= 1
-                ra = retry_policy.parse_retry_after(resp.headers.get("Retry-After"))
-                self.limiter.on_throttle(self.policy.wait_for_retry_after(ra, throttled))
-                if throttled < MAX_THROTTLED_TRIES:
-                    continue
-                raise RateLimited(f"GET {path}: still throttled after {throttled} tries.", retry_after=ra, status_code=429)
-            if 200 <= code < 300:
-                try:
-                    return resp.json()
-                except ValueError:
-                    last = f"{code} with garbage body"
-            elif retry_policy.retry_status(code, idempotent=True):
-                last = f"HTTP {code}"
-            else:
-                self._raise_for_definite(resp, f"GET {path}")
-                raise GatewayError(f"GET {path}: unexpected HTTP {code}: {_message(resp)}", status_code=code)
-            if attempt < self.policy.max_attempts:
-                await asyncio.sleep(self.policy.backoff(attempt))
-                continue
-            if last.endswith("garbage body"):
-                raise GatewayProtocolError(f"GET {path}: {last} after {attempt} tries.")
-            raise ServerError(f"GET {path}: {last} after {attempt} tries.", status_code=code)
+                return resp.json()
+            except ValueError:
+                raise GatewayProtocolError(f"GET {path}: {code} with garbage body after {end.tries} tries.") from None
+        if end.exhausted:
+            raise ServerError(f"GET {path}: HTTP {code} after {end.tries} tries.", status_code=code)
+        self._raise_for_definite(resp, f"GET {path}")
+        raise GatewayError(f"GET {path}: unexpected HTTP {code}: {_message(resp)}", status_code=code)
 
     # -- download -----------------------------------------------------------------------
 
     async def download(self, url: str) -> Download:
-        """Fetch an output from the CDN (no key sent); retries 5xx and network errors."""
+        """Fetch an output from the CDN (no key sent); retries 429, 5xx and network errors."""
         if url.startswith("/"):
             url = urljoin(self.base_url + "/", url)
         if not url.startswith(("http://", "https://")):
             raise GatewayProtocolError(f"media_url {url[:200]!r} is not an http(s) URL")
         path = urlsplit(url).path
-        attempt = 0
-        while True:
-            attempt += 1
-            try:
-                resp = await self._send(self._cdn, "GET", url, path)
-            except httpx.TransportError as exc:
-                if attempt < self.policy.max_attempts:
-                    await asyncio.sleep(self.policy.backoff(attempt))
-                    continue
-                raise GatewayUnreachable(f"download {path}: network error ({type(exc).__name__}) after {attempt} tries.") from None
-            code = resp.status_code
-            if 200 <= code < 300:
-                return Download(resp.content, resp.headers.get("content-type"))
-            if retry_policy.retry_status(code, idempotent=True) and attempt < self.policy.max_attempts:
-                ra = retry_policy.parse_retry_after(resp.headers.get("Retry-After")) if code == 429 else None
-                await asyncio.sleep(self.policy.wait_for_retry_after(ra, attempt) if code == 429 else self.policy.backoff(attempt))
-                continue
-            raise GatewayError(f"download {path}: HTTP {code}", status_code=code)
-
-
-def _is_aiohttp(transport: httpx.AsyncBaseTransport) -> bool:
-    return type(transport).__module__.startswith("httpx_aiohttp")
-
-
-def _aiohttp_transport(limits: httpx.Limits) -> httpx.AsyncBaseTransport:
-    from httpx_aiohttp import AiohttpTransport
-
-    return AiohttpTransport(limits=limits)
+        end = await retrying(self.policy, lambda: self._send(self._cdn, "GET", url, path),
+                             on=retry_policy.download_again)
+        resp = end.outcome
+        if isinstance(resp, BaseException):
+            raise GatewayUnreachable(f"download {path}: network error ({type(resp).__name__}) after {end.tries} "
+                                     "tries.") from None
+        code = resp.status_code
+        if 200 <= code < 300:
+            return Download(resp.content, resp.headers.get("content-type"))
+        raise GatewayError(f"download {path}: HTTP {code}", status_code=code)
