@@ -2,15 +2,26 @@
 
 Each command parses its options, calls the library, renders the result and lets
 ``PixbatchError`` propagate; the group maps that one base class, once, to a message on
-stderr and its exit code (see ``errors.py``). ``--debug`` shows the traceback instead.
+stderr and its exit code (``errors.ExitCode``). ``--debug`` shows the traceback instead.
+
+Defaults that the library defines (the gateway's base URL, concurrency, the first poll
+delay, probe limits, the outputs listed) are read from the library's own signatures
+(``LibraryDefault``), not restated here. Every amount of dollars is parsed by one
+parameter type, ``USD`` (a bad or negative amount is a usage error: exit 2). Options that
+several commands share are decorators (``state_source``, ``pricing_option``, ...).
 """
 
 from __future__ import annotations
 
+import importlib
+import inspect
+from collections.abc import Callable
+from typing import Any
+
 import click
 
 from . import __version__
-from .errors import PixbatchError, redact
+from .errors import ExitCode, PixbatchError, redact
 
 
 class _Failed(click.ClickException):
@@ -42,6 +53,92 @@ def cli(ctx: click.Context, debug: bool) -> None:
     ctx.obj["debug"] = debug
 
 
+# -- parameter types and shared options ---------------------------------------------------
+
+
+class USD(click.ParamType):
+    """An amount of dollars ("25", "12.50", "0.005") -> integer micro-dollars; never negative."""
+
+    name = "usd"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            micros = value  # already converted (a default given in micros)
+        else:
+            from .money import usd_to_micros
+
+            try:
+                micros = usd_to_micros(str(value).strip().removeprefix("$"))
+            except (ValueError, TypeError) as exc:
+                self.fail(f"{exc}; give dollars like 25 or 12.50", param, ctx)
+        if micros < 0:
+            self.fail(f"{value} is negative; give an amount of dollars >= 0", param, ctx)
+        return micros
+
+
+class LibraryDefault:
+    """The default of keyword ``name`` of the library's ``target`` ("module:callable"), read when
+    first needed (importing the runner takes ~0.4 s: too slow for every command's start-up).
+
+    click calls it for the value and prints ``str()`` of it in ``--help``.
+    """
+
+    def __init__(self, target: str, name: str):
+        self.target, self.name = target, name
+
+    def __call__(self) -> Any:
+        module, _, attr = self.target.partition(":")
+        default = inspect.signature(getattr(importlib.import_module(module), attr)).parameters[self.name].default
+        assert default is not inspect.Parameter.empty, f"{self.target} has no default for {self.name}"
+        return default
+
+    def __str__(self) -> str:
+        return str(self())
+
+
+#: the run's options (``RunOptions`` keeps these flat keyword names)
+RUN_OPTIONS = "pixbatch.runner:RunOptions"
+
+
+def state_source(f: Callable) -> Callable:
+    """[MANIFEST] or --state FILE: which state file a command reads."""
+    f = click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
+                     help="State file (instead of MANIFEST).")(f)
+    return click.argument("manifest_path", metavar="[MANIFEST]", required=False,
+                          type=click.Path(dir_okay=False))(f)
+
+
+def pricing_option(help: str) -> Callable[[Callable], Callable]:
+    return click.option("--pricing", "pricing_path", type=click.Path(dir_okay=False), default=None, help=help)
+
+
+def base_url_option(f: Callable) -> Callable:
+    return click.option("--base-url", default=LibraryDefault(RUN_OPTIONS, "base_url"), show_default=True,
+                        envvar="PIXBATCH_BASE_URL", help="Gateway base URL (the emulator's URL for local runs).")(f)
+
+
+def budget_option(help: str) -> Callable[[Callable], Callable]:
+    return click.option("--budget", "budget_micros", type=USD(), default=None, metavar="USD", help=help)
+
+
+def json_option(help: str) -> Callable[[Callable], Callable]:
+    return click.option("--json", "as_json", is_flag=True, help=help)
+
+
+def _resolve_state(manifest_path: str | None, state_path: str | None):
+    """(state path, manifest or None). The manifest's own state file unless --state is given."""
+    from pathlib import Path
+
+    from .manifest import load_manifest
+
+    manifest = load_manifest(manifest_path, deep=False) if manifest_path else None
+    if state_path is not None:
+        return Path(state_path), manifest
+    if manifest is None:
+        raise click.UsageError("give a MANIFEST or --state FILE")
+    return manifest.state_path, manifest
+
+
 # -- commands are registered below, one block each ------------------------------------
 
 
@@ -65,7 +162,8 @@ def _emulator_options(f):
 @cli.command("emulator")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
 @click.option("--port", default=8787, show_default=True, type=int, help="Port (0: any free port).")
-@click.option("--balance", default=None, metavar="USD", help="Starting wallet in dollars, e.g. 10.00 [default: 10.00].")
+@click.option("--balance", "balance_micros", type=USD(), default=None, metavar="USD",
+              help="Starting wallet in dollars, e.g. 10.00 [default: 10.00].")
 @click.option("--key", "keys", multiple=True, envvar="PIXBATCH_EMULATOR_KEY",
               help="Accepted API key (repeatable; env PIXBATCH_EMULATOR_KEY) [default: test-key].")
 @click.option("--forbidden-key", "forbidden_keys", multiple=True, help="A key answered with 403 (repeatable).")
@@ -79,12 +177,11 @@ def _emulator_options(f):
               help="Input size assumed in lazy mode (sizes and prices follow it) [default: 1024x1024].")
 @click.option("--workers", type=int, default=None, help="Threads for image work [default: 2].")
 @click.option("--allow-http-webhooks", is_flag=True, default=None, help="Accept http:// webhook URLs (loopback tests).")
-@click.option("--pricing", "pricing_path", type=click.Path(dir_okay=False), default=None,
-              help="Price table JSON [default: pixbatch's built-in table].")
+@pricing_option("Price table JSON [default: pixbatch's built-in table].")
 @click.option("--media-dir", type=click.Path(file_okay=False), default=None,
               help="Where outputs are written [default: a temporary directory].")
 @click.option("--config-json", default=None, help="A full EmulatorConfig as JSON (options above override it).")
-def emulator_command(host: str, port: int, balance: str | None, keys: tuple[str, ...],
+def emulator_command(host: str, port: int, balance_micros: int | None, keys: tuple[str, ...],
                      forbidden_keys: tuple[str, ...], config_json: str | None, **options) -> None:
     """Run a local P-Image gateway emulator in the foreground.
 
@@ -97,7 +194,7 @@ def emulator_command(host: str, port: int, balance: str | None, keys: tuple[str,
 
     from .emulator import EmulatorConfig
     from .emulator.control import run_foreground
-    from .money import format_usd, usd_to_micros
+    from .money import format_usd
 
     try:
         settings = json.loads(config_json) if config_json else {}
@@ -105,8 +202,8 @@ def emulator_command(host: str, port: int, balance: str | None, keys: tuple[str,
         if isinstance(settings.get("lazy_input_size"), str):
             w, _, h = settings["lazy_input_size"].lower().partition("x")
             settings["lazy_input_size"] = (int(w), int(h))
-        if balance is not None:
-            settings["balance_micros"] = usd_to_micros(balance)
+        if balance_micros is not None:
+            settings["balance_micros"] = balance_micros
         if keys:
             settings["api_keys"] = [k for k in keys if k]
         if forbidden_keys:
@@ -131,19 +228,18 @@ def emulator_command(host: str, port: int, balance: str | None, keys: tuple[str,
 @click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False))
 @click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
               help="State file holding the probe cache [default: the manifest's state file].")
-@click.option("--pricing", "pricing_path", type=click.Path(dir_okay=False), default=None,
-              help="Price table JSON that replaces the built-in one.")
-@click.option("--budget", default=None, metavar="USD",
-              help="Exit 3 if the estimate's upper bound exceeds this [default: the manifest's budget_usd].")
-@click.option("--json", "as_json", is_flag=True, help="Print a machine-readable estimate (amounts in micros and USD).")
+@pricing_option("Price table JSON that replaces the built-in one.")
+@budget_option("Exit 3 if the estimate's upper bound exceeds this [default: the manifest's budget_usd].")
+@json_option("Print a machine-readable estimate (amounts in micros and USD).")
 @click.option("--no-probe", is_flag=True,
               help="Fetch nothing: unknown input sizes stay unknown and their items are priced as a range.")
 @click.option("--refresh-probes", is_flag=True, help="Retry probes that failed before (failures are cached).")
-@click.option("--probe-concurrency", type=click.IntRange(1, 512), default=16, show_default=True,
-              help="Images probed at once.")
-@click.option("--probe-timeout", type=click.FloatRange(0, min_open=True), default=10.0, show_default=True,
+@click.option("--probe-concurrency", type=click.IntRange(1, 512), show_default=True,
+              default=LibraryDefault("pixbatch.estimate:estimate_manifest", "concurrency"), help="Images probed at once.")
+@click.option("--probe-timeout", type=click.FloatRange(0, min_open=True), show_default=True,
+              default=LibraryDefault("pixbatch.estimate:estimate_manifest", "timeout"),
               help="Seconds allowed per image probe.")
-def estimate_command(manifest_path: str, state_path: str | None, pricing_path: str | None, budget: str | None,
+def estimate_command(manifest_path: str, state_path: str | None, pricing_path: str | None, budget_micros: int | None,
                      as_json: bool, no_probe: bool, refresh_probes: bool, probe_concurrency: int,
                      probe_timeout: float) -> None:
     """Estimate what MANIFEST will cost, sending nothing to the gateway.
@@ -157,20 +253,10 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
 
     from rich.console import Console
 
-    from .errors import BudgetExceeded
-    from .estimate import estimate_manifest, estimate_to_dict, render_estimate
+    from .estimate import check_budget, estimate_manifest, estimate_to_dict, render_estimate
     from .manifest import load_manifest
-    from .money import format_usd, usd_to_micros
     from .pricing import PriceTable
 
-    budget_micros = None
-    if budget is not None:
-        try:
-            budget_micros = usd_to_micros(budget)
-        except ValueError as exc:
-            raise click.BadParameter(str(exc), param_hint="--budget") from None
-        if budget_micros < 0:
-            raise click.BadParameter("must not be negative", param_hint="--budget")
     table = PriceTable.load(pricing_path)
     # deep=False: the output names are checked on the estimate's own walk of the expansion
     manifest = load_manifest(manifest_path, deep=False)
@@ -182,11 +268,7 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
         click.echo(json.dumps(estimate_to_dict(est, budget_micros=budget_micros), indent=2))
     else:
         render_estimate(est, Console(highlight=False), budget_micros=budget_micros)
-    if budget_micros is not None and est.high_micros > budget_micros:
-        raise BudgetExceeded(
-            f"the estimate's upper bound {format_usd(est.high_micros)} exceeds the budget {format_usd(budget_micros)} "
-            f"(lower bound {format_usd(est.low_micros)}). Raise --budget or budget_usd in the manifest, or remove items."
-        )
+    check_budget(est, budget_micros)
 
 
 # -- validate --------------------------------------------------------------------------
@@ -194,7 +276,7 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
 
 @cli.command("validate")
 @click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False))
-@click.option("--json", "as_json", is_flag=True, help="Print the problems (and the summary) as JSON.")
+@json_option("Print the problems (and the summary) as JSON.")
 @click.pass_context
 def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> None:
     """Check MANIFEST and report every problem at once.
@@ -228,7 +310,7 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
         click.echo(f"{manifest_path} is valid: {summary['inputs']:,} inputs, {summary['steps']} steps, "
                    f"{summary['items']:,} work items ({steps}).")
     if problems:
-        ctx.exit(2)
+        ctx.exit(ExitCode.USAGE)
 
 
 # -- run -------------------------------------------------------------------------------
@@ -238,13 +320,12 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
 @click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False))
 @click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
               help="State file [default: the manifest's state, <stem>.pixbatch.duckdb next to it].")
-@click.option("--budget", default=None, metavar="USD", help="Hard spending cap in dollars (overrides budget_usd).")
-@click.option("--concurrency", type=click.IntRange(1, 4096), default=16, show_default=True,
-              help="Items in flight at once.")
+@budget_option("Hard spending cap in dollars (overrides budget_usd).")
+@click.option("--concurrency", type=click.IntRange(1, 4096), default=LibraryDefault(RUN_OPTIONS, "concurrency"),
+              show_default=True, help="Items in flight at once.")
 @click.option("--max-rps", type=click.FloatRange(0, min_open=True), default=None,
               help="Ceiling on gateway requests per second (adapts down on 429 anyway).")
-@click.option("--base-url", default="https://gateway.pixazo.ai", show_default=True, envvar="PIXBATCH_BASE_URL",
-              help="Gateway base URL (the emulator's URL for local runs).")
+@base_url_option
 @click.option("--retry-ambiguous", is_flag=True,
               help="Resubmit AMBIGUOUS items (they may already have been charged once).")
 @click.option("--retry-errors", is_flag=True,
@@ -252,48 +333,36 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
 @click.option("--force", is_flag=True, help="Redo items already finished in this state file (pays again).")
 @click.option("--no-download", is_flag=True, help="Do not download outputs (benchmarks).")
 @click.option("--quiet", is_flag=True, help="No progress display; only the summary on stderr.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON line per event on stdout, then the summary.")
-@click.option("--pricing", "pricing_path", type=click.Path(dir_okay=False), default=None,
-              help="Price table JSON [default: the built-in table].")
-@click.option("--first-poll", type=click.FloatRange(0.01, 60), default=2.0, show_default=True, metavar="SECONDS",
-              help="First status poll delay until job durations have been learned.")
+@json_option("One JSON line per event on stdout, then the summary.")
+@pricing_option("Price table JSON [default: the built-in table].")
+@click.option("--first-poll", type=click.FloatRange(0.01, 60), default=LibraryDefault(RUN_OPTIONS, "poll_initial"),
+              show_default=True, metavar="SECONDS", help="First status poll delay until job durations have been learned.")
 @click.option("--webhook-url", default=None, metavar="URL",
               help="Ask the gateway to call URL when a job ends (https for the real gateway); polls only confirm.")
 @click.option("--webhook-listen", default=None, metavar="HOST:PORT",
               help="Where to receive the callbacks [default: the --webhook-url host and port].")
 @click.pass_context
-def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, budget: str | None, concurrency: int,
-                max_rps: float | None, base_url: str, retry_ambiguous: bool, retry_errors: bool, force: bool,
-                no_download: bool,
-                quiet: bool, as_json: bool, pricing_path: str | None, first_poll: float, webhook_url: str | None,
-                webhook_listen: str | None) -> None:
+def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, budget_micros: int | None,
+                concurrency: int, max_rps: float | None, base_url: str, retry_ambiguous: bool, retry_errors: bool,
+                force: bool, no_download: bool, quiet: bool, as_json: bool, pricing_path: str | None,
+                first_poll: float, webhook_url: str | None, webhook_listen: str | None) -> None:
     """Run (or resume) MANIFEST against the gateway; the key comes from PIXAZO_API_KEY.
 
     Running the same command again resumes: submitted items are polled, never resent.
-    Exit codes: 0 all completed, 1 some items did not complete, 3 budget, 4 key refused
-    or missing, 5 wallet balance (402), 6 state file in use, 130 interrupted.
+    Exit codes: 0 all completed, 1 some items did not complete, 2 invalid manifest or
+    options, 3 budget, 4 key refused or missing, 5 wallet balance (402), 6 state file in
+    use, 130 interrupted.
     """
-    import os
     from pathlib import Path
 
     from rich.console import Console
 
-    from .errors import API_KEY_ENV, AuthError
+    from .errors import require_api_key
     from .manifest import load_manifest
-    from .money import usd_to_micros
     from .progress import JsonLinesProgress, NullProgress, RichProgress, render_summary
     from .runner import RunOptions, run
 
-    key = os.environ.get(API_KEY_ENV, "")
-    if not key.strip():
-        raise AuthError(f"no API key: set {API_KEY_ENV} to your Pixazo subscription key, then run again "
-                        "(it is read from the environment only and never stored).")
-    budget_micros = None
-    if budget is not None:
-        try:
-            budget_micros = usd_to_micros(budget)
-        except (ValueError, TypeError) as exc:
-            raise click.BadParameter(f"{exc}; give dollars like 25 or 12.50", param_hint="--budget") from None
+    key = require_api_key()
     # the output-name pass runs inside the runner, and only when this expansion is not
     # already in the state file: a resume of an unchanged manifest never walks every item
     manifest = load_manifest(manifest_path, deep=False)
@@ -301,9 +370,8 @@ def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, 
         check_names=True,
         state_path=Path(state_path) if state_path else None, budget_micros=budget_micros, concurrency=concurrency,
         max_rps=max_rps, base_url=base_url, api_key=key, retry_ambiguous=retry_ambiguous, retry_errors=retry_errors,
-        force=force,
-        download=not no_download, pricing_path=Path(pricing_path) if pricing_path else None, handle_signals=True,
-        poll_initial=first_poll, webhook_url=webhook_url, webhook_listen=webhook_listen)
+        force=force, download=not no_download, pricing_path=Path(pricing_path) if pricing_path else None,
+        handle_signals=True, poll_initial=first_poll, webhook_url=webhook_url, webhook_listen=webhook_listen)
     err = Console(stderr=True)
     progress = JsonLinesProgress() if as_json else NullProgress() if quiet else RichProgress(err)
     summary = run(manifest, options=options, progress=progress)
@@ -316,29 +384,23 @@ def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, 
 
 
 @cli.command("status")
-@click.argument("manifest_path", metavar="[MANIFEST]", required=False, type=click.Path(dir_okay=False))
-@click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
-              help="State file (instead of MANIFEST).")
-@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@state_source
+@json_option("Print the status as JSON.")
 def status_command(manifest_path: str | None, state_path: str | None, as_json: bool) -> None:
     """Progress per step and state of a run, without the gateway; works while a run is going."""
     from rich.console import Console
 
-    from .manifest import load_manifest
     from .progress import money_line, status_table
     from .state import AMBIGUOUS, read_status
 
-    if state_path is None:
-        if manifest_path is None:
-            raise click.UsageError("give a MANIFEST or --state FILE")
-        state_path = str(load_manifest(manifest_path, deep=False).state_path)
-    snap = read_status(state_path)
+    path, _ = _resolve_state(manifest_path, state_path)
+    snap = read_status(path)
     if as_json:
         click.echo(snap.to_json())
         return
     out = Console()
     live = "running" if snap.running else (snap.outcome or "no run yet")
-    out.print(status_table(snap, title=f"{state_path} ({live}, from the {snap.source})"))
+    out.print(status_table(snap, title=f"{path} ({live}, from the {snap.source})"))
     out.print(money_line(snap))
     amb = snap.totals().get(AMBIGUOUS, 0)
     if amb:
@@ -351,30 +413,8 @@ def status_command(manifest_path: str | None, state_path: str | None, as_json: b
 # -- report, reconcile, export ----------------------------------------------------------
 
 
-def _state_source(f):
-    """[MANIFEST] or --state FILE: which state file a command reads."""
-    f = click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
-                     help="State file (instead of MANIFEST).")(f)
-    return click.argument("manifest_path", metavar="[MANIFEST]", required=False,
-                          type=click.Path(dir_okay=False))(f)
-
-
-def _resolve_state(manifest_path: str | None, state_path: str | None):
-    """(state path, manifest or None). The manifest's own state file unless --state is given."""
-    from pathlib import Path
-
-    from .manifest import load_manifest
-
-    manifest = load_manifest(manifest_path, deep=False) if manifest_path else None
-    if state_path is not None:
-        return Path(state_path), manifest
-    if manifest is None:
-        raise click.UsageError("give a MANIFEST or --state FILE")
-    return manifest.state_path, manifest
-
-
 @cli.command("report")
-@_state_source
+@state_source
 @click.option("--run", "run_id", default=None, metavar="ID", help="Only the items this run touched.")
 @click.option("--all", "all_items", is_flag=True,
               help="Every item in the state file, including those of earlier versions of the manifest.")
@@ -382,7 +422,8 @@ def _resolve_state(manifest_path: str | None, state_path: str | None):
               show_default=True, help="Output format (html: one self-contained file with charts).")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the report to this file instead of stdout.")
-@click.option("--limit", type=click.IntRange(0), default=20, show_default=True,
+@click.option("--limit", type=click.IntRange(0), default=LibraryDefault("pixbatch.report:build_report", "outputs_limit"),
+              show_default=True,
               help="Output files listed in table/md/html (json and csv list them all).")
 def report_command(manifest_path: str | None, state_path: str | None, run_id: str | None, all_items: bool,
                    fmt: str, output: str | None, limit: int) -> None:
@@ -420,15 +461,13 @@ def report_command(manifest_path: str | None, state_path: str | None, run_id: st
 
 
 @cli.command("reconcile")
-@_state_source
-@click.option("--base-url", default="https://gateway.pixazo.ai", show_default=True, envvar="PIXBATCH_BASE_URL",
-              help="Gateway base URL (the emulator's URL for local runs).")
+@state_source
+@base_url_option
 @click.option("--wait", type=click.FloatRange(0), default=300.0, show_default=True, metavar="SECONDS",
               help="Keep polling items still QUEUED/PROCESSING for up to this long (0: poll once).")
 @click.option("--poll-interval", type=click.FloatRange(0, min_open=True), default=2.0, show_default=True,
               metavar="SECONDS", help="Seconds between polls of items still running.")
-@click.option("--pricing", "pricing_path", type=click.Path(dir_okay=False), default=None,
-              help="Price table JSON [default: the one the last run used, else the built-in table].")
+@pricing_option("Price table JSON [default: the one the last run used, else the built-in table].")
 @click.pass_context
 def reconcile_command(ctx: click.Context, manifest_path: str | None, state_path: str | None, base_url: str,
                       wait: float, poll_interval: float, pricing_path: str | None) -> None:
@@ -440,9 +479,6 @@ def reconcile_command(ctx: click.Context, manifest_path: str | None, state_path:
     so that `pixbatch report` is exact after a crash. The key comes from PIXAZO_API_KEY.
     Exit 1 if some items are still running or could not be polled.
     """
-    import os
-
-    from .errors import API_KEY_ENV
     from .gateway import Gateway
     from .money import format_usd
     from .pricing import PriceTable
@@ -450,7 +486,8 @@ def reconcile_command(ctx: click.Context, manifest_path: str | None, state_path:
 
     path, _ = _resolve_state(manifest_path, state_path)
     table = PriceTable.load(pricing_path) if pricing_path else None
-    result = reconcile(path, lambda: Gateway(base_url, os.environ.get(API_KEY_ENV, "").strip() or None), table,
+    # the key is read (and its absence reported, exit 4) only if there is something to poll
+    result = reconcile(path, lambda: Gateway(base_url), table,
                        wait=wait, poll_interval=poll_interval)
     if not result.checked:
         click.echo(f"{path}: nothing to reconcile (every item with a request id is settled).")
@@ -465,11 +502,11 @@ def reconcile_command(ctx: click.Context, manifest_path: str | None, state_path:
         click.echo("Items still running: run `pixbatch reconcile` again later (or `pixbatch run` to resume).",
                    err=True)
     if result.still_running or result.unresolved:
-        ctx.exit(1)
+        ctx.exit(ExitCode.INCOMPLETE)
 
 
 @cli.command("export")
-@_state_source
+@state_source
 @click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True,
               help="File format, written by DuckDB's COPY.")
 @click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
@@ -526,7 +563,7 @@ def demo_command(ctx: click.Context, directory: str | None, keep: bool) -> None:
         if charged != ledger:
             console.print(f"[bold red]The report says {format_usd(charged)} was charged but the emulator's "
                           f"ledger says {format_usd(ledger)}.[/]")
-            ctx.exit(1)
+            ctx.exit(ExitCode.ERROR)
         console.print(f"\nThe report's charged total, {format_usd(charged)}, equals the emulator's ledger "
                       f"({len(result.ledger.entries)} settlements) to the micro-dollar.")
     finally:

@@ -31,6 +31,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from .errors import BudgetExceeded
 from .items import WorkItem
 from .money import format_usd, micros_to_decimal
 from .pricing import Price, PriceTable
@@ -379,6 +380,15 @@ def assumptions_for(est: Estimate, table: PriceTable, summary: SizeSummary | Non
         out.append(f"{est.duplicates} items repeat an identical request elsewhere in the manifest; it is sent and "
                    "charged once")
     return tuple(out)
+
+
+def check_budget(est: Estimate, budget_micros: int | None) -> None:
+    """``BudgetExceeded`` when the estimate's upper bound is over ``budget_micros`` (None: no budget)."""
+    if budget_micros is not None and est.high_micros > budget_micros:
+        raise BudgetExceeded(
+            f"the estimate's upper bound {format_usd(est.high_micros)} exceeds the budget {format_usd(budget_micros)} "
+            f"(lower bound {format_usd(est.low_micros)}). Raise --budget or budget_usd in the manifest, or remove items."
+        )
 
 
 # -- rendering ----------------------------------------------------------------------
