@@ -1,0 +1,295 @@
+"""The report's aggregate queries over the state file, each returning part of a ``Report``.
+
+Everything is computed in SQL over ``s``, the items in scope (``Scoped``: every item, one
+manifest version, or the items one run touched), so a run of millions of items costs a few
+grouped rows of Python memory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+
+import duckdb
+
+from ..pricing import PriceTable
+from .model import (CAUSES, FAILURE_STATES, STATE_ORDER, Example, IssueGroup, OutputFile, Outputs, RunInfo, Spend,
+                    SpendLine, SpendTotals, Status, StatusCount, StepSpend, StepTiming, ThroughputBucket, Timing,
+                    Variance)
+
+_CAUSE_SQL = """
+CASE
+  WHEN state IN ('SUBMITTING', 'SUBMITTED') THEN 'in_flight'
+  WHEN state = 'AMBIGUOUS' THEN 'ambiguous_at_risk'
+  WHEN state = 'PENDING' THEN 'pending_not_spent'
+  WHEN state = 'BLOCKED' THEN 'blocked_not_spent'
+  WHEN state = 'FAILED_VALIDATION' THEN 'rejected_not_charged'
+  WHEN state = 'ERROR' THEN 'error_not_charged'
+  WHEN state IN ('COMPLETED', 'FAILED') AND charged_micros IS NULL THEN 'unsettled'
+  WHEN coalesce(sent, 0) > 1 AND charged_micros > est_high_micros THEN 'sent_again'
+  WHEN state = 'FAILED' THEN 'failed_charged'
+  WHEN state = 'COMPLETED' AND est_low_micros = est_high_micros AND charged_micros = est_high_micros
+       THEN 'as_estimated'
+  WHEN state = 'COMPLETED' AND est_low_micros < est_high_micros
+       AND charged_micros BETWEEN est_low_micros AND est_high_micros THEN 'range_resolved'
+  WHEN state = 'COMPLETED' THEN 'tier_changed'
+  ELSE 'other'
+END
+"""
+
+
+
+class Scoped:
+    """Queries over ``s``: the items in scope (all, one manifest version, or those one run touched)."""
+
+    def __init__(self, db: duckdb.DuckDBPyConnection, run_id: str | None, scope: str | None = None):
+        self.db = db
+        self.run_id = run_id
+        self.scope = scope
+
+    def cte(self) -> str:
+        if self.run_id is not None:
+            return ("WITH s AS (SELECT *, rowid AS _row FROM items WHERE run_id = $run"
+                    " OR key IN (SELECT key FROM attempts WHERE run_id = $run))")
+        if self.scope is not None:
+            return "WITH s AS (SELECT *, rowid AS _row FROM items WHERE scope = $scope)"
+        return "WITH s AS (SELECT *, rowid AS _row FROM items)"
+
+    def all(self, sql: str, **params) -> list[tuple]:
+        if self.run_id is not None:
+            params["run"] = self.run_id
+        elif self.scope is not None:
+            params["scope"] = self.scope
+        return self.db.execute(f"{self.cte()}\n{sql}", params).fetchall()
+
+
+def run_info(db, run_id) -> RunInfo | None:
+    sql = ("SELECT run_id, started_at, finished_at, outcome, manifest_path, base_url, budget_micros,"
+           " estimate_low_micros, estimate_high_micros FROM runs")
+    row = (db.execute(sql + " WHERE run_id = ?", [run_id]).fetchone() if run_id is not None
+           else db.execute(sql + " ORDER BY started_at DESC, run_id DESC LIMIT 1").fetchone())
+    if not row:
+        return None
+    n, charged = db.execute(
+        "SELECT count(*), coalesce(sum(TRY_CAST(detail->>'charged' AS BIGINT)), 0) FROM events "
+        "WHERE run_id = ? AND kind = 'state' AND detail->>'charged' IS NOT NULL", [row[0]]).fetchone()
+    return RunInfo(*row, charged_micros=int(charged) if n else None)
+
+
+def _exposure(col: str = "reserved_micros") -> str:
+    # what an unsettled item may cost: its reservation, else its estimate's upper bound
+    return f"coalesce(nullif({col}, 0), est_high_micros)"
+
+
+def _sql_str(v: str) -> str:
+    return "'" + v.replace("'", "''") + "'"
+
+
+def actual_tier_sql(table: PriceTable) -> str:
+    """SQL for an item's price tier: the one its charge matches (unique per operation), else ``items.tier``.
+
+    The runner records the tier it reserved; the charge tells which tier was really paid.
+    """
+    by_price: dict[tuple[str, int], list[str]] = {}
+    for t in table.tiers:
+        by_price.setdefault((t.op, t.price_micros), []).append(t.name)
+    whens = [f"WHEN op = {_sql_str(op)} AND charged_micros = {price} THEN {_sql_str(names[0])}"
+             for (op, price), names in by_price.items() if len(names) == 1]
+    return f"CASE {' '.join(whens)} ELSE coalesce(tier, '(unknown)') END" if whens else "coalesce(tier, '(unknown)')"
+
+
+def spend(q: Scoped, run: RunInfo | None, estimate, table: PriceTable) -> Spend:
+    rows = q.all(
+        f"""
+        SELECT step, op, {actual_tier_sql(table)} AS tier, count(*),
+          sum(est_low_micros), sum(est_high_micros),
+          coalesce(sum(charged_micros), 0),
+          count(*) FILTER (WHERE charged_micros > 0),
+          count(*) FILTER (WHERE state IN ('ERROR', 'FAILED_VALIDATION')),
+          coalesce(sum(est_high_micros) FILTER (WHERE state IN ('ERROR', 'FAILED_VALIDATION')), 0),
+          count(*) FILTER (WHERE state = 'AMBIGUOUS'),
+          coalesce(sum({_exposure()}) FILTER (WHERE state = 'AMBIGUOUS'), 0),
+          count(*) FILTER (WHERE state IN ('SUBMITTING', 'SUBMITTED')),
+          coalesce(sum({_exposure()}) FILTER (WHERE state IN ('SUBMITTING', 'SUBMITTED')), 0),
+          count(*) FILTER (WHERE state IN ('PENDING', 'BLOCKED')),
+          coalesce(sum(est_high_micros) FILTER (WHERE state IN ('PENDING', 'BLOCKED')), 0),
+          count(*) FILTER (WHERE state IN ('COMPLETED', 'FAILED') AND charged_micros IS NULL),
+          min(_row) AS first
+        FROM s GROUP BY ALL ORDER BY first, op, tier
+        """
+    )
+    lines = tuple(SpendLine(*(r[:3]), *(int(x) for x in r[3:17])) for r in rows)
+    steps: dict[str, list[int]] = {}
+    for ln in lines:
+        acc = steps.setdefault(ln.step, [0, 0, 0, 0])
+        for i, v in enumerate((ln.items, ln.est_low_micros, ln.est_high_micros, ln.charged_micros)):
+            acc[i] += v
+    step_spend = tuple(StepSpend(s, *v) for s, v in steps.items())
+    var_rows = dict((r[0], r[1:]) for r in q.all(
+        f"""
+        SELECT {_CAUSE_SQL} AS cause, count(*), sum(est_low_micros), sum(est_high_micros),
+               coalesce(sum(charged_micros), 0)
+        FROM s LEFT JOIN (SELECT key, count(*) AS sent FROM attempts WHERE request_id IS NOT NULL
+                          GROUP BY key) a USING (key)
+        GROUP BY cause
+        """
+    ))
+    variance = tuple(Variance(c, text, *(int(x) for x in var_rows[c]))
+                     for c, text in CAUSES.items() if c in var_rows)
+
+    def tot(attr: str) -> int:
+        return sum(getattr(ln, attr) for ln in lines)
+
+    abandoned = q.all("SELECT count(*), coalesce(sum(reserved_micros), 0) FROM attempts "
+                      "WHERE outcome = 'abandoned' AND key IN (SELECT key FROM s)")[0]
+
+    totals = SpendTotals(
+        items=tot("items"), est_low_micros=tot("est_low_micros"), est_high_micros=tot("est_high_micros"),
+        charged_micros=tot("charged_micros"), charged_items=tot("charged_items"),
+        not_charged_items=tot("not_charged_items"), not_charged_est_micros=tot("not_charged_est_micros"),
+        at_risk_items=tot("at_risk_items"), at_risk_micros=tot("at_risk_micros"),
+        in_flight_items=tot("in_flight_items"), reserved_micros=tot("reserved_micros"),
+        unspent_items=tot("unspent_items"), unspent_est_micros=tot("unspent_est_micros"),
+        unsettled_items=tot("unsettled_items"),
+        budget_micros=run.budget_micros if run else None,
+        abandoned_attempts=int(abandoned[0]), abandoned_micros=int(abandoned[1]),
+    )
+    planned_low, planned_high, per_step = planned(estimate)
+    if per_step:
+        step_spend = tuple(dataclasses.replace(x, planned_low_micros=per_step.get(x.step, (0, 0))[0],
+                                               planned_high_micros=per_step.get(x.step, (0, 0))[1])
+                           for x in step_spend)
+    return Spend(lines, step_spend, variance, totals, planned_low, planned_high)
+
+
+def planned(estimate) -> tuple[int | None, int | None, dict[str, tuple[int, int]]]:
+    """Totals, and per step subtotals, of an ``estimate.Estimate`` (duck-typed: ``low_micros``,
+    ``high_micros``, and ``lines`` with ``step``, ``subtotal_low_micros``, ``subtotal_high_micros``)."""
+    if estimate is None:
+        return None, None, {}
+    low = getattr(estimate, "low_micros", None)
+    high = getattr(estimate, "high_micros", None)
+    if not isinstance(low, int) or not isinstance(high, int):
+        raise TypeError(f"estimate must have integer low_micros/high_micros, got {estimate!r}")
+    per_step: dict[str, tuple[int, int]] = {}
+    for line in getattr(estimate, "lines", ()):
+        lo, hi = per_step.get(line.step, (0, 0))
+        per_step[line.step] = (lo + line.subtotal_low_micros, hi + line.subtotal_high_micros)
+    return low, high, per_step
+
+
+def status(q: Scoped, issue_limit: int, examples: int) -> Status:
+    rows = q.all(
+        "SELECT step, state, count(*) AS n, min(_row) AS first FROM s GROUP BY ALL ORDER BY first, state")
+    first: dict[str, int] = {}
+    for step, _, _, f in rows:
+        first[step] = min(first.get(step, f), f)
+    steps = tuple(sorted(first, key=first.__getitem__))
+    order = {s: i for i, s in enumerate(STATE_ORDER)}
+    counts = tuple(sorted((StatusCount(r[0], r[1], r[2]) for r in rows),
+                          key=lambda c: (steps.index(c.step), order.get(c.state, 99), c.state)))
+    by_state: dict[str, int] = {}
+    for c in counts:
+        by_state[c.state] = by_state.get(c.state, 0) + c.count
+    by_state_t = tuple(sorted(by_state.items(), key=lambda kv: (order.get(kv[0], 99), kv[0])))
+    failures, more_f = _issues(q, FAILURE_STATES, issue_limit, examples)
+    blocked, more_b = _issues(q, ("BLOCKED",), issue_limit, examples)
+    return Status(counts, steps, by_state_t, failures, blocked, more_f, more_b)
+
+
+#: what makes otherwise equal messages differ: item keys, request ids, UUIDs, object addresses
+_VARYING = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\b[0-9a-f]{32}\b|0x[0-9a-fA-F]+)"
+
+
+def _normalised(col: str) -> str:
+    """Messages are grouped with keys, ids and addresses replaced by '…' (examples keep the specifics)."""
+    return f"regexp_replace({col}, '{_VARYING}', '…', 'g')"
+
+
+def _issues(q: Scoped, states: tuple[str, ...], limit: int, n_examples: int):
+    rows = q.all(
+        f"""
+        , f AS (SELECT state, coalesce({_normalised('error')}, '(no message recorded)') AS msg, key, step, idx,
+                       input_id, output_name FROM s WHERE list_contains($states, state)),
+        g AS (SELECT state, msg, count(*) AS n FROM f GROUP BY ALL),
+        top AS (SELECT * FROM g ORDER BY n DESC, state, msg LIMIT $limit),
+        ex AS (SELECT f.*, row_number() OVER (PARTITION BY f.state, f.msg ORDER BY f.step, f.idx) AS rn
+               FROM f SEMI JOIN top USING (state, msg))
+        SELECT top.state, top.msg, top.n, ex.key, ex.step, ex.input_id, ex.output_name,
+               (SELECT count(*) FROM g) AS groups
+        FROM top JOIN ex USING (state, msg)
+        WHERE ex.rn <= $examples
+        ORDER BY top.n DESC, top.state, top.msg, ex.rn
+        """,
+        states=list(states), limit=limit, examples=n_examples,
+    )
+    groups: dict[tuple[str, str], tuple[int, list[Example]]] = {}
+    total_groups = 0
+    for state, msg, n, key, step, input_id, output_name, ngroups in rows:
+        total_groups = ngroups
+        groups.setdefault((state, msg), (n, []))[1].append(Example(key, step, input_id, output_name))
+    out = tuple(IssueGroup(s, m, n, tuple(ex)) for (s, m), (n, ex) in groups.items())
+    return out, max(0, total_groups - len(out))
+
+
+_BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
+
+
+def timing(q: Scoped) -> Timing:
+    per = """
+        SELECT {name} AS step,
+          count(finished_at),
+          count(qms), quantile_cont(qms, 0.5), quantile_cont(qms, 0.95),
+          count(pms), quantile_cont(pms, 0.5), quantile_cont(pms, 0.95)
+          {first}
+        FROM (SELECT *, date_diff('millisecond', submitted_at, started_at) AS qms,
+                        date_diff('millisecond', started_at, finished_at) AS pms FROM s)
+        {group}
+    """
+    rows = q.all(per.format(name="step", first=", min(_row) AS first", group="GROUP BY step ORDER BY first"))
+    rows += q.all(per.format(name="'(all)'", first="", group=""))
+
+    def ms(v):
+        return None if v is None else int(round(v))
+
+    steps = tuple(StepTiming(r[0], r[1], r[2], ms(r[3]), ms(r[4]), r[5], ms(r[6]), ms(r[7])) for r in rows)
+    first, last = q.all(
+        "SELECT min(finished_at), max(finished_at) FROM s "
+        "WHERE state IN ('COMPLETED', 'FAILED', 'ERROR') AND finished_at IS NOT NULL")[0]
+    if first is None:
+        return Timing(steps, 1, (), None, None)
+    span = (last - first).total_seconds()
+    width = next((b for b in _BUCKETS if span / b <= 120), _BUCKETS[-1])
+    counts = {r[0]: (r[1], r[2]) for r in q.all(
+        """
+        SELECT time_bucket(to_seconds($w::BIGINT), finished_at) AS b,
+               count(*) FILTER (WHERE state = 'COMPLETED'),
+               count(*) FILTER (WHERE state IN ('FAILED', 'ERROR'))
+        FROM s WHERE state IN ('COMPLETED', 'FAILED', 'ERROR') AND finished_at IS NOT NULL
+        GROUP BY b ORDER BY b
+        """, w=width)}
+    buckets = []
+    t = min(counts)
+    end = max(counts)
+    step = dt.timedelta(seconds=width)
+    while t <= end:  # fill empty buckets: at most ~121 of them
+        c, f = counts.get(t, (0, 0))
+        buckets.append(ThroughputBucket(t, c, f))
+        t += step
+    return Timing(steps, width, tuple(buckets), first, last)
+
+
+def outputs(q: Scoped, db, run: RunInfo | None, limit: int | None, out_dir: str | None) -> Outputs:
+    count, total = q.all("SELECT count(*), coalesce(sum(o.bytes), 0) FROM outputs o SEMI JOIN s USING (key)")[0]
+    lim = "" if limit is None else "LIMIT $limit"
+    params = {} if limit is None else {"limit": limit}
+    rows = q.all(
+        f"""
+        SELECT o.key, s.step, s.input_id, o.path, o.sha256, o.bytes, o.width, o.height, o.media_type
+        FROM outputs o JOIN s USING (key) ORDER BY o.path, o.key {lim}
+        """, **params)
+    if out_dir is None and run is not None:
+        row = db.execute("SELECT json_extract_string(options, '$.output_dir') FROM runs WHERE run_id = ?",
+                         [run.run_id]).fetchone()
+        out_dir = row[0] if row else None
+    return Outputs(count, int(total), tuple(OutputFile(*r) for r in rows), out_dir)
