@@ -5,23 +5,22 @@ parameters with their documented defaults and ranges, status values. The client
 (``gateway.py``), the manifest expander (``expand.py``) and the emulator all read them
 from here, so the emulator validates requests with the same rules the client builds
 them with.
+
+What differs between the operations is a row of ``OPERATIONS`` (an ``Operation``: its
+endpoint, model id, where its main image goes in the body, its parameters), not an
+``if op == "upscale"`` branch; ``ENDPOINTS``, ``MODEL_IDS``, ``PARAMS`` and ``STEP_PARAMS``
+are views of that table.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
 Op = Literal["upscale", "edit"]
 OPS: tuple[Op, ...] = ("upscale", "edit")
 
-#: POST paths, relative to the base URL (``https://gateway.pixazo.ai`` for the real gateway).
-ENDPOINTS: dict[str, str] = {
-    "upscale": "/p-image-upscale/v1/p-image-upscale/generate",
-    "edit": "/p-image/v1/p-image-edit/generate",
-}
-#: model_id reported by the status endpoint, and prefix of request ids (``<model>_<uuid>``).
-MODEL_IDS: dict[str, str] = {"upscale": "p-image-upscale", "edit": "p-image"}
 STATUS_PATH = "/v2/requests/status/{request_id}"
 AUTH_HEADER = "Ocp-Apim-Subscription-Key"
 WEBHOOK_URL_HEADER = "X-Webhook-URL"
@@ -49,36 +48,64 @@ class Param:
     enum: tuple[str, ...] | None = None
 
 
-PARAMS: dict[str, tuple[Param, ...]] = {
-    "upscale": (
-        Param("image", "uri", required=True),
-        Param("upscale_mode", "string", default="target", enum=("target", "factor")),
-        Param("target", "integer", default=4, minimum=1, maximum=8),
-        Param("factor", "number", default=2, minimum=1, maximum=8),
-        Param("enhance_details", "boolean", default=False),
-        Param("enhance_realism", "boolean", default=True),
-        Param("output_format", "string", default="jpg", enum=OUTPUT_FORMATS),
-        Param("output_quality", "integer", default=80, minimum=0, maximum=100),
-        Param("disable_safety_checker", "boolean", default=False),
-    ),
-    "edit": (
-        Param("prompt", "string", required=True),
-        Param("images", "uri_list", required=True),
-        Param("turbo", "boolean", default=True),
-        Param("seed", "integer"),
-        Param("aspect_ratio", "string", default="match_input_image", enum=ASPECT_RATIOS),
-        Param("disable_safety_checker", "boolean", default=False),
-        Param("webhook", "uri"),
-        Param("webhook_events_filter", "string_list"),
-    ),
-}
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One operation of the gateway, as data."""
 
+    name: Op
+    endpoint: str  # POST path, relative to the base URL (``https://gateway.pixazo.ai`` for the real gateway)
+    model_id: str  # reported by the status endpoint, and the prefix of request ids (``<model>_<uuid>``)
+    image_param: str  # the body's main image: a URL, or a list of URLs whose first is the main one
+    params: tuple[Param, ...]
+    #: parameters a manifest may not set on a step: the images (from ``for_each`` and
+    #: ``references``) and the body-level webhook fields
+    item_params: frozenset[str] = frozenset()
+
+    @property
+    def step_params(self) -> tuple[str, ...]:
+        """Parameters a manifest may set on a step."""
+        return tuple(p.name for p in self.params if p.name != self.image_param and p.name not in self.item_params)
+
+    def main_image(self, body: Mapping[str, Any]) -> str:
+        v = body[self.image_param]
+        return v[0] if isinstance(v, list) else v
+
+
+OPERATIONS: dict[str, Operation] = {
+    "upscale": Operation(
+        "upscale", "/p-image-upscale/v1/p-image-upscale/generate", "p-image-upscale", "image", (
+            Param("image", "uri", required=True),
+            Param("upscale_mode", "string", default="target", enum=("target", "factor")),
+            Param("target", "integer", default=4, minimum=1, maximum=8),
+            Param("factor", "number", default=2, minimum=1, maximum=8),
+            Param("enhance_details", "boolean", default=False),
+            Param("enhance_realism", "boolean", default=True),
+            Param("output_format", "string", default="jpg", enum=OUTPUT_FORMATS),
+            Param("output_quality", "integer", default=80, minimum=0, maximum=100),
+            Param("disable_safety_checker", "boolean", default=False),
+        )),
+    "edit": Operation(
+        "edit", "/p-image/v1/p-image-edit/generate", "p-image", "images", (
+            Param("prompt", "string", required=True),
+            Param("images", "uri_list", required=True),
+            Param("turbo", "boolean", default=True),
+            Param("seed", "integer"),
+            Param("aspect_ratio", "string", default="match_input_image", enum=ASPECT_RATIOS),
+            Param("disable_safety_checker", "boolean", default=False),
+            Param("webhook", "uri"),
+            Param("webhook_events_filter", "string_list"),
+        ), item_params=frozenset({"webhook", "webhook_events_filter"})),
+}
+assert tuple(OPERATIONS) == OPS
+
+#: POST paths, relative to the base URL.
+ENDPOINTS: dict[str, str] = {name: o.endpoint for name, o in OPERATIONS.items()}
+#: model_id reported by the status endpoint, and prefix of request ids (``<model>_<uuid>``).
+MODEL_IDS: dict[str, str] = {name: o.model_id for name, o in OPERATIONS.items()}
+PARAMS: dict[str, tuple[Param, ...]] = {name: o.params for name, o in OPERATIONS.items()}
 #: Parameters a manifest may set on a step (everything but the image inputs, which
 #: come from ``for_each`` and ``references``, and the body-level webhook fields).
-STEP_PARAMS: dict[str, tuple[str, ...]] = {
-    "upscale": tuple(p.name for p in PARAMS["upscale"] if p.name != "image"),
-    "edit": tuple(p.name for p in PARAMS["edit"] if p.name not in ("images", "webhook", "webhook_events_filter")),
-}
+STEP_PARAMS: dict[str, tuple[str, ...]] = {name: o.step_params for name, o in OPERATIONS.items()}
 
 
 def param(op: str, name: str) -> Param:

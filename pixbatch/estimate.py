@@ -366,13 +366,7 @@ def assumptions_for(est: Estimate, table: PriceTable, summary: SizeSummary | Non
         if s.cache_note:
             out.append(f"{s.cache_note} (the estimate works without it)")
     ops = {line.op for line in est.lines}
-    if "edit" in ops:
-        out.append("edit outputs are assumed to be about 1 MP (1024x1024 at 1:1, sides multiples of 16) at the "
-                   "requested aspect ratio; match_input_image takes the main input's ratio; steps fed by an edit "
-                   "are priced from that size")
-    if "upscale" in ops:
-        out.append("upscale is priced by output megapixels: target mode outputs `target` MP; factor mode "
-                   "multiplies each side, capped at 8 MP; exactly the tier limit is the lower tier")
+    out += [text for op, text in _OP_ASSUMPTIONS.items() if op in ops]
     charged = ", ".join(sorted(table.charged_statuses))
     out.append(f"charged terminal statuses: {charged}; ERROR is not charged. The estimate assumes every item "
                "is charged exactly once (charged failures are not retried)")
@@ -380,6 +374,16 @@ def assumptions_for(est: Estimate, table: PriceTable, summary: SizeSummary | Non
         out.append(f"{est.duplicates} items repeat an identical request elsewhere in the manifest; it is sent and "
                    "charged once")
     return tuple(out)
+
+
+#: what the estimate assumes about each operation, said when the manifest uses it
+_OP_ASSUMPTIONS = {
+    "edit": "edit outputs are assumed to be about 1 MP (1024x1024 at 1:1, sides multiples of 16) at the "
+            "requested aspect ratio; match_input_image takes the main input's ratio; steps fed by an edit "
+            "are priced from that size",
+    "upscale": "upscale is priced by output megapixels: target mode outputs `target` MP; factor mode "
+               "multiplies each side, capped at 8 MP; exactly the tier limit is the lower tier",
+}
 
 
 def check_budget(est: Estimate, budget_micros: int | None) -> None:

@@ -20,7 +20,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from .contract import ENDPOINTS, documented_defaults
+from .contract import ENDPOINTS, OPERATIONS, documented_defaults
 from .sizes import Size
 
 UPSTREAM_SCHEME = "pixbatch://item/"
@@ -103,7 +103,7 @@ class WorkItem:
 
     @property
     def main_image(self) -> str:
-        return self.body["image"] if self.op == "upscale" else self.body["images"][0]
+        return OPERATIONS[self.op].main_image(self.body)
 
     @classmethod
     def build(cls, *, step: str, op: str, body: Mapping[str, Any], input_id: str, output_name: str,

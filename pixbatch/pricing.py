@@ -14,6 +14,7 @@ Edit is one price per request. Which terminal statuses are charged is data too.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -148,6 +149,12 @@ class PriceTable:
         """What a terminal status costs: 0 unless charged; priced by the real output size when known."""
         if not self.is_charged(status):
             return 0
-        if op == "upscale" and output_size is not None and body.get("upscale_mode", "target") == "factor":
+        if output_size is not None and priced_by_output_size(op, body):
             return self.upscale_tier_for_size(output_size).price_micros
         return self.price(op, body, input_size).high_micros
+
+
+def priced_by_output_size(op: str, body: Mapping[str, Any]) -> bool:
+    """Does the real output size decide the charge? Only for a factor-mode upscale (target mode
+    outputs ``target`` MP whatever the input; an edit has one price)."""
+    return op == "upscale" and body.get("upscale_mode", "target") == "factor"
