@@ -142,6 +142,10 @@ def _message(resp: Reply | httpx.Response) -> str:
 
 
 class Gateway:
+    """The client of one gateway. ``api_key`` None: ``$PIXAZO_API_KEY`` (``errors.require_api_key``:
+    ``MissingApiKey`` when there is none). ``transport``: any httpx async transport (tests);
+    default: our ``AiohttpTransport``."""
+
     def __init__(self, base_url: str = DEFAULT_BASE_URL, api_key: str | None = None, *,
                  transport: httpx.AsyncBaseTransport | None = None, timeout: float = 30.0,
                  limiter: AdaptiveRateLimiter | None = None, policy: RetryPolicy = DEFAULT_POLICY,
