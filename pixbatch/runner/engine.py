@@ -46,7 +46,7 @@ from .download import Downloader
 from .journal import Journal
 from .outputs import OutputDir
 from .poll import Poller, WebhookReceiver
-from .prepare import prepare
+from .prepare import position, prepare
 from .status import StatusWriter
 from .settle import settle_item
 from .submit import ACCEPTED, submit_item
@@ -168,12 +168,12 @@ class _Run:
                                                 budget=self.ledger.cap, table=self.table, expand=self._expand,
                                                 check_names=self.o.check_names))
         self.scope, self.aliases, self.estimate = p.scope, p.aliases, p.estimate
-        self.ledger = BudgetLedger(self.ledger.cap, p.totals.committed_micros)
+        self.ledger = BudgetLedger(self.ledger.cap, p.position.totals.committed_micros)
         if p.ambiguous_now:
             self.log.emit("run", None, message=f"{p.ambiguous_now} item(s) were being submitted when the last run "
                           "stopped: now AMBIGUOUS")
-        refusal = budget_refusal(self.ledger.cap, p)
-        if refusal:
+        refusal = budget_refusal(self.ledger.cap, p.position)
+        if refusal and not p.position.in_flight:
             await self._finish_run("budget")
             raise BudgetExceeded(refusal)
         loop = asyncio.get_running_loop()
@@ -182,6 +182,12 @@ class _Run:
             with _signal_handlers(loop, self.on_signal, self.o.handle_signals):
                 try:
                     await self._resume_in_flight()
+                    if refusal:
+                        # items already paid for are collected first; then the budget is looked at again
+                        await self._drain()
+                        refusal = budget_refusal(self.ledger.cap, await store.call(lambda db: position(db, self.scope)))
+                        if refusal:
+                            self._stop(StopReason.BUDGET, refusal)
                     await self._feed()
                     await self._drain()
                     if self.o.download and not self._halted():

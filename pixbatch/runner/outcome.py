@@ -126,12 +126,12 @@ def conclude(stop: StopReason | None, stop_message: str | None, counts: dict[str
     return Conclusion(outcome, code, tuple(msgs))
 
 
-def budget_refusal(budget: int | None, prepared: Any) -> str | None:
-    """Why the run cannot start within ``budget`` (None: it can): what is already charged plus the
+def budget_refusal(budget: int | None, position: Any) -> str | None:
+    """Why the run cannot go on within ``budget`` (None: it can): what is already charged plus the
     least that the remaining and in-flight items can cost exceeds it."""
     if budget is None:
         return None
-    t, p = prepared.totals, prepared
+    t, p = position.totals, position
     if t.charged_micros + t.abandoned_micros + p.pending_low + p.in_flight_low <= budget:
         return None
     return (f"the budget {format_usd(budget)} cannot cover this run: already charged "

@@ -114,13 +114,30 @@ def expansion_fingerprint(db: Any, manifest: Any, pricing_path: Path | None) -> 
 
 
 @dataclass(frozen=True)
-class Prepared:
-    scope: str
+class Position:
+    """Where the money stands before sending: what is charged, and what the rest will cost at least."""
+
     totals: st.Totals
-    pending: int
+    pending: int  # PENDING items of this expansion
     pending_low: int
     pending_high: int
+    in_flight: int  # items of any run left SUBMITTING or SUBMITTED (paid for or being paid for)
     in_flight_low: int
+
+
+def position(db: Any, scope: str) -> Position:
+    low, high, n_left = db.execute(
+        "SELECT coalesce(sum(est_low_micros), 0), coalesce(sum(est_high_micros), 0), count(*) FROM items "
+        "WHERE scope = ? AND state = 'PENDING'", [scope]).fetchone()
+    n_flight, flight_low = db.execute("SELECT count(*), coalesce(sum(est_low_micros), 0) FROM items WHERE state IN "
+                                      "('SUBMITTING', 'SUBMITTED')").fetchone()
+    return Position(st.totals(db), int(n_left), int(low), int(high), int(n_flight), int(flight_low))
+
+
+@dataclass(frozen=True)
+class Prepared:
+    scope: str
+    position: Position
     ambiguous_now: int  # items a killed run left in doubt, found now
     estimate: tuple[int, int]  # low, high of the whole expansion
     aliases: dict[str, list[str]]  # key -> further output names of identical requests
@@ -178,12 +195,6 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
     ambiguous_now = st.recover(db, run_id)
     _reset(db, options, scope, run_id)
     st.block_downstream(db, scope, run_id)
-    t = st.totals(db)
-    low, high, n_left = db.execute(
-        "SELECT coalesce(sum(est_low_micros), 0), coalesce(sum(est_high_micros), 0), count(*) FROM items "
-        "WHERE scope = ? AND state = 'PENDING'", [scope]).fetchone()
-    in_flight_low = db.execute("SELECT coalesce(sum(est_low_micros), 0) FROM items WHERE state IN "
-                               "('SUBMITTING', 'SUBMITTED')").fetchone()[0]
     est = db.execute("SELECT coalesce(sum(est_low_micros), 0), coalesce(sum(est_high_micros), 0) FROM items "
                      "WHERE scope = ?", [scope]).fetchone()
     db.execute("UPDATE runs SET estimate_low_micros = ?, estimate_high_micros = ? WHERE run_id = ?",
@@ -192,9 +203,8 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
     for k, name in db.execute("SELECT key, output_name FROM aliases WHERE list_contains(?::VARCHAR[], step) "
                               "ORDER BY step, idx", [steps_order]).fetchall():
         aliases.setdefault(k, []).append(name)
-    return Prepared(scope=scope, totals=t, pending=int(n_left), pending_low=int(low), pending_high=int(high),
-                    in_flight_low=int(in_flight_low), ambiguous_now=ambiguous_now, estimate=(int(est[0]), int(est[1])),
-                    aliases=aliases)
+    return Prepared(scope=scope, position=position(db, scope), ambiguous_now=ambiguous_now,
+                    estimate=(int(est[0]), int(est[1])), aliases=aliases)
 
 
 def _reset(db: Any, options: RunOptions, scope: str, run_id: str) -> None:
