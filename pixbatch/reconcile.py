@@ -37,8 +37,7 @@ import duckdb
 
 from .contract import TERMINAL_STATUSES
 from .errors import AuthError, GatewayError, NotFound, StateLocked
-from .migrations import connect
-from .state import absorb_crashed_runs
+from .state import absorb_crashed_runs, connect
 from .pricing import PriceTable
 from .sizes import Size, output_size
 
