@@ -83,9 +83,7 @@ class Downloader:
         for step in steps:
             after = -1
             while not stopped():
-                rows = await store.call(lambda db, s=step, a=after: st.select_rows(
-                    db, "i.scope = ? AND i.step = ? AND i.idx > ? AND i.state = 'COMPLETED' AND i.media_url IS NOT NULL",
-                    [scope, s, a], limit=PAGE))
+                rows = await store.call(lambda db, s=step, a=after: st.completed_page(db, scope, s, a, PAGE))
                 if not rows:
                     break
                 after = rows[-1].idx
@@ -93,10 +91,9 @@ class Downloader:
                 if not todo:
                     continue
                 keys = [r.key for r in todo]
-                recorded = await store.call(lambda db: db.execute(
-                    "SELECT key, path, sha256 FROM outputs WHERE list_contains(?::VARCHAR[], key)", [keys]).fetchall())
+                recorded = await store.call(lambda db: st.recorded_outputs(db, keys))
                 by_key: dict[str, dict[str, str]] = {}
-                for k, path, sha in recorded:
+                for (k, path), sha in recorded.items():
                     by_key.setdefault(k, {})[path] = sha
                 stale = await asyncio.to_thread(
                     lambda: [r for r in todo if self.out.is_stale(self.names(r), by_key.get(r.key, {}))])

@@ -274,9 +274,7 @@ class _Run:
 
     async def _finish_run(self, outcome: str) -> None:
         assert self.store is not None
-        self.store.put_sql("UPDATE runs SET finished_at = now()::TIMESTAMP, outcome = ? WHERE run_id = ?",
-                           [outcome, self.run_id])
-        await self.store.commit()
+        await self.store.call(lambda db: st.finish_run(db, self.run_id, outcome))
 
     # -- feeding --------------------------------------------------------------------------------
 
@@ -296,7 +294,7 @@ class _Run:
 
     async def _resume_in_flight(self) -> None:
         assert self.store is not None
-        rows = await self.store.call(lambda db: st.select_rows(db, "i.state = 'SUBMITTED'", [], order="submitted_at"))
+        rows = await self.store.call(st.submitted_rows)
         for row in rows:
             await self.slots.acquire()
             self.inflight.add(row.key)
@@ -323,8 +321,7 @@ class _Run:
             if self.stop_reason is not None:
                 return
             await store.call(lambda db: st.block_downstream(db, self.scope, self.run_id))
-            pending = await store.call(lambda db: db.execute(
-                "SELECT count(*) FROM items WHERE scope = ? AND state = 'PENDING'", [self.scope]).fetchone()[0])
+            pending = await store.call(lambda db: st.pending_count(db, self.scope))
             if pending - len(self.skip) <= 0:
                 return
             if self.done.seq != seq0:
@@ -366,10 +363,8 @@ class _Run:
 
     async def _left_over(self) -> None:
         assert self.store is not None
-        n, lo, hi = await self.store.call(lambda db: db.execute(
-            "SELECT count(*), coalesce(sum(est_low_micros), 0), coalesce(sum(est_high_micros), 0) FROM items "
-            "WHERE scope = ? AND state = 'PENDING'", [self.scope]).fetchone())
-        self.left = (int(n), int(lo), int(hi))
+        c = await self.store.call(lambda db: st.pending_cost(db, self.scope))
+        self.left = (c.items, c.low_micros, c.high_micros)
 
     async def _drain(self) -> None:
         while self.tasks:

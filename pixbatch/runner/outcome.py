@@ -131,13 +131,14 @@ def budget_refusal(budget: int | None, position: Any) -> str | None:
     least that the remaining and in-flight items can cost exceeds it."""
     if budget is None:
         return None
-    t, p = position.totals, position
-    if t.charged_micros + t.abandoned_micros + p.pending_low + p.in_flight_low <= budget:
+    t, pending = position.totals, position.pending
+    least = pending.low_micros + position.in_flight_low
+    if t.charged_micros + t.abandoned_micros + least <= budget:
         return None
     return (f"the budget {format_usd(budget)} cannot cover this run: already charged "
-            f"{format_usd(t.charged_micros)}, and the {p.pending} remaining item(s) cost at least "
-            f"{format_usd(p.pending_low + p.in_flight_low)}. Raise --budget (or budget_usd in the "
-            "manifest), or trim the manifest; `pixbatch estimate` shows the breakdown.")
+            f"{format_usd(t.charged_micros)}, and the {pending.items} remaining item(s) cost at least "
+            f"{format_usd(least)}. Raise --budget (or budget_usd in the manifest), or trim the manifest; "
+            "`pixbatch estimate` shows the breakdown.")
 
 
 def summarize(c: Conclusion, snap: Any, *, run_id: str, output_dir: str, charged_run: int, peak: int,

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import hashlib
-import json
 import os
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
@@ -107,9 +106,7 @@ def expansion_fingerprint(db: Any, manifest: Any, pricing_path: Path | None) -> 
             h.update(b"\npricing\n" + Path(pricing_path).read_bytes())
     except (OSError, ValueError):
         return None
-    n, digest = db.execute("SELECT count(*), coalesce(sum(hash(url, width, height)::HUGEINT), 0)::VARCHAR FROM probes "
-                           "WHERE error IS NULL AND width IS NOT NULL").fetchone()
-    h.update(f"\nprobes {n} {digest}\n".encode())
+    h.update(f"\nprobes {st.probes_fingerprint(db)}\n".encode())
     return h.hexdigest()[:32]
 
 
@@ -118,20 +115,13 @@ class Position:
     """Where the money stands before sending: what is charged, and what the rest will cost at least."""
 
     totals: st.Totals
-    pending: int  # PENDING items of this expansion
-    pending_low: int
-    pending_high: int
-    in_flight: int  # items of any run left SUBMITTING or SUBMITTED (paid for or being paid for)
-    in_flight_low: int
+    pending: st.Cost  # PENDING items of this expansion
+    in_flight_low: int  # least cost of the items of any run left SUBMITTING or SUBMITTED
+    in_flight: int  # how many there are (paid for, or being paid for)
 
 
 def position(db: Any, scope: str) -> Position:
-    low, high, n_left = db.execute(
-        "SELECT coalesce(sum(est_low_micros), 0), coalesce(sum(est_high_micros), 0), count(*) FROM items "
-        "WHERE scope = ? AND state = 'PENDING'", [scope]).fetchone()
-    n_flight, flight_low = db.execute("SELECT count(*), coalesce(sum(est_low_micros), 0) FROM items WHERE state IN "
-                                      "('SUBMITTING', 'SUBMITTED')").fetchone()
-    return Position(st.totals(db), int(n_left), int(low), int(high), int(n_flight), int(flight_low))
+    return Position(st.totals(db), st.pending_cost(db, scope), st.in_flight_low_micros(db), st.in_flight_count(db))
 
 
 @dataclass(frozen=True)
@@ -148,19 +138,17 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
     """On the writer thread, before anything is sent: ingest, record the run, recover, reset, totals."""
     steps_order = [s.id for s in manifest.steps]
     fingerprint = expansion_fingerprint(db, manifest, options.pricing_path)
-    last = db.execute("SELECT json_extract_string(options, '$.scope'), json_extract_string(options, "
-                      "'$.fingerprint') FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+    last = st.last_run(db)
     scope = None
-    if fingerprint is not None and last and last[0] and last[1] == fingerprint:
+    if fingerprint is not None and last and last.scope and last.fingerprint == fingerprint:
         # same manifest, input files, probed sizes and code as the last run, whose row is
         # written only after its ingest committed: its scope is this expansion's
-        if db.execute("SELECT count(*) FROM items WHERE scope = ?", [last[0]]).fetchone()[0]:
-            scope = last[0]
+        if st.scope_size(db, last.scope):
+            scope = last.scope
     if scope is None:
         from ..expand import NameCheck
 
-        probes = {u: (w, h) for u, w, h in db.execute(
-            "SELECT url, width, height FROM probes WHERE error IS NULL AND width IS NOT NULL").fetchall()}
+        probes = st.probed_sizes(db)
         sizes = probes.get if probes else None
         # output names are checked on the first walk of the expansion (not one of their own)
         names = NameCheck(manifest) if check_names else None
@@ -183,51 +171,17 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
         else:
             scope, _n = st.expansion_scope(first_walk)
             check()
-            have = db.execute("SELECT count(*) FROM items WHERE scope = ?", [scope]).fetchone()[0]
-            if not (last and last[0] == scope and have):
+            if not (last and last.scope == scope and st.scope_size(db, scope)):
                 st.ingest(db, expand(sizes), scope, table, steps_order)
     path = Path(manifest.path)
     manifest_sha = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
-    db.execute("INSERT INTO runs (run_id, manifest_path, manifest_sha256, base_url, budget_micros, outcome, pid, "
-               "options) VALUES (?, ?, ?, ?, ?, 'running', ?, ?)",
-               [run_id, str(manifest.path), manifest_sha, options.base_url, budget, os.getpid(),
-                json.dumps({**options.recorded(), "scope": scope, "fingerprint": fingerprint})])
+    st.start_run(db, st.RunStart(run_id, str(manifest.path), manifest_sha, options.base_url, budget, os.getpid(),
+                                 {**options.recorded(), "scope": scope, "fingerprint": fingerprint}))
     ambiguous_now = st.recover(db, run_id)
-    _reset(db, options, scope, run_id)
+    st.requeue(db, scope, run_id, force=options.force, retry_errors=options.retry_errors,
+               retry_ambiguous=options.retry_ambiguous)
     st.block_downstream(db, scope, run_id)
-    est = db.execute("SELECT coalesce(sum(est_low_micros), 0), coalesce(sum(est_high_micros), 0) FROM items "
-                     "WHERE scope = ?", [scope]).fetchone()
-    db.execute("UPDATE runs SET estimate_low_micros = ?, estimate_high_micros = ? WHERE run_id = ?",
-               [est[0], est[1], run_id])
-    aliases: dict[str, list[str]] = {}
-    for k, name in db.execute("SELECT key, output_name FROM aliases WHERE list_contains(?::VARCHAR[], step) "
-                              "ORDER BY step, idx", [steps_order]).fetchall():
-        aliases.setdefault(k, []).append(name)
+    est = st.scope_cost(db, scope)
+    st.record_estimate(db, run_id, est.low_micros, est.high_micros)
     return Prepared(scope=scope, position=position(db, scope), ambiguous_now=ambiguous_now,
-                    estimate=(int(est[0]), int(est[1])), aliases=aliases)
-
-
-def _reset(db: Any, options: RunOptions, scope: str, run_id: str) -> None:
-    """The spending options that send finished or doubtful items again, in one transaction."""
-    db.execute("BEGIN TRANSACTION")
-    if options.force:
-        db.execute("UPDATE items SET state = 'PENDING', request_id = NULL, gateway_status = NULL, error = NULL, "
-                   "media_url = NULL, media_type = NULL, polling_path = NULL, run_id = ? WHERE scope = ? AND "
-                   "state IN ('COMPLETED', 'FAILED', 'ERROR', 'FAILED_VALIDATION', 'BLOCKED')",
-                   [run_id, scope])
-    if options.retry_errors and not options.force:
-        # ERROR is the gateway's own failure and is not charged: sending again costs nothing extra
-        db.execute("UPDATE items SET state = 'PENDING', request_id = NULL, gateway_status = NULL, error = NULL, "
-                   "media_url = NULL, media_type = NULL, polling_path = NULL, run_id = ? WHERE scope = ? AND "
-                   "state = 'ERROR'", [run_id, scope])
-    if options.retry_ambiguous or options.retry_errors:
-        db.execute("UPDATE items SET state = 'PENDING', error = NULL WHERE scope = ? AND state = 'BLOCKED'", [scope])
-    if options.retry_ambiguous:
-        keys = [r[0] for r in db.execute("SELECT key FROM items WHERE scope = ? AND state = 'AMBIGUOUS'",
-                                         [scope]).fetchall()]
-        if keys:
-            # the old attempt's reservation stays counted (it may have been charged)
-            st.abandon(db, keys, run_id)
-            db.execute("UPDATE items SET state = 'PENDING', reserved_micros = 0, error = NULL, run_id = ? "
-                       "WHERE list_contains(?::VARCHAR[], key)", [run_id, keys])
-    db.execute("COMMIT")
+                    estimate=(est.low_micros, est.high_micros), aliases=st.alias_names(db, steps_order))

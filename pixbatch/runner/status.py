@@ -33,10 +33,10 @@ class StatusWriter:
         steps, t = await self.store.call(lambda db: (st.counts_by_step(db, self.scope), st.totals(db)))
         elapsed = max(1e-6, time.monotonic() - self.t0)
         rate = self.finished() / elapsed if running else None
-        remaining = sum(n for c in steps.values() for s, n in c.items() if s in (st.PENDING, st.SUBMITTING, st.SUBMITTED))
+        remaining = sum(n for c in steps.values() for s, n in c.items() if s in st.REMAINING)
         eta = remaining / rate if rate else None
         return st.StatusSnapshot(
-            state_path=str(self.state_path), source="runner", running=running, updated_at=st._iso(st.utcnow()),
+            state_path=str(self.state_path), source="runner", running=running, updated_at=st.iso_utc(st.utcnow()),
             run_id=self.run_id, pid=os.getpid(), outcome=outcome or "running", manifest_path=self.manifest_path,
             steps=steps, charged_micros=t.charged_micros, reserved_micros=t.reserved_micros,
             at_risk_micros=t.at_risk_micros, budget_micros=self.budget, estimate_low_micros=int(self.estimate[0]),

@@ -66,6 +66,7 @@ from .queries import (
     alias_names,
     completed_page,
     counts_by_step,
+    in_flight_count,
     in_flight_low_micros,
     last_run,
     open_requests,
@@ -94,7 +95,6 @@ COMPLETED, FAILED, ERROR = ItemState.COMPLETED, ItemState.FAILED, ItemState.ERRO
 AMBIGUOUS, FAILED_VALIDATION, BLOCKED = ItemState.AMBIGUOUS, ItemState.FAILED_VALIDATION, ItemState.BLOCKED
 ITEM_STATES: tuple[ItemState, ...] = tuple(ItemState)
 BLOCKING_STATES, TERMINAL_STATES, IN_FLIGHT_STATES = BLOCKING, TERMINAL, IN_FLIGHT
-_iso = iso_utc  # runner.py calls st._iso; use iso_utc
 
 __all__ = [
     "AMBIGUOUS", "BLOCKED", "BLOCKING", "BLOCKING_STATES", "COMPLETED", "ERROR", "FAILED", "FAILED_VALIDATION",
@@ -103,7 +103,7 @@ __all__ = [
     "Attempt", "Cost", "IngestResult", "Intent", "ItemRow", "ItemState", "LastRun", "OpenRequest", "OutputRow",
     "Requeued", "RunStart", "StatusSnapshot", "Store", "Totals", "Waiter",
     "abandon", "absorb_crashed_runs", "alias_names", "applied", "block_downstream", "bulk_insert_items_for_bench",
-    "completed_page", "connect", "counts_by_step", "expansion_scope", "finish_run", "in_flight_low_micros",
+    "completed_page", "connect", "counts_by_step", "expansion_scope", "finish_run", "in_flight_count", "in_flight_low_micros",
     "ingest", "insert_log", "iso_utc", "last_run", "log_attempt", "migrate", "open_for_reading", "open_requests",
     "pending_cost", "pending_count", "probed_sizes", "probes_fingerprint", "read_status", "ready_page",
     "record_estimate", "recorded_outputs", "recover", "requeue", "scope_cost", "scope_size", "select_rows",

@@ -132,6 +132,11 @@ def in_flight_low_micros(db: duckdb.DuckDBPyConnection) -> int:
     return int(one(db, f"SELECT coalesce(sum(est_low_micros), 0) FROM items WHERE state IN {sql_in(IN_FLIGHT)}")[0])
 
 
+def in_flight_count(db: duckdb.DuckDBPyConnection) -> int:
+    """How many items are sent and not settled, in the whole file."""
+    return int(one(db, f"SELECT count(*) FROM items WHERE state IN {sql_in(IN_FLIGHT)}")[0])
+
+
 # -- items ----------------------------------------------------------------------------------
 
 
