@@ -59,7 +59,6 @@ from .errors import (
     BudgetExceeded,
     GatewayError,
     InsufficientBalance,
-    ManifestError,
     NotFound,
     PixbatchError,
     API_KEY_ENV,
@@ -184,7 +183,8 @@ class _PollClock:
         return min(self.cap, base * (1.5 ** (k - 1)))
 
 
-_EXPANSION_CODE = ("expand.py", "items.py", "manifest.py", "sizes.py", "contract.py")
+_EXPANSION_CODE = ("expand.py", "items.py", "sizes.py", "contract.py",
+                   *sorted(f"manifest/{p.name}" for p in (Path(__file__).resolve().parent / "manifest").glob("*.py")))
 
 
 def _expansion_fingerprint(db: Any, manifest: Any, pricing_path: Path | None) -> str | None:
@@ -312,21 +312,18 @@ class _Run:
             if db.execute("SELECT count(*) FROM items WHERE scope = ?", [last[0]]).fetchone()[0]:
                 scope = last[0]
         if scope is None:
-            from .expand import NameCheck
+            from .manifest.names import NameCheck
 
             probes = {u: (w, h) for u, w, h in db.execute(
                 "SELECT url, width, height FROM probes WHERE error IS NULL AND width IS NOT NULL").fetchall()}
             sizes = probes.get if probes else None
             # output names are checked on the first walk of the expansion (not one of their own)
-            names = NameCheck(self.m) if self.o.check_names else None
+            names = NameCheck(self.m) if self.o.check_names or not self.m.names_checked else None
             first_walk = names.wrap(self._expand(sizes)) if names else self._expand(sizes)
 
             def check_names() -> None:
-                problems = names.problems() if names else []
-                if problems:
-                    from .manifest import _summary_message
-
-                    raise ManifestError(problems, _summary_message(self.m.display or self.m.path, problems))
+                if names:
+                    names.verify()
 
             if last is None and fingerprint is not None:
                 # a fresh state file: one walk (ingest). The fingerprint names the expansion as
