@@ -160,23 +160,6 @@ def test_every_module_can_be_imported_first():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_the_resume_fingerprint_hashes_every_module_the_expansion_imports():
-    """A module the expansion depends on and the fingerprint misses would let a resume reuse
-    a stale expansion after an upgrade. errors.py (messages) and yamlpos.py (positions; what
-    it parses is in the Manifest's repr, which is hashed) cannot change the items."""
-    from pixbatch.runner import _EXPANSION_CODE
-
-    graph, seen, todo = import_graph(), set(), ["pixbatch.expand"]
-    while todo:
-        m = todo.pop()
-        if m not in seen:
-            seen.add(m)
-            todo.extend(graph[m])
-    files = {str(modules()[m].relative_to(PACKAGE)) for m in seen}
-    assert files - set(_EXPANSION_CODE) - {"errors.py", "yamlpos.py"} == set()
-    assert all((PACKAGE / f).is_file() for f in _EXPANSION_CODE)
-
-
 def _size_checked() -> list[Path]:
     return sorted({p for pattern in SIZE_CHECKED for p in PACKAGE.glob(pattern)})
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pixbatch import runner
+from pixbatch.runner import engine as runner
 from pixbatch.errors import BudgetExceeded, ManifestError
 from pixbatch.manifest import load_manifest
 from pixbatch.runner import RunOptions, run
