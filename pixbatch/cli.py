@@ -159,7 +159,7 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
 
     from .errors import BudgetExceeded
     from .estimate import estimate_manifest, estimate_to_dict, render_estimate
-    from .manifest import load_manifest
+    from .manifest import load_manifest_shallow
     from .money import format_usd, usd_to_micros
     from .pricing import PriceTable
 
@@ -172,12 +172,12 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
         if budget_micros < 0:
             raise click.BadParameter("must not be negative", param_hint="--budget")
     table = PriceTable.load(pricing_path)
-    # deep=False: the output names are checked on the estimate's own walk of the expansion
-    manifest = load_manifest(manifest_path, deep=False)
+    # shallow: the output names are checked on the estimate's own walk of the expansion
+    manifest = load_manifest_shallow(manifest_path)
     if budget_micros is None:
         budget_micros = manifest.budget_micros
     est = estimate_manifest(manifest, table, state_path=state_path, probe=not no_probe, refresh=refresh_probes,
-                            concurrency=probe_concurrency, timeout=probe_timeout, check_names=True)
+                            concurrency=probe_concurrency, timeout=probe_timeout)
     if as_json:
         click.echo(json.dumps(estimate_to_dict(est, budget_micros=budget_micros), indent=2))
     else:
@@ -279,7 +279,7 @@ def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, 
     from rich.console import Console
 
     from .errors import API_KEY_ENV, AuthError
-    from .manifest import load_manifest
+    from .manifest import load_manifest_shallow
     from .money import usd_to_micros
     from .progress import JsonLinesProgress, NullProgress, RichProgress, render_summary
     from .runner import RunOptions, run
@@ -296,9 +296,8 @@ def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, 
             raise click.BadParameter(f"{exc}; give dollars like 25 or 12.50", param_hint="--budget") from None
     # the output-name pass runs inside the runner, and only when this expansion is not
     # already in the state file: a resume of an unchanged manifest never walks every item
-    manifest = load_manifest(manifest_path, deep=False)
+    manifest = load_manifest_shallow(manifest_path)
     options = RunOptions(
-        check_names=True,
         state_path=Path(state_path) if state_path else None, budget_micros=budget_micros, concurrency=concurrency,
         max_rps=max_rps, base_url=base_url, api_key=key, retry_ambiguous=retry_ambiguous, retry_errors=retry_errors,
         force=force,
@@ -324,14 +323,14 @@ def status_command(manifest_path: str | None, state_path: str | None, as_json: b
     """Progress per step and state of a run, without the gateway; works while a run is going."""
     from rich.console import Console
 
-    from .manifest import load_manifest
+    from .manifest import load_manifest_shallow
     from .progress import money_line, status_table
     from .state import AMBIGUOUS, read_status
 
     if state_path is None:
         if manifest_path is None:
             raise click.UsageError("give a MANIFEST or --state FILE")
-        state_path = str(load_manifest(manifest_path, deep=False).state_path)
+        state_path = str(load_manifest_shallow(manifest_path).state_path)
     snap = read_status(state_path)
     if as_json:
         click.echo(snap.to_json())
@@ -363,9 +362,9 @@ def _resolve_state(manifest_path: str | None, state_path: str | None):
     """(state path, manifest or None). The manifest's own state file unless --state is given."""
     from pathlib import Path
 
-    from .manifest import load_manifest
+    from .manifest import load_manifest_shallow
 
-    manifest = load_manifest(manifest_path, deep=False) if manifest_path else None
+    manifest = load_manifest_shallow(manifest_path) if manifest_path else None
     if state_path is not None:
         return Path(state_path), manifest
     if manifest is None:

@@ -108,10 +108,10 @@ def test_output_names_are_checked_on_the_ingest_walk_and_a_bad_name_keeps_nothin
     assert items(bad) == []  # the ingest was rolled back
     good = write(tmp_path, 3)
 
-    from pixbatch import expand
+    from pixbatch.manifest import names
 
-    real, checks = expand.check_items, []
-    monkeypatch.setattr(expand, "check_items", lambda m: checks.append(1) or real(m))
+    real, checks = names.check_output_names, []
+    monkeypatch.setattr(names, "check_output_names", lambda m: checks.append(1) or real(m))
     before = len(expansions)
     set_up(good, check_names=True)  # names are fine: checked on the ingest's walk, no walk of their own
     set_up(good, check_names=True)  # unchanged: no walk at all

@@ -146,21 +146,17 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
         if st.scope_size(db, last.scope):
             scope = last.scope
     if scope is None:
-        from ..expand import NameCheck
+        from ..manifest.names import NameCheck
 
         probes = st.probed_sizes(db)
         sizes = probes.get if probes else None
         # output names are checked on the first walk of the expansion (not one of their own)
-        names = NameCheck(manifest) if check_names else None
+        names = NameCheck(manifest) if check_names or not manifest.names_checked else None
         first_walk = names.wrap(expand(sizes)) if names else expand(sizes)
 
         def check() -> None:
-            problems = names.problems() if names else []
-            if problems:
-                from ..errors import ManifestError
-                from ..manifest import _summary_message
-
-                raise ManifestError(problems, _summary_message(manifest.display or manifest.path, problems))
+            if names:
+                names.verify()
 
         if last is None and fingerprint is not None:
             # a fresh state file: one walk (ingest). The fingerprint names the expansion as
