@@ -165,8 +165,7 @@ class _Run:
         store = self.store
         assert store is not None
         p = await store.call(lambda db: prepare(db, manifest=self.m, options=self.o, run_id=self.run_id,
-                                                budget=self.ledger.cap, table=self.table, expand=self._expand,
-                                                check_names=self.o.check_names))
+                                                budget=self.ledger.cap, table=self.table, expand=self._expand))
         self.scope, self.aliases, self.estimate = p.scope, p.aliases, p.estimate
         self.ledger = BudgetLedger(self.ledger.cap, p.position.totals.committed_micros)
         if p.ambiguous_now:

@@ -57,10 +57,6 @@ class RunOptions:
     # seconds to wait for the state file while another process holds it: a `status` or a
     # `report` holds it for a moment; another run holds it to the end (then StateLocked)
     lock_wait: float = _opt(3.0, PROCESS, record=False)
-    # check output names (the deep pass of load_manifest) unless the state file already holds
-    # this very expansion: a caller that loads the manifest with deep=False sets this, so a
-    # resume of an unchanged manifest does not walk every item twice more
-    check_names: bool = _opt(False, PROCESS, record=False)
 
     def group(self, name: str) -> dict[str, Any]:
         """The fields of one group (``spending``, ``tuning``, ``process``) as a dict."""

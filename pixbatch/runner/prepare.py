@@ -134,7 +134,7 @@ class Prepared:
 
 
 def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget: int | None, table: PriceTable,
-            expand: Callable[[Callable[[str], Any] | None], Iterable[Any]], check_names: bool) -> Prepared:
+            expand: Callable[[Callable[[str], Any] | None], Iterable[Any]]) -> Prepared:
     """On the writer thread, before anything is sent: ingest, record the run, recover, reset, totals."""
     steps_order = [s.id for s in manifest.steps]
     fingerprint = expansion_fingerprint(db, manifest, options.pricing_path)
@@ -151,7 +151,9 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
         probes = st.probed_sizes(db)
         sizes = probes.get if probes else None
         # output names are checked on the first walk of the expansion (not one of their own)
-        names = NameCheck(manifest) if check_names or not manifest.names_checked else None
+        # a manifest loaded without its output-name walk (load_manifest_shallow) has its names
+        # checked here, on the expansion's first walk, and only when that walk is needed at all
+        names = NameCheck(manifest) if not manifest.names_checked else None
         first_walk = names.wrap(expand(sizes)) if names else expand(sizes)
 
         def check() -> None:
