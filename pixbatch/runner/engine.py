@@ -79,6 +79,46 @@ class _Ticker:
             await self._event.wait()
 
 
+class _Tasks:
+    """The run's item tasks: started, watched, cancelled; ``polling`` are those waiting on a job."""
+
+    def __init__(self, on_error: Callable[[BaseException], None]):
+        self.all: set[asyncio.Task] = set()
+        self.polling: set[asyncio.Task] = set()
+        self.errors: list[BaseException] = []
+        self.on_error = on_error
+
+    def spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self.all.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.all.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # a bug, not a gateway answer: the item keeps its committed state (a re-run resumes
+            # it); the error is raised once the run has recorded everything
+            exc = task.exception()
+            assert exc is not None
+            self.errors.append(exc)
+            self.on_error(exc)
+
+    def cancel_polling(self) -> None:
+        for task in list(self.polling):
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def drain(self) -> None:
+        while self.all:
+            await asyncio.gather(*list(self.all), return_exceptions=True)
+
+    async def cancel(self) -> None:
+        for task in list(self.all):
+            task.cancel()
+        await asyncio.gather(*self.all, return_exceptions=True)
+
+
 def _price(table: PriceTable, row: st.ItemRow, up: st.ItemRow | None) -> tuple[Any, tuple[int, int] | None]:
     """The item's price and the input size it rests on: a chained item's input is its upstream's
     output (its real size once downloaded, else the documented one)."""
@@ -134,9 +174,7 @@ class _Run:
         self.stop_message: str | None = None
         self.inflight: set[str] = set()  # keys of items being sent, polled or downloaded
         self.skip: set[str] = set()  # keys this run will not send again
-        self.tasks: set[asyncio.Task] = set()
-        self.task_errors: list[BaseException] = []
-        self.polling: set[asyncio.Task] = set()
+        self.tasks = _Tasks(lambda exc: self._stop(StopReason.INTERRUPT, f"internal error: {exc!r}"))
         self.done = _Ticker()  # items finished (and stop requests)
         self.charged_run = self.submits = self.finished_this_run = 0
         self.left = (0, 0, 0)
@@ -183,19 +221,17 @@ class _Run:
                     await self._resume_in_flight()
                     if refusal:
                         # items already paid for are collected first; then the budget is looked at again
-                        await self._drain()
+                        await self.tasks.drain()
                         refusal = budget_refusal(self.ledger.cap, await store.call(lambda db: position(db, self.scope)))
                         if refusal:
                             self._stop(StopReason.BUDGET, refusal)
                     await self._feed()
-                    await self._drain()
+                    await self.tasks.drain()
                     if self.o.download and not self._halted():
                         assert self.dl is not None
                         await self.dl.verify(self.scope, self.steps_order, self._halted)
                 finally:
-                    for task in list(self.tasks):
-                        task.cancel()
-                    await asyncio.gather(*self.tasks, return_exceptions=True)
+                    await self.tasks.cancel()
         finally:
             status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -210,8 +246,8 @@ class _Run:
         await store.commit()
         await self.status.write(running=False, outcome=summary.outcome)
         self.progress.stop(summary)
-        if self.task_errors:
-            raise self.task_errors[0]
+        if self.tasks.errors:
+            raise self.tasks.errors[0]
         return summary
 
     def _build(self, store: st.Store, loop: asyncio.AbstractEventLoop) -> asyncio.Task:
@@ -257,8 +293,7 @@ class _Run:
         if self.stop_reason is None:
             self.stop_reason = StopReason.INTERRUPT
             self.stop_message = "interrupted"
-        for task in list(self.polling):
-            task.cancel()
+        self.tasks.cancel_polling()
         self.done.tick()
 
     def _stop(self, reason: StopReason, message: str) -> None:
@@ -266,9 +301,7 @@ class _Run:
             self.stop_reason = reason
             self.stop_message = message
         if reason is StopReason.AUTH:  # polls would all get 401 too; POSTs in flight record their own answer
-            for task in list(self.polling):
-                if task is not asyncio.current_task():
-                    task.cancel()
+            self.tasks.cancel_polling()
         self.done.tick()
 
     async def _finish_run(self, outcome: str) -> None:
@@ -277,27 +310,13 @@ class _Run:
 
     # -- feeding --------------------------------------------------------------------------------
 
-    def _spawn(self, coro: Any) -> asyncio.Task:
-        task = asyncio.create_task(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self._task_done)
-        return task
-
-    def _task_done(self, task: asyncio.Task) -> None:
-        self.tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            # a bug, not a gateway answer: the item keeps its committed state (re-run resumes
-            # it); the error is raised once the run has recorded everything
-            self.task_errors.append(task.exception())  # type: ignore[arg-type]
-            self._stop(StopReason.INTERRUPT, f"internal error: {task.exception()!r}")
-
     async def _resume_in_flight(self) -> None:
         assert self.store is not None
         rows = await self.store.call(st.submitted_rows)
         for row in rows:
             await self.slots.acquire()
             self.inflight.add(row.key)
-            self._spawn(self._item(row, None, resumed=True))
+            self.tasks.spawn(self._item(row, None, resumed=True))
 
     async def _feed(self) -> None:
         assert self.store is not None
@@ -325,7 +344,7 @@ class _Run:
                 return
             if self.done.seq != seq0:
                 continue  # something finished during the pass: its downstream may be ready now
-            if not self.tasks:
+            if not self.tasks.all:
                 return  # what is left waits on items this run will not send
             await self.done.wait_after(seq0, self._stopping)
 
@@ -357,17 +376,13 @@ class _Run:
         if input_size:
             row.input_width, row.input_height = input_size
         self.inflight.add(row.key)
-        self._spawn(self._item(row, up, resumed=False))
+        self.tasks.spawn(self._item(row, up, resumed=False))
         return True
 
     async def _left_over(self) -> None:
         assert self.store is not None
         c = await self.store.call(lambda db: st.pending_cost(db, self.scope))
         self.left = (c.items, c.low_micros, c.high_micros)
-
-    async def _drain(self) -> None:
-        while self.tasks:
-            await asyncio.gather(*list(self.tasks), return_exceptions=True)
 
     # -- one item -------------------------------------------------------------------------------
 
@@ -381,11 +396,11 @@ class _Run:
                     return
             task = asyncio.current_task()
             assert task is not None
-            self.polling.add(task)
+            self.tasks.polling.add(task)
             try:
                 status = await self.poller.until_done(row, resumed=resumed)
             finally:
-                self.polling.discard(task)
+                self.tasks.polling.discard(task)
             if status is not None:
                 await self._settle(row, status)
         except asyncio.CancelledError:
