@@ -58,7 +58,7 @@ class FrontDoor:
     def label(self, key: str | None) -> str | None:
         """The key as the request log names it: known keys by name, anything else anonymised."""
         cfg = self.e.config
-        if key is None:
+        if not key:
             return None
         return key if key in cfg.api_keys or key in cfg.forbidden_keys else "<unknown>"
 
