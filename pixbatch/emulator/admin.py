@@ -91,6 +91,8 @@ class ControlRoutes:
         try:
             data = await request.json()
             entries = data.get("outcomes") if isinstance(data, dict) else data
+            if not isinstance(entries, list):
+                raise TypeError
             problems = [p for i, entry in enumerate(entries) for p in check_script_entry(i, entry)]
         except (json.JSONDecodeError, TypeError, AttributeError):
             return _bad("send a JSON array of outcomes")

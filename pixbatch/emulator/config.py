@@ -289,6 +289,8 @@ def parse_megapixel(value: Any) -> int:
             value = int(base) ** int(exp) if sep else int(float(text))
         except ValueError:
             raise ValueError(f"megapixel must be a number of pixels (1000000, 2^20), got {value!r}") from None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if _not_int(value) or value < 1:
         raise ValueError(f"megapixel must be a positive number of pixels, got {value!r}")
     return value
@@ -299,17 +301,20 @@ _SIZE = re.compile(r"^\s*(\d+)\s*[xX]\s*(\d+)\s*$")
 
 def parse_edit_sizes(value: Any) -> tuple[tuple[str, tuple[int, int]], ...]:
     """``"16:9=1344x768,4:3=1152x864"``, ``{"16:9": [1344, 768]}`` or pairs -> sorted pairs."""
+    pairs: list[tuple[Any, Any]] = []
     if isinstance(value, str):
-        pairs: list[tuple[Any, Any]] = []
         for part in filter(None, (p.strip() for p in value.split(","))):
-            ratio, sep, size = part.partition("=")
+            ratio, sep, text = part.partition("=")
             if not sep:
                 raise ValueError(f"edit_sizes must read RATIO=WxH[,...] (e.g. 16:9=1344x768), got {part!r}")
-            pairs.append((ratio.strip(), size))
+            pairs.append((ratio.strip(), text))
     elif isinstance(value, dict):
         pairs = list(value.items())
     else:
-        pairs = [tuple(p) for p in value]  # type: ignore[misc]
+        try:
+            pairs = [(ratio, size) for ratio, size in value]
+        except (TypeError, ValueError):
+            raise ValueError(f"edit_sizes must map aspect ratios to sizes, got {value!r}") from None
     out: dict[str, tuple[int, int]] = {}
     for ratio, size in pairs:
         if ratio not in ASPECT_RATIOS or ratio == "match_input_image":
@@ -320,7 +325,7 @@ def parse_edit_sizes(value: Any) -> tuple[tuple[str, tuple[int, int]], ...]:
             if not m:
                 raise ValueError(f"edit_sizes: {ratio} needs a size WxH, got {size!r}")
             size = (int(m.group(1)), int(m.group(2)))
-        if len(size) != 2 or any(_not_int(x) or x < 1 for x in size):
+        if not isinstance(size, (list, tuple)) or len(size) != 2 or any(_not_int(x) or x < 1 for x in size):
             raise ValueError(f"edit_sizes: {ratio} needs two positive whole sides, got {size!r}")
         out[ratio] = (size[0], size[1])
     return tuple(sorted(out.items()))
