@@ -73,6 +73,21 @@ def _emulator_options(f):
 @click.option("--rate-burst", type=int, default=None, help="Token bucket size [default: the rate limit].")
 @click.option("--seed", type=int, default=None, help="Seed for every random choice (faults, timings).")
 @_emulator_options
+@click.option("--throttle-rate", type=click.FloatRange(0, 1), default=None,
+              help="Fraction of submits answered 429 whatever the rate (Retry-After: none, an HTTP date or seconds).")
+@click.option("--rate-window", default=None, metavar="N/SECONDS",
+              help="API-Management fixed window: N submits per key per window, then 429 until it resets.")
+@click.option("--quota", type=int, default=None, help="Accepted submits per key per quota period, then 403 + Retry-After.")
+@click.option("--quota-reset", type=float, default=None, metavar="SECONDS", help="The quota period [default: 600].")
+@click.option("--html-errors", is_flag=True, default=None, help="5xx answers carry an HTML page instead of JSON.")
+@click.option("--edit-sizes", default=None, metavar="RATIO=WxH,...",
+              help="Edit output size per aspect ratio, e.g. 16:9=1344x768,4:3=1152x864 [default: ~1 MP, sides /16].")
+@click.option("--megapixel", default=None, metavar="PIXELS",
+              help="Pixels in one MP (tiers, target mode, 8 MP cap): 1000000 or 2^20 [default: 1000000].")
+@click.option("--factor-rounding", type=click.Choice(["round", "floor"]), default=None,
+              help="Factor-mode output sides: round (default) or floor.")
+@click.option("--fault", "faults", multiple=True, metavar="NAME", callback=lambda ctx, param, v: v or None,
+              help="A misbehaving gateway or CDN for every job (repeatable); names in docs/emulator.md.")
 @click.option("--render", type=click.Choice(["real", "lazy"]), default=None,
               help="real: fetch and process images (default); lazy: no fetch, outputs drawn on first GET.")
 @click.option("--lazy-input-size", default=None, metavar="WxH",
@@ -90,8 +105,9 @@ def emulator_command(host: str, port: int, balance: str | None, keys: tuple[str,
 
     Prints the base URL on the first line and a key on the second. Point pixbatch at it
     with the URL and PIXAZO_API_KEY set to the key. Control routes: /_emulator/ledger,
-    /_emulator/stats, /_emulator/topup, /_emulator/config, /_emulator/script,
-    /_emulator/advance. Defaults: queue 0.2-1 s, processing 0.5-2 s, no faults.
+    /_emulator/requests, /_emulator/stats, /_emulator/topup, /_emulator/config,
+    /_emulator/script, /_emulator/advance, /_emulator/quota/reset. Defaults: queue
+    0.2-1 s, processing 0.5-2 s, no faults. Every option: docs/emulator.md.
     """
     import json
 
