@@ -54,11 +54,11 @@ def write_manifest(root: Path, n_items: int) -> Path:
 def child(mode: str, manifest_path: str) -> None:
     import resource
 
-    from pixbatch.manifest import load_manifest
+    from pixbatch.manifest import load_manifest_shallow
     from pixbatch.pricing import PriceTable
 
     t0 = time.perf_counter()
-    manifest = load_manifest(manifest_path, deep=False)  # as `pixbatch estimate` loads it
+    manifest = load_manifest_shallow(manifest_path)  # as `pixbatch estimate` loads it
     t_load = time.perf_counter() - t0
     t1 = time.perf_counter()
     if mode == "expand":

@@ -35,6 +35,7 @@ _EXPORTS = {
     "estimate_manifest": "estimate",
     "export_state": "export",
     "load_manifest": "manifest",
+    "load_manifest_shallow": "manifest",
     "read_status": "state",
     "run": "runner",
     "start_emulator": "emulator",

@@ -129,9 +129,9 @@ def _resolve_state(manifest_path: str | None, state_path: str | None):
     """(state path, manifest or None). The manifest's own state file unless --state is given."""
     from pathlib import Path
 
-    from .manifest import load_manifest
+    from .manifest import load_manifest_shallow
 
-    manifest = load_manifest(manifest_path, deep=False) if manifest_path else None
+    manifest = load_manifest_shallow(manifest_path) if manifest_path else None
     if state_path is not None:
         return Path(state_path), manifest
     if manifest is None:
@@ -171,6 +171,21 @@ def _emulator_options(f):
 @click.option("--rate-burst", type=int, default=None, help="Token bucket size [default: the rate limit].")
 @click.option("--seed", type=int, default=None, help="Seed for every random choice (faults, timings).")
 @_emulator_options
+@click.option("--throttle-rate", type=click.FloatRange(0, 1), default=None,
+              help="Fraction of submits answered 429 whatever the rate (Retry-After: none, an HTTP date or seconds).")
+@click.option("--rate-window", default=None, metavar="N/SECONDS",
+              help="API-Management fixed window: N submits per key per window, then 429 until it resets.")
+@click.option("--quota", type=int, default=None, help="Accepted submits per key per quota period, then 403 + Retry-After.")
+@click.option("--quota-reset", type=float, default=None, metavar="SECONDS", help="The quota period [default: 600].")
+@click.option("--html-errors", is_flag=True, default=None, help="5xx answers carry an HTML page instead of JSON.")
+@click.option("--edit-sizes", default=None, metavar="RATIO=WxH,...",
+              help="Edit output size per aspect ratio, e.g. 16:9=1344x768,4:3=1152x864 [default: ~1 MP, sides /16].")
+@click.option("--megapixel", default=None, metavar="PIXELS",
+              help="Pixels in one MP (tiers, target mode, 8 MP cap): 1000000 or 2^20 [default: 1000000].")
+@click.option("--factor-rounding", type=click.Choice(["round", "floor"]), default=None,
+              help="Factor-mode output sides: round (default) or floor.")
+@click.option("--fault", "faults", multiple=True, metavar="NAME", callback=lambda ctx, param, v: v or None,
+              help="A misbehaving gateway or CDN for every job (repeatable); names in docs/emulator.md.")
 @click.option("--render", type=click.Choice(["real", "lazy"]), default=None,
               help="real: fetch and process images (default); lazy: no fetch, outputs drawn on first GET.")
 @click.option("--lazy-input-size", default=None, metavar="WxH",
@@ -187,8 +202,9 @@ def emulator_command(host: str, port: int, balance_micros: int | None, keys: tup
 
     Prints the base URL on the first line and a key on the second. Point pixbatch at it
     with the URL and PIXAZO_API_KEY set to the key. Control routes: /_emulator/ledger,
-    /_emulator/stats, /_emulator/topup, /_emulator/config, /_emulator/script,
-    /_emulator/advance. Defaults: queue 0.2-1 s, processing 0.5-2 s, no faults.
+    /_emulator/requests, /_emulator/stats, /_emulator/topup, /_emulator/config,
+    /_emulator/script, /_emulator/advance, /_emulator/quota/reset. Defaults: queue
+    0.2-1 s, processing 0.5-2 s, no faults. Every option: docs/emulator.md.
     """
     import json
 
@@ -254,16 +270,16 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
     from rich.console import Console
 
     from .estimate import check_budget, estimate_manifest, estimate_to_dict, render_estimate
-    from .manifest import load_manifest
+    from .manifest import load_manifest_shallow
     from .pricing import PriceTable
 
     table = PriceTable.load(pricing_path)
-    # deep=False: the output names are checked on the estimate's own walk of the expansion
-    manifest = load_manifest(manifest_path, deep=False)
+    # shallow: the output names are checked on the estimate's own walk of the expansion
+    manifest = load_manifest_shallow(manifest_path)
     if budget_micros is None:
         budget_micros = manifest.budget_micros
     est = estimate_manifest(manifest, table, state_path=state_path, probe=not no_probe, refresh=refresh_probes,
-                            concurrency=probe_concurrency, timeout=probe_timeout, check_names=True)
+                            concurrency=probe_concurrency, timeout=probe_timeout)
     if as_json:
         click.echo(json.dumps(estimate_to_dict(est, budget_micros=budget_micros), indent=2))
     else:
@@ -358,16 +374,15 @@ def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, 
     from rich.console import Console
 
     from .errors import require_api_key
-    from .manifest import load_manifest
+    from .manifest import load_manifest_shallow
     from .progress import JsonLinesProgress, NullProgress, RichProgress, render_summary
     from .runner import RunOptions, run
 
     key = require_api_key()
     # the output-name pass runs inside the runner, and only when this expansion is not
     # already in the state file: a resume of an unchanged manifest never walks every item
-    manifest = load_manifest(manifest_path, deep=False)
+    manifest = load_manifest_shallow(manifest_path)
     options = RunOptions(
-        check_names=True,
         state_path=Path(state_path) if state_path else None, budget_micros=budget_micros, concurrency=concurrency,
         max_rps=max_rps, base_url=base_url, api_key=key, retry_ambiguous=retry_ambiguous, retry_errors=retry_errors,
         force=force, download=not no_download, pricing_path=Path(pricing_path) if pricing_path else None,

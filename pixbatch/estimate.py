@@ -272,24 +272,22 @@ def estimate_manifest(manifest: Any, table: PriceTable, *, state_path: str | Pat
     ``state_path`` (default ``manifest.state_path``) holds the probe cache; a state file
     locked by a running ``pixbatch run`` is skipped (the estimate says so). With
     ``probe=False`` nothing is fetched: cached sizes are used, the rest stay ranges.
-    ``check_names``: the output names are checked on the first walk (a manifest loaded with
-    ``deep=False``); a name that escapes output_dir or repeats in a step is a ManifestError.
+    The output names of a manifest whose names are not checked yet (``load_manifest_shallow``)
+    are checked on the first walk (``check_names`` forces it); a name that escapes output_dir
+    or repeats in a step is a ManifestError.
     """
-    from .expand import NameCheck, expand
+    from .expand import expand
+    from .manifest.names import NameCheck
 
     first = EstimateBuilder(table)
     need: set[str] = set()
-    names = NameCheck(manifest) if check_names else None
+    names = NameCheck(manifest) if check_names or not manifest.names_checked else None
     for item in names.wrap(expand(manifest)) if names else expand(manifest):
         price = first.add(item)
         if price is not None and not price.exact:
             need.add(item.input_id)
-    problems = names.problems() if names else []
-    if problems:
-        from .errors import ManifestError
-        from .manifest import _summary_message
-
-        raise ManifestError(problems, _summary_message(manifest.display or manifest.path, problems))
+    if names:
+        names.verify()
 
     declared = 0
     url_of: dict[str, str] = {}

@@ -17,8 +17,9 @@ Items are yielded source-major: for every source image, every matrix combination
 order written (the last matrix key varies fastest). Identical requests yield identical
 keys; both are yielded (the runner deduplicates).
 
-``check_items`` is the third validation pass of :mod:`pixbatch.manifest`: output names
-inside ``output_dir`` and unique within each step.
+Layering: this module reads the lower modules of :mod:`pixbatch.manifest` (``model``,
+``sources``, ``templates``, ``problems``); the output-name check that walks the expansion
+lives above it, in :mod:`pixbatch.manifest.names`.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import re
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
@@ -34,8 +35,10 @@ from typing import Any
 from . import contract
 from .errors import ManifestError
 from .items import WorkItem, upstream_ref
-from .manifest import (MAX_ROW_PROBLEMS, Input, Manifest, Problem, Step, name_escapes, template_fields,
-                       template_value)
+from .manifest.model import Manifest, Step
+from .manifest.problems import Problem
+from .manifest.sources import Input
+from .manifest.templates import template_fields, template_value
 from .sizes import Size, output_size
 
 SizeLookup = Callable[[str], "Size | None"]
@@ -228,104 +231,3 @@ def count_items(manifest: Manifest) -> dict[str, int]:
         counts[step.id] = sources * step.matrix_size
     return counts
 
-
-# -- validation pass 3 ---------------------------------------------------------------
-
-
-def _naming_path(manifest: Manifest, step: Step) -> tuple[Any, ...]:
-    data = manifest.located.data if manifest.located else {}
-    try:
-        if "naming" in data["steps"][step.index]:
-            return ("steps", step.index, "naming")
-    except (KeyError, IndexError, TypeError):
-        pass
-    return ("naming",) if isinstance(data, dict) and "naming" in data else ("steps", step.index)
-
-
-def check_items(manifest: Manifest) -> list[Problem]:
-    """Expand every step once: names inside output_dir, no two items of a step with one name.
-
-    Memory: one 64-bit hash per item of the step being checked; the names behind
-    colliding hashes are looked at in a second pass over that step only.
-    """
-    problems: list[Problem] = []
-    for step in manifest.steps:
-        npath = _naming_path(manifest, step)
-        seen: set[int] = set()
-        colliding: set[int] = set()
-        escapes = 0
-        try:
-            for item, inp, _stem, _tv in _rows(manifest, step, None):
-                name = item.output_name
-                h = hash(name)
-                if h in seen:
-                    colliding.add(h)
-                else:
-                    seen.add(h)
-                why = name_escapes(name)
-                if why:
-                    escapes += 1
-                    if escapes <= MAX_ROW_PROBLEMS:
-                        problems.append(manifest.problem(
-                            npath, f"step {step.id!r}, item {item.index} (input {inp.id!r}): the output name {name!r} "
-                                   f"{why}; names must stay inside output_dir",
-                            "build names from {step}, {stem}, {input}, {index} and matrix variables, with no '..' or leading '/'"))
-        except ManifestError as exc:
-            problems.extend(exc.problems)
-            continue
-        del seen
-        if colliding:
-            problems.extend(_duplicate_names(manifest, step, npath, colliding))
-    return problems
-
-
-class NameCheck:
-    """``check_items`` riding on a walk of the expansion that happens anyway (the run's ingest).
-
-    ``wrap(items)`` passes the items through, remembering one hash per name of the step
-    being walked; ``problems()`` is ``check_items``' answer, which it computes (for its exact
-    messages) only when the walk saw a name that escapes or repeats. Steps come one after
-    the other from ``expand``, so one step's hashes are in memory at a time.
-    """
-
-    def __init__(self, manifest: Manifest):
-        self.manifest = manifest
-        self.suspect = False
-
-    def wrap(self, items: Iterable[WorkItem]) -> Iterator[WorkItem]:
-        step: str | None = None
-        seen: set[int] = set()
-        for it in items:
-            if it.step != step:
-                step, seen = it.step, set()
-            name = it.output_name
-            h = hash(name)
-            if h in seen or name_escapes(name):
-                self.suspect = True
-            seen.add(h)
-            yield it
-
-    def problems(self) -> list[Problem]:
-        return check_items(self.manifest) if self.suspect else []
-
-
-def _duplicate_names(manifest: Manifest, step: Step, npath: tuple[Any, ...], colliding: set[int]) -> list[Problem]:
-    first: dict[str, int] = {}
-    out: list[Problem] = []
-    dups = 0
-    for item, _inp, _stem, _tv in _rows(manifest, step, None):
-        name = item.output_name
-        if hash(name) not in colliding:
-            continue
-        if name not in first:
-            first[name] = item.index
-            continue
-        dups += 1
-        if dups <= MAX_ROW_PROBLEMS:
-            out.append(manifest.problem(
-                npath, f"step {step.id!r}: items {first[name]} and {item.index} both render the output name {name!r}",
-                "make the naming template tell them apart, e.g. add {stem}, {index} or every matrix variable"))
-    if dups > MAX_ROW_PROBLEMS:
-        out.append(manifest.problem(npath, f"step {step.id!r}: {dups - MAX_ROW_PROBLEMS} more duplicate output names",
-                                    "fix the naming template"))
-    return out

@@ -36,7 +36,7 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from .errors import StateLocked
-from .migrations import connect
+from .state.migrations import connect
 from .sizes import Size
 
 FIRST_RANGE = 4096  # PNG, WebP, GIF headers fit in 32 bytes; most JPEG SOF markers in 4 KiB

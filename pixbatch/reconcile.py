@@ -37,8 +37,7 @@ import duckdb
 
 from .contract import TERMINAL_STATUSES
 from .errors import AuthError, GatewayError, NotFound, StateLocked
-from .migrations import connect
-from .state import absorb_crashed_runs
+from .state import ItemState, absorb_crashed_runs, connect, open_requests, utcnow
 from .pricing import PriceTable
 from .sizes import Size, output_size
 
@@ -105,10 +104,6 @@ class _Open:
     input_url: str | None = None  # where the main image is (the upstream's media_url), to measure it
 
 
-def _utcnow() -> datetime:
-    return datetime.now(timezone.utc).replace(tzinfo=None)
-
-
 def _naive_utc(v: datetime | None) -> datetime | None:
     if v is None:
         return None
@@ -117,30 +112,17 @@ def _naive_utc(v: datetime | None) -> datetime | None:
 
 def open_items(db: duckdb.DuckDBPyConnection) -> list[_Open]:
     """Items whose final status or charge is unknown, and that have a request id to poll."""
-    cols = {r[0] for r in db.execute(
-        "SELECT column_name FROM duckdb_columns() WHERE table_name = 'items' AND schema_name = 'main'").fetchall()}
-    polling = "i.polling_path" if "polling_path" in cols else "NULL"
-    rows = db.execute(
-        f"""
-        SELECT i.key, i.step, i.op, i.body, i.state,
-               coalesce(i.request_id, (SELECT a.request_id FROM attempts a WHERE a.key = i.key
-                                       AND a.request_id IS NOT NULL ORDER BY a.n DESC LIMIT 1)) AS rid,
-               {polling}, i.input_width, i.input_height, i.output_width, i.output_height,
-               u.output_width, u.output_height, i.started_at, u.media_url
-        FROM items i LEFT JOIN items u ON u.key = i.upstream
-        WHERE (i.state IN ('SUBMITTING', 'SUBMITTED', 'AMBIGUOUS')
-               OR (i.state IN ('COMPLETED', 'FAILED', 'ERROR') AND i.charged_micros IS NULL))
-          AND rid IS NOT NULL
-        ORDER BY i.step, i.idx
-        """
-    ).fetchall()
     out = []
-    for key, step, op, body, state, rid, pp, iw, ih, ow, oh, uw, uh, started, up_url in rows:
-        insize = (iw, ih) if iw and ih else ((uw, uh) if uw and uh else None)
-        b = json.loads(body)
-        main = b.get("image") if op == "upscale" else None
-        url = up_url or (main if isinstance(main, str) and main.startswith(("http://", "https://")) else None)
-        out.append(_Open(key, step, op, b, state, rid, pp, insize, (ow, oh) if ow and oh else None, started, url))
+    for o in open_requests(db):
+        insize = ((o.input_width, o.input_height) if o.input_width and o.input_height else
+                  (o.upstream_width, o.upstream_height) if o.upstream_width and o.upstream_height else None)
+        b = json.loads(o.body)
+        main = b.get("image") if o.op == "upscale" else None
+        url = o.upstream_media_url or (main if isinstance(main, str) and main.startswith(("http://", "https://"))
+                                       else None)
+        out.append(_Open(o.key, o.step, o.op, b, o.state, o.request_id, o.polling_path, insize,
+                         (o.output_width, o.output_height) if o.output_width and o.output_height else None,
+                         o.started_at, url))
     return out
 
 
@@ -177,8 +159,8 @@ async def _poll(gateway: StatusSource, table: PriceTable, it: _Open) -> tuple[Se
     except GatewayError as exc:
         return Settled(it.key, it.step, it.request_id, it.state, it.state, None, None, str(exc)), None
     if st.status not in TERMINAL_STATUSES:
-        cols = {"gateway_status": st.status, "state": "SUBMITTED"}
-        return Settled(it.key, it.step, it.request_id, it.state, "SUBMITTED", st.status, None), cols
+        cols = {"gateway_status": st.status, "state": ItemState.SUBMITTED}
+        return Settled(it.key, it.step, it.request_id, it.state, ItemState.SUBMITTED, st.status, None), cols
     media_url = st.media_urls[0] if st.media_urls else None
     factor = it.op == "upscale" and it.body.get("upscale_mode", "target") == "factor"
     measured = it.output_size  # a real output size (recorded, or measured now); never a prediction
@@ -195,7 +177,7 @@ async def _poll(gateway: StatusSource, table: PriceTable, it: _Open) -> tuple[Se
         "state": st.status, "gateway_status": st.status, "error": st.error, "charged_micros": charge,
         "reserved_micros": 0, "tier": _tier(table, it, size), "media_url": media_url, "media_type": st.media_type,
         "output_width": measured[0] if measured else None, "output_height": measured[1] if measured else None,
-        "finished_at": _naive_utc(st.completed_at) or _utcnow(),
+        "finished_at": _naive_utc(st.completed_at) or utcnow(),
     }
     return Settled(it.key, it.step, it.request_id, it.state, st.status, st.status, charge), cols
 
@@ -250,14 +232,14 @@ async def reconcile_db(db: duckdb.DuckDBPyConnection, gateway: StatusSource, tab
     while pending:
         passes += 1
         results = await asyncio.gather(*(one(it) for it in pending))
-        _write(db, results, now=_utcnow())
+        _write(db, results, now=utcnow())
         still = []
         by_key = {it.key: it for it in pending}
         for s, _ in results:
             final[s.key] = s
             if s.gateway_status is not None and s.gateway_status not in TERMINAL_STATUSES:
                 it = by_key[s.key]
-                it.state = "SUBMITTED"
+                it.state = ItemState.SUBMITTED
                 still.append(it)
         if on_pass is not None:
             on_pass(passes, len(still))

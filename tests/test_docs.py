@@ -59,3 +59,9 @@ def test_the_layout_in_the_readme_names_every_module():
     for path in sorted((ROOT / "pixbatch").glob("*.py")):
         if path.name not in ("__init__.py", "__main__.py"):
             assert f"  {path.name} " in README, f"{path.name} is missing from the README's layout"
+
+
+def test_the_layout_in_the_readme_names_every_module_of_the_manifest_package():
+    for path in sorted((ROOT / "pixbatch" / "manifest").glob("*.py")):
+        if path.name != "__init__.py":
+            assert f"  {path.name} " in README, f"manifest/{path.name} is missing from the README's layout"

@@ -372,3 +372,21 @@ def test_webhook_mode_wakes_items_up_instead_of_polling(tmp_path, emulator, imag
     assert s.polls == 4  # one confirming poll per item
     assert emulator.stats()["webhooks_delivered"] >= 4
     assert emulator.ledger().charged_micros == s.charged_total_micros
+
+
+def test_a_resume_over_budget_collects_paid_items_before_refusing_new_ones(tmp_path, image_server):
+    urls = [image_server.add(f"b{i}.png", (320, 240)) for i in range(4)]
+    m = load_manifest(write_manifest(tmp_path, urls, "  - id: e\n    op: edit\n    prompt: p\n"))
+    with start_emulator(fast_test_config(poll_500_rate=1.0, balance_micros=20_000)) as emu:
+        first = run(m, options=opts(emu, concurrency=2))
+        # two accepted (their polls all failed), then 402: two left PENDING
+        assert first.counts["SUBMITTED"] == 2 and first.counts["PENDING"] == 2 and first.outcome == "balance"
+        emu.configure(poll_500_rate=0.0)
+        emu.topup(1_000_000)
+        emu.wait_idle()
+        # the budget no longer covers the PENDING items, but the SUBMITTED ones are paid for: collected first
+        again = run(m, options=opts(emu, budget_micros=40_000 - 1))
+        ledger = emu.ledger()
+    assert again.outcome == "budget" and again.exit_code == 3
+    assert again.counts["COMPLETED"] == 2 and again.counts["PENDING"] == 2 and again.submits == 0
+    assert ledger.charged_micros == again.charged_total_micros == 20_000 and len(ledger.entries) == 2

@@ -10,9 +10,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from pixbatch import runner
+from pixbatch.runner import engine as runner
 from pixbatch.errors import BudgetExceeded, ManifestError
-from pixbatch.manifest import load_manifest
+from pixbatch.manifest import load_manifest, load_manifest_shallow
 from pixbatch.runner import RunOptions, run
 
 STEPS = """\
@@ -38,7 +38,7 @@ def set_up(path: Path, **kw) -> None:
     """One run that stops after its set-up (budget 0)."""
     options = RunOptions(budget_micros=0, api_key="k", base_url="http://127.0.0.1:9", **kw)
     with pytest.raises(BudgetExceeded):
-        run(load_manifest(path, deep=False), options=options)
+        run(load_manifest_shallow(path), options=options)
 
 
 def items(path: Path) -> list[tuple]:
@@ -104,17 +104,17 @@ def test_a_changed_manifest_or_new_probed_sizes_expand_again(tmp_path, expansion
 def test_output_names_are_checked_on_the_ingest_walk_and_a_bad_name_keeps_nothing(tmp_path, monkeypatch, expansions):
     bad = write(tmp_path, 3, naming="naming: 'all/same.png'\n")
     with pytest.raises(ManifestError, match="both render the output name 'all/same.png'"):
-        run(load_manifest(bad, deep=False), options=RunOptions(budget_micros=0, api_key="k", check_names=True))
+        run(load_manifest_shallow(bad), options=RunOptions(budget_micros=0, api_key="k"))
     assert items(bad) == []  # the ingest was rolled back
     good = write(tmp_path, 3)
 
-    from pixbatch import expand
+    from pixbatch.manifest import names
 
-    real, checks = expand.check_items, []
-    monkeypatch.setattr(expand, "check_items", lambda m: checks.append(1) or real(m))
+    real, checks = names.check_output_names, []
+    monkeypatch.setattr(names, "check_output_names", lambda m: checks.append(1) or real(m))
     before = len(expansions)
-    set_up(good, check_names=True)  # names are fine: checked on the ingest's walk, no walk of their own
-    set_up(good, check_names=True)  # unchanged: no walk at all
+    set_up(good)  # names are fine: checked on the ingest's walk, no walk of their own
+    set_up(good)  # unchanged: no walk at all
     assert checks == [] and len(expansions) - before == 1 and len(items(good)) == 3
 
 

@@ -13,7 +13,7 @@ import pytest
 from pixbatch import state as st
 from pixbatch.errors import StateLocked
 from pixbatch.items import WorkItem, upstream_ref
-from pixbatch.migrations import MIGRATIONS, applied, connect, migrate
+from pixbatch.state.migrations import MIGRATIONS, applied, connect, migrate
 from pixbatch.pricing import PriceTable
 
 

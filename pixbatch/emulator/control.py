@@ -24,6 +24,7 @@ import httpx
 from ..serve import ServedApp, serve_in_thread
 from .app import create_app
 from .config import KEY_ENV, EmulatorConfig
+from .requestlog import ReceivedLog
 from .wallet import Ledger
 
 
@@ -80,6 +81,14 @@ class RunningEmulator:
 
     def stats(self) -> dict[str, Any]:
         return self._get("/_emulator/stats")
+
+    def requests(self, since: int = 0) -> ReceivedLog:
+        """Every submit received (refused ones too), with its answer and how its job settled; strays."""
+        return ReceivedLog.from_dict(self._get("/_emulator/requests", since=since))
+
+    def reset_quota(self, key: str | None = None) -> None:
+        """Forget the quota used, for every key or one (as if the quota period had ended)."""
+        self._post("/_emulator/quota/reset", {} if key is None else {"key": key})
 
     def topup(self, micros: int) -> int:
         """Add ``micros`` to the wallet; returns the new balance."""

@@ -1,12 +1,12 @@
 """The image work, as pure functions from input bytes to output bytes (Pillow).
 
-These run in worker threads, never on the event loop. Sizes come from ``pixbatch.sizes``
-so the emulator produces exactly what pixbatch predicts (and prices):
+These run in worker threads, never on the event loop. Sizes come from the gateway's
+``SizeRule`` (``sizing.py``), whose defaults are exactly what pixbatch predicts (and prices):
 
-- upscale: LANCZOS resize to ``upscale_output_size`` (target megapixels, or factor capped
+- upscale: LANCZOS resize to the rule's upscale size (target megapixels, or factor capped
   at 8 MP), optional sharpening for ``enhance_details``, saved as the requested format
   and quality.
-- edit: the main image cropped and scaled to ``edit_output_size`` for the aspect ratio,
+- edit: the main image cropped and scaled to the rule's edit size for the aspect ratio,
   reference images blended in, and a tint plus stripe pattern derived from
   ``sha256(prompt, seed)``: the same prompt and seed always give the same pixels, a
   different prompt or seed visibly different ones. Output is JPEG.
@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 from PIL import Image, ImageDraw, ImageFilter, ImageOps, UnidentifiedImageError
 
-from .. import sizes
 from ..contract import MEDIA_TYPES
+from .sizing import SizeRule
 
 _PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 EDIT_FORMAT = "jpg"
@@ -100,11 +100,12 @@ def encode(img: Image.Image, ext: str, quality: int = 80) -> bytes:
     return buf.getvalue()
 
 
-def upscale(data: bytes, body: dict) -> Rendered:
+DEFAULT_RULE = SizeRule()
+
+
+def upscale(data: bytes, body: dict, rule: SizeRule = DEFAULT_RULE) -> Rendered:
     img = decode(data)
-    out_size = sizes.upscale_output_size(
-        img.size, body.get("upscale_mode", "target"), body.get("target", 4), body.get("factor", 2)
-    )
+    out_size = rule.upscale_size(img.size, body)
     if img.mode not in ("RGB", "RGBA"):
         img = img.convert("RGBA" if "A" in img.getbands() else "RGB")
     out = img.resize(out_size, Image.Resampling.LANCZOS)
@@ -118,9 +119,10 @@ def prompt_digest(prompt: str, seed: int) -> bytes:
     return hashlib.sha256(f"{prompt}\x00{seed}".encode()).digest()
 
 
-def edit(main: bytes, references: list[bytes], prompt: str, seed: int, aspect_ratio: str) -> Rendered:
+def edit(main: bytes, references: list[bytes], prompt: str, seed: int, aspect_ratio: str,
+         rule: SizeRule = DEFAULT_RULE) -> Rendered:
     img = decode(main, "images[0]").convert("RGB")
-    out_size = sizes.edit_output_size(img.size, aspect_ratio)
+    out_size = rule.edit_size(img.size, aspect_ratio)
     assert out_size is not None
     out = ImageOps.fit(img, out_size, Image.Resampling.LANCZOS)
     for i, ref_bytes in enumerate(references, start=1):

@@ -9,12 +9,13 @@ sync callbacks; at ``due`` it settles the job. ``settle_due()`` runs the same ev
 processing synchronously, and every poll and the ledger call it first, so the answer
 never lags the clock even if the scheduler has not woken yet.
 
-Settling a job fixes its terminal status, charges the wallet per the price table (by
-the real output size), appends one ledger entry, and fires the terminal webhooks. A job
-settles once: ``Wallet.settle`` refuses a second settlement.
+Settling a job fixes its terminal status, charges the wallet per the price table and
+the gateway's size rule (``sizing.py``, by the real output size), appends one ledger
+entry, and fires the terminal webhooks. A job settles once: ``Wallet.settle`` refuses a
+second settlement.
 
-Everything here runs on the event loop thread; only the Pillow work runs in worker
-threads (``anyio.to_thread`` with a capacity limiter of ``config.workers``).
+Everything here runs on the event loop thread; the image work is the ``Studio``'s
+(``work.py``), whose Pillow calls run in worker threads.
 """
 
 from __future__ import annotations
@@ -23,27 +24,24 @@ import asyncio
 import heapq
 import logging
 import random
-import shutil
-import tempfile
 import time
 import uuid
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import anyio
-import anyio.to_thread
-import httpx
-
-from .. import sizes
 from ..contract import COMPLETED, ERROR, FAILED, MEDIA_TYPES, MODEL_IDS, PROCESSING, QUEUED
 from ..pricing import PriceTable
 from . import imaging
 from .config import EmulatorConfig
+from .faults import shape_status, traversal_id
+from .requestlog import RequestLog
+from .sizing import SizeRule
 from .wallet import Wallet
 from .webhooks import SYNC, Deliverer, WebhookTarget
+from .work import Studio
 
 START, DUE, TICK = 0, 1, 2
 log = logging.getLogger("pixbatch.emulator")
@@ -77,6 +75,9 @@ class Job:
     webhooks: tuple[WebhookTarget, ...] = ()
     edit_seed: int = 0  # used when the body has no seed
     poll_script: deque | None = None  # scripted answers for this job's next polls
+    faults: frozenset[str] = frozenset()  # faults.FAULTS names shaping what the client is told
+    lazy_input: tuple[int, int] | None = None  # lazy mode: this job's assumed input size (scripted)
+    public_id: str = field(default="")  # the request_id the client is told (differs under a fault)
     # filled in as the job runs
     started: bool = False
     work_done: bool = False
@@ -87,6 +88,11 @@ class Job:
     media_path: Path | None = None
     final: str | None = None
     completed_wall: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.public_id:
+            self.public_id = traversal_id(self.request_id) if "request_id_traversal" in self.faults \
+                else self.request_id
 
     @property
     def model(self) -> str:
@@ -113,8 +119,8 @@ class Job:
         if status == COMPLETED:
             output = {"media_url": [f"{base_url}/media/{self.request_id}/output.{self.ext}"],
                       "media_type": MEDIA_TYPES[self.ext]}
-        return {
-            "request_id": self.request_id,
+        return shape_status({
+            "request_id": self.public_id,
             "status": status,
             "model_id": self.model,
             "error": self.error if self.final in (FAILED, ERROR) else None,
@@ -122,7 +128,7 @@ class Job:
             "created_at": iso(self.created_wall),
             "updated_at": iso(updated),  # type: ignore[arg-type]
             "completed_at": iso(self.completed_wall) if self.completed_wall is not None else None,
-        }
+        }, self.faults)
 
 
 class Engine:
@@ -131,19 +137,22 @@ class Engine:
     def __init__(self, config: EmulatorConfig, prices: PriceTable | None = None):
         self.config = config
         self.prices = prices or PriceTable.load(config.pricing_path)
+        self.rule = SizeRule.from_config(config)
         self.wallet = Wallet(config.balance_micros)
         self.jobs: dict[str, Job] = {}
         self.stats: dict[str, Any] = {k: 0 for k in (
             "submits", "accepted", "polls", "media_gets", "rate_limited", "injected_submit_500", "injected_poll_500",
             "dropped_after_accept", "garbage_submit", "garbage_poll", "scripted", "webhooks_delivered",
             "webhooks_failed", "webhook_duplicates", "in_flight", "max_in_flight", "work_started", "work_failed",
+            "throttled", "rate_window_limited", "quota_refused", "strays", "media_faults",
         )}
         self.stats["responses"] = {}
         self.stats["jobs"] = {s: 0 for s in (COMPLETED, FAILED, ERROR)}
         self.script: deque[dict] = deque()
+        self.received = RequestLog()  # every submit as received and answered, and stray requests
         self.base_url = ""  # set from the first request (absolute URLs in responses)
-        self.buckets: dict[str, tuple[float, float]] = {}
         self.deliverer = Deliverer(self.stats, lambda: self.config)
+        self.studio = Studio(lambda: self.config, self.rule, self.stats, self.now)
         self._heap: list[tuple[float, int, int, Job]] = []
         self._heap_seq = 0
         self.offset = 0.0  # seconds added to the clock by advance()
@@ -151,10 +160,6 @@ class Engine:
         self._wake: asyncio.Event | None = None
         self._scheduler: asyncio.Task | None = None
         self._work: set[asyncio.Task] = set()
-        self._limiter: anyio.CapacityLimiter | None = None
-        self._http: httpx.AsyncClient | None = None
-        self._tmp: str | None = None
-        self.media_root = Path(config.media_dir) if config.media_dir else None
 
     # -- the clock ----------------------------------------------------------------
 
@@ -177,12 +182,8 @@ class Engine:
         """Start the scheduler on the running loop (first request or lifespan startup)."""
         if self._scheduler is not None and not self._scheduler.done():
             return
-        if self.media_root is None:
-            self._tmp = tempfile.mkdtemp(prefix="pixbatch-emulator-")
-            self.media_root = Path(self._tmp)
-        self.media_root.mkdir(parents=True, exist_ok=True)
+        self.studio.open()
         self._wake = asyncio.Event()
-        self._limiter = anyio.CapacityLimiter(self.config.workers)
         self._scheduler = asyncio.get_running_loop().create_task(self._run_scheduler())
 
     async def aclose(self) -> None:
@@ -194,10 +195,7 @@ class Engine:
         if self._work:
             await asyncio.gather(*self._work, return_exceptions=True)
         await self.deliverer.aclose()
-        if self._http is not None:
-            await self._http.aclose()
-        if self._tmp is not None:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+        await self.studio.aclose()
 
     # -- submit -----------------------------------------------------------------
 
@@ -220,6 +218,8 @@ class Engine:
         else:
             outcome, error = COMPLETED, None
         polls: deque | None = None
+        faults = set(cfg.faults)
+        scripted = scripted or {}
         if scripted:
             if "status" in scripted:
                 outcome = scripted["status"]
@@ -230,12 +230,14 @@ class Engine:
                 proc_s = float(scripted["processing_time"])
             if scripted.get("polls"):
                 polls = deque(scripted["polls"])
+            faults.update(scripted.get("faults", ()))
         now_mono, now_wall = self.now(), time.time() + self.offset
         job = Job(
             request_id=new_request_id(MODEL_IDS[op]), op=op, body=body, seq=n,
             created_wall=now_wall, created_mono=now_mono, start_mono=now_mono + queue_s,
             due_mono=now_mono + queue_s + proc_s, outcome=outcome, error=error, reserved_micros=reserved_micros,
-            webhooks=webhooks, edit_seed=edit_seed, poll_script=polls,
+            webhooks=webhooks, edit_seed=edit_seed, poll_script=polls, faults=frozenset(faults),
+            lazy_input=tuple(scripted["input_size"]) if "input_size" in scripted else None,  # type: ignore[arg-type]
             ext=body.get("output_format", "jpg") if op == "upscale" else imaging.EDIT_FORMAT,
         )
         self.wallet.reserve(reserved_micros)
@@ -298,74 +300,16 @@ class Engine:
         self._notify(job, terminal=False)  # sync mode: the PROCESSING callback
         self._schedule_tick(job, job.start_mono)
         if self.config.render == "lazy":
-            job.input_size = self.config.lazy_input_size
-            job.output_size = sizes.output_size(job.op, job.body, job.input_size)
-            job.work_done = True
+            self.studio.measure_lazily(job)
         elif job.outcome != ERROR:
-            task = asyncio.get_running_loop().create_task(self._do_work(job))
+            task = asyncio.get_running_loop().create_task(self._work_then_settle(job))
             self._work.add(task)
             task.add_done_callback(self._work.discard)
 
-    async def _do_work(self, job: Job) -> None:
-        self.stats["work_started"] += 1
-        try:
-            urls = [job.body["image"]] if job.op == "upscale" else list(job.body["images"])
-            inputs = [await self._fetch(u, f"images[{i}]" if job.op == "edit" else "image") for i, u in enumerate(urls)]
-            assert self._limiter is not None
-            if job.outcome == FAILED:  # an emulated failure: only measure, for the price
-                job.input_size = await anyio.to_thread.run_sync(imaging.image_size, inputs[0], limiter=self._limiter)
-                job.output_size = sizes.output_size(job.op, job.body, job.input_size)
-            else:
-                rendered = await anyio.to_thread.run_sync(self._render, job, inputs, limiter=self._limiter)
-                job.input_size, job.output_size = rendered.input_size, rendered.size
-        except imaging.ImagingError as exc:
-            self._fail(job, str(exc))
-        except Exception as exc:  # noqa: BLE001 - the job boundary: anything unforeseen is a system ERROR
-            log.exception("image work for %s failed unexpectedly", job.request_id)
-            self.stats["work_failed"] += 1
-            job.outcome, job.error = ERROR, f"Internal error while processing the request: {type(exc).__name__}"
-        finally:
-            job.work_done = True
-            job.work_done_mono = self.now()
+    async def _work_then_settle(self, job: Job) -> None:
+        await self.studio.work(job)
         if self.now() >= job.due_mono and job.final is None:
             self._settle(job)
-
-    def _fail(self, job: Job, message: str) -> None:
-        self.stats["work_failed"] += 1
-        if job.outcome == COMPLETED:  # a planned (emulated or scripted) failure keeps its message
-            job.outcome, job.error = FAILED, message
-
-    def _render(self, job: Job, inputs: list[bytes]) -> imaging.Rendered:
-        b = job.body
-        if job.op == "upscale":
-            out = imaging.upscale(inputs[0], b)
-        else:
-            seed = b["seed"] if b.get("seed") is not None else job.edit_seed
-            out = imaging.edit(inputs[0], inputs[1:], b["prompt"], seed, b.get("aspect_ratio", "match_input_image"))
-        assert self.media_root is not None
-        path = self.media_root / job.request_id / f"output.{out.ext}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(out.data)
-        job.media_path = path
-        return out
-
-    async def _fetch(self, url: str, what: str) -> bytes:
-        if self._http is None:
-            self._http = httpx.AsyncClient(timeout=self.config.fetch_timeout, follow_redirects=True)
-        try:
-            async with self._http.stream("GET", url) as r:
-                if r.status_code != 200:
-                    raise imaging.ImagingError(f"could not fetch {what} ({url}): HTTP {r.status_code}")
-                chunks, total = [], 0
-                async for chunk in r.aiter_bytes():
-                    total += len(chunk)
-                    if total > self.config.max_input_bytes:
-                        raise imaging.ImagingError(
-                            f"{what} ({url}) is larger than {self.config.max_input_bytes} bytes")
-                    chunks.append(chunk)
-                return b"".join(chunks)
-        except httpx.HTTPError as exc:
-            raise imaging.ImagingError(f"could not fetch {what} ({url}): {type(exc).__name__}: {exc}") from None
 
     # -- settlement ---------------------------------------------------------------
 
@@ -386,13 +330,8 @@ class Engine:
         self._notify(job, terminal=True)
 
     def charge(self, job: Job, status: str) -> int:
-        """What the gateway takes for ``job`` ending in ``status``: nothing unless the table
-        charges that status; an upscale by the tier of its real output size; else the table's price."""
-        if not self.prices.is_charged(status):
-            return 0
-        if job.op == "upscale" and job.output_size is not None:
-            return self.prices.upscale_tier_for_size(job.output_size).price_micros
-        return self.prices.charge_for(job.op, status, job.output_size, job.body, job.input_size)
+        """What the gateway takes for ``job`` ending in ``status`` (see ``SizeRule.charge``)."""
+        return self.rule.charge(self.prices, job.op, status, job.body, job.output_size)
 
     def _notify(self, job: Job, *, terminal: bool) -> None:
         if not job.webhooks:
@@ -410,21 +349,3 @@ class Engine:
     def _dup_rng(self, job: Job) -> random.Random:
         self._webhook_sends += 1
         return random.Random(f"{self.config.seed}:webhook:{job.seq}:{self._webhook_sends}")
-
-    # -- reads --------------------------------------------------------------------
-
-    @property
-    def limiter(self) -> anyio.CapacityLimiter:
-        """Bounds the threads doing Pillow work (``config.workers``), lazy drawing included."""
-        assert self._limiter is not None, "ensure_started() first"
-        return self._limiter
-
-    def lazy_media(self, job: Job) -> Path:
-        """Lazy mode: draw the output and write its file on first request (in a worker thread)."""
-        assert job.output_size is not None and self.media_root is not None
-        quality = int(job.body.get("output_quality", 80)) if job.op == "upscale" else imaging.EDIT_QUALITY
-        data = imaging.placeholder(job.output_size, job.ext, quality, job.request_id)
-        path = self.media_root / job.request_id / f"output.{job.ext}"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-        return path

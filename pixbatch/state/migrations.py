@@ -14,7 +14,7 @@ from pathlib import Path
 
 import duckdb
 
-from .errors import StateError, StateLocked
+from ..errors import StateError, StateLocked
 
 Migration = Callable[[duckdb.DuckDBPyConnection], None]
 MIGRATIONS: list[tuple[str, Migration]] = []
@@ -260,8 +260,9 @@ def m003_item_scope_attempts(db: duckdb.DuckDBPyConnection) -> None:
     # items.polling_path: the path of the polling_url the 202 gave (polled under base_url).
     # (DuckDB cannot add a NOT NULL column to an indexed table: these are nullable.)
     # items_state goes: DuckDB rewrites an ART index entry on every update of an indexed
-    # column, which made each group commit of state changes ~6x slower (measured: 256 row
-    # updates 39 ms with the index, 6 ms without); filters on state are column scans anyway.
+    # column, which made each group commit of state changes several times slower (measured when
+    # this shipped: 256 row updates 39 ms with the index, 6 ms without); filters on state are
+    # column scans anyway.
     db.execute("DROP INDEX items_state")
     db.execute("ALTER TABLE items ADD COLUMN scope VARCHAR")
     db.execute("ALTER TABLE items ADD COLUMN attempts INTEGER DEFAULT 0")
@@ -271,8 +272,8 @@ def m003_item_scope_attempts(db: duckdb.DuckDBPyConnection) -> None:
 @migration
 def m004_submit_log(db: duckdb.DuckDBPyConnection) -> None:
     # The two facts a crash must never lose become rows of one append-only log, each batch
-    # of them committed by a single INSERT before the runner goes on (see state.py, "What
-    # makes a run resumable"):
+    # of them committed by a single INSERT before the runner goes on (see pixbatch/state/
+    # __init__.py, "What makes a run resumable"):
     #   intent:  a submit about to be sent (before the POST leaves), with its reservation;
     #   accepted | rejected | ambiguous: its outcome, as soon as it is known;
     #   abandoned: an ambiguous attempt given up by --retry-ambiguous (its reservation stays

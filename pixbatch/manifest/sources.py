@@ -1,0 +1,249 @@
+"""The source images: an :class:`Input` written in the manifest, or a ``from:`` file of them.
+
+A ``from:`` file (:class:`FileSource`) is a CSV with a header row (``url`` required;
+``id``, ``width``, ``height`` optional; any other column becomes a template variable) or
+a text file (one URL per line, ``#`` comments). Files are never held in memory:
+:func:`iter_file` reads one row at a time, every time it is called. Bad rows are
+:class:`~.problems.Problem` s located at ``FILE:LINE:COLUMN`` (the column of the cell);
+while validating they are collected (at most ``MAX_ROW_PROBLEMS`` per file), after it (a
+file that changed since) the first one raises ManifestError.
+"""
+
+from __future__ import annotations
+
+import csv
+import re
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from ..errors import ManifestError
+from ..sizes import Size
+from .problems import MAX_ROW_PROBLEMS, Problem, suggest
+
+CSV_COLUMNS = ("url", "id", "width", "height")
+
+URL_RE = re.compile(r"^[hH][tT][tT][pP][sS]?://[^/\s?#]+\S*$")
+ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
+_ID_BAD = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+@dataclass(frozen=True, slots=True)
+class Input:
+    """One source image."""
+
+    id: str
+    url: str
+    width: int | None = None
+    height: int | None = None
+    params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # {"edit": {...}, "upscale": {...}}
+    vars: Mapping[str, str] = field(default_factory=dict)  # extra CSV columns: template variables
+    origin: str = ""  # "file:line:column" where the input is written
+
+    @property
+    def size(self) -> Size | None:
+        return (self.width, self.height) if self.width is not None and self.height is not None else None
+
+
+@dataclass(frozen=True, slots=True)
+class FileSource:
+    """``{from: FILE}``: a CSV (header row; url, optional id, width, height, more columns
+    become template variables) or a text file (one URL per line, ``#`` comments)."""
+
+    path: Path  # absolute
+    display: str  # the path as shown in problems (relative to the working directory when given so)
+    kind: str  # "csv" | "txt"
+
+    def inputs(self) -> Iterator[Input]:
+        """The file's inputs, read row by row; a bad row raises ManifestError."""
+        return iter_file(self, None)
+
+
+def default_input_id(url: str) -> str:
+    """The id of an input without one: its URL's file name without extension."""
+    try:
+        name = urlsplit(url).path.rsplit("/", 1)[-1]
+    except ValueError:
+        name = ""
+    name = unquote(name)
+    if "." in name[1:]:
+        name = name.rsplit(".", 1)[0]
+    return _ID_BAD.sub("_", name).strip("_") or "image"
+
+
+# header_out receives [(columns, variable columns)] after the header, then the number of bad rows
+Header = list[Any]
+_Report = Callable[[int, int, str, str, "str | None"], None]
+
+
+def iter_file(src: FileSource, problems: list[Problem] | None, *, header_out: Header | None = None) -> Iterator[Input]:
+    """Inputs of one ``from:`` file. Bad rows are appended to ``problems`` (and skipped),
+    or, when ``problems`` is None, raise ManifestError (the file changed since validation)."""
+    bad = 0
+
+    def report(line: int, column: int, where: str, message: str, hint: str | None) -> None:
+        nonlocal bad
+        bad += 1
+        p = Problem(src.display, line, column, where, message, hint)
+        if problems is None:
+            raise ManifestError([p])
+        if bad <= MAX_ROW_PROBLEMS:
+            problems.append(p)
+
+    try:
+        f = open(src.path, encoding="utf-8-sig", newline="" if src.kind == "csv" else None)
+    except OSError as exc:
+        report(1, 1, "(file)", f"cannot read {src.display}: {exc.strerror or exc}",
+               "check that the file exists and is readable")
+        return
+    with f:
+        try:
+            if src.kind == "txt":
+                yield from _iter_txt(src, f, report)
+            else:
+                yield from _iter_csv(src, f, report, header_out)
+        except UnicodeDecodeError as exc:
+            report(1, 1, "(file)", f"{src.display} is not UTF-8 text ({exc.reason} at byte {exc.start})",
+                   "save the file as UTF-8")
+        except csv.Error as exc:
+            report(1, 1, "(file)", f"{src.display} is not valid CSV: {exc}", "check the quoting in the file")
+    if header_out is not None:
+        header_out.append(bad)
+    if problems is not None and bad > MAX_ROW_PROBLEMS:
+        problems.append(Problem(src.display, 1, 1, "(file)",
+                                f"{bad - MAX_ROW_PROBLEMS} more rows have problems (only the first {MAX_ROW_PROBLEMS} are listed)",
+                                "fix the rows above and validate again"))
+
+
+def _iter_txt(src: FileSource, f: Any, report: _Report) -> Iterator[Input]:
+    for lineno, line in enumerate(f, 1):
+        url = line.strip()
+        if not url or url.startswith("#"):
+            continue
+        col = len(line) - len(line.lstrip()) + 1
+        if not URL_RE.match(url):
+            report(lineno, col, f"line {lineno}", f"{url!r} is not an http:// or https:// URL",
+                   "write one http(s) URL per line; start comments with #")
+            continue
+        yield Input(default_input_id(url), url, origin=f"{src.display}:{lineno}:{col}")
+
+
+# -- CSV -------------------------------------------------------------------------------
+
+
+class _RowError(Exception):
+    def __init__(self, column: int | None, field_name: str, message: str, hint: str):
+        self.column, self.field_name, self.message, self.hint = column, field_name, message, hint
+
+
+class _LastLine:
+    """Line iterator that remembers the last raw line (for column numbers in CSV problems)."""
+
+    __slots__ = ("f", "last")
+
+    def __init__(self, f: Any):
+        self.f, self.last = f, ""
+
+    def __iter__(self) -> _LastLine:
+        return self
+
+    def __next__(self) -> str:
+        self.last = next(self.f)
+        return self.last
+
+
+def _field_starts(line: str) -> list[int]:
+    """0-based offsets where each CSV field of ``line`` starts (quote-aware)."""
+    starts, quoted = [0], False
+    for i, ch in enumerate(line):
+        if ch == '"':
+            quoted = not quoted
+        elif ch == "," and not quoted:
+            starts.append(i + 1)
+    return starts
+
+
+def _csv_header(reader: Any) -> tuple[dict[str, int], list[tuple[int, str]]]:
+    """Column indexes of url/id/width/height, and (index, name) of variable columns."""
+    try:
+        header = next(reader)
+    except StopIteration:
+        return {}, []
+    cols: dict[str, int] = {}
+    extra: list[tuple[int, str]] = []
+    for i, raw in enumerate(header):
+        name = raw.strip()
+        key = name.lower()
+        if key in CSV_COLUMNS:
+            cols.setdefault(key, i)
+        elif name:
+            extra.append((i, name))
+    return cols, extra
+
+
+def _iter_csv(src: FileSource, f: Any, report: _Report, header_out: Header | None) -> Iterator[Input]:
+    lines = _LastLine(f)
+    reader = csv.reader(lines)
+    cols, extra = _csv_header(reader)
+    if header_out is not None:
+        header_out.append((cols, extra))
+    if not cols and not extra:
+        return  # empty file: reported by the caller as an empty expansion
+    if "url" not in cols:
+        names = [n for _, n in extra]
+        near = suggest("url", names)
+        report(1, 1, "header", "the header row has no 'url' column",
+               f"did you mean {near!r}? rename it to url" if near else
+               "the first row must name the columns: url (required), id, width, height, and any template variables")
+        return
+    iu, ii, iw, ih = cols["url"], cols.get("id"), cols.get("width"), cols.get("height")
+    ncols = max([*cols.values(), *(i for i, _ in extra)]) + 1
+    for row in reader:
+        if not row or not any(c.strip() for c in row):
+            continue
+        lineno = reader.line_num
+        try:
+            yield _csv_input(src, row, lineno, iu, ii, iw, ih, extra, ncols)
+        except _RowError as e:
+            starts = _field_starts(lines.last.rstrip("\r\n"))
+            if e.column is None:
+                col = len(lines.last.rstrip("\r\n")) + 1
+            else:
+                col = starts[e.column] + 1 if e.column < len(starts) else len(lines.last.rstrip("\r\n")) + 1
+            report(lineno, col, f"row {lineno}, column {e.field_name}", e.message, e.hint)
+
+
+def _csv_input(src: FileSource, row: list[str], lineno: int, iu: int, ii: int | None, iw: int | None,
+               ih: int | None, extra: list[tuple[int, str]], ncols: int) -> Input:
+    n = len(row)
+    if n > ncols:
+        raise _RowError(ncols, str(ncols + 1), f"the row has {n} cells but the header names {ncols} columns",
+                        "quote cells that contain commas, or add a name for the extra column to the header")
+    url = row[iu].strip() if iu < n else ""
+    if not url:
+        raise _RowError(iu if iu < n else None, "url", "the url cell is empty", "every row needs an http(s) URL")
+    if not URL_RE.match(url):
+        raise _RowError(iu, "url", f"{url!r} is not an http:// or https:// URL", "write an http(s) URL")
+    ident = row[ii].strip() if ii is not None and ii < n else ""
+    if ident:
+        if not ID_RE.match(ident):
+            raise _RowError(ii, "id", f"id {ident!r} has characters other than letters, digits, '.', '_' and '-'",
+                            "use only letters, digits, '.', '_' and '-' in ids")
+    else:
+        ident = default_input_id(url)
+    w = h = None
+    ws = row[iw].strip() if iw is not None and iw < n else ""
+    hs = row[ih].strip() if ih is not None and ih < n else ""
+    if ws or hs:
+        if not ws:
+            raise _RowError(iw, "width", "height is given without width", "give both width and height, or neither")
+        if not hs:
+            raise _RowError(ih, "height", "width is given without height", "give both width and height, or neither")
+        for idx, name, text in ((iw, "width", ws), (ih, "height", hs)):
+            if not text.isdigit() or int(text) < 1:
+                raise _RowError(idx, name, f"{name} {text!r} is not a positive integer", f"write the {name} in pixels, e.g. 1024")
+        w, h = int(ws), int(hs)
+    vars_ = {name: (row[i] if i < n else "") for i, name in extra} if extra else {}
+    return Input(ident, url, w, h, {}, vars_, f"{src.display}:{lineno}:1")

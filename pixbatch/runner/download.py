@@ -1,0 +1,111 @@
+"""Getting a completed item's image onto disk, checked, and keeping it there.
+
+``Downloader.download`` fetches an item's media, checks it (``outputs.check_image``), writes it
+under each of the item's output names (``outputs.OutputDir``) and records the outputs;
+``measure`` reads just an output's header where the price depends on its size; ``verify``
+finds completed items whose files are missing or no longer match their checksum and
+downloads them again (never resubmits them).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from .. import state as st
+from ..errors import GatewayError, PixbatchError
+from ..gateway import Gateway
+from .outputs import OutputDir, check_image
+
+PAGE = 2000
+
+
+class Downloader:
+    def __init__(self, gateway: Gateway, store: st.Store, out: OutputDir, aliases: dict[str, list[str]], *,
+                 emit: Callable[..., None], timeout: float, concurrency: int):
+        self.gw = gateway
+        self.store = store
+        self.out = out
+        self.aliases = aliases
+        self.emit = emit
+        self.timeout = timeout
+        self.concurrency = max(1, concurrency)
+        self.done: set[str] = set()  # keys downloaded by this run
+        self.downloads = 0
+        self.problems = 0  # outputs that failed their checks
+
+    def names(self, row: st.ItemRow) -> list[str]:
+        return [n for n in [row.output_name, *self.aliases.get(row.key, [])] if n]
+
+    async def measure(self, row: st.ItemRow) -> tuple[int, int] | None:
+        """Output size from the first bytes of the media URL (no download): prices factor upscales."""
+        from ..probe import probe_sizes_async
+
+        assert row.media_url is not None
+        got = (await probe_sizes_async([row.media_url], concurrency=1, timeout=self.timeout)).get(row.media_url)
+        if got is None or got.size is None:
+            self.emit("download", row.key, ok=False, error=f"could not measure the output: {got.error if got else '?'}")
+            return None
+        row.output_width, row.output_height = got.size
+        return got.size
+
+    async def download(self, row: st.ItemRow) -> None:
+        assert row.media_url
+        names = self.names(row)
+        if not names:
+            return
+        try:
+            dl = await self.gw.download(row.media_url)
+        except GatewayError as exc:
+            self.emit("download", row.key, ok=False, error=str(exc))
+            raise
+        self.downloads += 1
+        media_type = row.media_type or (dl.content_type or "").split(";")[0] or None
+
+        def check_and_write() -> tuple[Any, str]:
+            return check_image(dl.data, row.op, row.body_dict, media_type, row.input_size), self.out.write(names, dl.data)
+
+        check, sha = await asyncio.to_thread(check_and_write)
+        row.output_width, row.output_height = check.width, check.height
+        if check.problems:
+            self.problems += 1
+            row.error = "output check: " + "; ".join(check.problems)
+        for name in names:
+            self.store.put_output(st.OutputRow(row.key, name, sha, len(dl.data), check.width, check.height, media_type))
+        self.done.add(row.key)
+        self.emit("download", row.key, ok=not check.problems, bytes=len(dl.data), width=check.width,
+                  height=check.height, problems=list(check.problems))
+
+    async def verify(self, scope: str, steps: list[str], stopped: Callable[[], bool]) -> None:
+        """Completed items whose files are missing or corrupt are downloaded again (never resubmitted)."""
+        store = self.store
+        for step in steps:
+            after = -1
+            while not stopped():
+                rows = await store.call(lambda db, s=step, a=after: st.completed_page(db, scope, s, a, PAGE))
+                if not rows:
+                    break
+                after = rows[-1].idx
+                todo = [r for r in rows if r.key not in self.done]
+                if not todo:
+                    continue
+                keys = [r.key for r in todo]
+                recorded = await store.call(lambda db: st.recorded_outputs(db, keys))
+                by_key: dict[str, dict[str, str]] = {}
+                for (k, path), sha in recorded.items():
+                    by_key.setdefault(k, {})[path] = sha
+                stale = await asyncio.to_thread(
+                    lambda: [r for r in todo if self.out.is_stale(self.names(r), by_key.get(r.key, {}))])
+                sem = asyncio.Semaphore(self.concurrency)
+
+                async def refetch(r: st.ItemRow) -> None:
+                    async with sem:
+                        try:
+                            await self.download(r)
+                        except (PixbatchError, OSError) as exc:
+                            self.emit("download", r.key, ok=False, error=str(exc))
+                        else:
+                            store.put_item(r)
+
+                await asyncio.gather(*(refetch(r) for r in stale))

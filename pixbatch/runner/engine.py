@@ -1,0 +1,442 @@
+"""The run loop: one asyncio loop that feeds items, submits, polls, settles and downloads.
+
+``concurrency`` is the number of items *in flight* (submitted and not yet terminal, plus
+their download): the feeder walks the PENDING items step by step (manifest order, pages read
+from the store) and starts one task per item when a slot is free and its price fits the
+budget (``budget.BudgetLedger``). Each task does intent -> POST -> request_id -> polls ->
+download -> settle. What a submit's answer means for the item is ``submit.SUBMIT_TABLE``;
+waiting for the job is ``poll.Poller``; files are ``outputs.OutputDir``; how the run ends is
+``outcome.conclude``. DuckDB is touched only by the store's writer thread: the loop queues
+writes and awaits the commit of the critical one (the intent before the POST; the request
+id after the 202 is committed ahead of anything later about the item; see ``pixbatch.state``).
+
+An item with an upstream waits until the upstream is COMPLETED (``ready_page`` does not
+return it before) and is sent with the upstream's media_url; when the upstream ends in a
+failure state the item is BLOCKED (``state.block_downstream``), transitively.
+
+When the next item does not fit the budget, the feeder waits for in-flight items to settle
+(a charge can be lower than its reservation); if it still does not fit with nothing in
+flight, the run stops submitting and says what is left.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from .. import state as st
+from ..errors import BudgetExceeded, require_api_key
+from ..gateway import Gateway, JobStatus
+from ..money import format_usd
+from ..pricing import PriceTable
+from ..progress import Progress
+from ..ratelimit import AdaptiveRateLimiter
+from ..sizes import output_size as predicted_output_size
+from .budget import BudgetLedger
+from .options import RunOptions
+from .outcome import EXIT_INTERRUPTED, RunSummary, StopReason, budget_refusal, conclude, summarize
+from .download import Downloader
+from .journal import Journal
+from .outputs import OutputDir
+from .poll import Poller, WebhookReceiver
+from .prepare import position, prepare
+from .status import StatusWriter
+from .settle import settle_item
+from .submit import ACCEPTED, submit_item
+
+PAGE = 2000
+
+
+def _api_key(options: RunOptions, gateway: Gateway | None) -> str | None:
+    """The key for the gateway this run makes (none needed when one is passed in)."""
+    return require_api_key(options.api_key) if gateway is None else None
+
+
+class _Ticker:
+    """Counts finished items (and stop requests); a waiter compares counts, so it never misses one."""
+
+    def __init__(self) -> None:
+        self.seq = 0
+        self._event = asyncio.Event()
+
+    def tick(self) -> None:
+        self.seq += 1
+        self._event.set()
+
+    async def wait_after(self, seq: int, stopped: Callable[[], bool]) -> None:
+        while self.seq == seq and not stopped():
+            self._event.clear()
+            await self._event.wait()
+
+
+class _Tasks:
+    """The run's item tasks: started, watched, cancelled; ``polling`` are those waiting on a job."""
+
+    def __init__(self, on_error: Callable[[BaseException], None]):
+        self.all: set[asyncio.Task] = set()
+        self.polling: set[asyncio.Task] = set()
+        self.errors: list[BaseException] = []
+        self.on_error = on_error
+
+    def spawn(self, coro: Any) -> asyncio.Task:
+        task = asyncio.create_task(coro)
+        self.all.add(task)
+        task.add_done_callback(self._done)
+        return task
+
+    def _done(self, task: asyncio.Task) -> None:
+        self.all.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            # a bug, not a gateway answer: the item keeps its committed state (a re-run resumes
+            # it); the error is raised once the run has recorded everything
+            exc = task.exception()
+            assert exc is not None
+            self.errors.append(exc)
+            self.on_error(exc)
+
+    def cancel_polling(self) -> None:
+        for task in list(self.polling):
+            if task is not asyncio.current_task():
+                task.cancel()
+
+    async def drain(self) -> None:
+        while self.all:
+            await asyncio.gather(*list(self.all), return_exceptions=True)
+
+    async def cancel(self) -> None:
+        for task in list(self.all):
+            task.cancel()
+        await asyncio.gather(*self.all, return_exceptions=True)
+
+
+def _price(table: PriceTable, row: st.ItemRow, up: st.ItemRow | None) -> tuple[Any, tuple[int, int] | None]:
+    """The item's price and the input size it rests on: a chained item's input is its upstream's
+    output (its real size once downloaded, else the documented one)."""
+    input_size = row.input_size
+    if up is not None:
+        if up.output_width and up.output_height:
+            input_size = (up.output_width, up.output_height)
+        elif input_size is None:
+            input_size = predicted_output_size(up.op, up.body_dict, up.input_size)
+    return table.price(row.op, row.body_dict, input_size), input_size
+
+
+@contextlib.contextmanager
+def _signal_handlers(loop: asyncio.AbstractEventLoop, handler: Callable[[], None], enabled: bool) -> Iterator[None]:
+    """SIGINT and SIGTERM call ``handler`` while inside (the CLI enables it; a library caller keeps its own)."""
+    sigs = (signal.SIGINT, signal.SIGTERM) if enabled else ()
+    for sig in sigs:
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, handler)
+    try:
+        yield
+    finally:
+        for sig in sigs:
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(sig)
+
+
+class _Run:
+    def __init__(self, manifest: Any, options: RunOptions, gateway: Gateway | None, progress: Progress):
+        self.m = manifest
+        self.o = options
+        self.progress = progress
+        self.key = _api_key(options, gateway)
+        self.table = PriceTable.load(options.pricing_path)
+        self.state_path = Path(options.state_path or manifest.state_path)
+        self.out = OutputDir(manifest.output_dir)
+        budget = options.budget_micros if options.budget_micros is not None else manifest.budget_micros
+        self.ledger = BudgetLedger(budget)
+        self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
+        self._gateway = gateway
+        self.gw: Gateway | None = None
+        self.poller: Poller | None = None
+        self.dl: Downloader | None = None
+        self.webhooks: WebhookReceiver | None = None
+        self.store: st.Store | None = None
+        self.log: Journal  # set with the store (main)
+        self.status: StatusWriter  # set with the parts (_build)
+        self.scope = ""
+        self.aliases: dict[str, list[str]] = {}
+        self.estimate = (0, 0)
+        self.slots = asyncio.Semaphore(max(1, options.concurrency))
+        self.stop_reason: StopReason | None = None
+        self.stop_message: str | None = None
+        self.inflight: set[str] = set()  # keys of items being sent, polled or downloaded
+        self.skip: set[str] = set()  # keys this run will not send again
+        self.tasks = _Tasks(lambda exc: self._stop(StopReason.INTERRUPT, f"internal error: {exc!r}"))
+        self.done = _Ticker()  # items finished (and stop requests)
+        self.charged_run = self.submits = self.finished_this_run = 0
+        self.left = (0, 0, 0)
+        self.t0 = time.monotonic()
+        self.sigints = 0
+        self.steps_order = [s.id for s in manifest.steps]
+
+    # -- main -----------------------------------------------------------------------------------
+
+    def _expand(self, sizes: Callable[[str], Any] | None):
+        from ..expand import expand
+
+        return expand(self.m, sizes=sizes)
+
+    async def main(self) -> RunSummary:
+        self.store = st.Store.open(self.state_path, wait=self.o.lock_wait)
+        self.store.bind_loop(asyncio.get_running_loop())
+        self.log = Journal(self.store, self.progress, self.run_id, lambda: self.ledger.committed)
+        try:
+            return await self._main()
+        finally:
+            with contextlib.suppress(Exception):
+                self.store.close()
+
+    async def _main(self) -> RunSummary:
+        store = self.store
+        assert store is not None
+        p = await store.call(lambda db: prepare(db, manifest=self.m, options=self.o, run_id=self.run_id,
+                                                budget=self.ledger.cap, table=self.table, expand=self._expand))
+        self.scope, self.aliases, self.estimate = p.scope, p.aliases, p.estimate
+        self.ledger = BudgetLedger(self.ledger.cap, p.position.totals.committed_micros)
+        if p.ambiguous_now:
+            self.log.emit("run", None, message=f"{p.ambiguous_now} item(s) were being submitted when the last run "
+                          "stopped: now AMBIGUOUS")
+        refusal = budget_refusal(self.ledger.cap, p.position)
+        if refusal and not p.position.in_flight:
+            await self._finish_run("budget")
+            raise BudgetExceeded(refusal)
+        loop = asyncio.get_running_loop()
+        status_task = self._build(store, loop)
+        try:
+            with _signal_handlers(loop, self.on_signal, self.o.handle_signals):
+                try:
+                    await self._resume_in_flight()
+                    if refusal:
+                        # items already paid for are collected first; then the budget is looked at again
+                        await self.tasks.drain()
+                        refusal = budget_refusal(self.ledger.cap, await store.call(lambda db: position(db, self.scope)))
+                        if refusal:
+                            self._stop(StopReason.BUDGET, refusal)
+                    await self._feed()
+                    await self.tasks.drain()
+                    if self.o.download and not self._halted():
+                        assert self.dl is not None
+                        await self.dl.verify(self.scope, self.steps_order, self._halted)
+                finally:
+                    await self.tasks.cancel()
+        finally:
+            status_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await status_task
+            if self.webhooks is not None:
+                await self.webhooks.stop()
+            if self._gateway is None and self.gw is not None:
+                await self.gw.aclose()
+        summary = await self._summary()
+        await self._finish_run(summary.outcome)
+        self.log.emit("run", None, event="end", outcome=summary.outcome, exit_code=summary.exit_code, http=self.log.http)
+        await store.commit()
+        await self.status.write(running=False, outcome=summary.outcome)
+        self.progress.stop(summary)
+        if self.tasks.errors:
+            raise self.tasks.errors[0]
+        return summary
+
+    def _build(self, store: st.Store, loop: asyncio.AbstractEventLoop) -> asyncio.Task:
+        """The gateway client, webhook receiver, downloader, poller and status writer; starts the status loop."""
+        self.gw = self._gateway or Gateway(
+            self.o.base_url, self.key, timeout=self.o.timeout,
+            limiter=AdaptiveRateLimiter(self.o.max_rps), on_exchange=self.log.on_exchange,
+            max_connections=max(16, self.o.concurrency * 2))
+        if self._gateway is not None and self._gateway.on_exchange is None:
+            self._gateway.on_exchange = self.log.on_exchange
+        if self.o.webhook_url:
+            self.webhooks = WebhookReceiver()
+            self.webhooks.start(self.o.webhook_url, self.o.webhook_listen, loop)
+        self.dl = Downloader(self.gw, store, self.out, self.aliases, emit=self.log.emit, timeout=self.o.timeout,
+                             concurrency=self.o.concurrency)
+        self.poller = Poller(self.gw, initial=self.o.poll_initial, cap=self.o.poll_max_interval, put=self.log.put,
+                             on_auth=lambda msg: self._stop(StopReason.AUTH, msg), webhooks=self.webhooks)
+        budget = self.ledger.cap
+        self.progress.start({"run_id": self.run_id, "state_path": str(self.state_path), "budget_micros": budget,
+                             "estimate_low_micros": self.estimate[0], "estimate_high_micros": self.estimate[1]})
+        self.log.emit("run", None, event="start", pid=os.getpid(), budget_micros=budget, committed=self.ledger.committed)
+        self.status = StatusWriter(store, self.progress, state_path=self.state_path, run_id=self.run_id,
+                                   manifest_path=str(self.m.path), scope=self.scope, budget=budget,
+                                   estimate=self.estimate, finished=lambda: self.finished_this_run)
+        return asyncio.create_task(self.status.loop(self.o.status_interval))
+
+    def _stopping(self) -> bool:
+        return self.stop_reason is not None
+
+    def _halted(self) -> bool:
+        """Stopped for a reason that also ends polling and downloads (Ctrl-C, a refused key)."""
+        return self.stop_reason in (StopReason.AUTH, StopReason.INTERRUPT)
+
+    def on_signal(self) -> None:
+        self.sigints += 1
+        if self.sigints >= 2:
+            # state is consistent: every critical write was committed before/after its HTTP call
+            os._exit(EXIT_INTERRUPTED)
+        self.interrupt()
+
+    def interrupt(self) -> None:
+        """Stop submitting; let POSTs in flight record their request id; stop polling."""
+        if self.stop_reason is None:
+            self.stop_reason = StopReason.INTERRUPT
+            self.stop_message = "interrupted"
+        self.tasks.cancel_polling()
+        self.done.tick()
+
+    def _stop(self, reason: StopReason, message: str) -> None:
+        if reason.replaces(self.stop_reason):
+            self.stop_reason = reason
+            self.stop_message = message
+        if reason is StopReason.AUTH:  # polls would all get 401 too; POSTs in flight record their own answer
+            self.tasks.cancel_polling()
+        self.done.tick()
+
+    async def _finish_run(self, outcome: str) -> None:
+        assert self.store is not None
+        await self.store.call(lambda db: st.finish_run(db, self.run_id, outcome))
+
+    # -- feeding --------------------------------------------------------------------------------
+
+    async def _resume_in_flight(self) -> None:
+        assert self.store is not None
+        rows = await self.store.call(st.submitted_rows)
+        for row in rows:
+            await self.slots.acquire()
+            self.inflight.add(row.key)
+            self.tasks.spawn(self._item(row, None, resumed=True))
+
+    async def _feed(self) -> None:
+        assert self.store is not None
+        store = self.store
+        while self.stop_reason is None:
+            seq0 = self.done.seq
+            for step in self.steps_order:
+                after = -1
+                while self.stop_reason is None:
+                    page = await store.call(lambda db, s=step, a=after: st.ready_page(
+                        db, self.scope, s, a, PAGE, chained=self.m.step(s).upstream is not None))
+                    if not page:
+                        break
+                    after = page[-1][0].idx
+                    for row, up in page:
+                        if row.key in self.inflight or row.key in self.skip:
+                            continue
+                        if not await self._start(row, up):
+                            return
+            if self.stop_reason is not None:
+                return
+            await store.call(lambda db: st.block_downstream(db, self.scope, self.run_id))
+            pending = await store.call(lambda db: st.pending_count(db, self.scope))
+            if pending - len(self.skip) <= 0:
+                return
+            if self.done.seq != seq0:
+                continue  # something finished during the pass: its downstream may be ready now
+            if not self.tasks.all:
+                return  # what is left waits on items this run will not send
+            await self.done.wait_after(seq0, self._stopping)
+
+    async def _start(self, row: st.ItemRow, up: st.ItemRow | None) -> bool:
+        """Take a slot, reserve the price, start the item. False: stop feeding."""
+        await self.slots.acquire()
+        if self.stop_reason is not None:
+            self.slots.release()
+            return False
+        price, input_size = _price(self.table, row, up)
+        amount = price.high_micros
+        while not self.ledger.try_reserve(amount):
+            if not self.inflight:
+                self.slots.release()
+                self.stop_reason = StopReason.BUDGET
+                await self._left_over()
+                self.stop_message = (
+                    f"the next item would not fit the budget {format_usd(self.ledger.cap or 0)} "
+                    f"(committed {format_usd(self.ledger.committed)}, next {format_usd(amount)}).")
+                self.log.emit("budget", row.key, event="stop", committed=self.ledger.committed, budget=self.ledger.cap,
+                          next=amount)
+                return False
+            await self.done.wait_after(self.done.seq, self._stopping)
+            if self.stop_reason is not None:
+                self.slots.release()
+                return False
+        row.reserved_micros = amount
+        row.tier = price.high.name
+        if input_size:
+            row.input_width, row.input_height = input_size
+        self.inflight.add(row.key)
+        self.tasks.spawn(self._item(row, up, resumed=False))
+        return True
+
+    async def _left_over(self) -> None:
+        assert self.store is not None
+        c = await self.store.call(lambda db: st.pending_cost(db, self.scope))
+        self.left = (c.items, c.low_micros, c.high_micros)
+
+    # -- one item -------------------------------------------------------------------------------
+
+    async def _item(self, row: st.ItemRow, up: st.ItemRow | None, *, resumed: bool) -> None:
+        assert self.poller is not None
+        try:
+            if not resumed:
+                if not await self._submit(row, up):
+                    return
+                if self._halted():
+                    return
+            task = asyncio.current_task()
+            assert task is not None
+            self.tasks.polling.add(task)
+            try:
+                status = await self.poller.until_done(row, resumed=resumed)
+            finally:
+                self.tasks.polling.discard(task)
+            if status is not None:
+                await self._settle(row, status)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.inflight.discard(row.key)
+            self.slots.release()
+            self.done.tick()
+
+    async def _submit(self, row: st.ItemRow, up: st.ItemRow | None) -> bool:
+        """Send the item; True when the gateway accepted it."""
+        assert self.gw is not None
+        self.submits += 1
+        rule = await submit_item(row, up, gateway=self.gw, ledger=self.ledger, put=self.log.put, run_id=self.run_id,
+                                 webhook_url=self.o.webhook_url)
+        if rule.skip:
+            self.skip.add(row.key)
+        if rule.stop is not None:
+            self._stop(rule.stop, row.error or rule.stop.outcome)
+        return rule is ACCEPTED
+
+    async def _settle(self, row: st.ItemRow, s: JobStatus) -> None:
+        assert self.dl is not None
+        charge = await settle_item(row, s, downloader=self.dl, download=self.o.download, table=self.table,
+                                   ledger=self.ledger, put=self.log.put)
+        self.charged_run += charge  # after the await: `x += await f()` would read x before it
+        self.finished_this_run += 1
+
+    # -- status and summary ---------------------------------------------------------------------
+
+    async def _summary(self) -> RunSummary:
+        assert self.store is not None
+        await self.store.commit()
+        snap = await self.status.snapshot(running=False)
+        await self._left_over()
+        problems = self.dl.problems if self.dl else 0
+        c = conclude(self.stop_reason, self.stop_message, snap.totals(), left=self.left, budget=self.ledger.cap,
+                     at_risk=snap.at_risk_micros, output_problems=problems)
+        return summarize(c, snap, run_id=self.run_id, output_dir=str(self.out.root), charged_run=self.charged_run,
+                         peak=self.ledger.peak, left=self.left, submits=self.submits,
+                         polls=self.poller.polls if self.poller else 0, downloads=self.dl.downloads if self.dl else 0,
+                         output_problems=problems, duration_s=round(time.monotonic() - self.t0, 3), http=self.log.http)

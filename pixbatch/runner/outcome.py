@@ -1,0 +1,157 @@
+"""How a run ends: why it stopped, its outcome and exit code, and what the user is told.
+
+``StopReason`` ranks the reasons a run stops submitting: a later reason replaces an earlier
+one only when it ranks higher (a refused key outranks an empty wallet, which outranks an
+interruption, which outranks the budget). ``conclude`` turns the stop reason and the final
+counts into the outcome, the exit code and the summary's messages: a pure function.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .. import state as st
+from ..errors import ExitCode
+from ..money import format_usd
+
+EXIT_OK, EXIT_INCOMPLETE, EXIT_BUDGET, EXIT_AUTH, EXIT_BALANCE, EXIT_INTERRUPTED = map(int, (
+    ExitCode.OK, ExitCode.INCOMPLETE, ExitCode.BUDGET, ExitCode.AUTH, ExitCode.BALANCE, ExitCode.INTERRUPTED))
+
+
+class StopReason(enum.Enum):
+    # value: (rank, outcome, exit code)
+    BUDGET = (0, "budget", EXIT_BUDGET)
+    INTERRUPT = (1, "interrupted", EXIT_INTERRUPTED)
+    BALANCE = (2, "balance", EXIT_BALANCE)
+    AUTH = (3, "auth", EXIT_AUTH)
+
+    @property
+    def rank(self) -> int:
+        return self.value[0]
+
+    @property
+    def outcome(self) -> str:
+        return self.value[1]
+
+    @property
+    def exit_code(self) -> int:
+        return self.value[2]
+
+    def replaces(self, current: StopReason | None) -> bool:
+        """Whether this reason takes the place of ``current`` (the first of equal rank stays)."""
+        return current is None or self.rank > current.rank
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    run_id: str
+    outcome: str  # completed|incomplete|budget|balance|auth|interrupted
+    exit_code: int
+    state_path: str
+    output_dir: str
+    steps: dict[str, dict[str, int]]  # step -> state -> count (this manifest's items)
+    counts: dict[str, int]  # state -> count
+    charged_run_micros: int  # charged by items settled in this run
+    charged_total_micros: int  # everything charged in this state file
+    reserved_micros: int  # still reserved (in flight + AMBIGUOUS)
+    at_risk_micros: int  # AMBIGUOUS reservations
+    peak_committed_micros: int  # highest charged+reserved seen during the run
+    budget_micros: int | None
+    left_items: int  # PENDING items not submitted
+    left_low_micros: int
+    left_high_micros: int
+    submits: int
+    polls: int
+    downloads: int
+    output_problems: int
+    duration_s: float
+    messages: tuple[str, ...] = ()
+    http: dict[str, int] = field(default_factory=dict)  # "POST 202" -> exchanges this run ("GET none": no answer)
+
+    @property
+    def ambiguous(self) -> int:
+        return self.counts.get(st.AMBIGUOUS, 0)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Conclusion:
+    outcome: str
+    exit_code: int
+    messages: tuple[str, ...]
+
+
+def conclude(stop: StopReason | None, stop_message: str | None, counts: dict[str, int], *,
+             left: tuple[int, int, int], budget: int | None, at_risk: int, output_problems: int) -> Conclusion:
+    """The outcome, exit code and messages of a run that stopped for ``stop`` (None: it ran out of work)."""
+    n_left, lo, hi = left
+    msgs: list[str] = []
+    if stop is StopReason.AUTH:
+        msgs.append(f"Stopped: {stop_message}")
+    elif stop is StopReason.BALANCE:
+        msgs.append("The gateway answered 402 Insufficient Balance: top up the Pixazo wallet, then run the same "
+                    f"command again to resume ({n_left} item(s) not submitted yet).")
+    elif stop is StopReason.INTERRUPT:
+        msgs.append("Interrupted: run the same command again to resume; submitted items will be polled, "
+                    "not resent.")
+    elif stop is StopReason.BUDGET:
+        cost = format_usd(lo) if lo == hi else f"{format_usd(lo)} to {format_usd(hi)}"
+        msgs.append(f"Stopped at the budget ({format_usd(budget or 0)}): {n_left} item(s) left, which would "
+                    f"cost {cost}. Raise --budget and run again to continue.")
+    if stop is not None:
+        outcome, code = stop.outcome, stop.exit_code
+    else:
+        done = counts.get(st.COMPLETED, 0) == sum(counts.values())
+        outcome, code = ("completed", EXIT_OK) if done else ("incomplete", EXIT_INCOMPLETE)
+    amb = counts.get(st.AMBIGUOUS, 0)
+    if amb:
+        msgs.append(f"{amb} AMBIGUOUS item(s) ({format_usd(at_risk)} at risk): the gateway may have "
+                    "accepted and charged them. Re-run with --retry-ambiguous to resubmit them.")
+    bad = {s: counts.get(s, 0) for s in (st.FAILED, st.ERROR, st.FAILED_VALIDATION, st.BLOCKED) if counts.get(s)}
+    if bad:
+        msgs.append(", ".join(f"{n} {s}" for s, n in bad.items()) +
+                    ": see `pixbatch report` for the errors; --force resubmits them (and pays again).")
+    if counts.get(st.ERROR):
+        msgs.append(f"{counts[st.ERROR]} ERROR item(s) were not charged: re-run with --retry-errors to resubmit "
+                    "them (and what they blocked).")
+    inflight = counts.get(st.SUBMITTED, 0)
+    if inflight and outcome != "interrupted":
+        msgs.append(f"{inflight} submitted item(s) not finished yet: run again to collect them.")
+    if n_left and outcome in ("completed", "incomplete"):
+        msgs.append(f"{n_left} item(s) not submitted (gateway errors): run again to retry them.")
+    if output_problems:
+        msgs.append(f"{output_problems} output(s) failed their checks: see `pixbatch report`.")
+    return Conclusion(outcome, code, tuple(msgs))
+
+
+def budget_refusal(budget: int | None, position: Any) -> str | None:
+    """Why the run cannot go on within ``budget`` (None: it can): what is already charged plus the
+    least that the remaining and in-flight items can cost exceeds it."""
+    if budget is None:
+        return None
+    t, pending = position.totals, position.pending
+    least = pending.low_micros + position.in_flight_low
+    if t.charged_micros + t.abandoned_micros + least <= budget:
+        return None
+    return (f"the budget {format_usd(budget)} cannot cover this run: already charged "
+            f"{format_usd(t.charged_micros)}, and the {pending.items} remaining item(s) cost at least "
+            f"{format_usd(least)}. Raise --budget (or budget_usd in the manifest), or trim the manifest; "
+            "`pixbatch estimate` shows the breakdown.")
+
+
+def summarize(c: Conclusion, snap: Any, *, run_id: str, output_dir: str, charged_run: int, peak: int,
+              left: tuple[int, int, int], submits: int, polls: int, downloads: int, output_problems: int,
+              duration_s: float, http: dict[str, int]) -> RunSummary:
+    """The run's summary from its conclusion and its final status snapshot."""
+    n_left, lo, hi = left
+    return RunSummary(
+        run_id=run_id, outcome=c.outcome, exit_code=c.exit_code, state_path=snap.state_path, output_dir=output_dir,
+        steps=snap.steps, counts=snap.totals(), charged_run_micros=charged_run, charged_total_micros=snap.charged_micros,
+        reserved_micros=snap.reserved_micros, at_risk_micros=snap.at_risk_micros, peak_committed_micros=peak,
+        budget_micros=snap.budget_micros, left_items=n_left, left_low_micros=lo, left_high_micros=hi, submits=submits,
+        polls=polls, downloads=downloads, output_problems=output_problems, duration_s=duration_s,
+        messages=c.messages, http=dict(http))

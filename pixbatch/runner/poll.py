@@ -1,0 +1,184 @@
+"""Waiting for a submitted job to end: the poll clock, the poll loop, the webhook receiver.
+
+Per step, a ``PollClock`` learns how long jobs take (from the gateway's created_at and
+completed_at, else from what the runner observed) and says when to poll: first at about
+mean + one deviation after the 202, then at growing intervals (x1.5, capped). On the
+emulator's default timings that is about two polls per completed item.
+
+In webhook mode the gateway POSTs terminal statuses to the run's callback URL; the
+``WebhookReceiver`` only wakes the item up, whose status is then read once from the gateway
+(a callback is not trusted on its own), and an item polls as usual if no callback comes in time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .. import state as st
+from ..errors import AuthError, GatewayError, NotFound
+from ..gateway import Gateway, JobStatus
+
+POLL_GIVE_UP = 6  # rounds of (already retried) poll failures before an item is left for the next run
+
+
+class PollClock:
+    """Learns a step's job duration; says when to poll next."""
+
+    def __init__(self, initial: float, cap: float):
+        self.initial, self.cap = initial, cap
+        self.mean: float | None = None
+        self.var = 0.0
+
+    def observe(self, seconds: float) -> None:
+        if self.mean is None:
+            self.mean = seconds
+            self.var = (seconds * 0.25) ** 2
+            return
+        a = 0.15
+        d = seconds - self.mean
+        self.mean += a * d
+        self.var = (1 - a) * (self.var + a * d * d)
+
+    def first(self) -> float:
+        if self.mean is None:
+            return self.initial
+        # a small margin past mean + one deviation, scaled down for jobs that take no time
+        return min(self.cap, self.mean + self.var ** 0.5 + min(0.02, 0.1 * self.mean))
+
+    def next(self, k: int) -> float:
+        base = self.initial / 2 if self.mean is None else max(0.05, 0.3 * self.mean)
+        return min(self.cap, base * (1.5 ** (k - 1)))
+
+
+class WebhookReceiver:
+    """Callbacks by request id: ``wait(request_id)`` returns once called back (or timed out)."""
+
+    MAX_EARLY = 1_000_000
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, asyncio.Event] = {}
+        self.early: set[str] = set()  # callbacks that beat our own record of the 202
+        self.server: Any = None
+
+    def wake(self, request_id: str) -> None:
+        ev = self.waiting.get(request_id)
+        if ev is not None:
+            ev.set()
+        elif len(self.early) < self.MAX_EARLY:
+            self.early.add(request_id)
+
+    async def wait(self, request_id: str, timeout: float) -> None:
+        if request_id in self.early:
+            self.early.discard(request_id)
+            return
+        ev = self.waiting.setdefault(request_id, asyncio.Event())
+        try:
+            await asyncio.wait_for(ev.wait(), timeout=timeout)
+        except asyncio.TimeoutError:
+            pass  # no callback in time: poll as usual from now on
+        finally:
+            self.waiting.pop(request_id, None)
+
+    def start(self, url: str, listen: str | None, loop: asyncio.AbstractEventLoop) -> None:
+        """Serve ``POST <url's path>`` on ``listen`` ("host:port"; default: the URL's own) in a thread."""
+        from urllib.parse import urlsplit
+
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import Response
+        from starlette.routing import Route
+
+        from ..serve import serve_in_thread
+
+        u = urlsplit(url)
+        listen = listen or f"{u.hostname}:{u.port or (443 if u.scheme == 'https' else 80)}"
+        host, _, port = listen.rpartition(":")
+
+        async def callback(request: Request) -> Response:
+            try:
+                data = json.loads(await request.body())
+                rid = data["request_id"]
+            except (ValueError, KeyError, TypeError):
+                return Response(status_code=400)
+            if isinstance(rid, str):
+                loop.call_soon_threadsafe(self.wake, rid)
+            return Response(status_code=200)
+
+        app = Starlette(routes=[Route(u.path or "/", callback, methods=["POST"])])
+        self.server = serve_in_thread(app, host=host or "127.0.0.1", port=int(port))
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
+            self.server = None
+
+
+class Poller:
+    """Polls one item until its job ends; records status changes through ``put``."""
+
+    def __init__(self, gateway: Gateway, *, initial: float, cap: float, put: Callable[..., Any],
+                 on_auth: Callable[[str], None], webhooks: WebhookReceiver | None = None):
+        self.gw = gateway
+        self.initial, self.cap = initial, cap
+        self.put = put
+        self.on_auth = on_auth
+        self.webhooks = webhooks
+        self.clocks: dict[str, PollClock] = {}
+        self.polls = 0
+
+    def clock(self, step: str) -> PollClock:
+        return self.clocks.setdefault(step, PollClock(self.initial, self.cap))
+
+    async def until_done(self, row: st.ItemRow, *, resumed: bool) -> JobStatus | None:
+        """The terminal status, or None when the item is left SUBMITTED for a later run."""
+        assert row.request_id is not None
+        clock = self.clock(row.step)
+        t_submit = time.monotonic()
+        delay = 0.0 if resumed else clock.first()
+        k = failures = 0
+        last = row.gateway_status
+        if self.webhooks is not None and not resumed:
+            await self.webhooks.wait(row.request_id, timeout=max(30.0, 4 * clock.first()))
+            delay = 0.0
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                s = await self.gw.status(row.request_id, row.polling_path)
+            except AuthError as exc:
+                self.on_auth(str(exc))
+                return None
+            except NotFound as exc:
+                row.error = f"polling failed: {exc}"
+                self.put(row, reason=row.error)
+                return None
+            except GatewayError as exc:
+                # the request is accepted and polling is free: outlast a storm before giving up
+                # (the item stays SUBMITTED with its request id; a re-run polls it again)
+                failures += 1
+                if failures >= POLL_GIVE_UP:
+                    row.error = f"polling failed: {exc}"
+                    self.put(row, reason=row.error)
+                    return None
+                delay = self.gw.policy.backoff(failures + 3)
+                continue
+            failures = 0
+            self.polls += 1
+            row.polls += 1
+            if s.status != last:
+                if s.status == "PROCESSING" and row.started_at is None:
+                    row.started_at = st.utcnow()
+                row.gateway_status = last = s.status
+                if not s.terminal:
+                    self.put(row, gateway_status=s.status)
+            if s.terminal:
+                if not resumed:
+                    clock.observe(s.server_seconds if s.server_seconds is not None else time.monotonic() - t_submit)
+                elif s.server_seconds is not None:
+                    clock.observe(s.server_seconds)
+                return s
+            k += 1
+            delay = clock.next(k)

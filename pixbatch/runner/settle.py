@@ -1,0 +1,51 @@
+"""A job's final status becomes the item's final state and charge.
+
+A COMPLETED item's output is downloaded first (its checks may set the item's error; a failed
+download leaves the item COMPLETED and paid, and the file comes on the next run). Where the
+price depends on the output's size (a factor-mode upscale) and nothing was downloaded, the
+output's header is read. The charge follows the price table's rule for the final status;
+the ledger turns the item's reservation into that charge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from .. import state as st
+from ..errors import PixbatchError
+from ..gateway import JobStatus
+from ..pricing import PriceTable
+from .budget import BudgetLedger
+from .download import Downloader
+
+
+async def settle_item(row: st.ItemRow, s: JobStatus, *, downloader: Downloader, download: bool, table: PriceTable,
+                      ledger: BudgetLedger, put: Callable[..., Any]) -> int:
+    """Record the final status; returns the charge."""
+    body = row.body_dict
+    row.finished_at = st.utcnow()
+    if row.started_at is None:
+        row.started_at = row.finished_at
+    row.gateway_status = s.status
+    row.error = s.error
+    if s.status == "COMPLETED":
+        row.media_url = s.media_urls[0] if s.media_urls else None
+        row.media_type = s.media_type
+        if download and row.media_url:
+            try:
+                await downloader.download(row)
+            except (PixbatchError, OSError) as exc:  # the item is done and paid; the file comes next run
+                row.error = f"download failed: {exc}"
+    out_size = (row.output_width, row.output_height) if row.output_width and row.output_height else None
+    if (out_size is None and s.status == "COMPLETED" and row.media_url and row.op == "upscale"
+            and body.get("upscale_mode", "target") == "factor"):
+        out_size = await downloader.measure(row)  # the price depends on it: read just the image header
+    charge = table.charge_for(row.op, s.status, out_size, body, row.input_size)
+    reserved = row.reserved_micros
+    ledger.settle(reserved, charge)
+    row.reserved_micros = 0
+    row.charged_micros = (row.charged_micros or 0) + charge
+    row.state = s.status
+    put(row, charged=charge, released=reserved)
+    return charge

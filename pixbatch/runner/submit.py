@@ -1,0 +1,104 @@
+"""From the gateway's answer to a submit, to what happens to the item: one table.
+
+Each row says, for one kind of answer: the item's next state, whether its budget
+reservation is released (the request was definitely not accepted), whether the item is
+left for a later run (``skip``), what the submit log records (``attempt``), and whether the
+whole run stops (and why). The first row whose exception type matches wins, so the more
+specific types come first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import state as st
+from ..errors import AuthError, BadRequest, GatewayError, InsufficientBalance, NotFound, SubmitUnknown
+from ..gateway import Gateway
+from ..items import resolve_urls
+from .budget import BudgetLedger
+from .outcome import StopReason
+
+
+@dataclass(frozen=True)
+class SubmitRule:
+    state: str  # the item's next state
+    release: bool  # give the reservation back: the gateway did not accept the request
+    skip: bool  # leave the item for a later run (this run does not send it again)
+    attempt: str  # the submit log's outcome: accepted | ambiguous | rejected
+    finished: bool = False  # a terminal answer: the item is done (and not charged)
+    stop: StopReason | None = None  # the whole run stops submitting
+
+
+ACCEPTED = SubmitRule(st.SUBMITTED, release=False, skip=False, attempt="accepted")
+
+SUBMIT_TABLE: tuple[tuple[type[BaseException], SubmitRule], ...] = (
+    # sent, and no answer that says whether it was accepted: it may have been charged
+    (SubmitUnknown, SubmitRule(st.AMBIGUOUS, release=False, skip=False, attempt="ambiguous")),
+    # the gateway refused this request's content: sending it again would be refused again
+    (BadRequest, SubmitRule(st.FAILED_VALIDATION, release=True, skip=False, attempt="rejected", finished=True)),
+    (NotFound, SubmitRule(st.FAILED_VALIDATION, release=True, skip=False, attempt="rejected", finished=True)),
+    # the wallet or the key: nothing more can be sent by this run
+    (InsufficientBalance, SubmitRule(st.PENDING, release=True, skip=True, attempt="rejected",
+                                     stop=StopReason.BALANCE)),
+    (AuthError, SubmitRule(st.PENDING, release=True, skip=True, attempt="rejected", stop=StopReason.AUTH)),
+    # definite refusals that outlasted the retries, or never sent: a later run tries again
+    (GatewayError, SubmitRule(st.PENDING, release=True, skip=True, attempt="rejected")),
+)
+
+
+def rule_for(exc: BaseException) -> SubmitRule:
+    """The row for a submit that raised ``exc``; anything unlisted is a bug and propagates."""
+    for kind, rule in SUBMIT_TABLE:
+        if isinstance(exc, kind):
+            return rule
+    raise exc
+
+
+def _durable(fut: Any) -> Any:
+    return fut if isinstance(fut, asyncio.Future) else asyncio.wrap_future(fut)
+
+
+async def submit_item(row: st.ItemRow, up: st.ItemRow | None, *, gateway: Gateway, ledger: BudgetLedger,
+                      put: Callable[..., Any], run_id: str, webhook_url: str | None) -> SubmitRule:
+    """Intent, POST, answer; returns the rule that was applied to the item (``ACCEPTED`` or a row of the table).
+
+    The intent (with the reservation) is committed before the POST; the request id after the
+    202 is queued at once and committed ahead of anything later about the item.
+    """
+    body = row.body_dict
+    if up is not None:
+        body = resolve_urls(body, {up.key: up.media_url or ""})
+    row.attempts += 1
+    row.state = st.SUBMITTING
+    row.error = None
+    intent = st.Intent(row.key, row.attempts, run_id, st.utcnow(), row.reserved_micros)
+    await _durable(put(row, wait=True, intent=intent, reserved=row.reserved_micros))  # (1) before the POST
+    try:
+        acc = await gateway.submit(row.op, body, webhook_url=webhook_url)
+    except GatewayError as exc:
+        rule = rule_for(exc)
+        if rule.release:
+            ledger.release(row.reserved_micros)
+            row.reserved_micros = 0
+        row.state = rule.state
+        row.error = str(exc)
+        if rule.finished:
+            row.charged_micros = row.charged_micros or 0
+            row.finished_at = st.utcnow()
+        put(row, attempt=st.Attempt.of(intent, rule.attempt, http_status=exc.status_code), reason=str(exc))
+        return rule
+    row.state = ACCEPTED.state
+    row.request_id = acc.request_id
+    row.polling_path = acc.polling_path
+    row.gateway_status = acc.status
+    row.submitted_at = st.utcnow()
+    accepted = st.Attempt.of(intent, ACCEPTED.attempt, request_id=acc.request_id, accepted_at=row.submitted_at,
+                             http_status=202, polling_path=acc.polling_path)
+    # (2) the request id: queued at once, committed ahead of anything later about this item;
+    # polling (free, no side effects) need not wait for it: a crash before the commit
+    # leaves the item AMBIGUOUS whether or not its first poll had gone out
+    put(row, attempt=accepted, request_id=acc.request_id)
+    return ACCEPTED

@@ -1,0 +1,247 @@
+"""Named reads of the state file, returning dataclasses or plain values.
+
+Every read a run makes is here, so the runner holds no SQL: call them on the writer thread
+(``store.call(lambda db: queries.pending_cost(db, scope))``) or on any connection of your own.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime
+
+import duckdb
+
+from .model import IN_FLIGHT, ROW_COLUMNS, ItemRow, ItemState, Totals, sql_in
+
+_COLS = ", ".join(f"i.{c}" for c in (*ROW_COLUMNS, "rowid"))
+
+
+def one(db: duckdb.DuckDBPyConnection, sql: str, params: list | None = None) -> tuple:
+    """The row of a statement that returns exactly one (an aggregate, an UPDATE's count)."""
+    row = db.execute(sql, params or []).fetchone()
+    assert row is not None, sql
+    return row
+
+
+@dataclass(frozen=True, slots=True)
+class LastRun:
+    """The latest ``runs`` row (by start), with what its options recorded about the expansion."""
+
+    run_id: str
+    pid: int | None
+    outcome: str | None
+    manifest_path: str | None
+    budget_micros: int | None
+    estimate_low_micros: int | None
+    estimate_high_micros: int | None
+    scope: str | None  # options.scope: the expansion it ran
+    fingerprint: str | None  # options.fingerprint: what that expansion depended on
+
+
+@dataclass(frozen=True, slots=True)
+class Cost:
+    """A number of items and the sum of their estimated prices (micro-dollars)."""
+
+    items: int
+    low_micros: int
+    high_micros: int
+
+
+@dataclass(frozen=True, slots=True)
+class OpenRequest:
+    """An item whose final status or charge is unknown and that has a request id to poll."""
+
+    key: str
+    step: str
+    op: str
+    body: str  # canonical JSON
+    state: str
+    request_id: str  # the item's, or that of its latest accepted attempt
+    polling_path: str | None
+    input_width: int | None
+    input_height: int | None
+    output_width: int | None
+    output_height: int | None
+    upstream_width: int | None  # the upstream item's output size
+    upstream_height: int | None
+    started_at: datetime | None
+    upstream_media_url: str | None
+
+
+# -- the file -----------------------------------------------------------------------------
+
+
+def table_names(db: duckdb.DuckDBPyConnection) -> set[str]:
+    """Tables and views of the file (empty before the first migration)."""
+    return {r[0] for r in db.execute(
+        "SELECT table_name FROM information_schema.tables WHERE table_schema = 'main'").fetchall()}
+
+
+def last_run(db: duckdb.DuckDBPyConnection) -> LastRun | None:
+    row = db.execute(
+        "SELECT run_id, pid, outcome, manifest_path, budget_micros, estimate_low_micros, estimate_high_micros, "
+        "json_extract_string(options, '$.scope'), json_extract_string(options, '$.fingerprint') "
+        "FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
+    return LastRun(*row) if row else None
+
+
+def probed_sizes(db: duckdb.DuckDBPyConnection) -> dict[str, tuple[int, int]]:
+    """Image sizes the probe cache knows: url -> (width, height)."""
+    return {u: (w, h) for u, w, h in db.execute(
+        "SELECT url, width, height FROM probes WHERE error IS NULL AND width IS NOT NULL").fetchall()}
+
+
+def probes_fingerprint(db: duckdb.DuckDBPyConnection) -> str:
+    """``"<count> <digest>"`` of the probed sizes: changes whenever one of them does."""
+    n, digest = one(db, "SELECT count(*), coalesce(sum(hash(url, width, height)::HUGEINT), 0)::VARCHAR FROM probes "
+                    "WHERE error IS NULL AND width IS NOT NULL")
+    return f"{n} {digest}"
+
+
+# -- money ----------------------------------------------------------------------------------
+
+
+def totals(db: duckdb.DuckDBPyConnection) -> Totals:
+    """Money in the whole file: charged, reserved, abandoned, at risk."""
+    charged, reserved, at_risk = one(
+        db, "SELECT coalesce(sum(charged_micros), 0), coalesce(sum(reserved_micros), 0), "
+        "coalesce(sum(reserved_micros) FILTER (WHERE state = 'AMBIGUOUS'), 0) FROM items")
+    abandoned, = one(db, "SELECT coalesce(sum(reserved_micros), 0) FROM submit_log WHERE event = 'abandoned'")
+    return Totals(int(charged), int(reserved), int(abandoned), int(at_risk))
+
+
+def _cost(db: duckdb.DuckDBPyConnection, where: str, params: list) -> Cost:
+    n, lo, hi = one(db, "SELECT count(*), coalesce(sum(est_low_micros), 0), coalesce(sum(est_high_micros), 0) "
+                    f"FROM items WHERE {where}", params)
+    return Cost(int(n), int(lo), int(hi))
+
+
+def scope_cost(db: duckdb.DuckDBPyConnection, scope: str) -> Cost:
+    """The estimate of an expansion: all its items."""
+    return _cost(db, "scope = ?", [scope])
+
+
+def pending_cost(db: duckdb.DuckDBPyConnection, scope: str) -> Cost:
+    """What is left to send of an expansion: its PENDING items."""
+    return _cost(db, "scope = ? AND state = 'PENDING'", [scope])
+
+
+def in_flight_low_micros(db: duckdb.DuckDBPyConnection) -> int:
+    """The lowest estimate of everything sent and not settled, in the whole file."""
+    return int(one(db, f"SELECT coalesce(sum(est_low_micros), 0) FROM items WHERE state IN {sql_in(IN_FLIGHT)}")[0])
+
+
+def in_flight_count(db: duckdb.DuckDBPyConnection) -> int:
+    """How many items are sent and not settled, in the whole file."""
+    return int(one(db, f"SELECT count(*) FROM items WHERE state IN {sql_in(IN_FLIGHT)}")[0])
+
+
+# -- items ----------------------------------------------------------------------------------
+
+
+def scope_size(db: duckdb.DuckDBPyConnection, scope: str) -> int:
+    """How many items an expansion has in the file (0: it was never ingested)."""
+    return int(one(db, "SELECT count(*) FROM items WHERE scope = ?", [scope])[0])
+
+
+def pending_count(db: duckdb.DuckDBPyConnection, scope: str) -> int:
+    return int(one(db, "SELECT count(*) FROM items WHERE scope = ? AND state = 'PENDING'", [scope])[0])
+
+
+def counts_by_step(db: duckdb.DuckDBPyConnection, scope: str | None) -> dict[str, dict[str, int]]:
+    """step -> state -> count, steps in manifest order (``scope`` None: every item in the file)."""
+    where, params = ("WHERE scope = ?", [scope]) if scope else ("", [])
+    out: dict[str, dict[str, int]] = {}
+    for step, st, n in db.execute(f"SELECT step, state, count(*) FROM items {where} GROUP BY 1, 2 "
+                                  "ORDER BY min(min(rowid)) OVER (PARTITION BY step), 2", params).fetchall():
+        out.setdefault(step, {})[st] = n
+    return out
+
+
+def alias_names(db: duckdb.DuckDBPyConnection, steps: Iterable[str]) -> dict[str, list[str]]:
+    """key -> the output names its repeats elsewhere in these steps have (in step and index order)."""
+    out: dict[str, list[str]] = {}
+    for k, name in db.execute("SELECT key, output_name FROM aliases WHERE list_contains(?::VARCHAR[], step) "
+                              "ORDER BY step, idx", [list(steps)]).fetchall():
+        out.setdefault(k, []).append(name)
+    return out
+
+
+def select_rows(db: duckdb.DuckDBPyConnection, where: str, params: list, *, order: str = "idx",
+                limit: int | None = None) -> list[ItemRow]:
+    """Item rows matching an SQL condition over ``items i`` (for the named queries below, tools and tests)."""
+    sql = f"SELECT {_COLS} FROM items i WHERE {where} ORDER BY {order}" + (f" LIMIT {int(limit)}" if limit else "")
+    return [ItemRow.from_db(r) for r in db.execute(sql, params).fetchall()]
+
+
+def submitted_rows(db: duckdb.DuckDBPyConnection) -> list[ItemRow]:
+    """Every SUBMITTED item of the file, oldest submit first (a resumed run polls them)."""
+    return select_rows(db, "i.state = 'SUBMITTED'", [], order="submitted_at")
+
+
+def completed_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_idx: int,
+                   limit: int) -> list[ItemRow]:
+    """COMPLETED items of a step with a result to download, from ``after_idx`` on (by index)."""
+    return select_rows(db, "i.scope = ? AND i.step = ? AND i.idx > ? AND i.state = 'COMPLETED' "
+                       "AND i.media_url IS NOT NULL", [scope, step, after_idx], limit=limit)
+
+
+def ready_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_idx: int, limit: int,
+               states: tuple[str, ...] = (ItemState.PENDING,), *,
+               chained: bool = True) -> list[tuple[ItemRow, ItemRow | None]]:
+    """PENDING items of a step whose upstream (if any) is COMPLETED, with that upstream row.
+
+    Two light queries instead of one wide join: the page's row ids (joining only the
+    upstream's key and state), then those rows. At a million items the wide join took
+    several times longer, and the writer thread (with every intent waiting on it) stands
+    still meanwhile. ``chained=False`` (a step that feeds on no other step) needs no join.
+    """
+    where = "i.scope = ? AND i.step = ? AND i.idx > ? AND list_contains(?::VARCHAR[], i.state)"
+    params = [scope, step, after_idx, list(states)]
+    if not chained:
+        rows = db.execute(f"SELECT {_COLS} FROM items i WHERE {where} ORDER BY i.idx LIMIT ?", [*params, limit]).fetchall()
+        return [(ItemRow.from_db(r), None) for r in rows]
+    ids = db.execute(
+        f"SELECT i.rowid, u.rowid FROM items i LEFT JOIN (SELECT key, state, rowid FROM items) u ON u.key = i.upstream "
+        f"WHERE {where} AND (i.upstream IS NULL OR u.state = 'COMPLETED') ORDER BY i.idx LIMIT ?",
+        [*params, limit]).fetchall()
+    if not ids:
+        return []
+    want = [a for a, _ in ids] + [b for _, b in ids if b is not None]
+    by_rowid = {r[-1]: ItemRow.from_db(r) for r in db.execute(
+        f"SELECT {_COLS} FROM items i SEMI JOIN (SELECT unnest(?::BIGINT[]) AS r) w ON i.rowid = w.r", [want]).fetchall()}
+    return [(by_rowid[a], by_rowid[b] if b is not None else None) for a, b in ids]
+
+
+def open_requests(db: duckdb.DuckDBPyConnection) -> list[OpenRequest]:
+    """Items whose final status or charge is unknown, and that have a request id to poll
+    (in flight, AMBIGUOUS with an accepted attempt, or terminal without a charge), in step
+    and index order."""
+    cols = {r[0] for r in db.execute(
+        "SELECT column_name FROM duckdb_columns() WHERE table_name = 'items' AND schema_name = 'main'").fetchall()}
+    polling = "i.polling_path" if "polling_path" in cols else "NULL"
+    rows = db.execute(
+        f"""
+        SELECT i.key, i.step, i.op, i.body, i.state,
+               coalesce(i.request_id, (SELECT a.request_id FROM attempts a WHERE a.key = i.key
+                                       AND a.request_id IS NOT NULL ORDER BY a.n DESC LIMIT 1)) AS rid,
+               {polling}, i.input_width, i.input_height, i.output_width, i.output_height,
+               u.output_width, u.output_height, i.started_at, u.media_url
+        FROM items i LEFT JOIN items u ON u.key = i.upstream
+        WHERE (i.state IN ('SUBMITTING', 'SUBMITTED', 'AMBIGUOUS')
+               OR (i.state IN ('COMPLETED', 'FAILED', 'ERROR') AND i.charged_micros IS NULL))
+          AND rid IS NOT NULL
+        ORDER BY i.step, i.idx
+        """
+    ).fetchall()
+    return [OpenRequest(*r) for r in rows]
+
+
+# -- outputs --------------------------------------------------------------------------------
+
+
+def recorded_outputs(db: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[tuple[str, str], str]:
+    """(key, path) -> sha256 of the files recorded for these items."""
+    return {(k, p): h for k, p, h in db.execute(
+        "SELECT key, path, sha256 FROM outputs WHERE list_contains(?::VARCHAR[], key)", [keys]).fetchall()}

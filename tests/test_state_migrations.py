@@ -1,0 +1,91 @@
+"""Schema migrations alone: the whole schema pinned, atomic migrations, clear errors."""
+
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from pixbatch.errors import StateError
+from pixbatch.state.migrations import MIGRATIONS, applied, connect, migrate
+
+#: the schema an empty file has after every migration (table -> "column TYPE, ...")
+SCHEMA = {
+    "aliases": "key VARCHAR, step VARCHAR, idx BIGINT, output_name VARCHAR",
+    "attempts": "key VARCHAR, n INTEGER, run_id VARCHAR, intent_at TIMESTAMP, reserved_micros BIGINT, "
+                "request_id VARCHAR, accepted_at TIMESTAMP, http_status INTEGER, outcome VARCHAR, polling_path VARCHAR",
+    "events": "seq BIGINT, ts TIMESTAMP, run_id VARCHAR, key VARCHAR, kind VARCHAR, detail JSON",
+    "items": "key VARCHAR, step VARCHAR, op VARCHAR, idx BIGINT, body JSON, input_id VARCHAR, output_name VARCHAR, "
+             "upstream VARCHAR, input_width INTEGER, input_height INTEGER, est_low_micros BIGINT, "
+             "est_high_micros BIGINT, tier VARCHAR, state VARCHAR, request_id VARCHAR, gateway_status VARCHAR, "
+             "error VARCHAR, reserved_micros BIGINT, charged_micros BIGINT, media_url VARCHAR, media_type VARCHAR, "
+             "output_width INTEGER, output_height INTEGER, polls INTEGER, submitted_at TIMESTAMP, "
+             "started_at TIMESTAMP, finished_at TIMESTAMP, updated_at TIMESTAMP, run_id VARCHAR, scope VARCHAR, "
+             "attempts INTEGER, polling_path VARCHAR",
+    "outputs": "key VARCHAR, path VARCHAR, sha256 VARCHAR, bytes BIGINT, width INTEGER, height INTEGER, "
+               "media_type VARCHAR, downloaded_at TIMESTAMP",
+    "probes": "url VARCHAR, width INTEGER, height INTEGER, format VARCHAR, bytes_read INTEGER, error VARCHAR, "
+              "probed_at TIMESTAMP",
+    "runs": "run_id VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, manifest_path VARCHAR, "
+            "manifest_sha256 VARCHAR, base_url VARCHAR, budget_micros BIGINT, estimate_low_micros BIGINT, "
+            "estimate_high_micros BIGINT, outcome VARCHAR, pid INTEGER, options JSON",
+    "schema_migrations": "id INTEGER, name VARCHAR, applied_at TIMESTAMP",
+    "submit_log": "key VARCHAR, n INTEGER, run_id VARCHAR, ts TIMESTAMP, event VARCHAR, reserved_micros BIGINT, "
+                  "request_id VARCHAR, http_status INTEGER, polling_path VARCHAR",
+}
+
+
+def schema(db: duckdb.DuckDBPyConnection) -> dict[str, str]:
+    out: dict[str, list[str]] = {}
+    for t, c, ty in db.execute("SELECT table_name, column_name, data_type FROM information_schema.columns "
+                               "WHERE table_schema = 'main' ORDER BY table_name, ordinal_position").fetchall():
+        out.setdefault(t, []).append(f"{c} {ty}")
+    return {t: ", ".join(cs) for t, cs in out.items()}
+
+
+def test_an_empty_file_gets_the_whole_schema_once(tmp_path):
+    db = connect(tmp_path / "s.duckdb")
+    assert schema(db) == SCHEMA
+    assert applied(db) == [name for name, _ in MIGRATIONS] == [
+        "m001_probe_cache", "m002_run_state", "m003_item_scope_attempts", "m004_submit_log"]
+    assert db.execute("SELECT table_name FROM information_schema.tables WHERE table_type = 'VIEW'").fetchall() == [
+        ("attempts",)]
+    assert db.execute("SELECT index_name FROM duckdb_indexes()").fetchall() == [("items_step",)]
+    assert migrate(db) == []  # nothing left to apply
+    db.close()
+
+
+def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path):
+    db = duckdb.connect(str(tmp_path / "s.duckdb"))
+    migrate(db, MIGRATIONS[:2])
+
+    def m003_broken(d: duckdb.DuckDBPyConnection) -> None:
+        d.execute("ALTER TABLE items ADD COLUMN half_done VARCHAR")
+        raise RuntimeError("boom")
+
+    with pytest.raises(RuntimeError, match="boom"):
+        migrate(db, [*MIGRATIONS[:2], ("m003_broken", m003_broken)])
+    assert applied(db) == ["m001_probe_cache", "m002_run_state"]
+    cols = {r[0] for r in db.execute("SELECT column_name FROM information_schema.columns "
+                                     "WHERE table_name = 'items'").fetchall()}
+    assert "half_done" not in cols
+    assert migrate(db) == ["m003_item_scope_attempts", "m004_submit_log"]  # the real ones still apply
+    db.close()
+
+
+def test_connect_explains_what_it_cannot_open(tmp_path):
+    with pytest.raises(StateError, match="does not exist"):
+        connect(tmp_path / "missing.duckdb", read_only=True)
+    bad = tmp_path / "notes.duckdb"
+    bad.write_text("not a database\n" * 100)
+    with pytest.raises(StateError):
+        connect(bad)
+
+
+def test_a_read_only_file_is_not_migrated(tmp_path):
+    path = tmp_path / "s.duckdb"
+    old = duckdb.connect(str(path))
+    migrate(old, MIGRATIONS[:1])
+    old.close()
+    db = connect(path, read_only=True)
+    assert applied(db) == ["m001_probe_cache"]
+    db.close()
