@@ -10,11 +10,13 @@ from __future__ import annotations
 import datetime as dt
 from dataclasses import dataclass
 
-#: The states of ``items.state`` (see ``migrations.m002_run_state``), in the order reports show them.
-IN_FLIGHT_STATES = ("SUBMITTING", "SUBMITTED")
-FAILURE_STATES = ("FAILED", "ERROR", "FAILED_VALIDATION", "AMBIGUOUS")
-STATE_ORDER = ("PENDING", "SUBMITTING", "SUBMITTED", "COMPLETED", "FAILED", "ERROR",
-               "FAILED_VALIDATION", "AMBIGUOUS", "BLOCKED")
+from ..state.model import FAILURES, IN_FLIGHT, ItemState
+
+#: The states of ``items.state`` (``state.ItemState``), in the order reports show them: the enum's.
+STATE_ORDER: tuple[str, ...] = tuple(s.value for s in ItemState)
+IN_FLIGHT_STATES: tuple[str, ...] = tuple(s.value for s in ItemState if s in IN_FLIGHT)
+#: grouped by message under "Failures" (BLOCKED items are listed apart, by why)
+FAILURE_STATES: tuple[str, ...] = tuple(s.value for s in ItemState if s in FAILURES)
 
 #: Why an item's spend differs from its estimate. Order is the order shown.
 CAUSES: dict[str, str] = {
