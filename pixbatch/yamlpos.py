@@ -11,6 +11,15 @@ PyYAML's composer gives every node a start mark; we walk the node tree ourselves
 
 Duplicate mapping keys, which PyYAML silently merges, are collected as ``duplicates``.
 Malformed YAML raises :class:`YamlSyntaxError` with the line and column of the problem.
+
+Bounded: before anything is built, one streaming pass over the parser's events
+(:func:`_measure`, constant memory) computes what the document would expand to, counting
+every alias (and ``<<`` merge) as the whole node it names. A document is refused, at the
+position where it crosses the limit, when it holds more than ``MAX_NODES`` values after
+expansion (a "billion laughs" of nested aliases is refused at its first few aliases,
+within milliseconds), nests deeper than ``MAX_DEPTH``, or holds an alias to a node that
+contains it (a recursive alias, or a merge loop). Only then is the node tree composed.
+A text longer than ``MAX_CHARS`` is refused before it is parsed.
 """
 
 from __future__ import annotations
@@ -32,6 +41,13 @@ _INT = "tag:yaml.org,2002:int"
 _FLOAT = "tag:yaml.org,2002:float"
 _TIMESTAMP = "tag:yaml.org,2002:timestamp"
 _MERGE = "tag:yaml.org,2002:merge"
+
+#: the longest manifest, in characters (a bigger file is not read at all)
+MAX_CHARS = 16 * 1024 * 1024
+#: the most values (scalars, lists, mappings) a document may hold once its aliases are expanded
+MAX_NODES = 200_000
+#: the deepest nesting of lists and mappings (aliases count as the node they name)
+MAX_DEPTH = 50
 
 
 class YamlSyntaxError(Exception):
@@ -110,11 +126,86 @@ class _Builder:
                                   f"remove the !!{tag} tag or write a valid {tag}") from None
 
 
+TOO_LONG_HINT = "list many inputs in a from: CSV or .txt file instead of in the manifest"
+
+
+def too_long(size: int, unit: str = "characters") -> str:
+    return f"the manifest has {size:,} {unit}, more than the {MAX_CHARS:,} allowed"
+
+
+def _measure(text: str) -> None:
+    """Refuse a document whose expansion is too big, too deep or recursive (YamlSyntaxError),
+    from the parser's events alone: nothing is built, memory stays constant.
+
+    ``sizes[anchor]`` and ``heights[anchor]`` are the node count and nesting height of each
+    anchored node once closed; an alias adds them where it stands. An alias to an anchor
+    still open (``open_anchors``) is recursive.
+    """
+    sizes: dict[str, int] = {}
+    heights: dict[str, int] = {}
+    open_anchors: set[str] = set()
+    stack: list[list[Any]] = []  # [anchor, size so far, height so far] per open collection
+    total = 0
+
+    def refuse(message: str, event: Any, hint: str) -> None:
+        raise YamlSyntaxError(message, event.start_mark.line + 1, event.start_mark.column + 1, hint)
+
+    def count(size: int, event: Any) -> None:
+        nonlocal total
+        total += size
+        if total > MAX_NODES:
+            refuse(f"the document holds more than {MAX_NODES:,} values once its aliases are expanded", event,
+                   "a manifest this big is a mistake or an alias bomb; list many inputs in a from: CSV or .txt file")
+
+    def nest(height: int, event: Any) -> None:
+        if len(stack) + height > MAX_DEPTH:
+            refuse(f"the document nests deeper than {MAX_DEPTH} levels", event,
+                   "a manifest needs a few levels of nesting at most")
+
+    def into_parent(size: int, height: int) -> None:
+        if stack:
+            top = stack[-1]
+            top[1] += size
+            top[2] = max(top[2], height + 1)
+
+    for event in yaml.parse(text, Loader=_Loader):
+        if isinstance(event, yaml.AliasEvent):
+            name = event.anchor
+            if name in open_anchors:
+                refuse(f"the alias *{name} refers to a node that contains it "
+                       "(a recursive alias or merge loop)", event,
+                       f"an alias can only repeat a node written before it and outside it; remove *{name} here")
+            size, height = sizes.get(name, 1), heights.get(name, 0)  # an unknown anchor: the composer says so
+            count(size, event)
+            nest(height, event)
+            into_parent(size, height)
+        elif isinstance(event, yaml.ScalarEvent):
+            count(1, event)
+            into_parent(1, 0)
+            if event.anchor is not None:
+                sizes[event.anchor], heights[event.anchor] = 1, 0
+        elif isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+            count(1, event)
+            nest(1, event)
+            stack.append([event.anchor, 1, 1])
+            if event.anchor is not None:
+                open_anchors.add(event.anchor)
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            anchor, size, height = stack.pop()
+            if anchor is not None:
+                open_anchors.discard(anchor)
+                sizes[anchor], heights[anchor] = size, height
+            into_parent(size, height)
+
+
 def load(text: str) -> Located:
     """Parse one YAML document. Raises YamlSyntaxError (with a 1-based position)."""
+    if len(text) > MAX_CHARS:
+        raise YamlSyntaxError(too_long(len(text)), 1, 1, TOO_LONG_HINT)
     loader = _Loader(text)
     try:
         try:
+            _measure(text)
             node = loader.get_single_node()
         except yaml.MarkedYAMLError as exc:
             mark = exc.problem_mark or exc.context_mark
@@ -141,6 +232,8 @@ def load(text: str) -> Located:
 def _syntax_hint(problem: str, text: str, line: int) -> str:
     lines = text.splitlines()
     src = lines[line - 1] if 0 < line <= len(lines) else ""
+    if "maximum nesting depth" in problem:
+        return f"a manifest needs a few levels of nesting at most ({MAX_DEPTH} are allowed)"
     if "\t" in src or "found character '\\t'" in problem:
         return "indent with spaces, not tabs"
     if "mapping values are not allowed" in problem:

@@ -36,7 +36,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
-from ..yamlpos import Located, YamlSyntaxError
+from ..yamlpos import MAX_CHARS, TOO_LONG_HINT, Located, YamlSyntaxError, too_long
 from ..yamlpos import load as load_yaml
 from .meaning import build
 from .model import Manifest
@@ -131,7 +131,11 @@ def _read(source: ManifestSource, base_dir: str | Path | None) -> tuple[Checker,
     path = Path(source)
     c = Checker.for_file(path)
     try:
-        text = path.read_text(encoding="utf-8-sig")
+        text = _read_text(path)
+    except _TooLong as exc:
+        return c, None, Problem(c.file, 1, 1, "$", too_long(exc.size, "bytes"), TOO_LONG_HINT)
+    except _NotAFile:
+        return c, None, Problem(c.file, 1, 1, "$", "this is not a regular file", "pass the path of a .yaml file")
     except FileNotFoundError:
         hint = "check the path"
         if isinstance(source, str) and ": " in source:
@@ -145,6 +149,26 @@ def _read(source: ManifestSource, base_dir: str | Path | None) -> tuple[Checker,
         return c, None, Problem(c.file, 1, 1, "$", f"cannot read the manifest: {exc.strerror or exc}",
                                 "check the path and permissions")
     return c, *_parse(c, text)
+
+
+class _TooLong(Exception):
+    def __init__(self, size: int):
+        self.size = size
+
+
+class _NotAFile(Exception):
+    pass
+
+
+def _read_text(path: Path) -> str:
+    """The file's text; never more than ``MAX_CHARS`` bytes read (``/dev/zero`` is not a manifest)."""
+    with open(path, "rb") as f:
+        if not os.path.isfile(path):  # opened first, so a directory is IsADirectoryError
+            raise _NotAFile
+        data = f.read(MAX_CHARS + 1)
+    if len(data) > MAX_CHARS:
+        raise _TooLong(max(len(data), path.stat().st_size))
+    return data.decode("utf-8-sig")
 
 
 def _parse(c: Checker, text: str) -> tuple[Located | None, Problem | None]:
