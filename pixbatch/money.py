@@ -5,10 +5,15 @@ from __future__ import annotations
 from decimal import Decimal, InvalidOperation
 
 MICROS_PER_USD = 1_000_000
+#: the largest amount pixbatch records: the state file keeps money in BIGINT micro-dollars
+#: (at most 9.2e18), and sums of many amounts must fit too
+MAX_USD = 10**12
+MAX_MICROS = MAX_USD * MICROS_PER_USD
 
 
 def usd_to_micros(value: str | int | Decimal) -> int:
-    """'0.005' -> 5000. Accepts str, int or Decimal; refuses floats and sub-micro amounts."""
+    """'0.005' -> 5000. Accepts str, int or Decimal; refuses floats, sub-micro amounts and
+    amounts beyond ``MAX_USD`` either way (a ValueError saying which)."""
     if isinstance(value, float):
         raise TypeError("money must not be a float; pass a string or Decimal")
     try:
@@ -17,6 +22,8 @@ def usd_to_micros(value: str | int | Decimal) -> int:
         raise ValueError(f"not an amount of dollars: {value!r}") from None
     if not d.is_finite():
         raise ValueError(f"not an amount of dollars: {value!r}")
+    if abs(d) > MAX_USD:  # before any arithmetic: "1e999999999" must not become a billion-digit int
+        raise ValueError(f"{value} is more than the largest amount pixbatch records (${MAX_USD:,})")
     micros = d * MICROS_PER_USD
     if micros != micros.to_integral_value():
         raise ValueError(f"{value!r} has more than 6 decimal places")

@@ -21,7 +21,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from .. import contract
-from ..money import usd_to_micros
+from ..money import MAX_USD, usd_to_micros
 from .model import Manifest, Step
 from .names import name_escapes
 from .problems import IDENT_RE, MAX_ROW_PROBLEMS, Checker, Problem, json_path, short, suggest
@@ -52,8 +52,12 @@ def build(c: Checker, data: dict[str, Any]) -> Manifest | None:
                 try:
                     budget = usd_to_micros(amount)
                 except ValueError:
-                    c.add(("budget_usd",), f"{text} has more than 6 decimal places",
-                          "round it to at most 6 decimal places (micro-dollars), e.g. \"25.00\"")
+                    if abs(amount) > MAX_USD:
+                        c.add(("budget_usd",), f"{text} is more than the largest budget pixbatch records (${MAX_USD:,})",
+                              "write the budget you mean to spend, e.g. \"25.00\"")
+                    else:
+                        c.add(("budget_usd",), f"{text} has more than 6 decimal places",
+                              "round it to at most 6 decimal places (micro-dollars), e.g. \"25.00\"")
                 else:
                     if budget <= 0 and isinstance(raw, str):  # a number <= 0 is reported by the schema
                         c.add(("budget_usd",), "the budget must be more than 0", "write a positive amount, e.g. \"25.00\"")
