@@ -20,6 +20,9 @@ from fractions import Fraction
 MEGAPIXEL = 1_000_000
 MAX_UPSCALE_MP = 8
 EDIT_AREA = 1024 * 1024
+#: the largest image side (pixels) a manifest may declare: far beyond any real input, and
+#: every size derived from it fits the state file's INTEGER columns (the schema says the same)
+MAX_SIDE = 100_000
 
 Size = tuple[int, int]
 

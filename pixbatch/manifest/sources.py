@@ -20,10 +20,13 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ManifestError
-from ..sizes import Size
-from .problems import MAX_ROW_PROBLEMS, Problem, suggest
+from ..sizes import MAX_SIDE, Size
+from .problems import MAX_ROW_PROBLEMS, Problem, short, suggest
 
 CSV_COLUMNS = ("url", "id", "width", "height")
+
+#: the longest line of a ``from:`` file, in characters: a longer one is a problem, never read whole
+MAX_LINE = 1 << 16
 
 URL_RE = re.compile(r"^[hH][tT][tT][pP][sS]?://[^/\s?#]+\S*$")
 ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -109,6 +112,9 @@ def iter_file(src: FileSource, problems: list[Problem] | None, *, header_out: He
                    "save the file as UTF-8")
         except csv.Error as exc:
             report(1, 1, "(file)", f"{src.display} is not valid CSV: {exc}", "check the quoting in the file")
+        except _LongLine as exc:
+            report(exc.lineno, 1, f"line {exc.lineno}", f"the line is longer than {MAX_LINE:,} characters",
+                   "write one input per line; is this really a CSV or text file of URLs?")
     if header_out is not None:
         header_out.append(bad)
     if problems is not None and bad > MAX_ROW_PROBLEMS:
@@ -117,14 +123,32 @@ def iter_file(src: FileSource, problems: list[Problem] | None, *, header_out: He
                                 "fix the rows above and validate again"))
 
 
+class _LongLine(Exception):
+    def __init__(self, lineno: int):
+        self.lineno = lineno
+
+
+def _lines(f: Any) -> Iterator[str]:
+    """The lines of ``f``, none read whole if longer than ``MAX_LINE`` (``_LongLine`` instead)."""
+    lineno = 0
+    while True:
+        line = f.readline(MAX_LINE + 1)
+        if not line:
+            return
+        lineno += 1
+        if len(line) > MAX_LINE:
+            raise _LongLine(lineno)
+        yield line
+
+
 def _iter_txt(src: FileSource, f: Any, report: _Report) -> Iterator[Input]:
-    for lineno, line in enumerate(f, 1):
+    for lineno, line in enumerate(_lines(f), 1):
         url = line.strip()
         if not url or url.startswith("#"):
             continue
         col = len(line) - len(line.lstrip()) + 1
         if not URL_RE.match(url):
-            report(lineno, col, f"line {lineno}", f"{url!r} is not an http:// or https:// URL",
+            report(lineno, col, f"line {lineno}", f"{short(url)} is not an http:// or https:// URL",
                    "write one http(s) URL per line; start comments with #")
             continue
         yield Input(default_input_id(url), url, origin=f"{src.display}:{lineno}:{col}")
@@ -144,7 +168,7 @@ class _LastLine:
     __slots__ = ("f", "last")
 
     def __init__(self, f: Any):
-        self.f, self.last = f, ""
+        self.f, self.last = _lines(f), ""
 
     def __iter__(self) -> _LastLine:
         return self
@@ -225,11 +249,11 @@ def _csv_input(src: FileSource, row: list[str], lineno: int, iu: int, ii: int | 
     if not url:
         raise _RowError(iu if iu < n else None, "url", "the url cell is empty", "every row needs an http(s) URL")
     if not URL_RE.match(url):
-        raise _RowError(iu, "url", f"{url!r} is not an http:// or https:// URL", "write an http(s) URL")
+        raise _RowError(iu, "url", f"{short(url)} is not an http:// or https:// URL", "write an http(s) URL")
     ident = row[ii].strip() if ii is not None and ii < n else ""
     if ident:
         if not ID_RE.match(ident):
-            raise _RowError(ii, "id", f"id {ident!r} has characters other than letters, digits, '.', '_' and '-'",
+            raise _RowError(ii, "id", f"id {short(ident)} has characters other than letters, digits, '.', '_' and '-'",
                             "use only letters, digits, '.', '_' and '-' in ids")
     else:
         ident = default_input_id(url)
@@ -242,8 +266,13 @@ def _csv_input(src: FileSource, row: list[str], lineno: int, iu: int, ii: int | 
         if not hs:
             raise _RowError(ih, "height", "width is given without height", "give both width and height, or neither")
         for idx, name, text in ((iw, "width", ws), (ih, "height", hs)):
-            if not text.isdigit() or int(text) < 1:
-                raise _RowError(idx, name, f"{name} {text!r} is not a positive integer", f"write the {name} in pixels, e.g. 1024")
-        w, h = int(ws), int(hs)
+            digits = text.lstrip("0")
+            if not (text.isascii() and text.isdigit()) or not digits:  # isascii: int() refuses '²'
+                raise _RowError(idx, name, f"{name} {short(text)} is not a positive integer",
+                                f"write the {name} in pixels, e.g. 1024")
+            if len(digits) > 9 or int(digits) > MAX_SIDE:  # 9 digits: never int() of a 5,000-digit cell
+                raise _RowError(idx, name, f"{name} {short(text)} is more than {MAX_SIDE:,} pixels",
+                                f"write the {name} of the image in pixels, e.g. 1024")
+        w, h = int(ws.lstrip("0")), int(hs.lstrip("0"))
     vars_ = {name: (row[i] if i < n else "") for i, name in extra} if extra else {}
     return Input(ident, url, w, h, {}, vars_, f"{src.display}:{lineno}:1")
