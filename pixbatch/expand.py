@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -42,6 +43,33 @@ from .manifest.templates import template_fields, template_value
 from .sizes import Size, output_size
 
 SizeLookup = Callable[[str], "Size | None"]
+
+# -- limits: what validation refuses, from counts known before anything is built ---------
+
+#: the most matrix combinations of one step: a step's combinations are held in memory while it
+#: expands (about 700 bytes each). Raise with the environment variable PIXBATCH_MAX_COMBINATIONS.
+MAX_COMBINATIONS = 100_000
+#: the most work items one step may expand to (source images x combinations): an expansion
+#: is streamed, but every item is walked by validate and stored by run.
+#: Raise with PIXBATCH_MAX_STEP_ITEMS.
+MAX_STEP_ITEMS = 10_000_000
+#: the longest chain of steps fed by earlier steps (for_each: <step>); fixed (a chained step
+#: re-generates its upstream's stream, one nested generator per link).
+MAX_CHAIN = 64
+
+LIMIT_ENV = {"combinations": "PIXBATCH_MAX_COMBINATIONS", "step_items": "PIXBATCH_MAX_STEP_ITEMS"}
+
+
+def limit(name: str) -> int:
+    """``MAX_COMBINATIONS`` or ``MAX_STEP_ITEMS`` ("combinations", "step_items"), or the positive
+    whole number in its environment variable (``LIMIT_ENV``); ValueError for anything else there."""
+    default = {"combinations": MAX_COMBINATIONS, "step_items": MAX_STEP_ITEMS}[name]
+    raw = os.environ.get(LIMIT_ENV[name], "").strip().replace("_", "")
+    if not raw:
+        return default
+    if not raw.isascii() or not raw.isdigit() or len(raw) > 18 or int(raw) < 1:
+        raise ValueError(f"{LIMIT_ENV[name]}={os.environ[LIMIT_ENV[name]]!r} is not a positive whole number")
+    return int(raw)
 
 _STEM_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 
