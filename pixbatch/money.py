@@ -22,12 +22,19 @@ def usd_to_micros(value: str | int | Decimal) -> int:
         raise ValueError(f"not an amount of dollars: {value!r}") from None
     if not d.is_finite():
         raise ValueError(f"not an amount of dollars: {value!r}")
-    if abs(d) > MAX_USD:  # before any arithmetic: "1e999999999" must not become a billion-digit int
+    if d.copy_abs() > MAX_USD:  # before any arithmetic (copy_abs: no context, no Overflow): "1e999999999" must not become a billion-digit int
         raise ValueError(f"{value} is more than the largest amount pixbatch records (${MAX_USD:,})")
-    micros = d * MICROS_PER_USD
-    if micros != micros.to_integral_value():
-        raise ValueError(f"{value!r} has more than 6 decimal places")
-    return int(micros)
+    # exact, on the digits (Decimal arithmetic rounds to 28 digits and flushes 1e-99999999 to 0)
+    sign, digits, exp = d.as_tuple()
+    assert isinstance(exp, int)
+    shift = exp + 6  # where the micro-dollar place is, relative to the last digit
+    if shift < 0:
+        keep = max(len(digits) + shift, 0)
+        if any(digits[keep:]):
+            raise ValueError(f"{value!r} has more than 6 decimal places")
+        digits, shift = digits[:keep], 0
+    micros = int("".join(map(str, digits)) or "0") * 10**shift
+    return -micros if sign else micros
 
 
 def micros_to_decimal(micros: int) -> Decimal:
