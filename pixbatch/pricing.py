@@ -14,6 +14,7 @@ Edit is one price per request. Which terminal statuses are charged is data too.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
@@ -24,6 +25,9 @@ from .errors import PricingError
 from .money import usd_to_micros
 from .schemas import load_schema
 from .sizes import MEGAPIXEL, MAX_UPSCALE_MP, Size, upscale_output_size
+
+#: the largest price table file read (the built-in one is about 2 KB)
+MAX_TABLE_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +80,14 @@ class PriceTable:
             )
             raise PricingError(f"price table {path} is invalid: {detail}. Fix it or drop --pricing to use the built-in table.")
         ops = data["operations"]
-        ups = sorted(
-            (Tier("upscale", t["name"], usd_to_micros(t["price_usd"]), t["max_megapixels"]) for t in ops["upscale"]["tiers"]),
-            key=lambda t: t.max_megapixels,
-        )
+        try:
+            ups = sorted(
+                (Tier("upscale", t["name"], usd_to_micros(t["price_usd"]), t["max_megapixels"]) for t in ops["upscale"]["tiers"]),
+                key=lambda t: t.max_megapixels,
+            )
+            usd_to_micros(ops["edit"]["tiers"][0]["price_usd"])
+        except (ValueError, TypeError) as exc:  # an amount the schema's pattern let through (too large)
+            raise PricingError(f"price table {path} is invalid: {exc}. Fix it or drop --pricing to use the built-in table.") from None
         if ups[-1].max_megapixels < MAX_UPSCALE_MP:
             raise PricingError(
                 f"price table {path}: the upscale tiers stop at {ups[-1].max_megapixels} MP but outputs go up to "
@@ -103,11 +111,24 @@ class PriceTable:
             return cls.from_dict(json.loads(text))
         p = Path(path)
         try:
-            data = json.loads(p.read_text("utf-8"))
+            with open(p, "rb") as f:
+                if not os.path.isfile(p):
+                    raise PricingError(f"price table {p} is not a regular file; give the path of a .json file.")
+                raw = f.read(MAX_TABLE_BYTES + 1)
+            if len(raw) > MAX_TABLE_BYTES:
+                raise PricingError(f"price table {p} is larger than {MAX_TABLE_BYTES:,} bytes; "
+                                   "a price table is a small JSON file (see pixbatch/data/pricing.json).")
+            data = json.loads(raw.decode("utf-8"))
         except FileNotFoundError:
             raise PricingError(f"price table {p} does not exist; check the --pricing path.") from None
         except json.JSONDecodeError as exc:
             raise PricingError(f"price table {p} is not valid JSON (line {exc.lineno}, column {exc.colno}): {exc.msg}") from None
+        except UnicodeDecodeError as exc:
+            raise PricingError(f"price table {p} is not UTF-8 text ({exc.reason}); save it as UTF-8 JSON.") from None
+        except RecursionError:
+            raise PricingError(f"price table {p} nests too deeply to be a price table.") from None
+        except OSError as exc:
+            raise PricingError(f"cannot read price table {p}: {exc.strerror or exc}; check the --pricing path.") from None
         return cls.from_dict(data, str(p))
 
     # -- pure pricing -------------------------------------------------------------
