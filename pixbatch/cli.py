@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -76,6 +77,54 @@ class USD(click.ParamType):
         return micros
 
 
+class Number(click.FloatRange):
+    """A finite number in a range: click's FloatRange lets ``nan`` (and ``inf`` without a maximum) through."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        rv = super().convert(value, param, ctx)
+        if not math.isfinite(rv):
+            self.fail(f"{value!r} is not a finite number", param, ctx)
+        return rv
+
+
+class HttpUrl(click.ParamType):
+    """An http:// or https:// URL with a host (syntax only: whether it answers is the run's business)."""
+
+    name = "url"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        from urllib.parse import urlsplit
+
+        text = str(value)
+        if not text or len(text) > 2048 or any(ch.isspace() or not ch.isprintable() for ch in text):
+            self.fail(f"{text[:80]!r} is not a URL: it is empty, too long, or has spaces or control characters",
+                      param, ctx)
+        try:
+            u = urlsplit(text)
+            u.port  # noqa: B018  (raises ValueError for a port that is not a number from 0 to 65535)
+        except ValueError as exc:
+            self.fail(f"{text!r} is not a valid URL ({exc})", param, ctx)
+        if u.scheme.lower() not in ("http", "https") or not u.hostname:
+            self.fail(f"{text!r} is not an http:// or https:// URL with a host, e.g. https://example.com", param, ctx)
+        return text
+
+
+class HostPort(click.ParamType):
+    """HOST:PORT to listen on: a host name or address ([::1] for IPv6; empty: loopback) and a port 1-65535."""
+
+    name = "host:port"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
+        text = str(value)
+        host, sep, port = text.rpartition(":")
+        if host.startswith("[") and host.endswith("]"):
+            host = host[1:-1]
+        bad_host = len(host) > 253 or any(ch.isspace() or not ch.isprintable() or ch in "/[]@" for ch in host)
+        if not sep or bad_host or not (port.isascii() and port.isdigit()) or len(port) > 5 or not 1 <= int(port) <= 65535:
+            self.fail(f"{text[:80]!r} is not HOST:PORT, e.g. 127.0.0.1:8080 (a port from 1 to 65535)", param, ctx)
+        return text
+
+
 class LibraryDefault:
     """The default of keyword ``name`` of the library's ``target`` ("module:callable"), read when
     first needed (importing the runner takes ~0.4 s: too slow for every command's start-up).
@@ -113,7 +162,7 @@ def pricing_option(help: str) -> Callable[[Callable], Callable]:
 
 
 def base_url_option(f: Callable) -> Callable:
-    return click.option("--base-url", default=LibraryDefault(RUN_OPTIONS, "base_url"), show_default=True,
+    return click.option("--base-url", type=HttpUrl(), default=LibraryDefault(RUN_OPTIONS, "base_url"), show_default=True,
                         envvar="PIXBATCH_BASE_URL", help="Gateway base URL (the emulator's URL for local runs).")(f)
 
 
@@ -151,7 +200,7 @@ _EMU_DISTS = ("queue_time", "processing_time", "submit_latency", "poll_latency")
 
 def _emulator_options(f):
     for name in reversed(_EMU_RATES):
-        f = click.option(f"--{name.replace('_', '-')}", name, type=click.FloatRange(0, 1), default=None,
+        f = click.option(f"--{name.replace('_', '-')}", name, type=Number(0, 1), default=None,
                          help=f"Fraction (0-1): {name.replace('_', ' ')}.")(f)
     for name in reversed(_EMU_DISTS):
         f = click.option(f"--{name.replace('_', '-')}", name, default=None, metavar="SECONDS|MIN-MAX",
@@ -161,22 +210,24 @@ def _emulator_options(f):
 
 @cli.command("emulator")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Interface to bind.")
-@click.option("--port", default=8787, show_default=True, type=int, help="Port (0: any free port).")
+@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535), help="Port (0: any free port).")
 @click.option("--balance", "balance_micros", type=USD(), default=None, metavar="USD",
               help="Starting wallet in dollars, e.g. 10.00 [default: 10.00].")
 @click.option("--key", "keys", multiple=True, envvar="PIXBATCH_EMULATOR_KEY",
               help="Accepted API key (repeatable; env PIXBATCH_EMULATOR_KEY) [default: test-key].")
 @click.option("--forbidden-key", "forbidden_keys", multiple=True, help="A key answered with 403 (repeatable).")
-@click.option("--rate-limit", type=float, default=None, help="Submits per second per key (429 above it).")
-@click.option("--rate-burst", type=int, default=None, help="Token bucket size [default: the rate limit].")
+@click.option("--rate-limit", type=Number(0, 1_000_000, min_open=True), default=None,
+              help="Submits per second per key (429 above it).")
+@click.option("--rate-burst", type=click.IntRange(1, 1_000_000), default=None,
+              help="Token bucket size [default: the rate limit].")
 @click.option("--seed", type=int, default=None, help="Seed for every random choice (faults, timings).")
 @_emulator_options
-@click.option("--throttle-rate", type=click.FloatRange(0, 1), default=None,
+@click.option("--throttle-rate", type=Number(0, 1), default=None,
               help="Fraction of submits answered 429 whatever the rate (Retry-After: none, an HTTP date or seconds).")
 @click.option("--rate-window", default=None, metavar="N/SECONDS",
               help="API-Management fixed window: N submits per key per window, then 429 until it resets.")
-@click.option("--quota", type=int, default=None, help="Accepted submits per key per quota period, then 403 + Retry-After.")
-@click.option("--quota-reset", type=float, default=None, metavar="SECONDS", help="The quota period [default: 600].")
+@click.option("--quota", type=click.IntRange(0), default=None, help="Accepted submits per key per quota period, then 403 + Retry-After.")
+@click.option("--quota-reset", type=Number(0, 365 * 86400, min_open=True), default=None, metavar="SECONDS", help="The quota period [default: 600].")
 @click.option("--html-errors", is_flag=True, default=None, help="5xx answers carry an HTML page instead of JSON.")
 @click.option("--edit-sizes", default=None, metavar="RATIO=WxH,...",
               help="Edit output size per aspect ratio, e.g. 16:9=1344x768,4:3=1152x864 [default: ~1 MP, sides /16].")
@@ -190,7 +241,7 @@ def _emulator_options(f):
               help="real: fetch and process images (default); lazy: no fetch, outputs drawn on first GET.")
 @click.option("--lazy-input-size", default=None, metavar="WxH",
               help="Input size assumed in lazy mode (sizes and prices follow it) [default: 1024x1024].")
-@click.option("--workers", type=int, default=None, help="Threads for image work [default: 2].")
+@click.option("--workers", type=click.IntRange(1, 256), default=None, help="Threads for image work [default: 2].")
 @click.option("--allow-http-webhooks", is_flag=True, default=None, help="Accept http:// webhook URLs (loopback tests).")
 @pricing_option("Price table JSON [default: pixbatch's built-in table].")
 @click.option("--media-dir", type=click.Path(file_okay=False), default=None,
@@ -214,6 +265,12 @@ def emulator_command(host: str, port: int, balance_micros: int | None, keys: tup
 
     try:
         settings = json.loads(config_json) if config_json else {}
+    except ValueError as exc:
+        raise click.BadParameter(f"not JSON: {exc}", param_hint="--config-json") from None
+    if not isinstance(settings, dict):
+        raise click.BadParameter(f"give a JSON object of settings, e.g. '{{\"fail_rate\": 0.1}}', "
+                                 f"not {type(settings).__name__}", param_hint="--config-json")
+    try:
         settings.update({k: v for k, v in options.items() if v is not None})
         if isinstance(settings.get("lazy_input_size"), str):
             w, _, h = settings["lazy_input_size"].lower().partition("x")
@@ -252,7 +309,7 @@ def emulator_command(host: str, port: int, balance_micros: int | None, keys: tup
 @click.option("--refresh-probes", is_flag=True, help="Retry probes that failed before (failures are cached).")
 @click.option("--probe-concurrency", type=click.IntRange(1, 512), show_default=True,
               default=LibraryDefault("pixbatch.estimate:estimate_manifest", "concurrency"), help="Images probed at once.")
-@click.option("--probe-timeout", type=click.FloatRange(0, min_open=True), show_default=True,
+@click.option("--probe-timeout", type=Number(0, 3600, min_open=True), show_default=True,
               default=LibraryDefault("pixbatch.estimate:estimate_manifest", "timeout"),
               help="Seconds allowed per image probe.")
 def estimate_command(manifest_path: str, state_path: str | None, pricing_path: str | None, budget_micros: int | None,
@@ -339,7 +396,7 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
 @budget_option("Hard spending cap in dollars (overrides budget_usd).")
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=LibraryDefault(RUN_OPTIONS, "concurrency"),
               show_default=True, help="Items in flight at once.")
-@click.option("--max-rps", type=click.FloatRange(0, min_open=True), default=None,
+@click.option("--max-rps", type=Number(0.01, 100_000), default=None,
               help="Ceiling on gateway requests per second (adapts down on 429 anyway).")
 @base_url_option
 @click.option("--retry-ambiguous", is_flag=True,
@@ -351,11 +408,11 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
 @click.option("--quiet", is_flag=True, help="No progress display; only the summary on stderr.")
 @json_option("One JSON line per event on stdout, then the summary.")
 @pricing_option("Price table JSON [default: the built-in table].")
-@click.option("--first-poll", type=click.FloatRange(0.01, 60), default=LibraryDefault(RUN_OPTIONS, "poll_initial"),
+@click.option("--first-poll", type=Number(0.01, 60), default=LibraryDefault(RUN_OPTIONS, "poll_initial"),
               show_default=True, metavar="SECONDS", help="First status poll delay until job durations have been learned.")
-@click.option("--webhook-url", default=None, metavar="URL",
+@click.option("--webhook-url", type=HttpUrl(), default=None, metavar="URL",
               help="Ask the gateway to call URL when a job ends (https for the real gateway); polls only confirm.")
-@click.option("--webhook-listen", default=None, metavar="HOST:PORT",
+@click.option("--webhook-listen", type=HostPort(), default=None, metavar="HOST:PORT",
               help="Where to receive the callbacks [default: the --webhook-url host and port].")
 @click.pass_context
 def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, budget_micros: int | None,
@@ -478,9 +535,9 @@ def report_command(manifest_path: str | None, state_path: str | None, run_id: st
 @cli.command("reconcile")
 @state_source
 @base_url_option
-@click.option("--wait", type=click.FloatRange(0), default=300.0, show_default=True, metavar="SECONDS",
+@click.option("--wait", type=Number(0, 7 * 86400), default=300.0, show_default=True, metavar="SECONDS",
               help="Keep polling items still QUEUED/PROCESSING for up to this long (0: poll once).")
-@click.option("--poll-interval", type=click.FloatRange(0, min_open=True), default=2.0, show_default=True,
+@click.option("--poll-interval", type=Number(0, 3600, min_open=True), default=2.0, show_default=True,
               metavar="SECONDS", help="Seconds between polls of items still running.")
 @pricing_option("Price table JSON [default: the one the last run used, else the built-in table].")
 @click.pass_context

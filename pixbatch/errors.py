@@ -3,6 +3,7 @@
     PixbatchError                      exit 1   base: every message says what to do next
     ├── ManifestError                  exit 2   the manifest is invalid (carries every Problem)
     ├── PricingError                   exit 2   the price table file is missing or invalid
+    ├── OptionError                    exit 2   an option's value cannot be used (a port in use, a directory not writable)
     ├── ProbeError                     exit 1   an image URL could not be sized
     ├── BudgetExceeded                 exit 3   the estimate or the next item does not fit the budget
     ├── StateError                     exit 1   the DuckDB state file is unusable
@@ -68,6 +69,12 @@ class ManifestError(PixbatchError):
 
 
 class PricingError(PixbatchError):
+    exit_code = ExitCode.USAGE
+
+
+class OptionError(PixbatchError):
+    """An option that parsed but cannot be used here: a port in use, a directory not writable."""
+
     exit_code = ExitCode.USAGE
 
 

@@ -10,6 +10,7 @@ the same in both modes.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import subprocess
@@ -17,6 +18,7 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -171,18 +173,50 @@ def _drain(stream: Any) -> None:
         pass
 
 
+def check_media_dir(media_dir: str | os.PathLike[str]) -> None:
+    """Create ``media_dir`` if needed and check that a file can be written in it (``OptionError`` if not)."""
+    import tempfile
+
+    from ..errors import OptionError
+
+    path = Path(media_dir)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as exc:
+        raise OptionError(f"cannot write to the media directory {path}: {exc.strerror or exc}; "
+                          "choose a writable --media-dir (or none: a temporary directory)") from None
+
+
 def run_foreground(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 8787,
                    announce: Any = print, log_level: str = "warning") -> None:
-    """Serve until interrupted (SIGINT/SIGTERM). ``announce(url)`` is called once the port is bound."""
+    """Serve until interrupted (SIGINT/SIGTERM). ``announce(url)`` is called once the port is bound.
+
+    A media directory that cannot be written, or an address that cannot be bound (in use,
+    not an address of this machine), is an ``OptionError`` before anything is served.
+    """
     import socket
 
     import uvicorn
 
+    from ..errors import OptionError
+
+    if config.media_dir is not None:
+        check_media_dir(config.media_dir)
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted connections
-    sock.bind((host, port))
-    sock.listen(2048)  # connections queue here until uvicorn accepts them
+    try:
+        sock.bind((host, port))
+        sock.listen(2048)  # connections queue here until uvicorn accepts them
+    except (OSError, OverflowError) as exc:
+        sock.close()
+        why = getattr(exc, "strerror", None) or str(exc)
+        hint = ("another process is listening there; choose another --port (0: any free port)"
+                if getattr(exc, "errno", None) == errno.EADDRINUSE else
+                "give an address of this machine (--host 127.0.0.1) and a port from 0 to 65535")
+        raise OptionError(f"cannot listen on {host}:{port}: {why}; {hint}") from None
     url = f"http://{host}:{sock.getsockname()[1]}"
     announce(url)
     server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=log_level, access_log=False,
