@@ -174,8 +174,28 @@ class EmulatorConfig:
             raise ValueError(f"rate_burst must be at least 1, got {self.rate_burst}")
         if self.render not in ("real", "lazy"):
             raise ValueError(f"render must be 'real' or 'lazy', got {self.render!r}")
-        if self.workers < 1:
-            raise ValueError("workers must be at least 1")
+        if _not_int(self.workers) or not 1 <= self.workers <= 256:
+            raise ValueError(f"workers must be a whole number from 1 to 256, got {self.workers!r}")
+        for name in ("seed", "webhook_retries", "max_input_bytes"):
+            if _not_int(getattr(self, name)) or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be a whole number >= 0, got {getattr(self, name)!r}")
+        for name in ("webhook_sync_interval", "webhook_timeout", "fetch_timeout", "media_drip_rate"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 30 * 86400:
+                raise ValueError(f"{name} must be a number from 0 to {30 * 86400}, got {v!r}")
+        if self.rate_limit is not None and (isinstance(self.rate_limit, bool) or not isinstance(self.rate_limit, (int, float))
+                                            or not math.isfinite(self.rate_limit)):
+            raise ValueError(f"rate_limit must be a number of submits per second, got {self.rate_limit!r}")
+        if self.rate_burst is not None and _not_int(self.rate_burst):
+            raise ValueError(f"rate_burst must be a whole number, got {self.rate_burst!r}")
+        for name in ("pricing_path", "media_dir", "stray_base_url"):
+            if getattr(self, name) is not None and not isinstance(getattr(self, name), str):
+                raise ValueError(f"{name} must be a string or null, got {getattr(self, name)!r}")
+        for name in ("api_keys", "forbidden_keys", "disabled_models", "faults"):
+            if not all(isinstance(x, str) for x in getattr(self, name)):
+                raise ValueError(f"{name} must be a list of strings, got {list(getattr(self, name))!r}")
+        if not isinstance(self.allow_http_webhooks, bool):
+            raise ValueError(f"allow_http_webhooks must be true or false, got {self.allow_http_webhooks!r}")
         if isinstance(self.balance_micros, bool) or not isinstance(self.balance_micros, int):
             raise ValueError("balance_micros must be an integer number of micro-dollars")
         if not self.api_keys:

@@ -204,6 +204,7 @@ def run_foreground(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 
 
     if config.media_dir is not None:
         check_media_dir(config.media_dir)
+    app = create_app(config)  # before the URL is announced: a bad price table is an error, not a served URL
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # inherited by accepted connections
@@ -219,6 +220,6 @@ def run_foreground(config: EmulatorConfig, host: str = "127.0.0.1", port: int = 
         raise OptionError(f"cannot listen on {host}:{port}: {why}; {hint}") from None
     url = f"http://{host}:{sock.getsockname()[1]}"
     announce(url)
-    server = uvicorn.Server(uvicorn.Config(create_app(config), log_level=log_level, access_log=False,
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level, access_log=False,
                                            lifespan="on", backlog=2048))
     server.run(sockets=[sock])
