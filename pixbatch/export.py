@@ -10,12 +10,14 @@ schema's, and nothing else is added. The state file is opened read-only.
 
 from __future__ import annotations
 
+import contextlib
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import duckdb
 
-from .errors import StateError, StateLocked
+from .errors import OptionError, PixbatchError, StateError, StateLocked
 from .state import open_for_reading, table_names
 
 FORMATS = ("parquet", "csv")
@@ -56,15 +58,36 @@ def export_db(db: duckdb.DuckDBPyConnection, out_dir: str | Path, fmt: str = "pa
     if missing:
         raise StateError(f"the state file has no {', '.join(missing)} table yet; run `pixbatch run` first.")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OptionError(f"cannot create the export directory {out}: {exc.strerror or exc}; "
+                          "choose a writable -o directory.") from None
     options = "FORMAT parquet, COMPRESSION zstd" if fmt == "parquet" else "FORMAT csv, HEADER true"
     written = []
     for t in names:
         target = out / f"{t}.{fmt}"
-        db.execute(f"COPY (SELECT * FROM {t} ORDER BY {TABLES[t]}) TO {_literal(target)} ({options})")
+        try:
+            db.execute(f"COPY (SELECT * FROM {t} ORDER BY {TABLES[t]}) TO {_literal(target)} ({options})")
+        except duckdb.IOException as exc:  # a full disk, a read-only file system, a directory in the way
+            with contextlib.suppress(OSError):
+                if target.is_file():
+                    target.unlink()  # no half-written file left behind
+            raise PixbatchError(f"cannot write {target}: {_first_line(exc)}. Free some space or choose another "
+                                f"-o directory; {len(written)} of {len(names)} tables were written.") from exc
         rows = db.execute(f"SELECT count(*) FROM {t}").fetchone()[0]
         written.append(Exported(t, target, rows))
     return tuple(written)
+
+
+def _first_line(exc: BaseException) -> str:
+    """DuckDB's message, without the JSON it sometimes wraps the operating system's reason in."""
+    text = str(exc)
+    m = re.search(r'"exception_message":"((?:[^"\\]|\\.)*)"', text)
+    if m:
+        text = m.group(1).replace('\\"', '"')
+    text = text.strip()
+    return text.splitlines()[0] if text else type(exc).__name__
 
 
 def export_state(state: str | Path, out_dir: str | Path, fmt: str = "parquet",
