@@ -274,7 +274,11 @@ def emulator_command(host: str, port: int, balance_micros: int | None, keys: tup
         settings.update({k: v for k, v in options.items() if v is not None})
         if isinstance(settings.get("lazy_input_size"), str):
             w, _, h = settings["lazy_input_size"].lower().partition("x")
-            settings["lazy_input_size"] = (int(w), int(h))
+            try:
+                settings["lazy_input_size"] = (int(w), int(h))
+            except ValueError:
+                raise click.BadParameter(f"{settings['lazy_input_size']!r} is not WxH, e.g. 1024x768",
+                                         param_hint="--lazy-input-size") from None
         if balance_micros is not None:
             settings["balance_micros"] = balance_micros
         if keys:
@@ -494,7 +498,7 @@ def status_command(manifest_path: str | None, state_path: str | None, as_json: b
               show_default=True, help="Output format (html: one self-contained file with charts).")
 @click.option("-o", "--output", "output", type=click.Path(dir_okay=False, writable=True), default=None,
               help="Write the report to this file instead of stdout.")
-@click.option("--limit", type=click.IntRange(0), default=LibraryDefault("pixbatch.report:build_report", "outputs_limit"),
+@click.option("--limit", type=click.IntRange(0, 10_000_000), default=LibraryDefault("pixbatch.report:build_report", "outputs_limit"),
               show_default=True,
               help="Output files listed in table/md/html (json and csv list them all).")
 def report_command(manifest_path: str | None, state_path: str | None, run_id: str | None, all_items: bool,
@@ -528,7 +532,10 @@ def report_command(manifest_path: str | None, state_path: str | None, run_id: st
     if output is None:
         click.echo(text, nl=False)
     else:
-        Path(output).write_text(text, "utf-8")
+        try:
+            Path(output).write_text(text, "utf-8")
+        except OSError as exc:
+            raise click.FileError(output, hint=f"{exc.strerror or exc}; choose another -o file") from None
         click.echo(f"wrote {fmt} report to {output}", err=True)
 
 

@@ -148,6 +148,8 @@ def _read(source: ManifestSource, base_dir: str | Path | None) -> tuple[Checker,
     except OSError as exc:
         return c, None, Problem(c.file, 1, 1, "$", f"cannot read the manifest: {exc.strerror or exc}",
                                 "check the path and permissions")
+    except ValueError:  # a NUL in the path
+        return c, None, Problem(c.file, 1, 1, "$", "the path contains a NUL character", "check the path")
     return c, *_parse(c, text)
 
 

@@ -213,7 +213,11 @@ def connect(path: str | Path, *, read_only: bool = False, wait: float = 0.0) -> 
         raise StateError(f"state file {path} does not exist; run `pixbatch run` (or `estimate`) first, or pass --state.")
     deadline = time.monotonic() + wait
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StateError(f"cannot create the directory of state file {path}: {exc.strerror or exc}; "
+                             "pass a --state file in a writable directory.") from None
         while True:
             try:
                 db = duckdb.connect(str(path), read_only=read_only)
