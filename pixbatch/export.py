@@ -19,6 +19,7 @@ import duckdb
 
 from .errors import OptionError, PixbatchError, StateError, StateLocked
 from .state import open_for_reading, table_names
+from .state.migrations import reading
 
 FORMATS = ("parquet", "csv")
 EXPORT_MEMORY_LIMIT = "512MB"
@@ -70,6 +71,8 @@ def export_db(db: duckdb.DuckDBPyConnection, out_dir: str | Path, fmt: str = "pa
         try:
             db.execute(f"COPY (SELECT * FROM {t} ORDER BY {TABLES[t]}) TO {_literal(target)} ({options})")
         except duckdb.IOException as exc:  # a full disk, a read-only file system, a directory in the way
+            if target.name not in str(exc):
+                raise  # reading the state file failed (it is damaged): export_state says so
             with contextlib.suppress(OSError):
                 if target.is_file():
                     target.unlink()  # no half-written file left behind
@@ -104,6 +107,7 @@ def export_state(state: str | Path, out_dir: str | Path, fmt: str = "parquet",
 
         db.execute(f"SET memory_limit = '{EXPORT_MEMORY_LIMIT}'")
         db.execute("SET temp_directory = ?", [str(Path(tempfile.gettempdir()) / "pixbatch-export-spill")])
-        return export_db(db, out_dir, fmt, tables)
+        with reading(state):
+            return export_db(db, out_dir, fmt, tables)
     finally:
         db.close()

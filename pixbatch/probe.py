@@ -36,7 +36,7 @@ import httpx
 from PIL import Image, UnidentifiedImageError
 
 from .errors import StateLocked
-from .state.migrations import connect
+from .state.migrations import connect, reading
 from .sizes import Size
 
 FIRST_RANGE = 4096  # PNG, WebP, GIF headers fit in 32 bytes; most JPEG SOF markers in 4 KiB
@@ -241,14 +241,15 @@ def read_cache(cache_path: str | Path, urls: Iterable[str]) -> dict[str, ProbeRe
         return out
     db = connect(cache_path)
     try:
-        for i in range(0, len(wanted), _CACHE_CHUNK):
-            rows = db.execute(
-                "SELECT url, width, height, format, bytes_read, error FROM probes"
-                " WHERE url IN (SELECT unnest(?::VARCHAR[]))",
-                [wanted[i:i + _CACHE_CHUNK]],
-            ).fetchall()
-            for url, w, h, fmt, n, err in rows:
-                out[url] = ProbeResult(url, w, h, fmt, n or 0, err, cached=True)
+        with reading(cache_path):
+            for i in range(0, len(wanted), _CACHE_CHUNK):
+                rows = db.execute(
+                    "SELECT url, width, height, format, bytes_read, error FROM probes"
+                    " WHERE url IN (SELECT unnest(?::VARCHAR[]))",
+                    [wanted[i:i + _CACHE_CHUNK]],
+                ).fetchall()
+                for url, w, h, fmt, n, err in rows:
+                    out[url] = ProbeResult(url, w, h, fmt, n or 0, err, cached=True)
     finally:
         db.close()
     return out
@@ -261,17 +262,18 @@ def write_cache(cache_path: str | Path, results: Iterable[ProbeResult]) -> int:
         return 0
     db = connect(cache_path)
     try:
-        db.execute("BEGIN TRANSACTION")
-        for i in range(0, len(rows), _CACHE_CHUNK):
-            part = rows[i:i + _CACHE_CHUNK]
-            db.execute(
-                "INSERT OR REPLACE INTO probes (url, width, height, format, bytes_read, error, probed_at)"
-                " SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::INTEGER[]),"
-                " unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]), current_timestamp",
-                [[r.url for r in part], [r.width for r in part], [r.height for r in part],
-                 [r.format for r in part], [r.bytes_read for r in part], [r.error for r in part]],
-            )
-        db.execute("COMMIT")
+        with reading(cache_path):
+            db.execute("BEGIN TRANSACTION")
+            for i in range(0, len(rows), _CACHE_CHUNK):
+                part = rows[i:i + _CACHE_CHUNK]
+                db.execute(
+                    "INSERT OR REPLACE INTO probes (url, width, height, format, bytes_read, error, probed_at)"
+                    " SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::INTEGER[]),"
+                    " unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]), current_timestamp",
+                    [[r.url for r in part], [r.width for r in part], [r.height for r in part],
+                     [r.format for r in part], [r.bytes_read for r in part], [r.error for r in part]],
+                )
+            db.execute("COMMIT")
     finally:
         db.close()
     return len(rows)

@@ -38,6 +38,7 @@ import duckdb
 from .contract import TERMINAL_STATUSES
 from .errors import AuthError, GatewayError, NotFound, StateLocked
 from .state import ItemState, absorb_crashed_runs, connect, open_requests, utcnow
+from .state.migrations import reading
 from .pricing import PriceTable
 from .sizes import Size, output_size
 
@@ -282,6 +283,7 @@ def reconcile(state_path: str | Path, gateway_factory: Callable[[], Any], table:
                 await close()
 
     try:
-        return asyncio.run(go())
+        with reading(state_path):
+            return asyncio.run(go())
     finally:
         db.close()

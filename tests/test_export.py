@@ -63,10 +63,15 @@ def test_export_a_subset_and_bad_arguments(state, tmp_path):
 
 
 def test_export_of_a_state_file_without_runs(tmp_path):
-    db = duckdb.connect(str(tmp_path / "old.duckdb"))
+    # a DuckDB file that is not a state file (no schema_migrations) is refused, and left as it was
+    db = duckdb.connect(str(tmp_path / "other.duckdb"))
     db.execute("CREATE TABLE probes (url VARCHAR)")
     db.close()
-    with pytest.raises(StateError, match="no runs, items, aliases, attempts, submit_log, events, outputs table yet"):
-        export_state(tmp_path / "old.duckdb", tmp_path / "x")
+    with pytest.raises(StateError, match="not a pixbatch state file .a DuckDB database of something else: it holds "
+                                         "probes and no schema_migrations"):
+        export_state(tmp_path / "other.duckdb", tmp_path / "x")
+    db = duckdb.connect(str(tmp_path / "other.duckdb"))
+    assert db.execute("SELECT table_name FROM duckdb_tables()").fetchall() == [("probes",)]
+    db.close()
     connect(tmp_path / "new.duckdb").close()
     assert {w.rows for w in export_state(tmp_path / "new.duckdb", tmp_path / "y")} == {0}

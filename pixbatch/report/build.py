@@ -16,6 +16,7 @@ from ..errors import PixbatchError, StateError, StateLocked
 from ..money import format_usd
 from ..pricing import PriceTable
 from ..state import open_for_reading
+from ..state.migrations import reading
 from . import queries
 from .model import IN_FLIGHT_STATES, STATE_ORDER, Outputs, Report, RunInfo, Spend, SpendTotals, Status, StatusCount, Timing
 
@@ -47,7 +48,8 @@ def build_report(state: str | Path | duckdb.DuckDBPyConnection, *, run_id: str |
     except StateLocked as exc:
         return _live_report(path, str(exc), now)
     try:
-        return _build(db, str(path), **opts)
+        with reading(path):
+            return _build(db, str(path), **opts)
     finally:
         db.close()
 

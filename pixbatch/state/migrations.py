@@ -9,7 +9,9 @@ edit one that has shipped.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import functools
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import duckdb
@@ -220,7 +222,7 @@ def connect(path: str | Path, *, read_only: bool = False, wait: float = 0.0) -> 
                              "pass a --state file in a writable directory.") from None
         while True:
             try:
-                db = duckdb.connect(str(path), read_only=read_only)
+                db = duckdb.connect(str(path), read_only=read_only, config=_CONFIG)
                 break
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
@@ -233,19 +235,139 @@ def connect(path: str | Path, *, read_only: bool = False, wait: float = 0.0) -> 
                 f"state file {path} is in use by another pixbatch process ({_holder(msg)}). "
                 "Wait for it to finish, stop it, or use another --state file."
             ) from None
-        raise StateError(f"cannot open state file {path}: {msg}") from None
+        raise damaged(path, _sniff(path) or exc) from exc
     except duckdb.Error as exc:
-        raise StateError(f"{path} is not a usable pixbatch state file: {exc}") from None
-    # DuckDB draws a progress bar on stdout for queries over 2 s (an export of 1M items, an
-    # ingest): that would corrupt `--json` output and the live display
-    db.execute("SET enable_progress_bar = false")
-    if not read_only:
-        try:
-            migrate(db)
-        except duckdb.Error as exc:
-            db.close()
-            raise StateError(f"cannot migrate state file {path}: {exc}") from None
+        raise damaged(path, _sniff(path) or exc) from exc
+    try:
+        # DuckDB draws a progress bar on stdout for queries over 2 s (an export of 1M items, an
+        # ingest): that would corrupt `--json` output and the live display
+        db.execute("SET enable_progress_bar = false")
+        _identify(db, path, read_only)
+        if not read_only:
+            try:
+                migrate(db)
+            except duckdb.Error as exc:
+                raise StateError(f"cannot migrate state file {path}: {_reason(exc)}") from exc
+        _check_schema(db, path, read_only)
+    except BaseException as exc:
+        db.close()
+        if isinstance(exc, duckdb.Error):
+            raise damaged(path, exc) from exc
+        raise
     return db
+
+
+# -- what a file must be to be read as a state file ---------------------------------------
+
+# never fetch or load an extension because of what a file holds (a SQLite file would make
+# DuckDB download its sqlite scanner): everything a state file needs is built in
+_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
+
+#: DuckDB errors that mean the file (not the query) is broken: it cannot be read, its
+#: checksums do not match, its storage cannot be deserialized
+_DAMAGE: tuple[type[duckdb.Error], ...] = (duckdb.IOException, duckdb.InternalException, duckdb.FatalException,
+                                           duckdb.SerializationException)
+
+
+def is_damage(exc: BaseException) -> bool:
+    """Whether a DuckDB error says the file is damaged (rather than that a query is wrong)."""
+    return isinstance(exc, duckdb.Error) and (
+        isinstance(exc, _DAMAGE) or type(exc) is duckdb.Error or "corrupt" in str(exc).lower())
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def damaged(path: str | Path, exc: BaseException | str) -> StateError:
+    """The StateError for a state file that cannot be read as one (``raise damaged(path, exc) from exc``)."""
+    reason = exc if isinstance(exc, str) else _reason(exc)
+    return StateError(f"state file {path} is damaged or not a pixbatch state file ({reason}). Restore it from a "
+                      "backup, or pass another --state file (a new state file does not know what was already paid for).")
+
+
+@contextmanager
+def reading(path: str | Path) -> Iterator[None]:
+    """Around reads of an open state file: a DuckDB error that says the file is damaged
+    (a truncated file is found out only when a missing block is read) becomes ``damaged``."""
+    try:
+        yield
+    except duckdb.Error as exc:
+        if is_damage(exc):
+            raise damaged(path, exc) from exc
+        raise
+
+
+def _sniff(path: Path) -> str | None:
+    """What a file that DuckDB cannot open is, when its first bytes say so."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"SQLite format 3"):
+        return "it is a SQLite database"
+    return None
+
+
+def _names(db: duckdb.DuckDBPyConnection) -> set[str]:
+    return {r[0] for r in db.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main' AND NOT temporary "
+        "UNION ALL SELECT view_name FROM duckdb_views() WHERE schema_name = 'main' AND NOT internal AND NOT temporary"
+    ).fetchall()}
+
+
+def _identify(db: duckdb.DuckDBPyConnection, path: Path, read_only: bool) -> None:
+    """Refuse a DuckDB file of something else (never migrate it) or of a newer pixbatch."""
+    names = _names(db)
+    if not names:
+        if read_only:
+            raise damaged(path, "it holds no tables")
+        return  # a new file
+    if "schema_migrations" not in names:
+        shown = ", ".join(sorted(names)[:5]) + (", ..." if len(names) > 5 else "")
+        raise damaged(path, f"a DuckDB database of something else: it holds {shown} and no schema_migrations")
+    known = {name for name, _ in MIGRATIONS}
+    newer = [n for n in applied(db) if n not in known]
+    if newer:
+        raise StateError(f"state file {path} was written by a newer pixbatch (schema migration {newer[0]}); "
+                         "upgrade pixbatch to read it.")
+
+
+@functools.cache
+def _expected() -> dict[str, frozenset[str]]:
+    """Table (and view) -> columns of a state file migrated by this version (built once, in memory)."""
+    db = duckdb.connect(":memory:", config=_CONFIG)
+    try:
+        migrate(db)
+        return _columns(db)
+    finally:
+        db.close()
+
+
+def _columns(db: duckdb.DuckDBPyConnection) -> dict[str, frozenset[str]]:
+    cols: dict[str, set[str]] = {}
+    for table, column in db.execute("SELECT table_name, column_name FROM duckdb_columns() "
+                                    "WHERE schema_name = 'main' AND NOT internal").fetchall():
+        cols.setdefault(table, set()).add(column)
+    return {t: frozenset(c) for t, c in cols.items()}
+
+
+def _check_schema(db: duckdb.DuckDBPyConnection, path: Path, read_only: bool) -> None:
+    """Every table and column this version reads is there (a file whose tables were dropped or
+    altered is damaged: said here, once, instead of as a failing query later)."""
+    if read_only and len(applied(db)) < len(MIGRATIONS):
+        return  # an older file opened read-only keeps the schema of its version
+    have = _columns(db)
+    for table, columns in _expected().items():
+        if table not in have:
+            raise damaged(path, f"it has no {table} table")
+        missing = sorted(columns - have[table])
+        if missing:
+            raise damaged(path, f"its {table} table has no column {missing[0]}")
 
 
 def _holder(msg: str) -> str:

@@ -6,12 +6,13 @@ holds the file); ``block_downstream`` marks the items whose upstream failed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import duckdb
 
 from ..errors import StateError, StateLocked
-from .migrations import connect
+from .migrations import connect, reading
 from .model import BLOCKING, sql_in
 
 _AMBIGUOUS_ERROR = ("the run stopped between sending this request and recording its answer: it may have been "
@@ -109,10 +110,13 @@ def open_for_reading(path: str | Path) -> duckdb.DuckDBPyConnection:
         except StateLocked:
             raise
         except StateError:
-            pass
+            if os.access(path, os.W_OK) and os.access(path.parent, os.W_OK):
+                raise  # writable: the file itself is the problem (damaged, another program's, newer)
+            # not writable (permissions, a read-only disk): read it as it is
         else:
             try:
-                absorb_crashed_runs(db)
+                with reading(path):
+                    absorb_crashed_runs(db)
             finally:
                 db.close()
     return connect(path, read_only=True)

@@ -19,6 +19,7 @@ import duckdb
 from ..errors import StateLocked
 from .model import ItemState, iso_utc, utcnow
 from .queries import counts_by_step, last_run, table_names, totals
+from .migrations import reading
 from .recovery import open_for_reading
 
 
@@ -96,7 +97,8 @@ def read_status(state_path: str | Path) -> StatusSnapshot:
         snap = StatusSnapshot.from_dict(data)
         return StatusSnapshot(**{**asdict(snap), "source": "status-file", "state_path": str(state_path)})
     try:
-        return snapshot_from_db(db, str(state_path))
+        with reading(state_path):
+            return snapshot_from_db(db, str(state_path))
     finally:
         db.close()
 

@@ -29,7 +29,7 @@ from typing import Any, TypeVar
 import duckdb
 
 from ..errors import StateError
-from .migrations import connect
+from .migrations import connect, damaged, is_damage
 from .model import Attempt, Intent, ItemRow, OutputRow, utcnow
 from .writes import insert_events, insert_log, update_items, upsert_output
 
@@ -302,6 +302,8 @@ class Store:
                 try:
                     res = op.payload(self._db)
                 except BaseException as exc:  # handed to the caller, not swallowed
+                    if is_damage(exc):  # a truncated file is found out when a missing block is read
+                        exc = damaged(self.path, exc)
                     _resolve(op.future, exc)
                 else:
                     _resolve(op.future, result=res)
