@@ -94,6 +94,14 @@ class OutputDir:
         root = self.root.resolve()
         p = (root / name).resolve()
         if root != p and root not in p.parents:
+            link = root
+            for part in Path(name).parts:  # a symbolic link on the way out, or the name itself?
+                link = link / part
+                if link.is_symlink():
+                    raise PixbatchError(
+                        f"{link} is a symbolic link to {os.readlink(link)}, outside the output directory {root}, "
+                        f"so output {name!r} would be written there; pixbatch does not write through links that "
+                        "leave the output directory: remove the link, or choose another output_dir.")
             raise PixbatchError(f"output name {name!r} escapes the output directory {root}; fix the naming template.")
         return p
 
