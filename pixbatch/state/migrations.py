@@ -214,6 +214,9 @@ def connect(path: str | Path, *, read_only: bool = False, wait: float = 0.0) -> 
     if read_only and not path.exists():
         raise StateError(f"state file {path} does not exist; run `pixbatch run` (or `estimate`) first, or pass --state.")
     deadline = time.monotonic() + wait
+    other = _sniff(path)
+    if other:  # DuckDB would open a SQLite file by downloading its sqlite scanner
+        raise damaged(path, other)
     try:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -222,7 +225,7 @@ def connect(path: str | Path, *, read_only: bool = False, wait: float = 0.0) -> 
                              "pass a --state file in a writable directory.") from None
         while True:
             try:
-                db = duckdb.connect(str(path), read_only=read_only, config=_CONFIG)
+                db = duckdb.connect(str(path), read_only=read_only)
                 break
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
@@ -235,9 +238,11 @@ def connect(path: str | Path, *, read_only: bool = False, wait: float = 0.0) -> 
                 f"state file {path} is in use by another pixbatch process ({_holder(msg)}). "
                 "Wait for it to finish, stop it, or use another --state file."
             ) from None
-        raise damaged(path, _sniff(path) or exc) from exc
+        raise damaged(path, exc) from exc
     except duckdb.Error as exc:
-        raise damaged(path, _sniff(path) or exc) from exc
+        if is_damage(exc):
+            raise damaged(path, exc) from exc
+        raise StateError(f"cannot open state file {path}: {_reason(exc)}") from exc
     try:
         # DuckDB draws a progress bar on stdout for queries over 2 s (an export of 1M items, an
         # ingest): that would corrupt `--json` output and the live display
@@ -258,10 +263,6 @@ def connect(path: str | Path, *, read_only: bool = False, wait: float = 0.0) -> 
 
 
 # -- what a file must be to be read as a state file ---------------------------------------
-
-# never fetch or load an extension because of what a file holds (a SQLite file would make
-# DuckDB download its sqlite scanner): everything a state file needs is built in
-_CONFIG = {"autoinstall_known_extensions": False, "autoload_known_extensions": False}
 
 #: DuckDB errors that mean the file (not the query) is broken: it cannot be read, its
 #: checksums do not match, its storage cannot be deserialized
@@ -300,11 +301,12 @@ def reading(path: str | Path) -> Iterator[None]:
 
 
 def _sniff(path: Path) -> str | None:
-    """What a file that DuckDB cannot open is, when its first bytes say so."""
+    """What a file is when its first bytes say it cannot be a state file. A SQLite file must
+    never reach DuckDB, which would download (or load) its sqlite scanner to open it."""
     try:
         with open(path, "rb") as f:
             head = f.read(16)
-    except OSError:
+    except OSError:  # absent (a new state file), or unreadable: DuckDB says why
         return None
     if not head:
         return "the file is empty"
@@ -340,7 +342,7 @@ def _identify(db: duckdb.DuckDBPyConnection, path: Path, read_only: bool) -> Non
 @functools.cache
 def _expected() -> dict[str, frozenset[str]]:
     """Table (and view) -> columns of a state file migrated by this version (built once, in memory)."""
-    db = duckdb.connect(":memory:", config=_CONFIG)
+    db = duckdb.connect(":memory:")
     try:
         migrate(db)
         return _columns(db)
