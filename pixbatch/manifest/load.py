@@ -167,7 +167,14 @@ def _read_text(path: Path) -> str:
     with open(path, "rb") as f:
         if not os.path.isfile(path):  # opened first, so a directory is IsADirectoryError
             raise _NotAFile
-        data = f.read(MAX_CHARS + 1)
+        chunks, size = [], 0
+        while size <= MAX_CHARS:  # in chunks: read(MAX_CHARS + 1) would allocate 16 MiB for every manifest
+            chunk = f.read(1 << 20)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+        data = b"".join(chunks)
     if len(data) > MAX_CHARS:
         raise _TooLong(max(len(data), path.stat().st_size))
     return data.decode("utf-8-sig")
