@@ -45,7 +45,7 @@ _MERGE = "tag:yaml.org,2002:merge"
 #: the longest manifest, in characters (a bigger file is not read at all)
 MAX_CHARS = 16 * 1024 * 1024
 #: the most values (scalars, lists, mappings) a document may hold once its aliases are expanded
-MAX_NODES = 200_000
+MAX_NODES = 50_000
 #: the deepest nesting of lists and mappings (aliases count as the node they name)
 MAX_DEPTH = 50
 
