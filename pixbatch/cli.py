@@ -87,6 +87,15 @@ class Number(click.FloatRange):
         return rv
 
 
+class PathArg(click.Path):
+    """click.Path, but a NUL in the value is a usage error (click's own check lets os.stat raise ValueError)."""
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        if isinstance(value, str) and "\x00" in value:
+            self.fail(f"{value!r} contains a NUL character", param, ctx)
+        return super().convert(value, param, ctx)
+
+
 class HttpUrl(click.ParamType):
     """An http:// or https:// URL with a host (syntax only: whether it answers is the run's business)."""
 
@@ -151,14 +160,14 @@ RUN_OPTIONS = "pixbatch.runner:RunOptions"
 
 def state_source(f: Callable) -> Callable:
     """[MANIFEST] or --state FILE: which state file a command reads."""
-    f = click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
+    f = click.option("--state", "state_path", type=PathArg(dir_okay=False), default=None,
                      help="State file (instead of MANIFEST).")(f)
     return click.argument("manifest_path", metavar="[MANIFEST]", required=False,
-                          type=click.Path(dir_okay=False))(f)
+                          type=PathArg(dir_okay=False))(f)
 
 
 def pricing_option(help: str) -> Callable[[Callable], Callable]:
-    return click.option("--pricing", "pricing_path", type=click.Path(dir_okay=False), default=None, help=help)
+    return click.option("--pricing", "pricing_path", type=PathArg(dir_okay=False), default=None, help=help)
 
 
 def base_url_option(f: Callable) -> Callable:
@@ -244,7 +253,7 @@ def _emulator_options(f):
 @click.option("--workers", type=click.IntRange(1, 256), default=None, help="Threads for image work [default: 2].")
 @click.option("--allow-http-webhooks", is_flag=True, default=None, help="Accept http:// webhook URLs (loopback tests).")
 @pricing_option("Price table JSON [default: pixbatch's built-in table].")
-@click.option("--media-dir", type=click.Path(file_okay=False), default=None,
+@click.option("--media-dir", type=PathArg(file_okay=False), default=None,
               help="Where outputs are written [default: a temporary directory].")
 @click.option("--config-json", default=None, help="A full EmulatorConfig as JSON (options above override it).")
 def emulator_command(host: str, port: int, balance_micros: int | None, keys: tuple[str, ...],
@@ -302,8 +311,8 @@ def emulator_command(host: str, port: int, balance_micros: int | None, keys: tup
 
 
 @cli.command("estimate")
-@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False))
-@click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
+@click.argument("manifest_path", metavar="MANIFEST", type=PathArg(dir_okay=False))
+@click.option("--state", "state_path", type=PathArg(dir_okay=False), default=None,
               help="State file holding the probe cache [default: the manifest's state file].")
 @pricing_option("Price table JSON that replaces the built-in one.")
 @budget_option("Exit 3 if the estimate's upper bound exceeds this [default: the manifest's budget_usd].")
@@ -352,7 +361,7 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
 
 
 @cli.command("validate")
-@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False))
+@click.argument("manifest_path", metavar="MANIFEST", type=PathArg(dir_okay=False))
 @json_option("Print the problems (and the summary) as JSON.")
 @click.pass_context
 def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> None:
@@ -394,8 +403,8 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
 
 
 @cli.command("run")
-@click.argument("manifest_path", metavar="MANIFEST", type=click.Path(dir_okay=False))
-@click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
+@click.argument("manifest_path", metavar="MANIFEST", type=PathArg(dir_okay=False))
+@click.option("--state", "state_path", type=PathArg(dir_okay=False), default=None,
               help="State file [default: the manifest's state, <stem>.pixbatch.duckdb next to it].")
 @budget_option("Hard spending cap in dollars (overrides budget_usd).")
 @click.option("--concurrency", type=click.IntRange(1, 4096), default=LibraryDefault(RUN_OPTIONS, "concurrency"),
@@ -496,7 +505,7 @@ def status_command(manifest_path: str | None, state_path: str | None, as_json: b
               help="Every item in the state file, including those of earlier versions of the manifest.")
 @click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "md", "html"]), default="table",
               show_default=True, help="Output format (html: one self-contained file with charts).")
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, writable=True), default=None,
+@click.option("-o", "--output", "output", type=PathArg(dir_okay=False, writable=True), default=None,
               help="Write the report to this file instead of stdout.")
 @click.option("--limit", type=click.IntRange(0, 10_000_000), default=LibraryDefault("pixbatch.report:build_report", "outputs_limit"),
               show_default=True,
@@ -588,7 +597,7 @@ def reconcile_command(ctx: click.Context, manifest_path: str | None, state_path:
 @state_source
 @click.option("--format", "fmt", type=click.Choice(["parquet", "csv"]), default="parquet", show_default=True,
               help="File format, written by DuckDB's COPY.")
-@click.option("-o", "--output", "out_dir", required=True, type=click.Path(file_okay=False),
+@click.option("-o", "--output", "out_dir", required=True, type=PathArg(file_okay=False),
               help="Directory to write runs, items, aliases, attempts, events and outputs into.")
 def export_command(manifest_path: str | None, state_path: str | None, fmt: str, out_dir: str) -> None:
     """Export the state file's tables (one file each) for analysis elsewhere."""
@@ -600,7 +609,7 @@ def export_command(manifest_path: str | None, state_path: str | None, fmt: str, 
 
 
 @cli.command("demo")
-@click.option("--dir", "directory", type=click.Path(file_okay=False), default=None,
+@click.option("--dir", "directory", type=PathArg(file_okay=False), default=None,
               help="Work in DIR (created, must be empty; kept) instead of a temporary directory.")
 @click.option("--keep", is_flag=True, help="Keep the temporary directory and print its path.")
 @click.pass_context

@@ -72,11 +72,14 @@ def recover(db: duckdb.DuckDBPyConnection, run_id: str, *, decide: bool = True) 
         db.execute("DROP TABLE _replay")
         # state files written before m004 whose items lack a logged intent: the state column says it all
         db.execute("UPDATE items SET state = 'SUBMITTED' WHERE state = 'SUBMITTING' AND request_id IS NOT NULL")
+        # (and a SUBMITTED item without a request id, which only a damaged file holds: it cannot be
+        # polled, and it may have been accepted)
         keys = [r[0] for r in db.execute(
-            "SELECT key FROM items WHERE state = 'SUBMITTING' AND request_id IS NULL").fetchall()] if decide else []
+            "SELECT key FROM items WHERE state IN ('SUBMITTING', 'SUBMITTED') AND request_id IS NULL"
+        ).fetchall()] if decide else []
         if keys:
             db.execute("UPDATE items SET state = 'AMBIGUOUS', run_id = ?, updated_at = now()::TIMESTAMP, error = ? "
-                       "WHERE state = 'SUBMITTING' AND request_id IS NULL", [run_id, _AMBIGUOUS_ERROR])
+                       "WHERE state IN ('SUBMITTING', 'SUBMITTED') AND request_id IS NULL", [run_id, _AMBIGUOUS_ERROR])
             db.execute("INSERT INTO events (ts, run_id, key, kind, detail) SELECT now()::TIMESTAMP, ?, unnest(?), "
                        "'state', '{\"state\": \"AMBIGUOUS\", \"reason\": \"recovered SUBMITTING without request_id\"}'",
                        [run_id, keys])
