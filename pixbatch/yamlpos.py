@@ -96,7 +96,12 @@ class _Builder:
         if isinstance(node, yaml.MappingNode):
             merged = any(k.tag == _MERGE for k, _ in node.value)
             if merged:
-                yaml.SafeLoader.flatten_mapping(self.loader, node)
+                try:
+                    yaml.SafeLoader.flatten_mapping(self.loader, node)
+                except yaml.MarkedYAMLError as exc:  # `<<: 1`: only mappings can be merged
+                    mark = exc.problem_mark or exc.context_mark or node.start_mark
+                    raise YamlSyntaxError(f"invalid YAML: {exc.problem or exc}", mark.line + 1, mark.column + 1,
+                                          "merge (<<) a mapping or a list of mappings, e.g. <<: *defaults") from None
             result: dict[Any, Any] = {}
             for knode, vnode in node.value:
                 k = self.scalar(knode) if isinstance(knode, yaml.ScalarNode) else str(knode.start_mark)
