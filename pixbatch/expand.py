@@ -48,7 +48,7 @@ SizeLookup = Callable[[str], "Size | None"]
 
 #: the most matrix combinations of one step: a step's combinations are held in memory while it
 #: expands (about 700 bytes each). Raise with the environment variable PIXBATCH_MAX_COMBINATIONS.
-MAX_COMBINATIONS = 100_000
+MAX_COMBINATIONS = 10_000
 #: the most work items one step may expand to (source images x combinations): an expansion
 #: is streamed, but every item is walked by validate and stored by run.
 #: Raise with PIXBATCH_MAX_STEP_ITEMS.

@@ -136,7 +136,7 @@ def test_a_matrix_too_big_is_refused_from_its_count(keys, shown):
     found = problems(HEAD + matrix_step(keys))
     assert time.perf_counter() - t < 2
     assert found == [f"m.yaml:8:7: $.steps[0].matrix: the matrix of step 'up' has {shown} combinations, more than "
-                     "the 100,000 a step may have (split it over several steps, or raise the limit with "
+                     "the 10,000 a step may have (split it over several steps, or raise the limit with "
                      "PIXBATCH_MAX_COMBINATIONS=N)"]
 
 
