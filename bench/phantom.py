@@ -74,6 +74,8 @@ def write_manifest(root: Path, n: int) -> Path:
 
 def _open_intents(state: Path) -> list[tuple[str, str]]:
     """(key, image) for every send logged as starting and not answered."""
+    if not state.exists():  # killed before the state file was made
+        return []
     rows = query(state, "SELECT a.key, i.body FROM attempts a JOIN items i USING (key) WHERE a.outcome = 'pending'")
     return [(k, json.loads(body)["image"]) for k, body in rows]
 
