@@ -476,7 +476,8 @@ class _Run:
         await self._left_over()
         problems = self.dl.problems if self.dl else 0
         c = conclude(self.stop.reason, self.stop.message, snap.totals(), left=self.left, budget=self.ledger.cap,
-                     at_risk=snap.at_risk_micros, output_problems=problems)
+                     at_risk=snap.at_risk_micros, output_problems=problems,
+                     missing_outputs=self.dl.missing if self.dl and self.o.download else None)
         return summarize(c, snap, run_id=self.run_id, output_dir=str(self.out.root), charged_run=self.charged_run,
                          peak=self.ledger.peak, left=self.left, submits=self.submits,
                          polls=self.poller.polls if self.poller else 0, downloads=self.dl.downloads if self.dl else 0,

@@ -187,6 +187,12 @@ def completed_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_i
                        "AND i.media_url IS NOT NULL", [scope, step, after_idx], limit=limit)
 
 
+def completed_without_media(db: duckdb.DuckDBPyConnection, scope: str) -> list[tuple[str, str | None]]:
+    """(key, error) of COMPLETED items the gateway gave no media_url: paid, and no output to fetch."""
+    return [(k, e) for k, e in db.execute("SELECT key, error FROM items WHERE scope = ? AND state = 'COMPLETED' "
+                                          "AND media_url IS NULL AND output_name IS NOT NULL", [scope]).fetchall()]
+
+
 def ready_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_idx: int, limit: int,
                states: tuple[str, ...] = (ItemState.PENDING,), *,
                chained: bool = True) -> list[tuple[ItemRow, ItemRow | None]]:
