@@ -83,7 +83,8 @@ class _Canon:
     """
 
     body: dict[str, Any]  # canonical body, images and prompt set per item
-    head: str  # ENDPOINT + "\\n" + JSON up to the main image URL
+    hasher: Any  # sha256 of ENDPOINT + "\\n" (copied per item)
+    head: str  # the JSON up to the main image URL
     mid: str  # from after the URL to the prompt (or to the end)
     tail: str | None  # from after the prompt to the end (None: the prompt is not per item)
 
@@ -138,17 +139,18 @@ def _canon(op: str, body: Mapping[str, Any], refs: tuple[str, ...], prompt_per_i
     else:
         marked["image"] = _URL_MARK
     canon = canonical_body(op, marked)
-    text = ENDPOINTS[op] + "\n" + canonical_json(canon)
+    text = canonical_json(canon)
+    hasher = _sha256((ENDPOINTS[op] + "\n").encode("utf-8"))
     url, prompt = _encode_str(_URL_MARK), _encode_str(_PROMPT_MARK)
     head, *rest = text.split(url)
     if len(rest) != 1:
         return None
     if not prompt_per_item:
-        return _Canon(canon, head, rest[0], None) if prompt not in text else None
+        return _Canon(canon, hasher, head, rest[0], None) if prompt not in text else None
     mid, *tail = rest[0].split(prompt)
     if len(tail) != 1 or prompt in head:
         return None
-    return _Canon(canon, head, mid, tail[0])
+    return _Canon(canon, hasher, head, mid, tail[0])
 
 
 @lru_cache(maxsize=4096)
@@ -176,9 +178,10 @@ def _sources(manifest: Manifest, step: Step, sizes: SizeLookup | None
     up = step.upstream
     if up is not None:
         upstep = manifest.step(up)
-        for item, inp, stem, tv in _rows(manifest, upstep, sizes):
-            size = _output_size(item.op, item.body, item.input_size)
-            yield inp, upstream_ref(item.key), item.key, size, item.vars, tv, stem
+        upop = upstep.op
+        for (key, body, in_size, ivars), inp, stem, tv in _rows(manifest, upstep, sizes, light=True):
+            size = _output_size(upop, body, in_size)
+            yield inp, upstream_ref(key), key, size, ivars, tv, stem
         return
     if step.input_ids is not None:
         found = manifest.find_inputs(step.input_ids)
@@ -192,7 +195,9 @@ def _sources(manifest: Manifest, step: Step, sizes: SizeLookup | None
         yield inp, inp.url, None, size, inp.vars, inp.vars, inp.id
 
 
-def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None) -> Iterator[_Row]:
+def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None, light: bool = False) -> Iterator[Any]:
+    """The step's rows (``_Row``). ``light``: for a step chained on this one, which needs only
+    (key, body, input size, vars) of each item: no WorkItem, no output name."""
     plan = _plan(manifest, step)
     sid, op, refs, naming = step.id, step.op, list(plan.refs), plan.naming
     is_edit = op == "edit"
@@ -228,15 +233,23 @@ def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None) -> Iterator[
                         body["image"] = url
                         tv["ext"] = combo.body["output_format"]
                         text = fast.head + enc_url + fast.mid
-                    name = "" if uses_key else naming.format_map(tv)
+                    name = "" if uses_key or light else naming.format_map(tv)
                 except (KeyError, ValueError, IndexError) as exc:
                     raise ManifestError([_render_problem(manifest, step, inp, exc)]) from None
-                key = _sha256(text.encode()).hexdigest()[:32]
+                h = fast.hasher.copy()
+                h.update(text.encode())
+                key = h.hexdigest()[:32]
+                if light:
+                    if uses_key:
+                        tv["key"] = key[:12]
+                    index += 1
+                    yield (key, body, size, {**ivars, **combo.vars} if ivars else combo.vars), inp, stem, tv
+                    continue
                 if uses_key:
                     tv["key"] = key[:12]
                     name = naming.format_map(tv)
                 item = new_item(key, sid, op, body, inp.id, name, upkey, size,
-                                {**ivars, **combo.vars} if ivars else dict(combo.vars), index)
+                                {**ivars, **combo.vars} if ivars else dict(combo.vars), index, text)
                 index += 1
                 yield item, inp, stem, tv
                 continue
@@ -263,7 +276,7 @@ def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None) -> Iterator[
                 tv["key"] = item.key[:12]
                 item = replace(item, output_name=naming.format_map(tv))
             index += 1
-            yield item, inp, stem, tv
+            yield ((item.key, item.body, item.input_size, item.vars) if light else item), inp, stem, tv
 
 
 def _render_problem(manifest: Manifest, step: Step, inp: Input, exc: Exception) -> Problem:

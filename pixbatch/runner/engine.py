@@ -49,6 +49,7 @@ from .poll import Poller, WebhookReceiver
 from .prepare import position, prepare
 from .status import StatusWriter
 from .settle import settle_item
+from .stream import IngestStream
 from .submit import ACCEPTED, submit_item
 
 PAGE = 2000
@@ -178,6 +179,7 @@ class _Run:
         self.t0 = time.monotonic()
         self.sigints = 0
         self.steps_order = [s.id for s in manifest.steps]
+        self.stream: IngestStream | None = None  # the rest of the expansion, read in while the run sends
 
     # -- main -----------------------------------------------------------------------------------
 
@@ -212,6 +214,7 @@ class _Run:
             raise BudgetExceeded(refusal)
         loop = asyncio.get_running_loop()
         status_task = self._build(store, loop)
+        stream_task = self._start_stream(p.ingest)
         try:
             with _signal_handlers(loop, self.on_signal, self.o.handle_signals):
                 try:
@@ -230,6 +233,14 @@ class _Run:
                 finally:
                     await self.tasks.cancel()
         finally:
+            if stream_task is not None and not stream_task.done():
+                if self.stop_reason is StopReason.BUDGET:
+                    # refused on what was read so far: read the rest in (exact figures, and a resume reuses it)
+                    await asyncio.wait([stream_task])
+                else:
+                    stream_task.cancel()  # stopped early: the next run reads the rest in
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await stream_task
             status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await status_task
@@ -270,6 +281,45 @@ class _Run:
                                    manifest_path=str(self.m.path), scope=self.scope, budget=budget,
                                    estimate=self.estimate, finished=lambda: self.finished_this_run)
         return asyncio.create_task(self.status.loop(self.o.status_interval))
+
+    def _start_stream(self, ingest: st.Ingest | None) -> asyncio.Task | None:
+        """Read the rest of the expansion in while the run sends (``stream.py`` says what that changes)."""
+        if ingest is None:
+            return None
+        assert self.store is not None
+
+        def on_batch(pos: Any) -> None:
+            refusal = budget_refusal(self.ledger.cap, pos)
+            if refusal and self.stop_reason is None:
+                self.log.emit("budget", None, event="refused", message=refusal)
+                self._stop(StopReason.BUDGET, refusal)
+            self.done.tick()  # new items: the feeder looks again
+
+        def on_done(est: tuple[int, int], aliases: dict[str, list[str]]) -> None:
+            self.estimate = self.status.estimate = est
+            self.aliases.update(aliases)
+            if self.dl is not None:
+                self.dl.done.difference_update(aliases)  # downloaded before their aliases were known: verify them
+            self.done.tick()
+
+        self.stream = IngestStream(ingest, self.store, manifest=self.m, run_id=self.run_id, scope=self.scope,
+                                   steps=self.steps_order, on_batch=on_batch, on_done=on_done)
+        self.status.ingest = self.stream.progress
+        task = asyncio.create_task(self.stream.run())
+
+        def failed(t: asyncio.Task) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                exc = t.exception()
+                assert exc is not None
+                self.tasks.errors.append(exc)  # raised once the run has recorded everything (a ManifestError: exit 2)
+                self._stop(StopReason.INTERRUPT, f"reading the manifest failed: {exc}")
+
+        task.add_done_callback(failed)
+        return task
+
+    def _reading(self) -> bool:
+        """The expansion is still being read into the state file."""
+        return self.stream is not None and not self.stream.progress.done and self.stop_reason is None
 
     def _stopping(self) -> bool:
         return self.stop_reason is not None
@@ -337,11 +387,11 @@ class _Run:
                 return
             await store.call(lambda db: st.block_downstream(db, self.scope, self.run_id))
             pending = await store.call(lambda db: st.pending_count(db, self.scope))
-            if pending - len(self.skip) <= 0:
+            if pending - len(self.skip) <= 0 and not self._reading():
                 return
             if self.done.seq != seq0:
-                continue  # something finished during the pass: its downstream may be ready now
-            if not self.tasks.all:
+                continue  # something finished (or was read in) during the pass: look again
+            if not self.tasks.all and not self._reading():
                 return  # what is left waits on items this run will not send
             await self.done.wait_after(seq0, self._stopping)
 
