@@ -303,7 +303,8 @@ class _Run:
             self.done.tick()
 
         self.stream = IngestStream(ingest, self.store, manifest=self.m, run_id=self.run_id, scope=self.scope,
-                                   steps=self.steps_order, on_batch=on_batch, on_done=on_done)
+                                   steps=self.steps_order, on_batch=on_batch, on_done=on_done,
+                                   batch=max(1, self.o.ingest_batch))
         self.status.ingest = self.stream.progress
         task = asyncio.create_task(self.stream.run())
 

@@ -199,9 +199,9 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
                 st.ingest(db, expand(sizes), scope, table, steps_order)
     if ingest is not None:
         # the first batch: checked whole (names, as each passes) before it is written
-        ingest.write(db, ingest.take(FIRST_BATCH))
+        ingest.write(db, ingest.take(max(1, min(FIRST_BATCH, options.ingest_batch))))
         while resets and not ingest.done:
-            ingest.write(db, ingest.take(st.INGEST_BATCH))
+            ingest.write(db, ingest.take(max(1, options.ingest_batch)))
     streaming = ingest is not None and not ingest.done
     path = Path(manifest.path)
     manifest_sha = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None

@@ -101,7 +101,7 @@ class IngestStream:
         while not ing.done:
             batch = ing.batch()
             while len(batch) < self.batch and not ing.done:
-                ing.take(SLICE, into=batch)
+                ing.take(min(SLICE, self.batch - len(batch)), into=batch)
                 await asyncio.sleep(0)
             if writing is not None:
                 self._written(await writing)

@@ -35,6 +35,7 @@ from ..pricing import Price, PriceTable
 from .model import IngestResult
 
 INGEST_BATCH = 20_000
+CHECKPOINT_ROWS = 100_000
 _NOT_PRICED = frozenset({"image", "images", "prompt"})
 _MEMO_MAX = 10_000
 _COLUMNS = ("key", "step", "op", "idx", "body", "input_id", "output_name", "upstream", "input_width",
@@ -88,7 +89,8 @@ class Ingest:
         self._it: Iterator[WorkItem] = iter(items)
         self._seen: set[int] = set()
         self._memo: dict[tuple[Any, ...], tuple[int, int, str]] = {}
-        self._append_only: bool | None = None  # the items table was empty when the ingest began
+        self._append_only: bool | None = None
+        self._unflushed = 0  # rows written since the last checkpoint  # the items table was empty when the ingest began
         self.walked = 0  # items walked (repeats included)
         self.items = 0  # unique items taken
         self.new = 0  # rows inserted
@@ -172,6 +174,12 @@ class Ingest:
             if transaction:
                 db.execute("ROLLBACK")
             raise
+        self._unflushed += added
+        if transaction and self._unflushed >= CHECKPOINT_ROWS:
+            # the new rows, compressed into the file: until then DuckDB holds them in its buffer
+            # pool, and under the store's memory limit it would spill them to a temp file instead
+            db.execute("CHECKPOINT")
+            self._unflushed = 0
         return added
 
     def _write(self, db: duckdb.DuckDBPyConnection, batch: IngestBatch) -> int:
