@@ -32,6 +32,7 @@ What streaming changes, and what it keeps:
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -118,3 +119,69 @@ class IngestStream:
         p, ing = self.progress, self.ingest
         p.walked, p.items, p.seconds = ing.walked, ing.items, time.monotonic() - self.t0
         self.on_batch(pos)
+
+
+class streamer:  # noqa: N801 - a namespace of the engine's hooks around a stream's task
+    """Starting and stopping a stream's task, and merging the aliases it found, for the engine."""
+
+    @staticmethod
+    def start_for(run: Any, ingest: st.Ingest) -> tuple[IngestStream, asyncio.Task]:
+        """The stream of an ``engine._Run``: after each batch the budget pre-check runs again on what
+        is in the file and the feeder is woken; at the end the estimate and aliases are updated;
+        a failure (a bad output name: ManifestError) stops the run and is raised at its end."""
+        from .outcome import StopReason, budget_refusal
+
+        def on_batch(pos: Position) -> None:
+            refusal = budget_refusal(run.ledger.cap, pos)
+            if refusal and not run.stop.stopping:
+                run.log.emit("budget", None, event="refused", message=refusal)
+                run.stop.request(StopReason.BUDGET, refusal)
+            run.done.tick()  # new items: the feeder looks again
+
+        def on_done(est: tuple[int, int], aliases: dict[str, list[str]]) -> None:
+            run.estimate = run.status.estimate = est
+            streamer.add_aliases(run.aliases, aliases, run.dl.done if run.dl else set())
+            run.done.tick()
+
+        def on_error(exc: BaseException) -> None:
+            run.tasks.errors.append(exc)
+            run.stop.request(StopReason.INTERRUPT, f"reading the manifest failed: {exc}")
+
+        stream = IngestStream(ingest, run.store, manifest=run.m, run_id=run.run_id, scope=run.scope,
+                              steps=run.steps_order, on_batch=on_batch, on_done=on_done,
+                              batch=max(1, run.o.ingest_batch))
+        run.status.ingest = stream.progress
+        return stream, streamer.start(stream, on_error=on_error)
+
+    @staticmethod
+    def start(stream: IngestStream, *, on_error: Callable[[BaseException], Any]) -> asyncio.Task:
+        task = asyncio.create_task(stream.run())
+
+        def failed(t: asyncio.Task) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                exc = t.exception()
+                assert exc is not None
+                on_error(exc)  # raised once the run has recorded everything (a ManifestError: exit 2)
+
+        task.add_done_callback(failed)
+        return task
+
+    @staticmethod
+    async def stop(task: asyncio.Task, *, finish: bool) -> None:
+        """``finish``: let it read the rest in (a budget refusal: exact figures, and a resume reuses
+        them); else cancel it (the next run reads the rest in)."""
+        if task.done():
+            return
+        if finish:
+            await asyncio.wait([task])
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    @staticmethod
+    def add_aliases(into: dict[str, list[str]], found: dict[str, list[str]], downloaded: set[str]) -> None:
+        """The aliases the walk found, for the downloader; items downloaded before their aliases were
+        known are checked again by its final ``verify`` (which then writes the alias copies)."""
+        into.update(found)
+        downloaded.difference_update(found)
