@@ -37,6 +37,12 @@ class LastRun:
     estimate_high_micros: int | None
     scope: str | None  # options.scope: the expansion it ran
     fingerprint: str | None  # options.fingerprint: what that expansion depended on
+    ingest: str | None = None  # options.ingest: "partial" while its expansion was still being read in
+
+    @property
+    def ingested(self) -> bool:
+        """Its expansion is all in the file (runs before streaming ingests wrote no ``ingest``)."""
+        return self.ingest != "partial"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +87,8 @@ def table_names(db: duckdb.DuckDBPyConnection) -> set[str]:
 def last_run(db: duckdb.DuckDBPyConnection) -> LastRun | None:
     row = db.execute(
         "SELECT run_id, pid, outcome, manifest_path, budget_micros, estimate_low_micros, estimate_high_micros, "
-        "json_extract_string(options, '$.scope'), json_extract_string(options, '$.fingerprint') "
+        "json_extract_string(options, '$.scope'), json_extract_string(options, '$.fingerprint'), "
+        "json_extract_string(options, '$.ingest') "
         "FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
     return LastRun(*row) if row else None
 
