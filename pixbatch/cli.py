@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import importlib
 import inspect
-import math
 from collections.abc import Callable
 from typing import Any
 
 import click
 
 from . import __version__
+from .cli_params import USD, HostPort, HttpUrl, Number, PathArg
 from .errors import ExitCode, PixbatchError, redact
 
 
@@ -55,83 +55,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
 
 
 # -- parameter types and shared options ---------------------------------------------------
-
-
-class USD(click.ParamType):
-    """An amount of dollars ("25", "12.50", "0.005") -> integer micro-dollars; never negative."""
-
-    name = "usd"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            micros = value  # already converted (a default given in micros)
-        else:
-            from .money import usd_to_micros
-
-            try:
-                micros = usd_to_micros(str(value).strip().removeprefix("$"))
-            except (ValueError, TypeError) as exc:
-                self.fail(f"{exc}; give dollars like 25 or 12.50", param, ctx)
-        if micros < 0:
-            self.fail(f"{value} is negative; give an amount of dollars >= 0", param, ctx)
-        return micros
-
-
-class Number(click.FloatRange):
-    """A finite number in a range: click's FloatRange lets ``nan`` (and ``inf`` without a maximum) through."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
-        rv = super().convert(value, param, ctx)
-        if not math.isfinite(rv):
-            self.fail(f"{value!r} is not a finite number", param, ctx)
-        return rv
-
-
-class PathArg(click.Path):
-    """click.Path, but a NUL in the value is a usage error (click's own check lets os.stat raise ValueError)."""
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
-        if isinstance(value, str) and "\x00" in value:
-            self.fail(f"{value!r} contains a NUL character", param, ctx)
-        return super().convert(value, param, ctx)
-
-
-class HttpUrl(click.ParamType):
-    """An http:// or https:// URL with a host (syntax only: whether it answers is the run's business)."""
-
-    name = "url"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        from urllib.parse import urlsplit
-
-        text = str(value)
-        if not text or len(text) > 2048 or any(ch.isspace() or not ch.isprintable() for ch in text):
-            self.fail(f"{text[:80]!r} is not a URL: it is empty, too long, or has spaces or control characters",
-                      param, ctx)
-        try:
-            u = urlsplit(text)
-            u.port  # noqa: B018  (raises ValueError for a port that is not a number from 0 to 65535)
-        except ValueError as exc:
-            self.fail(f"{text!r} is not a valid URL ({exc})", param, ctx)
-        if u.scheme.lower() not in ("http", "https") or not u.hostname:
-            self.fail(f"{text!r} is not an http:// or https:// URL with a host, e.g. https://example.com", param, ctx)
-        return text
-
-
-class HostPort(click.ParamType):
-    """HOST:PORT to listen on: a host name or address ([::1] for IPv6; empty: loopback) and a port 1-65535."""
-
-    name = "host:port"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> str:
-        text = str(value)
-        host, sep, port = text.rpartition(":")
-        if host.startswith("[") and host.endswith("]"):
-            host = host[1:-1]
-        bad_host = len(host) > 253 or any(ch.isspace() or not ch.isprintable() or ch in "/[]@" for ch in host)
-        if not sep or bad_host or not (port.isascii() and port.isdigit()) or len(port) > 5 or not 1 <= int(port) <= 65535:
-            self.fail(f"{text[:80]!r} is not HOST:PORT, e.g. 127.0.0.1:8080 (a port from 1 to 65535)", param, ctx)
-        return text
 
 
 class LibraryDefault:
@@ -171,7 +94,8 @@ def pricing_option(help: str) -> Callable[[Callable], Callable]:
 
 
 def base_url_option(f: Callable) -> Callable:
-    return click.option("--base-url", type=HttpUrl(), default=LibraryDefault(RUN_OPTIONS, "base_url"), show_default=True,
+    return click.option("--base-url", type=HttpUrl("base URL"), default=LibraryDefault(RUN_OPTIONS, "base_url"),
+                        show_default=True,
                         envvar="PIXBATCH_BASE_URL", help="Gateway base URL (the emulator's URL for local runs).")(f)
 
 
@@ -423,7 +347,7 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
 @pricing_option("Price table JSON [default: the built-in table].")
 @click.option("--first-poll", type=Number(0.01, 60), default=LibraryDefault(RUN_OPTIONS, "poll_initial"),
               show_default=True, metavar="SECONDS", help="First status poll delay until job durations have been learned.")
-@click.option("--webhook-url", type=HttpUrl(), default=None, metavar="URL",
+@click.option("--webhook-url", type=HttpUrl("webhook URL"), default=None, metavar="URL",
               help="Ask the gateway to call URL when a job ends (https for the real gateway); polls only confirm.")
 @click.option("--webhook-listen", type=HostPort(), default=None, metavar="HOST:PORT",
               help="Where to receive the callbacks [default: the --webhook-url host and port].")
