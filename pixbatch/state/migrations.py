@@ -322,3 +322,11 @@ def m004_submit_log(db: duckdb.DuckDBPyConnection) -> None:
         WHERE i.event = 'intent'
         """
     )
+
+
+@migration
+def m006_secrets(db: duckdb.DuckDBPyConnection) -> None:
+    # Secrets of the state file (never exported, printed or logged): "webhook" signs the
+    # callback URL of each submit (runner/callbacks.py), so that a callback can be trusted to
+    # come from a request this state file sent, across runs.
+    db.execute("CREATE TABLE secrets (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
