@@ -287,8 +287,8 @@ def test_width_without_height_and_non_http_urls():
     assert code == 2
     assert lines(out) == [
         "m.yaml:4:5: $.inputs[0].height: height is given without width (give both width and height, or neither)",
-        "m.yaml:5:5: $.inputs[1]: 'file:///etc/passwd' is not an http:// or https:// URL "
-        "(quote the whole URL and start it with http:// or https://)",
+        "m.yaml:5:5: $.inputs[1]: 'file:///etc/passwd' is not an http:// or https:// URL, or the path of a local "
+        "image file (quote the whole URL and start it with http:// or https://)",
         "m.yaml:6:10: $.inputs[2].url: 'cdn.example.com/b.png' is not an http:// or https:// URL "
         "(quote the whole URL and start it with http:// or https://)",
     ]
