@@ -18,6 +18,7 @@ import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from dataclasses import dataclass
+from dataclasses import replace as dc_replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -256,7 +257,7 @@ def _scan_inputs(c: Checker, sources: list[Input | FileSource], wanted: set[str]
         else:
             header: list[Any] = []
             stream = iter_file(src, c.problems, header_out=header)
-        n = 0
+        n, local0 = 0, local
         for inp in stream:
             n += 1
             h = hash(inp.id)
@@ -272,6 +273,8 @@ def _scan_inputs(c: Checker, sources: list[Input | FileSource], wanted: set[str]
             if inp.file is not None:
                 local += 1
         total += n
+        if isinstance(src, FileSource) and (local > local0 or src.kind == "dir"):
+            sources[si] = src = dc_replace(src, local=True)
         if isinstance(src, FileSource):
             cols, extra = header[0] if len(header) > 1 else ({}, [])
             bad_rows = header[-1] if header else 0

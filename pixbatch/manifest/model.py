@@ -83,9 +83,17 @@ class Manifest:
                 yield from src.inputs()
 
     def has_local_inputs(self) -> bool:
-        """Whether any input may be a local file (a folder, an inline path, or a listing file:
-        a CSV or text file may name local files; only reading it tells)."""
-        return any(isinstance(s, FileSource) or s.file is not None for s in self.sources)
+        """Whether any input is a local file (a folder, an inline path, a CSV or text file naming one)."""
+        return any(s.local if isinstance(s, FileSource) else s.file is not None for s in self.sources)
+
+    def iter_local_inputs(self) -> Iterator[Input]:
+        """The inputs that are local files (only the sources that hold some are read)."""
+        for src in self.sources:
+            if isinstance(src, Input):
+                if src.file is not None:
+                    yield src
+            elif src.local:
+                yield from (i for i in src.inputs() if i.file is not None)
 
     def count_inputs(self) -> int:
         return sum(1 for _ in self.iter_inputs())

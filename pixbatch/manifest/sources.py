@@ -66,6 +66,7 @@ class FileSource:
     kind: str  # "csv" | "txt" | "dir"
     glob: str | None = None  # dir: which files (default: *.jpg, *.jpeg, *.png, *.webp, any case)
     recursive: bool = False  # dir: look in subfolders too
+    local: bool = False  # some rows name local files (found while validating; a folder always does)
 
     def inputs(self) -> Iterator[Input]:
         """The file's inputs, read row by row; a bad row raises ManifestError."""

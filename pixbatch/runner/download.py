@@ -22,7 +22,7 @@ PAGE = 2000
 
 
 class Downloader:
-    def __init__(self, gateway: Gateway, store: st.Store, out: OutputDir, aliases: dict[str, list[str]], *,
+    def __init__(self, gateway: Gateway, store: st.Store, out: OutputDir | Any, aliases: dict[str, list[str]], *,
                  emit: Callable[..., None], timeout: float, concurrency: int):
         self.gw = gateway
         self.store = store
@@ -55,6 +55,9 @@ class Downloader:
         names = self.names(row)
         if not names:
             return
+        if getattr(self.out, "copies", False):  # a bucket (storage.s3out): it streams the media itself
+            await self.out.copy(row, names, self)
+            return
         try:
             dl = await self.gw.download(row.media_url)
         except GatewayError as exc:
@@ -79,6 +82,9 @@ class Downloader:
 
     async def verify(self, scope: str, steps: list[str], stopped: Callable[[], bool]) -> None:
         """Completed items whose files are missing or corrupt are downloaded again (never resubmitted)."""
+        if getattr(self.out, "copies", False):  # a bucket: one listing instead of reading every file
+            await self.out.verify(self, scope, steps, stopped)
+            return
         store = self.store
         for step in steps:
             after = -1

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import state as st
-from ..errors import BudgetExceeded, require_api_key
+from ..errors import BudgetExceeded, StorageError, require_api_key
 from ..gateway import Gateway, JobStatus
 from ..money import format_usd
 from ..pricing import PriceTable
@@ -44,7 +44,7 @@ from .options import RunOptions
 from .outcome import EXIT_INTERRUPTED, RunSummary, StopReason, budget_refusal, conclude, summarize
 from .download import Downloader
 from .journal import Journal
-from .outputs import OutputDir
+from ..storage.phase import open_outputs, upload_inputs
 from .poll import Poller, WebhookReceiver
 from .prepare import position, prepare
 from .status import StatusWriter
@@ -151,7 +151,8 @@ class _Run:
         self.key = _api_key(options, gateway)
         self.table = PriceTable.load(options.pricing_path)
         self.state_path = Path(options.state_path or manifest.state_path)
-        self.out = OutputDir(manifest.output_dir)
+        self.out = open_outputs(manifest)  # a local OutputDir, or a bucket (storage.s3out)
+        self.uploads: Any = None  # storage.uploads.Uploader when pending items name local files
         budget = options.budget_micros if options.budget_micros is not None else manifest.budget_micros
         self.ledger = BudgetLedger(budget)
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
@@ -215,6 +216,7 @@ class _Run:
         try:
             with _signal_handlers(loop, self.on_signal, self.o.handle_signals):
                 try:
+                    await self._upload_inputs()
                     await self._resume_in_flight()
                     if refusal:
                         # items already paid for are collected first; then the budget is looked at again
@@ -304,6 +306,15 @@ class _Run:
     async def _finish_run(self, outcome: str) -> None:
         assert self.store is not None
         await self.store.call(lambda db: st.finish_run(db, self.run_id, outcome))
+
+    async def _upload_inputs(self) -> None:
+        """Local input files to the bucket before anything is sent (``storage.phase``)."""
+        assert self.store is not None
+        try:
+            self.uploads = await upload_inputs(self.m, self.store, self.scope, self.log.emit)
+        except StorageError:
+            await self._finish_run("failed")
+            raise
 
     # -- feeding --------------------------------------------------------------------------------
 
@@ -412,7 +423,8 @@ class _Run:
         assert self.gw is not None
         self.submits += 1
         rule = await submit_item(row, up, gateway=self.gw, ledger=self.ledger, put=self.log.put, run_id=self.run_id,
-                                 webhook_url=self.o.webhook_url)
+                                 webhook_url=self.o.webhook_url,
+                                 file_url=self.uploads.url_for if self.uploads is not None else None)
         if rule.skip:
             self.skip.add(row.key)
         if rule.stop is not None:

@@ -62,15 +62,16 @@ def _durable(fut: Any) -> Any:
 
 
 async def submit_item(row: st.ItemRow, up: st.ItemRow | None, *, gateway: Gateway, ledger: BudgetLedger,
-                      put: Callable[..., Any], run_id: str, webhook_url: str | None) -> SubmitRule:
+                      put: Callable[..., Any], run_id: str, webhook_url: str | None,
+                      file_url: Callable[[str], str] | None = None) -> SubmitRule:
     """Intent, POST, answer; returns the rule that was applied to the item (``ACCEPTED`` or a row of the table).
 
     The intent (with the reservation) is committed before the POST; the request id after the
     202 is queued at once and committed ahead of anything later about the item.
     """
     body = row.body_dict
-    if up is not None:
-        body = resolve_urls(body, {up.key: up.media_url or ""})
+    if up is not None or file_url is not None:  # placeholders -> URLs (a local file's: signed now)
+        body = resolve_urls(body, {up.key: up.media_url or ""} if up is not None else {}, file_url)
     row.attempts += 1
     row.state = st.SUBMITTING
     row.error = None
