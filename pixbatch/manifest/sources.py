@@ -170,7 +170,7 @@ def _iter_dir(src: FileSource, report: _Report) -> Iterator[Input]:
         rel = p.relative_to(src.path).as_posix()
         shown = src.display.rstrip("/") + "/" + rel
         try:
-            yield local_input(p, shown, None, f"{shown}:1:1")
+            yield local_input(p, shown, file_input_id(rel), f"{shown}:1:1")
         except NotAnImage as exc:
             report(1, 1, f"file {rel}", str(exc), exc.hint)
 
