@@ -111,3 +111,143 @@ def test_a_folder_runs_through_the_bucket_and_a_rerun_touches_nothing(tmp_path, 
         assert again.outcome == "completed" and again.submits == 0
         assert set(diff(s3.server.requests(s3.bucket), before)) <= {"LIST 200"}
         assert len(emu.ledger().entries) == len(ledger.entries)
+
+
+def state_text(state_path: Path) -> str:
+    """Every text the state file holds in its tables (for what must never be there)."""
+    db = duckdb.connect(str(state_path), read_only=True)
+    try:
+        parts = []
+        for (t,) in db.execute("SELECT table_name FROM information_schema.tables WHERE table_type = 'BASE TABLE'").fetchall():
+            parts += [str(r) for r in db.execute(f"SELECT * FROM {t}").fetchall()]
+        return "\n".join(parts)
+    finally:
+        db.close()
+
+
+def test_a_missing_bucket_or_wrong_credentials_stop_before_anything_is_sent(tmp_path, s3, monkeypatch):
+    from click.testing import CliRunner
+
+    from pixbatch.cli import cli
+
+    photos(tmp_path / "photos", 2)
+    with start_emulator(fast_test_config()) as emu:
+        monkeypatch.setenv("PIXAZO_API_KEY", emu.api_key)
+        mp = manifest(tmp_path, s3, out=f"s3://{s3.bucket}/out/")
+        mp.write_text(mp.read_text().replace(f"s3://{s3.bucket}/in/", "s3://no-such-bucket-here/in/"))
+        r = CliRunner().invoke(cli, ["run", str(mp), "--base-url", emu.url, "--quiet"])
+        assert r.exit_code == 1
+        assert "the bucket 'no-such-bucket-here' does not exist" in r.output
+        mp = manifest(tmp_path, s3, out="s3://no-such-output-bucket/x/")
+        r = CliRunner().invoke(cli, ["run", str(mp), "--base-url", emu.url, "--quiet"])
+        assert r.exit_code == 1 and "the bucket 'no-such-output-bucket' does not exist" in r.output
+        mp = manifest(tmp_path, s3)
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "wrong-secret-value")
+        r = CliRunner().invoke(cli, ["run", str(mp), "--base-url", emu.url, "--quiet"])
+        assert r.exit_code == 1 and "refused the credentials" in r.output
+        assert "wrong-secret-value" not in r.output
+        assert not emu.ledger().entries  # nothing was sent, nothing paid
+    text = state_text(tmp_path / "m.pixbatch.duckdb")
+    assert "wrong-secret-value" not in text and "X-Amz-Signature=" not in text
+
+
+def test_presigned_urls_that_expired_are_signed_again_on_resume(tmp_path, s3):
+    photos(tmp_path / "photos", 3)
+    steps = "  - {id: recolor, op: edit, prompt: \"teal\"}\n"
+    mp = manifest(tmp_path, s3, expires="2s", steps=steps)
+    with start_emulator(fast_test_config(balance_micros=10_000)) as emu:  # the wallet pays for one edit
+        first = run(load_manifest(mp), options=opts(emu, concurrency=1))
+        assert first.outcome == "balance"
+        time.sleep(2.5)  # every URL signed by the first run has expired
+        emu.topup(1_000_000)
+        second = run(load_manifest(mp), options=opts(emu))
+        assert second.outcome == "completed", second.messages
+        assert [e.status for e in emu.ledger().entries] == ["COMPLETED"] * 3
+    assert "X-Amz-Signature=" not in state_text(tmp_path / "m.pixbatch.duckdb")
+
+
+def test_an_object_in_the_way_is_never_overwritten(tmp_path, s3):
+    photos(tmp_path / "photos", 2)
+    steps = "  - {id: recolor, op: edit, prompt: \"teal\"}\n"
+    mp = manifest(tmp_path, s3, steps=steps)
+    s3.client.put_object(Bucket=s3.bucket, Key="out/recolor/p0.jpg", Body=b"someone else's")
+    with start_emulator(fast_test_config()) as emu:
+        run(load_manifest(mp), options=opts(emu))
+    assert s3.client.get_object(Bucket=s3.bucket, Key="out/recolor/p0.jpg")["Body"].read() == b"someone else's"
+    db = duckdb.connect(str(tmp_path / "m.pixbatch.duckdb"), read_only=True)
+    got = dict(db.execute("SELECT input_id, error FROM items WHERE state = 'COMPLETED'").fetchall())
+    db.close()
+    assert "s3://" in got["p0"] and "already holds a different object, and pixbatch never overwrites one" in got["p0"]
+    assert got["more_p1"] is None
+
+
+def _count(s3, bucket: str, prefix: str) -> int:
+    return s3.client.list_objects_v2(Bucket=bucket, Prefix=prefix).get("KeyCount", 0)
+
+
+def _kill_when(proc: subprocess.Popen, ready, timeout: float = 60.0) -> bool:
+    """SIGKILL ``proc`` as soon as ``ready()``; False when it ended first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            return False
+        if ready():
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            return True
+        time.sleep(0.01)
+    proc.kill()
+    raise AssertionError("timed out")
+
+
+@pytest.mark.slow
+def test_sigkill_during_uploads_and_during_copies_then_resume_writes_each_object_once(tmp_path, s3):
+    n = 24
+    from PIL import Image
+
+    (tmp_path / "photos").mkdir()
+    for i in range(n):  # noisy images: uploads take a moment each
+        Image.frombytes("RGB", (384, 288), os.urandom(384 * 288 * 3)).save(
+            tmp_path / "photos" / f"n{i:02d}.{['png', 'jpg', 'webp'][i % 3]}")
+    out_bucket = s3.bucket + "-out"
+    s3.client.create_bucket(Bucket=out_bucket)
+    mp = manifest(tmp_path, s3, out=f"s3://{out_bucket}/o/")
+    mp.write_text(mp.read_text().replace("expires: 1h}", "expires: 1h, concurrency: 1}"))
+    before_in, before_out = s3.server.requests(s3.bucket), s3.server.requests(out_bucket)
+    cfg = fast_test_config(queue_time=(0.05, 0.2), processing_time=(0.2, 0.6))
+    with start_emulator(cfg) as emu:
+        env = {**os.environ, "PIXAZO_API_KEY": emu.api_key}
+        cmd = [sys.executable, "-m", "pixbatch", "run", str(mp), "--base-url", emu.url, "--quiet",
+               "--first-poll", "0.1", "--concurrency", "4"]
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert _kill_when(proc, lambda: 2 <= _count(s3, s3.bucket, "in/") < n), "the uploads ended before the kill"
+        partial = _count(s3, s3.bucket, "in/")
+        assert partial < n
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        assert _kill_when(proc, lambda: 3 <= _count(s3, out_bucket, "o/") < 2 * n), "the copies ended before the kill"
+        final = subprocess.run(cmd, env=env, capture_output=True, timeout=120)
+        assert final.returncode == 0, final.stderr.decode()[-3000:]
+        time.sleep(0.3)
+        ledger = emu.ledger()
+        mid_in, mid_out = s3.server.requests(s3.bucket), s3.server.requests(out_bucket)
+        again = subprocess.run(cmd, env=env, capture_output=True, timeout=120)  # a finished run, resumed
+        assert again.returncode == 0
+        end_in, end_out = s3.server.requests(s3.bucket), s3.server.requests(out_bucket)
+
+    ups, outs = diff(mid_in, before_in), diff(mid_out, before_out)
+    assert ups.get("PUT 200") == n  # every file uploaded exactly once, across the kill
+    assert outs.get("PUT 200") == 2 * n  # every output written exactly once
+    assert _count(s3, s3.bucket, "in/") == n and _count(s3, out_bucket, "o/") == 2 * n
+    assert diff(end_in, mid_in) == {}  # the resume of a finished run: nothing on the input bucket
+    assert set(diff(end_out, mid_out)) == {"LIST 200"}  # and one listing of the outputs
+    db = duckdb.connect(str(tmp_path / "m.pixbatch.duckdb"), read_only=True)
+    charged = db.execute("SELECT sum(charged_micros) FROM items").fetchone()[0]
+    states = dict(db.execute("SELECT state, count(*) FROM items GROUP BY 1").fetchall())
+    recorded = db.execute("SELECT path, sha256 FROM outputs").fetchall()
+    n_uploads = db.execute("SELECT count(*) FROM uploads").fetchone()[0]
+    db.close()
+    assert states == {"COMPLETED": 2 * n} and n_uploads == n
+    assert charged == ledger.charged_micros and len(ledger.entries) == 2 * n  # nothing paid twice
+    for path, sha in recorded:
+        data = s3.client.get_object(Bucket=out_bucket, Key=path.split("/", 3)[3])["Body"].read()
+        assert hashlib.sha256(data).hexdigest() == sha

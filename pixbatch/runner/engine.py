@@ -153,6 +153,7 @@ class _Run:
         self.state_path = Path(options.state_path or manifest.state_path)
         self.out = open_outputs(manifest)  # a local OutputDir, or a bucket (storage.s3out)
         self.uploads: Any = None  # storage.uploads.Uploader when pending items name local files
+        self.pending_at_start = 0
         budget = options.budget_micros if options.budget_micros is not None else manifest.budget_micros
         self.ledger = BudgetLedger(budget)
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
@@ -203,6 +204,7 @@ class _Run:
         p = await store.call(lambda db: prepare(db, manifest=self.m, options=self.o, run_id=self.run_id,
                                                 budget=self.ledger.cap, table=self.table, expand=self._expand))
         self.scope, self.aliases, self.estimate = p.scope, p.aliases, p.estimate
+        self.pending_at_start = p.position.pending.items
         self.ledger = BudgetLedger(self.ledger.cap, p.position.totals.committed_micros)
         if p.ambiguous_now:
             self.log.emit("run", None, message=f"{p.ambiguous_now} item(s) were being submitted when the last run "
@@ -311,7 +313,8 @@ class _Run:
         """Local input files to the bucket before anything is sent (``storage.phase``)."""
         assert self.store is not None
         try:
-            self.uploads = await upload_inputs(self.m, self.store, self.scope, self.log.emit)
+            self.uploads = await upload_inputs(self.m, self.store, self.scope, self.log.emit, outputs=self.out,
+                                               pending=self.pending_at_start)
         except StorageError:
             await self._finish_run("failed")
             raise

@@ -47,9 +47,14 @@ def local_files(manifest: Any, wanted: set[str]) -> dict[str, LocalFile]:
     return found
 
 
-async def upload_inputs(manifest: Any, store: Any, scope: str, emit: Callable[..., None]) -> Any:
+async def upload_inputs(manifest: Any, store: Any, scope: str, emit: Callable[..., None], *,
+                        outputs: Any = None, pending: int = 0) -> Any:
+    """The upload phase (see the module docstring); with items pending, an output bucket is
+    checked first too (a missing bucket would fail every output after paying for it)."""
     from .uploads import Uploader
 
+    if pending and getattr(outputs, "copies", False):
+        await outputs.check()
     needed = await store.call(lambda db: files_to_send(db, scope))
     if not needed:
         return None

@@ -108,6 +108,10 @@ class S3Outputs:
             self._s3 = S3(self.opts)
         return self._s3
 
+    async def check(self) -> None:
+        """The bucket exists and takes these credentials (before anything is paid for)."""
+        await asyncio.to_thread(self.s3.check_bucket, self.loc.bucket)
+
     def uri(self, name: str) -> str:
         return self.loc.uri_of(self.loc.key(name))
 
