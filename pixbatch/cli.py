@@ -271,6 +271,7 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
 
     from .estimate import check_budget, estimate_manifest, estimate_to_dict, render_estimate
     from .manifest import load_manifest_shallow
+    from .storage.phase import upload_plan
     from .pricing import PriceTable
 
     table = PriceTable.load(pricing_path)
@@ -280,11 +281,47 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
         budget_micros = manifest.budget_micros
     est = estimate_manifest(manifest, table, state_path=state_path, probe=not no_probe, refresh=refresh_probes,
                             concurrency=probe_concurrency, timeout=probe_timeout)
+    uploads = upload_plan(manifest, state_path)  # local inputs: what a run would upload (None: no local files)
     if as_json:
-        click.echo(json.dumps(estimate_to_dict(est, budget_micros=budget_micros), indent=2))
+        data = estimate_to_dict(est, budget_micros=budget_micros)
+        if uploads is not None:
+            data["uploads"] = uploads.to_dict()
+        click.echo(json.dumps(data, indent=2))
     else:
         render_estimate(est, Console(highlight=False), budget_micros=budget_micros)
+        if uploads is not None:
+            click.echo(uploads.text())
     check_budget(est, budget_micros)
+
+
+# -- init ------------------------------------------------------------------------------
+
+
+@cli.command("init")
+@click.argument("source", type=click.Path(exists=True))
+@click.option("-o", "--output", "output", default="manifest.yaml", show_default=True, type=click.Path(),
+              help="Where to write the manifest.")
+@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
+@click.pass_context
+def init_command(ctx: click.Context, source: str, output: str, force: bool) -> None:
+    """Write a commented starter manifest for SOURCE: a folder of images, or a CSV (or .txt) of inputs.
+
+    It has the inputs, one example step per operation (upscale active, edit commented out),
+    a budget sized from its estimate, and an uploads: section when the inputs are local
+    files (name your bucket there). It validates as written.
+    """
+    from pathlib import Path
+
+    from .scaffold import starter_manifest
+
+    out = Path(output)
+    if out.exists() and not force:
+        click.echo(f"{output} exists; pass --force to overwrite it, or -o another file.", err=True)
+        ctx.exit(ExitCode.USAGE)
+    text = starter_manifest(source, out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text, "utf-8")
+    click.echo(f"wrote {output}: edit it, then `pixbatch validate {output}` and `pixbatch estimate {output}`.")
 
 
 # -- validate --------------------------------------------------------------------------

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from ..errors import StorageError
@@ -86,3 +88,63 @@ def local_inputs_digest(manifest: Any) -> bytes:
     for inp in manifest.iter_local_inputs():
         h.update(f"{inp.id}\0{inp.file.path}\0{inp.file.sha256}\n".encode())
     return h.digest()
+
+
+@dataclass(frozen=True, slots=True)
+class UploadPlan:
+    """What a run would upload (``estimate``): the local files the items name, and what the
+    state file records as already in the bucket (nothing is asked of the bucket)."""
+
+    to: str  # s3://bucket/prefix/
+    files: int
+    bytes: int
+    recorded: int  # already uploaded, per the state file
+    recorded_bytes: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"to": self.to, "files": self.files, "bytes": self.bytes, "already_uploaded": self.recorded,
+                "already_uploaded_bytes": self.recorded_bytes, "to_upload": self.files - self.recorded,
+                "to_upload_bytes": self.bytes - self.recorded_bytes}
+
+    def text(self) -> str:
+        left, left_bytes = self.files - self.recorded, self.bytes - self.recorded_bytes
+        line = f"Uploads: {self.files:,} local file(s), {self.bytes:,} bytes, to {self.to}"
+        if self.recorded:
+            line += f"; {self.recorded:,} already uploaded, {left:,} ({left_bytes:,} bytes) to upload"
+        return line
+
+
+def upload_plan(manifest: Any, state_path: str | None = None) -> UploadPlan | None:
+    """The local files the manifest's items name (a walk of the expansion), or None when there are none."""
+    if manifest.uploads is None or not manifest.has_local_inputs():
+        return None
+    from ..expand import expand
+    from ..items import FILE_SCHEME
+
+    shas: set[str] = set()
+    for item in expand(manifest):
+        for url in item.body.get("images") or [item.body.get("image")]:
+            if isinstance(url, str) and url.startswith(FILE_SCHEME):
+                shas.add(url[len(FILE_SCHEME):])
+    files = local_files(manifest, shas)
+    cfg = manifest.uploads
+    uris = [cfg.to.uri_of(cfg.to.key(f"{f.sha256}.{f.ext}")) for f in files.values()]
+    recorded = recorded_bytes = 0
+    path = Path(state_path or manifest.state_path)
+    if path.exists():
+        import duckdb
+
+        from ..state.objects import upload_totals
+
+        try:
+            db = duckdb.connect(str(path), read_only=True)
+        except duckdb.Error:
+            db = None  # held by a running run: the plan says what the files are, without the record
+        if db is not None:
+            try:
+                recorded, recorded_bytes = upload_totals(db, uris)
+            except duckdb.Error:
+                pass  # a state file from before uploads existed
+            finally:
+                db.close()
+    return UploadPlan(cfg.to.uri, len(files), sum(f.bytes for f in files.values()), recorded, recorded_bytes)
