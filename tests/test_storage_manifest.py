@@ -122,3 +122,70 @@ def test_uploads_and_s3_output_dir_are_checked():
     m = load_manifest("m.yaml")
     assert m.output_uri == "s3://out-bucket/run/" and m.uploads.to.uri == "s3://my-bucket/in/"
     assert m.uploads.expires == 7 * 86400 and m.uploads.url == "presigned"
+
+
+def test_init_writes_a_commented_manifest_that_validates():
+    for i, ext in enumerate(["png", "jpg", "webp"]):
+        make_image(Path(f"shots/s{i}.{ext}"), (64 + i, 48))
+    r = CliRunner().invoke(cli, ["init", "shots", "-o", "work/spring.yaml"])
+    assert r.exit_code == 0, r.output
+    text = Path("work/spring.yaml").read_text()
+    assert "from: ../shots/" in text and "uploads:" in text and "# - id: edit" in text
+    assert sum(1 for ln in text.splitlines() if "#" in ln) > 20  # every field explained
+    r = CliRunner().invoke(cli, ["validate", "work/spring.yaml"])
+    assert r.exit_code == 0 and "3 inputs, 1 steps, 3 work items" in r.output, r.output
+    assert CliRunner().invoke(cli, ["init", "shots", "-o", "work/spring.yaml"]).exit_code == 2  # no overwrite
+    Path("urls.csv").write_text("url,id,sku\nhttps://cdn.example.com/1.png,one,S1\n")
+    assert CliRunner().invoke(cli, ["init", "urls.csv"]).exit_code == 0
+    text = Path("manifest.yaml").read_text()
+    assert "uploads:" not in text  # URLs need no bucket
+    assert CliRunner().invoke(cli, ["validate", "manifest.yaml"]).exit_code == 0
+
+
+def test_estimate_prices_local_files_exactly_and_says_what_would_be_uploaded():
+    import json
+
+    make_image(Path("photos/a.png"), (1000, 1000))
+    make_image(Path("photos/b.jpg"), (1500, 1500))
+    Path("photos/twin.png").write_bytes(Path("photos/a.png").read_bytes())  # the same bytes: one upload
+    Path("m.yaml").write_text(f"version: 1\n{UP}inputs: [{{from: photos/}}]\n{STEP}")
+    r = CliRunner().invoke(cli, ["estimate", "m.yaml", "--json"])
+    assert r.exit_code == 0, r.output
+    data = json.loads(r.output)
+    a_bytes, b_bytes = Path("photos/a.png").stat().st_size, Path("photos/b.jpg").stat().st_size
+    assert data["uploads"] == {"to": "s3://my-bucket/in/", "files": 2, "bytes": a_bytes + b_bytes,
+                               "already_uploaded": 0, "already_uploaded_bytes": 0, "to_upload": 2,
+                               "to_upload_bytes": a_bytes + b_bytes}
+    # factor 2 on 1 MP (4 MP out) and 2.25 MP (8 MP out, capped): priced exactly from the files' sizes, no probe
+    assert data["total"]["exact"] and data["sizes"]["probed"] == 0
+    assert data["total"]["high"]["micros"] == 5_000 + 10_000
+    r = CliRunner().invoke(cli, ["estimate", "m.yaml"])
+    assert f"Uploads: 2 local file(s), {a_bytes + b_bytes:,} bytes, to s3://my-bucket/in/" in r.output
+
+
+def test_presigned_urls_are_signed_at_send_time_and_again_after_half_their_life(monkeypatch):
+    from pixbatch.storage import uploads as up_mod
+    from pixbatch.storage.config import S3Location, UploadsConfig
+
+    class FakeS3:
+        signed = 0
+
+        def presign(self, bucket, key, expires):
+            FakeS3.signed += 1
+            return f"https://{bucket}.example/{key}?X-Amz-Expires={expires}&n={FakeS3.signed}"
+
+        def public_url(self, bucket, key, base):
+            return f"{base}/{key}"
+
+    now = [1000.0]
+    monkeypatch.setattr(up_mod.time, "monotonic", lambda: now[0])
+    u = up_mod.Uploader(UploadsConfig(S3Location("b-bucket", "in/"), expires=3600), FakeS3())
+    u.keys["ab" * 32] = "in/" + "ab" * 32 + ".png"
+    first = u.url_for("ab" * 32)
+    assert u.url_for("ab" * 32) == first  # fresh: reused
+    now[0] += 1801
+    assert u.url_for("ab" * 32) != first and FakeS3.signed == 2  # past half its life: signed again
+    pub = up_mod.Uploader(UploadsConfig(S3Location("b-bucket", "in/"), url="public",
+                                        public_base_url="https://cdn.example.com"), FakeS3())
+    pub.keys["cd" * 32] = "in/x.png"
+    assert pub.url_for("cd" * 32) == "https://cdn.example.com/in/x.png"
