@@ -29,7 +29,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -65,8 +65,16 @@ from .transport import AiohttpTransport, Reply
 
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
 
-__all__ = ["DEFAULT_BASE_URL", "Accepted", "Download", "Exchange", "Gateway", "JobStatus", "Reply", "SubmitUnknown",
-           "parse_timestamp"]
+__all__ = ["DEFAULT_BASE_URL", "Accepted", "Download", "Exchange", "Gateway", "JobStatus", "Reply", "SendHooks",
+           "SubmitUnknown", "parse_timestamp"]
+
+
+class SendHooks(Protocol):
+    """What the caller of ``Gateway.submit`` hears of each single send (see ``submit``)."""
+
+    async def sending(self) -> None: ...
+
+    def refused(self, status: int | None, reason: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -249,21 +257,40 @@ class Gateway:
 
     # -- submit -------------------------------------------------------------------------
 
-    async def submit(self, op: str, body: dict[str, Any], *, webhook_url: str | None = None) -> Accepted:
+    async def submit(self, op: str, body: dict[str, Any], *, webhook_url: str | None = None,
+                     hooks: SendHooks | None = None) -> Accepted:
         """POST one request; returns the acceptance or raises.
 
         Raises ``SubmitUnknown`` when it may have been accepted; ``BadRequest``/``NotFound``
         (not accepted, not charged); ``AuthError``; ``InsufficientBalance``; ``RateLimited``
         or ``ServerError`` when definite refusals outlast the retries; ``GatewayUnreachable``
         when no connection could be made.
+
+        ``hooks`` hears of every single send: ``sending()`` is awaited once the rate limiter has
+        granted a token, immediately before the request is written (the runner commits its
+        intent there), and ``refused(status, reason)`` follows each send that was definitely not
+        accepted and is about to be tried again (a 429, a 500/503, a connection never made).
         """
         path = ENDPOINTS[op]
         content = json.dumps(body, separators=(",", ":")).encode()
         headers = [(b"Content-Type", b"application/json")]
         if webhook_url:
             headers += [(WEBHOOK_URL_HEADER.encode(), webhook_url.encode()), (WEBHOOK_MODE_HEADER.encode(), b"terminal")]
-        end = await retrying(self.policy, lambda: self._call("POST", path, content, headers),
-                             on=retry_policy.submit_again, before=self.limiter.acquire,
+        async def send() -> Reply:
+            if hooks is not None:
+                await hooks.sending()
+            return await self._call("POST", path, content, headers)
+
+        def again(outcome: Reply | BaseException) -> retry_policy.Again | None:
+            verdict = retry_policy.submit_again(outcome)
+            if verdict is not None and hooks is not None:
+                if isinstance(outcome, BaseException):
+                    hooks.refused(None, f"not sent: {type(outcome).__name__}")
+                else:
+                    hooks.refused(outcome.status_code, redact(_message(outcome), (self._key,))[:200])
+            return verdict
+
+        end = await retrying(self.policy, send, on=again, before=self.limiter.acquire,
                              on_throttle=self.limiter.on_throttle)
         resp = end.outcome
         if isinstance(resp, BaseException):

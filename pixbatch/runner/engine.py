@@ -49,7 +49,7 @@ from .poll import Poller, WebhookReceiver
 from .prepare import position, prepare
 from .status import StatusWriter
 from .settle import settle_item
-from .submit import ACCEPTED, submit_item
+from .submit import ACCEPTED, SendLog, submit_item
 
 PAGE = 2000
 
@@ -82,6 +82,7 @@ class _Tasks:
     def __init__(self, on_error: Callable[[BaseException], None]):
         self.all: set[asyncio.Task] = set()
         self.polling: set[asyncio.Task] = set()
+        self.sending: dict[asyncio.Task, SendLog] = {}  # tasks inside Gateway.submit, by their send log
         self.errors: list[BaseException] = []
         self.on_error = on_error
 
@@ -104,6 +105,13 @@ class _Tasks:
     def cancel_polling(self) -> None:
         for task in list(self.polling):
             if task is not asyncio.current_task():
+                task.cancel()
+
+    def cancel_unsent(self) -> None:
+        """Cancel every submit that has no request on the wire (waiting for a token, a retry, a
+        Retry-After): nothing was sent, so nothing is in doubt. Sends on the wire finish."""
+        for task, log in list(self.sending.items()):
+            if not log.in_flight and task is not asyncio.current_task():
                 task.cancel()
 
     async def drain(self) -> None:
@@ -295,6 +303,7 @@ class _Run:
             self.stop_reason = StopReason.INTERRUPT
             self.stop_message = "interrupted"
         self.tasks.cancel_polling()
+        self.tasks.cancel_unsent()
         self.done.tick()
 
     def _stop(self, reason: StopReason, message: str) -> None:
@@ -303,6 +312,8 @@ class _Run:
             self.stop_message = message
         if reason is StopReason.AUTH:  # polls would all get 401 too; POSTs in flight record their own answer
             self.tasks.cancel_polling()
+        if reason is not StopReason.BUDGET:  # the key, the wallet, Ctrl-C: what is not sent yet is not sent
+            self.tasks.cancel_unsent()
         self.done.tick()
 
     async def _finish_run(self, outcome: str) -> None:
@@ -425,9 +436,16 @@ class _Run:
         """Send the item; True when the gateway accepted it."""
         assert self.gw is not None
         self.submits += 1
-        rule = await submit_item(row, up, gateway=self.gw, ledger=self.ledger, put=self.log.put, run_id=self.run_id,
-                                 webhook_url=self.o.webhook_url,
-                                 file_url=self.uploads.url_for if self.uploads is not None else None)
+        log = SendLog(row, self.log.put, self.run_id)
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.sending[task] = log
+        try:
+            rule = await submit_item(row, up, gateway=self.gw, ledger=self.ledger, put=self.log.put,
+                                     run_id=self.run_id, webhook_url=self.o.webhook_url, log=log,
+                                     file_url=self.uploads.url_for if self.uploads is not None else None)
+        finally:
+            del self.tasks.sending[task]
         if rule.skip:
             self.skip.add(row.key)
         if rule.stop is not None:
