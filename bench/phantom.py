@@ -11,12 +11,13 @@ at any moment. A seeded RNG kills it ``kills`` times; after each kill, before re
 
 - open intents: sends the state file logged as starting and not yet answered (the next
   run marks these items AMBIGUOUS);
-- POSTs in flight: the open intents whose request the emulator accepted (its request log
-  has the image with a request id: the ledger will charge it);
-- phantom: open intents whose request the emulator never accepted (never received, or
-  refused). The client commits an intent after the rate limiter's token and just before
-  writing the request, so only a kill inside that window of a few milliseconds, or while
-  the gateway is answering a refusal, leaves one.
+- POSTs in flight: the open intents whose request the emulator received (its request log
+  holds more sends of that image than the state file has answered: one intent is one send);
+  of those, how many it accepted (the ledger charges them) and how many it refused (a 429
+  the killed client never read);
+- phantom: open intents whose request the emulator never received. The client commits an
+  intent after the rate limiter's token and just before writing the request, so only a
+  kill inside that window of a few milliseconds leaves one.
 
 Target: phantom AMBIGUOUS <= 2 over all the kills.
 """
@@ -30,6 +31,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,10 +47,11 @@ TARGET_PHANTOM = 2
 class PhantomFigures:
     kills: int = 0
     open_intents: list[int] = field(default_factory=list)  # per kill
-    in_flight: list[int] = field(default_factory=list)  # per kill: open intents the gateway accepted
-    phantom: list[int] = field(default_factory=list)  # per kill: open intents it never accepted
+    in_flight: list[int] = field(default_factory=list)  # per kill: open intents the gateway received
+    accepted_at_kill: list[int] = field(default_factory=list)  # per kill: of those, the ones it accepted
+    phantom: list[int] = field(default_factory=list)  # per kill: open intents it never received
     ambiguous_final: int = 0
-    ambiguous_never_accepted: int = 0  # of those, items whose request the gateway never accepted
+    ambiguous_never_accepted: int = 0  # of those, items whose request the gateway never accepted (or refused)
     received: int = 0
     accepted: int = 0
     seconds: float = 0.0
@@ -58,8 +61,9 @@ class PhantomFigures:
         return [
             f"SIGKILLs {self.kills}, {self.seconds:.1f} s; submits received {self.received}, accepted {self.accepted}",
             f"open intents / POSTs in flight, per kill: {per_kill}",
-            f"open intents at the kills: {sum(self.open_intents)}; of which in flight: {sum(self.in_flight)}; "
-            f"phantom (never accepted): {sum(self.phantom)}",
+            f"open intents at the kills: {sum(self.open_intents)}; POSTs in flight: {sum(self.in_flight)} "
+            f"({sum(self.accepted_at_kill)} accepted, {sum(self.in_flight) - sum(self.accepted_at_kill)} refused "
+            f"after the kill); phantom (never received): {sum(self.phantom)}",
             f"AMBIGUOUS items at the end: {self.ambiguous_final} (never accepted by the gateway: "
             f"{self.ambiguous_never_accepted})",
         ]
@@ -72,10 +76,13 @@ def write_manifest(root: Path, n: int) -> Path:
     return p
 
 
-def _open_intents(state: Path) -> list[tuple[str, str]]:
-    """(key, image) for every send logged as starting and not answered."""
-    rows = query(state, "SELECT a.key, i.body FROM attempts a JOIN items i USING (key) WHERE a.outcome = 'pending'")
-    return [(k, json.loads(body)["image"]) for k, body in rows]
+def _open_intents(state: Path) -> list[tuple[str, str, int]]:
+    """(key, image, answered sends of that key) for every send logged as starting and not answered."""
+    if not state.exists():  # killed before the state file was made
+        return []
+    rows = query(state, "SELECT a.key, i.body, (SELECT count(*) FROM attempts c WHERE c.key = a.key AND "
+                        "c.outcome <> 'pending') FROM attempts a JOIN items i USING (key) WHERE a.outcome = 'pending'")
+    return [(k, json.loads(body)["image"], int(answered)) for k, body, answered in rows]
 
 
 def phantom(root: Path, *, kills: int, items: int, seed: int, window: tuple[float, float] = (1.0, 2.5),
@@ -100,13 +107,16 @@ def phantom(root: Path, *, kills: int, items: int, seed: int, window: tuple[floa
                 proc.communicate()
                 f.kills += 1
                 time.sleep(0.3)  # what was written to the socket before the kill reaches the emulator
-                accepted = {e.image for e in emu.requests().submits if e.accepted}
+                log_now = emu.requests().submits
+                received = Counter(e.image for e in log_now)
+                accepted = {e.image for e in log_now if e.accepted}
                 opened = _open_intents(state)
-                got = sum(1 for _k, image in opened if image in accepted)
+                got = [image for _k, image, answered in opened if received[image] > answered]
                 f.open_intents.append(len(opened))
-                f.in_flight.append(got)
-                f.phantom.append(len(opened) - got)
-                log(f"kill {f.kills}: {len(opened)} open intent(s), {got} accepted by the gateway")
+                f.in_flight.append(len(got))
+                f.accepted_at_kill.append(sum(1 for image in got if image in accepted))
+                f.phantom.append(len(opened) - len(got))
+                log(f"kill {f.kills}: {len(opened)} open intent(s), {len(got)} received by the gateway")
                 continue
             proc.communicate()
             break  # the work ran out before the kills did

@@ -28,7 +28,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
@@ -53,6 +53,7 @@ from .errors import (
     GatewayUnreachable,
     InsufficientBalance,
     NotFound,
+    QuotaExceeded,
     RateLimited,
     ServerError,
     SubmitUnknown,
@@ -135,6 +136,11 @@ def parse_timestamp(value: Any) -> datetime | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 60 else f"{s} s"
 
 
 def _message(resp: Reply | httpx.Response) -> str:
@@ -242,6 +248,17 @@ class Gateway:
     def _raise_for_definite(self, resp: Reply | httpx.Response, what: str) -> None:
         code = resp.status_code
         msg = redact(_message(resp), (self._key,))
+        retry_after = resp.headers.get("Retry-After")
+        if code == 403 and retry_after is not None:
+            # API Management's quota ("Out of call volume quota"): the key is fine, the calls are used up
+            seconds = retry_policy.parse_retry_after(retry_after)
+            when = ""
+            if seconds is not None:
+                back = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+                when = f" It comes back in {_duration(seconds)} (at {back:%Y-%m-%d %H:%M} UTC)."
+            raise QuotaExceeded(f"the gateway's call quota for this key is used up ({msg}) on {what}.{when} "
+                                "Run the same command again then: nothing was marked failed.",
+                                retry_after=seconds, status_code=code, body=msg)
         if code in (401, 403):
             raise AuthError(
                 f"the gateway refused the API key ({code} {msg}) on {what}. Check PIXAZO_API_KEY "
@@ -285,7 +302,8 @@ class Gateway:
             verdict = retry_policy.submit_again(outcome)
             if verdict is not None and hooks is not None:
                 if isinstance(outcome, BaseException):
-                    hooks.refused(None, f"not sent: {type(outcome).__name__}")
+                    hooks.refused(None, f"not sent: {type(outcome).__name__}: "
+                                        f"{redact(str(outcome), (self._key,))[:200]}")
                 else:
                     hooks.refused(outcome.status_code, redact(_message(outcome), (self._key,))[:200])
             return verdict

@@ -140,7 +140,7 @@ def test_the_poller_rides_out_gateway_errors_and_records_status_changes():
     gw = FakeGateway([JobStatus("r1", "QUEUED"), ServerError("503", status_code=503),
                       JobStatus("r1", "PROCESSING"), JobStatus("r1", "COMPLETED", media_urls=("https://m/1",))])
     poller = Poller(gw, initial=0.0, cap=0.0, put=lambda r, **e: puts.append((r.gateway_status, e)),
-                    on_auth=lambda m: None)
+                    on_stop=lambda reason, m: None)
     r = row(state=st.SUBMITTED, request_id="r1")
     s = asyncio.run(poller.until_done(r, resumed=True))
     assert s.status == "COMPLETED" and poller.polls == 3 and r.polls == 3
@@ -150,12 +150,13 @@ def test_the_poller_rides_out_gateway_errors_and_records_status_changes():
 def test_the_poller_gives_up_after_repeated_failures_and_stops_on_a_refused_key():
     puts, auth = [], []
     gw = FakeGateway([ServerError("503", status_code=503)] * 6)
-    poller = Poller(gw, initial=0.0, cap=0.0, put=lambda r, **e: puts.append(e), on_auth=auth.append)
+    poller = Poller(gw, initial=0.0, cap=0.0, put=lambda r, **e: puts.append(e),
+                    on_stop=lambda reason, m: auth.append((reason, m)))
     r = row(state=st.SUBMITTED, request_id="r1")
     assert asyncio.run(poller.until_done(r, resumed=True)) is None
     assert r.error.startswith("polling failed") and len(puts) == 1
     gw.statuses = [AuthError("401 key refused", status_code=401)]
-    assert asyncio.run(poller.until_done(r, resumed=True)) is None and auth == ["401 key refused"]
+    assert asyncio.run(poller.until_done(r, resumed=True)) is None and auth == [(StopReason.AUTH, "401 key refused")]
 
 
 # -- the submit table ---------------------------------------------------------------------------

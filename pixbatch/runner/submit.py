@@ -10,12 +10,14 @@ specific types come first.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .. import state as st
-from ..errors import AuthError, BadRequest, GatewayError, InsufficientBalance, NotFound, SubmitUnknown
+from ..errors import (AuthError, BadRequest, GatewayError, InsufficientBalance, NotFound, QuotaExceeded,
+                      SubmitUnknown)
 from ..gateway import Gateway
 from ..items import resolve_urls
 from .budget import BudgetLedger
@@ -40,6 +42,8 @@ SUBMIT_TABLE: tuple[tuple[type[BaseException], SubmitRule], ...] = (
     # the gateway refused this request's content: sending it again would be refused again
     (BadRequest, SubmitRule(st.FAILED_VALIDATION, release=True, skip=False, attempt="rejected", finished=True)),
     (NotFound, SubmitRule(st.FAILED_VALIDATION, release=True, skip=False, attempt="rejected", finished=True)),
+    # the key's call quota is used up: nothing more can be sent until it comes back; nothing failed
+    (QuotaExceeded, SubmitRule(st.PENDING, release=True, skip=True, attempt="rejected", stop=StopReason.QUOTA)),
     # the wallet or the key: nothing more can be sent by this run
     (InsufficientBalance, SubmitRule(st.PENDING, release=True, skip=True, attempt="rejected",
                                      stop=StopReason.BALANCE)),
@@ -61,6 +65,34 @@ def _durable(fut: Any) -> Any:
     return fut if isinstance(fut, asyncio.Future) else asyncio.wrap_future(fut)
 
 
+class Reachability:
+    """Whether the gateway can be reached at all: sends that never connected, while nothing has
+    answered since the run started, for ``after`` seconds, mean a wrong base URL or no network."""
+
+    def __init__(self, after: float = 8.0, clock: Callable[[], float] = time.monotonic):
+        self.after = after
+        self.clock = clock
+        self.since: float | None = None  # the first send that could not connect, while none did
+        self.reason = ""
+
+    def note(self, status: int | None, reason: str, *, answered: int) -> bool:
+        """A refused send; True when it starts a spell of sends that could not connect."""
+        if status is not None or answered:
+            self.since = None
+            return False
+        self.reason = reason
+        if self.since is None:
+            self.since = self.clock()
+            return True
+        return False
+
+    def cause(self, *, answered: int) -> str | None:
+        """Why the run should stop (the latest connection error), or None."""
+        if self.since is None or answered or self.clock() - self.since < self.after:
+            return None
+        return self.reason
+
+
 class SendLog:
     """The submit log of one item's sends: one intent per HTTP send, each closed by its own answer.
 
@@ -72,8 +104,10 @@ class SendLog:
     can cancel every item that is not in the middle of a send.
     """
 
-    def __init__(self, row: st.ItemRow, put: Callable[..., Any], run_id: str):
+    def __init__(self, row: st.ItemRow, put: Callable[..., Any], run_id: str,
+                 on_refused: Callable[[int | None, str], None] | None = None):
         self.row, self.put, self.run_id = row, put, run_id
+        self.on_refused = on_refused  # told of each refused send (the run watches for a gateway it cannot reach)
         self.intent: st.Intent | None = None
         self.in_flight = False
 
@@ -92,6 +126,8 @@ class SendLog:
         self.row.state = st.PENDING
         self.row.error = f"refused ({status or 'not sent'}): {reason}; trying again"
         self.put(self.row, attempt=st.Attempt.of(self.intent, "rejected", http_status=status), reason=self.row.error)
+        if self.on_refused is not None:
+            self.on_refused(status, reason)
 
     def close(self, outcome: str, **kw: Any) -> st.Attempt | None:
         """The attempt that closes the open intent (None: no send is open, nothing to log)."""
