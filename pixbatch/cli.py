@@ -283,45 +283,12 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
                             concurrency=probe_concurrency, timeout=probe_timeout)
     uploads = upload_plan(manifest, state_path)  # local inputs: what a run would upload (None: no local files)
     if as_json:
-        data = estimate_to_dict(est, budget_micros=budget_micros)
-        if uploads is not None:
-            data["uploads"] = uploads.to_dict()
-        click.echo(json.dumps(data, indent=2))
+        extra = {"uploads": uploads.to_dict()} if uploads else {}
+        click.echo(json.dumps({**estimate_to_dict(est, budget_micros=budget_micros), **extra}, indent=2))
     else:
         render_estimate(est, Console(highlight=False), budget_micros=budget_micros)
-        if uploads is not None:
-            click.echo(uploads.text())
+        click.echo(uploads.text() if uploads else "", nl=bool(uploads))
     check_budget(est, budget_micros)
-
-
-# -- init ------------------------------------------------------------------------------
-
-
-@cli.command("init")
-@click.argument("source", type=click.Path(exists=True))
-@click.option("-o", "--output", "output", default="manifest.yaml", show_default=True, type=click.Path(),
-              help="Where to write the manifest.")
-@click.option("--force", is_flag=True, help="Overwrite the output file if it exists.")
-@click.pass_context
-def init_command(ctx: click.Context, source: str, output: str, force: bool) -> None:
-    """Write a commented starter manifest for SOURCE: a folder of images, or a CSV (or .txt) of inputs.
-
-    It has the inputs, one example step per operation (upscale active, edit commented out),
-    a budget sized from its estimate, and an uploads: section when the inputs are local
-    files (name your bucket there). It validates as written.
-    """
-    from pathlib import Path
-
-    from .scaffold import starter_manifest
-
-    out = Path(output)
-    if out.exists() and not force:
-        click.echo(f"{output} exists; pass --force to overwrite it, or -o another file.", err=True)
-        ctx.exit(ExitCode.USAGE)
-    text = starter_manifest(source, out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text, "utf-8")
-    click.echo(f"wrote {output}: edit it, then `pixbatch validate {output}` and `pixbatch estimate {output}`.")
 
 
 # -- validate --------------------------------------------------------------------------
@@ -625,5 +592,9 @@ def demo_command(ctx: click.Context, directory: str | None, keep: bool) -> None:
         console.print(f"Kept {root}: {result.manifest_path.name}, {result.state_path.name}, out/, report.html, "
                       f"ledger.json. Try: pixbatch report {result.manifest_path} --format html -o report.html")
 
+
+from .cli_init import init_command  # noqa: E402  (wired beside this module, which is at its size limit)
+
+cli.add_command(init_command)
 
 main = cli

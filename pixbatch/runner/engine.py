@@ -204,8 +204,7 @@ class _Run:
         self.table = PriceTable.load(options.pricing_path)
         self.state_path = Path(options.state_path or manifest.state_path)
         self.out = open_outputs(manifest)  # a local OutputDir, or a bucket (storage.s3out)
-        self.uploads: Any = None  # storage.uploads.Uploader when pending items name local files
-        self.pending_at_start = 0
+        self.uploads, self.pending_at_start = None, 0  # storage.uploads.Uploader (local inputs); items to send
         budget = options.budget_micros if options.budget_micros is not None else manifest.budget_micros
         self.ledger = BudgetLedger(budget)
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
@@ -331,8 +330,7 @@ class _Run:
         await self.store.call(lambda db: st.finish_run(db, self.run_id, outcome))
 
     async def _upload_inputs(self) -> None:
-        """Local input files to the bucket before anything is sent (``storage.phase``)."""
-        assert self.store is not None
+        """Local input files to the bucket before anything is sent (``storage.phase``); a refusal ends the run."""
         try:
             self.uploads = await upload_inputs(self.m, self.store, self.scope, self.log.emit, outputs=self.out,
                                                pending=self.pending_at_start)
