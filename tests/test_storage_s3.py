@@ -61,3 +61,45 @@ def test_errors_name_the_bucket_and_what_to_do(s3, monkeypatch):
     monkeypatch.delenv("AWS_ACCESS_KEY_ID")
     with pytest.raises(StorageError, match="no credentials"):
         S3(StoreOptions()).check_bucket(s3.bucket)
+
+
+def test_large_files_go_up_in_parts_and_their_etag_is_known_in_advance(s3, tmp_path):
+    """Above PART_SIZE: an upload is multipart; a streamed output's ETag is computed on the way
+    (what a resume compares with the listing)."""
+    import asyncio
+    import os
+
+    from PIL import Image
+
+    from pixbatch.storage.config import S3Location, UploadsConfig
+    from pixbatch.storage.local import inspect
+    from pixbatch.storage.s3out import _Sink
+    from pixbatch.storage.uploads import Uploader
+
+    big = tmp_path / "big.png"
+    Image.frombytes("RGB", (1800, 1800), os.urandom(1800 * 1800 * 3)).save(big)
+    f = inspect(big)
+    assert f.bytes > 8 * 1024 * 1024
+    rows = []
+    up = Uploader(UploadsConfig(S3Location(s3.bucket, "in/")))
+    stats = asyncio.run(up.sync([f], {}, rows.append))
+    assert stats.uploaded == 1 and up.s3.requests.get("UploadPart", 0) >= 2 and rows[0].how == "put"
+    got = s3.client.get_object(Bucket=s3.bucket, Key=f"in/{f.sha256}.png")["Body"].read()
+    assert hashlib.sha256(got).hexdigest() == f.sha256
+
+    async def stream(data: bytes, key: str) -> tuple[str, str]:
+        sink = _Sink(S3(StoreOptions()), s3.bucket, key, "application/octet-stream")
+        for i in range(0, len(data), 65536):
+            await sink.feed(data[i:i + 65536])
+        return await sink.finish(None), sink.etag
+
+    data = os.urandom(20 * 1024 * 1024 + 123)
+    etag, predicted = asyncio.run(stream(data, "out/x.bin"))
+    assert etag == predicted and etag.endswith('-3"')  # 8 + 8 + 4 MiB parts
+    small, predicted = asyncio.run(stream(b"tiny", "out/y.bin"))
+    assert small == predicted == '"' + hashlib.md5(b"tiny").hexdigest() + '"'
+    listed = {o["Key"]: o["ETag"] for o in s3.client.list_objects_v2(Bucket=s3.bucket, Prefix="out/")["Contents"]}
+    assert listed == {"out/x.bin": etag, "out/y.bin": small}  # what a resume compares with the record
+    with pytest.raises(Exists):  # a streamed write is conditional too, multipart included
+        asyncio.run(stream(data, "out/x.bin"))
+    assert s3.client.list_multipart_uploads(Bucket=s3.bucket).get("Uploads", []) == []  # the refused one aborted
