@@ -31,7 +31,8 @@ from .config import S3Location, StoreOptions, parse_s3
 from .s3 import PART_SIZE, S3, Exists, ObjectInfo
 
 HEAD_BYTES = 256 * 1024  # what the image check reads
-MAX_OUTPUT_BYTES = 512 * 1024 * 1024  # an output larger than this is not an image the gateway made
+MAX_OUTPUT_BYTES = 200 * 1024 * 1024  # as gateway.MAX_MEDIA_BYTES: more is not an image the gateway made
+DEADLINE = 300.0  # seconds for one output's copy (as gateway.DOWNLOAD_DEADLINE)
 TRIES = 3
 PAGE = 2000
 
@@ -125,7 +126,7 @@ class S3Outputs:
         from ..runner.outputs import check_image
 
         replace = replace or {}
-        url = row.media_url
+        url = dl.gw.media_url(row.media_url) if hasattr(dl.gw, "media_url") else row.media_url
         if url.startswith("/"):
             url = urljoin(dl.gw.base_url + "/", url)
         if not url.startswith(("http://", "https://")):
@@ -135,16 +136,25 @@ class S3Outputs:
         sink = head = None
         for attempt in range(1, TRIES + 1):
             try:
-                sink, head, ctype = await self._stream(url, key0, media_type, dl.timeout)
+                sink, head, ctype = await asyncio.wait_for(self._stream(url, key0, media_type, dl.timeout), DEADLINE)
                 break
-            except _Retry as exc:
-                if attempt == TRIES:
-                    dl.emit("download", row.key, ok=False, error=str(exc))
-                    raise GatewayError(f"download {urlsplit(url).path}: {exc} after {TRIES} tries") from None
+            except (_Retry, asyncio.TimeoutError) as exc:
+                if attempt == TRIES or isinstance(exc, asyncio.TimeoutError):
+                    why = f"no whole output within {DEADLINE:.0f} s" if isinstance(exc, asyncio.TimeoutError) else exc
+                    dl.emit("download", row.key, ok=False, error=str(why))
+                    raise GatewayError(f"download {urlsplit(url).path}: {why} after {attempt} tries") from None
                 await asyncio.sleep(0.2 * attempt)
         assert sink is not None and head is not None
         media_type = media_type or (ctype or "").split(";")[0] or None
         sha = sink.sha.hexdigest()
+        # checked before the object appears (a multipart upload is not completed yet): a body that
+        # is not an image (an HTML page, ...) is never placed in the bucket
+        check = await asyncio.to_thread(check_image, head, row.op, row.body_dict, media_type, row.input_size)
+        if check.format is None:
+            await sink.abort()
+            error = f"the media URL did not give an image ({media_type or 'no content type'}, {sink.size:,} bytes)"
+            dl.emit("download", row.key, ok=False, error=error)
+            raise GatewayError(f"download: {error}")
         try:
             etag = await sink.finish(replace.get(names[0]))
         except Exists:
@@ -153,9 +163,8 @@ class S3Outputs:
             await sink.abort()
             raise
         dl.downloads += 1
-        check = await asyncio.to_thread(check_image, head, row.op, row.body_dict, media_type, row.input_size)
         row.output_width, row.output_height = check.width, check.height
-        problems = [p for p in check.problems if not p.startswith("not a readable image") or len(head) >= sink.size]
+        problems = list(check.problems)
         if problems:
             dl.problems += 1
             row.error = "output check: " + "; ".join(problems)
