@@ -102,6 +102,7 @@ class S3Outputs:
         self.opts = opts
         self._s3 = s3
         self._listing: dict[str, ObjectInfo] | None = None
+        self._replace: dict[str, dict[str, str]] = {}  # item key -> name -> ETag of a damaged object to replace
 
     @property
     def s3(self) -> S3:
@@ -125,7 +126,7 @@ class S3Outputs:
         """
         from ..runner.outputs import check_image
 
-        replace = replace or {}
+        replace = replace or self._replace.pop(row.key, {})
         url = dl.gw.media_url(row.media_url) if hasattr(dl.gw, "media_url") else row.media_url
         if url.startswith("/"):
             url = urljoin(dl.gw.base_url + "/", url)
@@ -266,8 +267,9 @@ class S3Outputs:
 
                 async def recopy(r: Any, replace: dict[str, str]) -> None:
                     async with sem:
+                        self._replace[r.key] = replace
                         try:
-                            await self.copy(r, dl.names(r), dl, replace=replace)
+                            await dl.download(r)  # the downloader's bookkeeping (missing outputs), then copy()
                         except (PixbatchError, OSError) as exc:
                             dl.emit("download", r.key, ok=False, error=str(exc))
                         else:
