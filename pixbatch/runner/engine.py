@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import state as st
-from ..errors import BudgetExceeded, ExitCode, StorageError, require_api_key
+from ..errors import BudgetExceeded, ExitCode, require_api_key
 from ..gateway import Gateway, JobStatus
 from ..money import format_usd
 from ..pricing import PriceTable
@@ -205,7 +205,7 @@ class _Run:
         self.table = PriceTable.load(options.pricing_path)
         self.state_path = Path(options.state_path or manifest.state_path)
         self.out = open_outputs(manifest)  # a local OutputDir, or a bucket (storage.s3out)
-        self.uploads, self.pending_at_start = None, 0  # storage.uploads.Uploader (local inputs); items to send
+        self.uploads: Any = None  # storage.uploads.Uploader when pending items name local files
         budget = options.budget_micros if options.budget_micros is not None else manifest.budget_micros
         self.ledger = BudgetLedger(budget)
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
@@ -256,7 +256,6 @@ class _Run:
         p = await store.call(lambda db: prepare(db, manifest=self.m, options=self.o, run_id=self.run_id,
                                                 budget=self.ledger.cap, table=self.table, expand=self._expand))
         self.scope, self.aliases, self.estimate = p.scope, p.aliases, p.estimate
-        self.pending_at_start = p.position.pending.items
         self.ledger = BudgetLedger(self.ledger.cap, p.position.totals.committed_micros)
         if p.ambiguous_now:
             self.log.emit("run", None, message=f"{p.ambiguous_now} item(s) were being submitted when the last run "
@@ -272,7 +271,8 @@ class _Run:
         try:
             with _signal_handlers(loop, self.stop.on_signal, self.o.handle_signals):
                 try:
-                    await self._upload_inputs()
+                    self.uploads = await upload_inputs(self.m, store, self.scope, self.log.emit, self.out, p,  # local
+                                                       on_refusal=lambda: self._finish_run("failed"))  # files, first
                     await self._resume_in_flight()
                     if refusal:
                         # items already paid for are collected first; then the budget is looked at again
@@ -337,15 +337,6 @@ class _Run:
     async def _finish_run(self, outcome: str) -> None:
         assert self.store is not None
         await self.store.call(lambda db: st.finish_run(db, self.run_id, outcome))
-
-    async def _upload_inputs(self) -> None:
-        """Local input files to the bucket before anything is sent (``storage.phase``); a refusal ends the run."""
-        try:
-            self.uploads = await upload_inputs(self.m, self.store, self.scope, self.log.emit, outputs=self.out,
-                                               pending=self.pending_at_start)
-        except StorageError:
-            await self._finish_run("failed")
-            raise
 
     # -- feeding --------------------------------------------------------------------------------
 

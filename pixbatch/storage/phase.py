@@ -49,15 +49,33 @@ def local_files(manifest: Any, wanted: set[str]) -> dict[str, LocalFile]:
     return found
 
 
-async def upload_inputs(manifest: Any, store: Any, scope: str, emit: Callable[..., None], *,
-                        outputs: Any = None, pending: int = 0) -> Any:
-    """The upload phase (see the module docstring); with items pending, an output bucket is
-    checked first too (a missing bucket would fail every output after paying for it)."""
+async def upload_inputs(manifest: Any, store: Any, scope: str, emit: Callable[..., None], outputs: Any,
+                        prepared: Any, *, on_refusal: Callable[[], Any] | None = None) -> Any:
+    """The upload phase (see the module docstring). ``prepared`` is what ``runner.prepare`` found:
+    with items pending, an output bucket is checked first too (a missing bucket would fail every
+    output after paying for it); while the expansion is still being read into the state file
+    (``prepared.ingest``: streaming ingest), every local input is made sure of, not only those
+    of the items read so far. A ``StorageError`` awaits ``on_refusal()`` (the run records its
+    end), then propagates."""
+    try:
+        return await _upload_inputs(manifest, store, scope, emit, outputs, prepared)
+    except StorageError:
+        if on_refusal is not None:
+            await on_refusal()
+        raise
+
+
+async def _upload_inputs(manifest: Any, store: Any, scope: str, emit: Callable[..., None], outputs: Any,
+                         prepared: Any) -> Any:
     from .uploads import Uploader
 
-    if pending and getattr(outputs, "copies", False):
+    streaming = getattr(prepared, "ingest", None) is not None
+    if (streaming or prepared.position.pending.items) and getattr(outputs, "copies", False):
         await outputs.check()
-    needed = await store.call(lambda db: files_to_send(db, scope))
+    if streaming and manifest.has_local_inputs():
+        needed = sorted({inp.file.sha256 for inp in await asyncio.to_thread(lambda: list(manifest.iter_local_inputs()))})
+    else:
+        needed = await store.call(lambda db: files_to_send(db, scope))
     if not needed:
         return None
     if manifest.uploads is None:
