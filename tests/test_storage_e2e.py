@@ -255,3 +255,17 @@ def test_sigkill_during_uploads_and_during_copies_then_resume_writes_each_object
     for path, sha in recorded:
         data = s3.client.get_object(Bucket=out_bucket, Key=path.split("/", 3)[3])["Body"].read()
         assert hashlib.sha256(data).hexdigest() == sha
+
+
+def test_while_the_expansion_streams_in_every_local_input_is_uploaded_first(tmp_path, s3, monkeypatch):
+    from pixbatch.runner import prepare
+
+    monkeypatch.setattr(prepare, "FIRST_BATCH", 2)  # most items are read in while the run sends
+    photos(tmp_path / "photos", 5)
+    steps = "  - {id: recolor, op: edit, prompt: \"teal\"}\n"
+    mp = manifest(tmp_path, s3, steps=steps)
+    with start_emulator(fast_test_config()) as emu:
+        summary = run(load_manifest(mp), options=opts(emu))
+        assert summary.outcome == "completed", summary.messages
+        assert [e.status for e in emu.ledger().entries] == ["COMPLETED"] * 5
+    assert len(objects(s3, "in/")) == 5 and len(objects(s3, "out/")) == 5
