@@ -45,7 +45,7 @@ from .options import RunOptions
 from .outcome import RunSummary, StopReason, budget_refusal, conclude, summarize, unreachable
 from .download import Downloader
 from .journal import Journal
-from .outputs import OutputDir
+from ..storage.phase import open_outputs, upload_inputs
 from .callbacks import Doubts, Receiver, Signer, adopt
 from .poll import Poller
 from .prepare import position, prepare
@@ -217,7 +217,8 @@ class _Run:
         self.key = _api_key(options, gateway)
         self.table = PriceTable.load(options.pricing_path)
         self.state_path = Path(options.state_path or manifest.state_path)
-        self.out = OutputDir(manifest.output_dir)
+        self.out = open_outputs(manifest)  # a local OutputDir, or a bucket (storage.s3out)
+        self.uploads: Any = None  # storage.uploads.Uploader when pending items name local files
         budget = options.budget_micros if options.budget_micros is not None else manifest.budget_micros
         self.ledger = BudgetLedger(budget)
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
@@ -287,6 +288,8 @@ class _Run:
         try:
             with _signal_handlers(loop, self.stop.on_signal, self.o.handle_signals):
                 try:
+                    self.uploads = await upload_inputs(self.m, store, self.scope, self.log.emit, self.out, p,  # local
+                                                       on_refusal=lambda: self._finish_run("failed"))  # files, first
                     await self._resume_in_flight()
                     if refusal:
                         # items already paid for are collected first; then the budget is looked at again
@@ -452,7 +455,8 @@ class _Run:
         try:
             rule = await submit_item(row, up, gateway=self.gw, ledger=self.ledger, put=self.log.put,
                                      run_id=self.run_id, log=log,
-                                     webhook_url=self.callbacks.url_for(row) if self.callbacks else None)
+                                     webhook_url=self.callbacks.url_for(row) if self.callbacks else None,
+                                     file_url=self.uploads.url_for if self.uploads is not None else None)
         finally:
             del self.tasks.sending[task]
         if rule.skip:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import state as st
-from ..errors import PixbatchError
+from ..errors import PixbatchError, redact
 from ..gateway import JobStatus
 from ..pricing import PriceTable, priced_by_output_size
 from .budget import BudgetLedger
@@ -28,7 +28,7 @@ async def settle_item(row: st.ItemRow, s: JobStatus, *, downloader: Downloader, 
     if row.started_at is None:
         row.started_at = row.finished_at
     row.gateway_status = s.status
-    row.error = s.error
+    row.error = redact(s.error) if s.error else s.error  # a gateway's error may quote a presigned input URL
     if s.status == "COMPLETED":
         row.media_url = s.media_urls[0] if s.media_urls else None
         row.media_type = s.media_type

@@ -144,15 +144,15 @@ class SendLog:
 
 async def submit_item(row: st.ItemRow, up: st.ItemRow | None, *, gateway: Gateway, ledger: BudgetLedger,
                       put: Callable[..., Any], run_id: str, webhook_url: str | None,
-                      log: SendLog | None = None) -> SubmitRule:
+                      log: SendLog | None = None, file_url: Callable[[str], str] | None = None) -> SubmitRule:
     """Send the item until accepted or refused for good; returns the rule applied to it
     (``ACCEPTED`` or a row of the table). Each HTTP send has its own intent (``SendLog``); the
     request id after the 202 is queued at once and committed ahead of anything later about
     the item. Cancelled while no send is open (waiting for a token or a retry), the item goes
     back to PENDING with its reservation released."""
     body = row.body_dict
-    if up is not None:
-        body = resolve_urls(body, {up.key: up.media_url or ""})
+    if up is not None or file_url is not None:  # placeholders -> URLs (a local file's: signed now)
+        body = resolve_urls(body, {up.key: up.media_url or ""} if up is not None else {}, file_url)
     log = log or SendLog(row, put, run_id)
     try:
         acc = await gateway.submit(row.op, body, webhook_url=webhook_url, hooks=log)
