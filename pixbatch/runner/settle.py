@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import state as st
-from ..errors import PixbatchError
+from ..errors import PixbatchError, redact
 from ..gateway import JobStatus
 from ..pricing import PriceTable, priced_by_output_size
 from .budget import BudgetLedger
@@ -28,7 +28,7 @@ async def settle_item(row: st.ItemRow, s: JobStatus, *, downloader: Downloader, 
     if row.started_at is None:
         row.started_at = row.finished_at
     row.gateway_status = s.status
-    row.error = s.error
+    row.error = redact(s.error) if s.error else s.error  # a gateway's error may quote a presigned input URL
     if s.status == "COMPLETED":
         row.media_url = s.media_urls[0] if s.media_urls else None
         row.media_type = s.media_type
@@ -42,7 +42,12 @@ async def settle_item(row: st.ItemRow, s: JobStatus, *, downloader: Downloader, 
     out_size = (row.output_width, row.output_height) if row.output_width and row.output_height else None
     if out_size is None and s.status == "COMPLETED" and row.media_url and priced_by_output_size(row.op, body):
         out_size = await downloader.measure(row)  # the price depends on it: read just the image header
-    charge = table.charge_for(row.op, s.status, out_size, body, row.input_size)
+    input_size = row.input_size
+    if (out_size is None and input_size is None and s.status == "FAILED" and priced_by_output_size(row.op, body)
+            and isinstance(body.get("image"), str)):
+        # the gateway charges a failed factor upscale by the size it saw: read the input's header
+        input_size = await downloader.measure_url(row, body["image"])
+    charge = table.charge_for(row.op, s.status, out_size, body, input_size)
     reserved = row.reserved_micros
     ledger.settle(reserved, charge)
     row.reserved_micros = 0
