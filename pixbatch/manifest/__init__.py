@@ -11,6 +11,7 @@ One job per module, lowest layer first (each imports only those above it)::
       (pixbatch.expand imports only the four above)
     names.py      output names: the rule, the check over the expansion (pass 3), NameCheck
     shape.py      pass 1: the JSON Schema, its errors worded
+    counts.py     pass 2's size checks: each step's exact combinations and items against the limits
     meaning.py    pass 2: what a schema cannot say, while the Manifest is built
     load.py       the entry points: path, text or data -> passes -> Manifest or problems
 

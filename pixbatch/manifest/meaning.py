@@ -23,9 +23,9 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from .. import contract
-from ..expand import LIMIT_ENV, MAX_CHAIN, limit
 from ..money import MAX_USD, usd_to_micros
 from .model import Manifest, Step
+from .counts import SizeCheck
 from .names import name_escapes
 from .problems import IDENT_RE, MAX_ROW_PROBLEMS, Checker, Problem, json_path, short, suggest
 from .shape import param_validator, schema_error
@@ -123,24 +123,15 @@ def build(c: Checker, data: dict[str, Any]) -> Manifest | None:
 
     scan = _scan_inputs(c, sources, set(wanted))
 
-    depth = _chain_depths(steps_raw, step_pos)
-    limits = _limits(c)
-    counts: dict[str, int] = {}  # items per step built so far
+    size = SizeCheck(c, steps_raw, step_pos, scan.total)
     steps: list[Step] = []
     for i, s in enumerate(steps_raw):
-        if not isinstance(s, dict):
-            continue
-        sid, fe = s.get("id"), s.get("for_each")
-        if isinstance(sid, str) and depth.get(sid, 0) > MAX_CHAIN:  # never followed link by link (no recursion)
-            if isinstance(fe, str) and depth.get(fe) == MAX_CHAIN:  # said once, at the first step too far down
-                c.add(("steps", i, "for_each"), f"step {s.get('id')!r} is more than {MAX_CHAIN} steps down a chain "
-                      "of for_each steps", f"a chain of steps may be at most {MAX_CHAIN} long; shorten it")
+        if not isinstance(s, dict) or size.too_deep(i, s):
             continue
         st = _build_step(c, i, s, step_pos, scan, naming, data, defaults)
         if st is not None:
             steps.append(st)
-            if limits is not None:
-                _check_size(c, st, scan.total, counts, *limits)
+            size.check(st)
 
     out_uri = objects.output_uri(c, data)
     up = objects.uploads(c, data, scan.local > 0)
@@ -493,50 +484,6 @@ def _build_step(c: Checker, i: int, s: dict[str, Any], step_pos: dict[str, int],
 
     return Step(id=sid, op=op, for_each=for_each, params=params, matrix=matrix, references=tuple(refs),
                 naming=tnaming, index=i)
-
-
-def _chain_depths(steps_raw: list[Any], step_pos: dict[str, int]) -> dict[str, int]:
-    """How many for_each links each step is below a step that reads inputs (0: none)."""
-    depth: dict[str, int] = {}
-    for i, s in enumerate(steps_raw):
-        if isinstance(s, dict) and isinstance(s.get("id"), str):
-            fe = s.get("for_each")
-            up = fe if isinstance(fe, str) and fe in depth and step_pos.get(fe, i) < i else None
-            depth.setdefault(s["id"], depth[up] + 1 if up is not None else 0)
-    return depth
-
-
-def _limits(c: Checker) -> tuple[int, int] | None:
-    """(most combinations, most items) per step, or None (and a problem) when an override is bad."""
-    try:
-        return limit("combinations"), limit("step_items")
-    except ValueError as exc:
-        c.add((), str(exc), "set it to a whole number such as 1000000, or unset it")
-        return None
-
-
-def _check_size(c: Checker, st: Step, n_inputs: int, counts: dict[str, int], max_combos: int, max_items: int) -> None:
-    """The step's exact size, from counts alone (nothing is built): its matrix combinations
-    and its items (source images x combinations) against the limits."""
-    here = ("steps", st.index)
-    combos = st.matrix_size
-    if combos > max_combos:
-        c.add((*here, "matrix"), f"the matrix of step {st.id!r} has {combos:,} combinations, more than the "
-              f"{max_combos:,} a step may have",
-              f"split it over several steps, or raise the limit with {LIMIT_ENV['combinations']}=N")
-    up = st.upstream
-    if up is not None:
-        if up not in counts:
-            return
-        sources = counts[up]
-    else:
-        sources = len(st.input_ids) if st.input_ids is not None else n_inputs
-    items = counts[st.id] = sources * combos
-    upstream_ok = up is None or counts[up] <= max_items
-    if items > max_items and combos <= max_combos and upstream_ok:  # each excess said once
-        c.add(here, f"step {st.id!r} expands to {items:,} work items ({sources:,} source images x {combos:,} "
-              f"combinations), more than the {max_items:,} a step may have",
-              f"split the batch over several manifests, or raise the limit with {LIMIT_ENV['step_items']}=N")
 
 
 def _cycle(data: dict[str, Any], start: str, target: str) -> str | None:
