@@ -47,7 +47,8 @@ def ingest(db: duckdb.DuckDBPyConnection, items: Iterable[WorkItem], scope: str,
         def flush() -> int:
             if not buf:
                 return 0
-            prices = [table.price(it.op, dict(it.body), it.input_size) for it in buf]
+            # a chained item's input size is a prediction: its price is a range (pricing.REASON_ASSUMED)
+            prices = [table.price(it.op, it.body, it.input_size, assumed=it.upstream is not None) for it in buf]
             before = db.execute("SELECT count(*) FROM items").fetchone()[0]
             db.execute("CREATE OR REPLACE TEMP TABLE _ingest AS SELECT unnest(?::VARCHAR[]) AS key, "
                        "unnest(?::VARCHAR[]) AS step, unnest(?::VARCHAR[]) AS op, unnest(?::BIGINT[]) AS idx, "
