@@ -250,18 +250,23 @@ def emulator_command(host: str, port: int, balance_micros: int | None, keys: tup
 @click.option("--no-probe", is_flag=True,
               help="Fetch nothing: unknown input sizes stay unknown and their items are priced as a range.")
 @click.option("--refresh-probes", is_flag=True, help="Retry probes that failed before (failures are cached).")
+@click.option("--fresh", is_flag=True,
+              help="Price every item as new, ignoring what the state file says is paid, in flight or learned.")
 @click.option("--probe-concurrency", type=click.IntRange(1, 512), show_default=True,
               default=LibraryDefault("pixbatch.estimate:estimate_manifest", "concurrency"), help="Images probed at once.")
 @click.option("--probe-timeout", type=click.FloatRange(0, min_open=True), show_default=True,
               default=LibraryDefault("pixbatch.estimate:estimate_manifest", "timeout"),
               help="Seconds allowed per image probe.")
 def estimate_command(manifest_path: str, state_path: str | None, pricing_path: str | None, budget_micros: int | None,
-                     as_json: bool, no_probe: bool, refresh_probes: bool, probe_concurrency: int,
+                     as_json: bool, no_probe: bool, refresh_probes: bool, fresh: bool, probe_concurrency: int,
                      probe_timeout: float) -> None:
     """Estimate what MANIFEST will cost, sending nothing to the gateway.
 
     Prints a line per step and price tier (count, unit price, subtotal), the total (exact,
-    or a low - high range where an input's size is unknown) and the assumptions made.
+    or a low - high range where a price rests on a guess, with the reason and the fix) and
+    the assumptions made. Once the state file holds results it is a plan: per step and tier
+    what is already paid (reused), in flight, at risk (AMBIGUOUS) and still to pay, the
+    headline; sizes learned from completed items price the rest (--fresh: price all as new).
     Inputs whose size changes a price are probed (first bytes only) and cached in the
     state file, so a second estimate fetches nothing.
     """
@@ -279,7 +284,7 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
     if budget_micros is None:
         budget_micros = manifest.budget_micros
     est = estimate_manifest(manifest, table, state_path=state_path, probe=not no_probe, refresh=refresh_probes,
-                            concurrency=probe_concurrency, timeout=probe_timeout)
+                            concurrency=probe_concurrency, timeout=probe_timeout, fresh=fresh)
     if as_json:
         click.echo(json.dumps(estimate_to_dict(est, budget_micros=budget_micros), indent=2))
     else:
