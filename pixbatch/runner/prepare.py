@@ -131,6 +131,8 @@ class Prepared:
     ambiguous_now: int  # items a killed run left in doubt, found now
     estimate: tuple[int, int]  # low, high of the whole expansion
     aliases: dict[str, list[str]]  # key -> further output names of identical requests
+    plan: Any = None  # estimate.Estimate: paid, in flight, at risk, still to pay (what `pixbatch estimate` says)
+    knowledge: Any = None  # knowledge.Knowledge: what completed items taught about sizes
 
 
 def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget: int | None, table: PriceTable,
@@ -181,5 +183,19 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
     st.block_downstream(db, scope, run_id)
     est = st.scope_cost(db, scope)
     st.record_estimate(db, run_id, est.low_micros, est.high_micros)
-    return Prepared(scope=scope, position=position(db, scope), ambiguous_now=ambiguous_now,
-                    estimate=(est.low_micros, est.high_micros), aliases=st.alias_names(db, steps_order))
+    knowledge, plan = run_plan(db, scope, table, options.state_path or manifest.state_path)
+    pos = position(db, scope)
+    pos = Position(pos.totals, st.Cost(plan.to_pay_count, plan.low_micros, plan.high_micros), pos.in_flight_low,
+                   pos.in_flight)
+    return Prepared(scope=scope, position=pos, ambiguous_now=ambiguous_now,
+                    estimate=(est.low_micros, est.high_micros), aliases=st.alias_names(db, steps_order),
+                    plan=plan, knowledge=knowledge)
+
+
+def run_plan(db: Any, scope: str, table: PriceTable, state_path: Any) -> tuple[Any, Any]:
+    """(what completed items taught, the plan of ``scope``): the numbers `pixbatch estimate` gives for it."""
+    from ..estimate import plan_from_groups
+    from ..knowledge import learn
+
+    knowledge = learn(st.size_observations(db), table)
+    return knowledge, plan_from_groups(st.plan_groups(db, scope), table, knowledge, state_path=str(state_path))
