@@ -278,3 +278,27 @@ def test_one_edit_of_an_aspect_ratio_teaches_the_rest(tmp_path, image_server):
     assert any("taken to come out 1344x768, as edit" in a for a in est.assumptions)
     unlearned = estimate_manifest(load_manifest(first), table20, probe=False, fresh=True)
     assert not [x for x in unlearned.lines if x.step == "hires"][0].exact  # without the state: a range
+
+
+def test_a_real_mismatch_is_listed_in_the_report_failures(tmp_path):
+    """An output no reading explains (a gateway whose MP is 500,000 px) is flagged, and the summary's
+    "see `pixbatch report`" leads to it: the report's Failures name it."""
+    from pixbatch.render import render
+
+    inputs = [{"id": "a", "url": "https://cdn.test/a.png", "width": 1024, "height": 1024}]
+    m = write(tmp_path / "odd.yaml", inputs, [{"id": "thumbs", "op": "upscale", "target": 1}])
+    with start_emulator(fast_test_config(render="lazy", megapixel=500_000)) as emu:
+        summary = run(load_manifest(m), options=opts(emu))
+    assert summary.output_problems == 1
+    assert "1 output(s) failed their checks: see `pixbatch report`." in summary.messages
+    report = build_report(load_manifest(m).state_path)
+    (group,) = report.status.failures
+    assert (group.state, group.count) == ("COMPLETED", 1)
+    assert group.message == "output check: 707x707, expected 1000x1000 or 1024x1024"
+    assert "output check: 707x707" in render(report, "table", width=160)
+
+
+def test_the_estimates_blocking_states_are_the_runs():
+    from pixbatch.estimate import BLOCKING
+
+    assert BLOCKING == {s.value for s in st.BLOCKING}

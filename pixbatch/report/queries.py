@@ -235,7 +235,7 @@ def status(q: Scoped, issue_limit: int, examples: int) -> Status:
 
 
 #: what makes otherwise equal messages differ: item keys, request ids, UUIDs, object addresses
-_VARYING = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\b[0-9a-f]{32}\b|0x[0-9a-fA-F]+)"
+_VARYING = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\b[0-9a-f]{32}\b|\b0x[0-9a-fA-F]+)"
 
 
 def _normalised(col: str) -> str:
