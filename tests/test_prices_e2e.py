@@ -184,6 +184,8 @@ def test_without_evidence_a_band_charge_rests_on_the_default_reading(tmp_path, i
     with start_emulator(fast_test_config()) as emu:  # the documented defaults: 1 MP = 10^6
         summary = run(load_manifest(m), options=opts(emu))
         assert emu.ledger().charged_micros == 10_000 == summary.charged_total_micros
+    (note,) = [n for n in build_report(load_manifest(m).state_path).notes if "default reading" in n]
+    assert note.startswith("1 charge(s) of factor upscales") and "they cost $0.005 less" in note
 
 
 # -- a plan, not a price list ----------------------------------------------------------------------

@@ -196,6 +196,41 @@ def _moved_examples(q: Scoped, n: int = 3) -> dict[str, tuple[str, ...]]:
     return {k: tuple(v) for k, v in out.items()}
 
 
+def reading_note(q: Scoped, db, table: PriceTable) -> str | None:
+    """A note on charges that rest on the price table's default reading of MP: factor upscales whose
+    real output lies between the readings of a tier boundary, charged at the upper tier."""
+    from ..knowledge import learn, megapixel_text
+    from ..money import format_usd
+    from ..state.plan import size_observations
+
+    rows = q.all(
+        """
+        SELECT output_width, output_height, charged_micros, count(*) FROM s
+        WHERE op = 'upscale' AND json_extract_string(body, '$.upscale_mode') = 'factor'
+          AND state IN ('COMPLETED', 'FAILED') AND charged_micros > 0 AND output_width IS NOT NULL
+        GROUP BY ALL
+        """)
+    n = less = 0
+    for w, h, charged, count in rows:
+        lo, hi = table.tiers_for_size((w, h))
+        if lo != hi and charged == hi.price_micros:
+            n += count
+            less += (hi.price_micros - lo.price_micros) * count
+    if not n:
+        return None
+    known = learn(size_observations(db), table).megapixel
+    default = megapixel_text(table.megapixel)
+    if known is not None and known != table.megapixel:
+        return (f"{n:,} charge(s) were recorded by the price table's default reading of MP ({default}) before a run "
+                f"learned that the gateway reads 1 MP = {megapixel_text(known)}: it charged {format_usd(less)} less "
+                "for them than this report says.")
+    if known is None:
+        return (f"{n:,} charge(s) of factor upscales whose outputs lie between the two readings of a tier boundary "
+                f"were recorded by the price table's default reading (1 MP = {default}); if the gateway reads 2^20 px "
+                f"they cost {format_usd(less)} less. A target-mode upscale in a run tells pixbatch the reading.")
+    return None
+
+
 def planned(estimate) -> tuple[int | None, int | None, dict[str, tuple[int, int]]]:
     """Totals, and per step subtotals, of an ``estimate.Estimate`` (duck-typed: ``low_micros``,
     ``high_micros``, and ``lines`` with ``step``, ``subtotal_low_micros``, ``subtotal_high_micros``)."""
