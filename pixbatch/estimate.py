@@ -811,9 +811,8 @@ def _render_plan_table(est: Estimate, console: Any, title: str) -> None:
     for p in est.plan:
         r = rows.setdefault((p.step, p.op, p.tier), {})
         r[p.category] = (r.get(p.category, (0, 0))[0] + p.count, r.get(p.category, (0, 0))[1] + p.micros)
-    for x in est.lines:
-        r = rows.setdefault((x.step, x.op, x.tier), {})
-        r["line"] = x
+    for ln in est.lines:
+        rows.setdefault((ln.step, ln.op, ln.tier), {})["line"] = ln
     steps: list[str] = []
     for step, _, _ in rows:
         if step not in steps:

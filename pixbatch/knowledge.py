@@ -134,7 +134,7 @@ def price_item(table: PriceTable, knowledge: Knowledge, op: str, body: Mapping[s
     if upstream_output is not None:
         return tbl.price(op, body, upstream_output), upstream_output, True
     if input_size is not None and upstream_op == "edit":
-        learned = knowledge.edit_sizes.get(tuple(input_size))  # type: ignore[call-overload]
+        learned = knowledge.edit_sizes.get((input_size[0], input_size[1]))
         if learned is not None:
             return tbl.price(op, body, learned[0]), learned[0], False
     return tbl.price(op, body, input_size, assumed=input_size is not None), input_size, False

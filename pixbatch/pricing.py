@@ -199,10 +199,11 @@ class PriceTable:
             # unknown input: anything from the smallest output up to the 8 MP cap
             return Price(self.upscale_tiers[0], self.upscale_tier_for_pixels(MAX_UPSCALE_MP * self.megapixel),
                          reason=REASON_UNKNOWN)
-        key = (tuple(input_size), factor, assumed)
+        size = (input_size[0], input_size[1])
+        key = (size, factor, assumed)
         price = self._memo.get(key)
         if price is None:
-            price = self._factor_price(tuple(input_size), factor, assumed)
+            price = self._factor_price(size, factor, assumed)
             if len(self._memo) < 20_000:
                 self._memo[key] = price
         return price

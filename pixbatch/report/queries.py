@@ -136,7 +136,8 @@ def spend(q: Scoped, run: RunInfo | None, estimate, table: PriceTable) -> Spend:
         """
     ))
     moved = _moved_examples(q)
-    variance = tuple(Variance(c, text, *(int(x) for x in var_rows[c]), examples=moved.get(c, ()))
+    variance = tuple(Variance(c, text, int(var_rows[c][0]), int(var_rows[c][1]), int(var_rows[c][2]),
+                              int(var_rows[c][3]), examples=moved.get(c, ()))
                      for c, text in CAUSES.items() if c in var_rows)
 
     def tot(attr: str) -> int:
