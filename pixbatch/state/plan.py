@@ -25,6 +25,9 @@ from ..knowledge import Observation
 
 _PARAMS = ("upscale_mode", "target", "factor", "aspect_ratio")
 _PARAM_SQL = ", ".join(f"json_extract_string(i.body, '$.{p}')" for p in _PARAMS)
+# what prices an item: an upscale's mode, target and factor (an edit has one price)
+_UPSCALE_PARAM_SQL = ", ".join(f"CASE WHEN i.op = 'upscale' THEN json_extract_string(i.body, '$.{p}') END"
+                               for p in _PARAMS)
 
 
 def _params(values: tuple) -> dict[str, Any]:
@@ -84,7 +87,7 @@ class PlanGroup:
     upstream_op: str | None
     upstream_output: tuple[int, int] | None  # the upstream's real output size, once it COMPLETED
     count: int
-    example: str  # "name (input id)" of the first item
+    example: str | None  # "name (input id)" of the first PENDING item
 
 
 def plan_groups(db: duckdb.DuckDBPyConnection, scope: str) -> list[PlanGroup]:
@@ -96,11 +99,12 @@ def plan_groups(db: duckdb.DuckDBPyConnection, scope: str) -> list[PlanGroup]:
                  CASE WHEN i.charged_micros IS NOT NULL AND i.state IN ('COMPLETED', 'FAILED')
                       THEN i.charged_micros ELSE i.reserved_micros END AS money,
                  i.charged_micros IS NOT NULL AND i.state IN ('COMPLETED', 'FAILED') AS charged,
-                 {_PARAM_SQL}, i.input_width, i.input_height, i.upstream IS NOT NULL, u.op,
+                 {_UPSCALE_PARAM_SQL}, i.input_width, i.input_height, i.upstream IS NOT NULL, u.op,
                  CASE WHEN u.state = 'COMPLETED' THEN u.output_width END,
                  CASE WHEN u.state = 'COMPLETED' THEN u.output_height END,
-                 count(*),
-                 arg_min(coalesce(i.output_name, i.key) || ' (input ' || coalesce(i.input_id, '?') || ')', i.idx),
+                 count(*),  -- an example is needed only for what is still to pay
+                 arg_min(coalesce(i.output_name, i.key) || ' (input ' || coalesce(i.input_id, '?') || ')', i.idx)
+                   FILTER (WHERE i.state = 'PENDING'),
                  min(i.rowid) AS first
           FROM items i LEFT JOIN items u ON u.key = i.upstream
           WHERE i.scope = ?
