@@ -274,7 +274,8 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
 
     from rich.console import Console
 
-    from .estimate import check_budget, estimate_manifest, estimate_to_dict, render_estimate
+    from .estimate import check_budget, estimate_manifest
+    from .estimate_render import estimate_to_dict, render_estimate
     from .manifest import load_manifest_shallow
     from .pricing import PriceTable
 

@@ -11,11 +11,9 @@ Three layers:
   twice once: identical requests are sent once). ``estimate_items`` and ``estimate`` are
   thin wrappers.
 
-- **The plan (state-aware).** Given what a state file holds (``StateView``: the items that
-  are not PENDING, by key), an item already paid is *reused* (not charged again), one sent
-  and not settled is *in flight* (reserved), an AMBIGUOUS one is *at risk*, one that ended
-  ERROR, FAILED_VALIDATION or BLOCKED is *not sent again*; only the rest is *still to pay*,
-  the estimate's total. A chained item whose upstream completed is priced from the
+- **The plan (state-aware).** Given what a state file holds (``plan.StateView``), an item
+  already there is counted where it stands (``plan.category``: paid, in flight, at risk, not
+  sent again); only the rest is *still to pay*, the estimate's total. A chained item whose upstream completed is priced from the
   upstream's real output size, and sizes and the reading of MP learned from completed items
   (``knowledge.learn``) price the rest. ``plan_from_groups`` builds the same plan from the
   state file alone (``state.plan_groups``): what ``pixbatch run`` prints before it starts,
@@ -37,7 +35,7 @@ The estimate assumes every item is charged exactly once: the price table says wh
 terminal statuses are charged (FAILED is, ERROR is not); retries of uncharged failures
 cost nothing and charged failures are not retried.
 
-Every amount is integer micro-dollars; ``estimate_to_dict`` also gives decimal strings.
+Every amount is integer micro-dollars; ``estimate_render`` shows an estimate (JSON, tables).
 """
 
 from __future__ import annotations
@@ -50,39 +48,13 @@ from typing import Any
 from .errors import BudgetExceeded
 from .items import WorkItem
 from .knowledge import Knowledge, megapixel_text, price_item
-from .money import format_usd, micros_to_decimal
-from .pricing import REASON_ASSUMED, REASON_UNKNOWN, Price, PriceTable
+from .money import format_usd
+from .plan import BLOCKING, NOT_SENT, StateView, category, read_state
+from .pricing import REASON_UNKNOWN, Price, PriceTable
 from .sizes import ASSUMED_SLACK_PX, ASSUMED_SLACK_RATIO, Size, factor_size
 
 MAX_EXAMPLES = 3
 _MEMO_MAX = 10_000  # distinct pricing facts remembered
-
-#: what the state file says about an item already there, as the plan counts it
-PAID, IN_FLIGHT, AT_RISK, NOT_SENT = "paid", "in_flight", "at_risk", "not_sent"
-CATEGORIES: dict[str, str] = {
-    PAID: "already paid (reused, not charged again)",
-    IN_FLIGHT: "in flight (sent, not settled: reserved)",
-    AT_RISK: "AMBIGUOUS (may have been charged: at risk; --retry-ambiguous resends them)",
-    NOT_SENT: "not sent again: ended ERROR, FAILED_VALIDATION or BLOCKED (not charged; --retry-errors, --force)",
-}
-_STATES = ("PENDING", "SUBMITTING", "SUBMITTED", "COMPLETED", "FAILED", "ERROR", "AMBIGUOUS", "FAILED_VALIDATION",
-           "BLOCKED")
-#: an upstream in one of these states blocks its downstream items (``state.BLOCKING``, kept equal by a test)
-BLOCKING = frozenset({"FAILED", "ERROR", "FAILED_VALIDATION", "BLOCKED", "AMBIGUOUS"})
-
-
-def category(state: str, charged: bool) -> str | None:
-    """The plan's category of an item in ``state`` (None: PENDING, still to pay)."""
-    if state == "PENDING":
-        return None
-    if state in ("COMPLETED", "FAILED"):
-        return PAID if charged else IN_FLIGHT  # a terminal item without a charge is settled by reconcile
-    if state in ("SUBMITTING", "SUBMITTED"):
-        return IN_FLIGHT
-    if state == "AMBIGUOUS":
-        return AT_RISK
-    return NOT_SENT
-
 
 @dataclass(frozen=True, slots=True)
 class EstimateLine:
@@ -215,40 +187,6 @@ class Estimate:
 #: ``cause(item)`` says why an item's input size is unknown: (category, detail), e.g.
 #: ("probe failed", "hero: HTTP 404 Not Found"); None when there is nothing to add.
 Cause = Callable[[WorkItem], "tuple[str, str] | None"]
-
-
-class StateView:
-    """The items of a state file that are not PENDING, by key: what the estimate's walk asks per item.
-
-    One packed integer per item (state, charged?, money, output size), so a finished run of a
-    million items costs about a hundred MB here, and a fresh state file nothing.
-    """
-
-    def __init__(self, rows: Iterable[tuple[str, str, bool, int, int, int]] = (), path: str | None = None):
-        self.path = path
-        self._by: dict[int, int] = {}
-        index = {s: i for i, s in enumerate(_STATES)}
-        for key, state, charged, money, w, h in rows:
-            self._by[int(key, 16)] = (index.get(state, len(_STATES) - 1) | (charged << 4) | (int(money) << 5)
-                                      | (int(w) << 50) | (int(h) << 70))
-
-    def __len__(self) -> int:
-        return len(self._by)
-
-    def of(self, key: str) -> tuple[str, bool, int] | None:
-        """(state, charged, money) of an item, None when it is not there (or PENDING)."""
-        v = self._by.get(int(key, 16))
-        if v is None:
-            return None
-        return _STATES[v & 15], bool(v >> 4 & 1), v >> 5 & ((1 << 45) - 1)
-
-    def output_of(self, key: str) -> Size | None:
-        """The real output size of an item that COMPLETED, when it was recorded."""
-        v = self._by.get(int(key, 16))
-        if v is None or _STATES[v & 15] != "COMPLETED":
-            return None
-        w, h = v >> 50 & ((1 << 20) - 1), v >> 70 & ((1 << 20) - 1)
-        return (w, h) if w and h else None
 
 
 class EstimateBuilder:
@@ -478,33 +416,6 @@ def estimate(manifest: Any, table: PriceTable, *, sizes: Callable[[str], Size | 
     return _finish(b, size_summary)
 
 
-def read_state(path: Path, table: PriceTable) -> tuple[StateView | None, Knowledge, str | None]:
-    """What a state file holds for a plan: (its items by key, what they taught, a note when it cannot be read)."""
-    if not path.exists():
-        return None, Knowledge(), None
-    import duckdb
-
-    from . import state as st
-    from .errors import StateError, StateLocked
-    from .knowledge import learn
-
-    try:
-        db = st.open_for_reading(path)
-    except StateLocked as exc:
-        return None, Knowledge(), (f"{exc} This estimate prices every item as new; the run holding the file "
-                                   "prints its own plan.")
-    except StateError as exc:
-        return None, Knowledge(), f"{exc} Every item is priced as new."
-    try:
-        if "items" not in st.table_names(db):
-            return None, Knowledge(), None
-        return (StateView(st.touched_items(db), str(path)), learn(st.size_observations(db), table), None)
-    except duckdb.Error as exc:
-        return None, Knowledge(), f"state file {path} could not be read ({exc}); every item is priced as new."
-    finally:
-        db.close()
-
-
 def estimate_manifest(manifest: Any, table: PriceTable, *, state_path: str | Path | None = None,
                       probe: bool = True, refresh: bool = False, concurrency: int = 16,
                       timeout: float = 10.0, transport: Any = None, check_names: bool = False,
@@ -671,180 +582,3 @@ def check_budget(est: Estimate, budget_micros: int | None) -> None:
             f"{format_usd(budget_micros)} (lower bound {format_usd(est.low_micros)}). Raise --budget or budget_usd "
             "in the manifest, or remove items."
         )
-
-
-# -- rendering ----------------------------------------------------------------------
-
-
-def _usd(micros: int) -> str:
-    return str(micros_to_decimal(micros))
-
-
-def _money(micros: int) -> dict[str, Any]:
-    return {"micros": micros, "usd": _usd(micros)}
-
-
-def estimate_to_dict(est: Estimate, *, budget_micros: int | None = None) -> dict[str, Any]:
-    """A JSON-ready estimate: every amount as integer micros and as a decimal string.
-
-    ``total`` is what is still to pay; ``plan`` (None when no state file was read) what the
-    state file already holds of this manifest, per category and per step and tier.
-    """
-    s = est.sizes
-    held = committed_micros(est)
-    return {
-        "total": {"low": _money(est.low_micros), "high": _money(est.high_micros), "exact": est.exact},
-        "budget": None if budget_micros is None else {
-            **_money(budget_micros), "fits": held + est.high_micros <= budget_micros},
-        "item_count": est.item_count,
-        "duplicates": est.duplicates,
-        "lines": [
-            {"step": x.step, "op": x.op, "tier": x.tier, "count": x.count, "exact": x.exact,
-             "unit_low": _money(x.unit_low_micros), "unit_high": _money(x.unit_high_micros),
-             "subtotal_low": _money(x.subtotal_low_micros), "subtotal_high": _money(x.subtotal_high_micros),
-             "reason": x.reason}
-            for x in est.lines
-        ],
-        "uncertain": [{"step": u.step, "reason": u.reason, "count": u.count, "examples": list(u.examples),
-                       "unit_low": _money(u.low_micros), "unit_high": _money(u.high_micros),
-                       "suggestion": u.suggestion}
-                      for u in est.uncertain],
-        "plan": None if est.state_path is None else {
-            "state_file": est.state_path,
-            "still_to_pay": {"items": est.to_pay_count, "low": _money(est.low_micros), "high": _money(est.high_micros)},
-            **{cat: {"items": est.category_total(cat)[0], **_money(est.category_total(cat)[1])} for cat in CATEGORIES},
-            "lines": [{"step": x.step, "op": x.op, "tier": x.tier, "category": x.category, "count": x.count,
-                       **_money(x.micros)} for x in est.plan],
-        },
-        "state_note": est.state_note,
-        "sizes": None if s is None else {
-            "declared": s.declared, "needed": s.needed, "probed": s.probed, "cached": s.cached,
-            "unknown": s.unknown, "probing": s.probing, "cache_note": s.cache_note,
-            "probe_errors": [{"url": f.url, "error": f.error, "inputs": list(f.input_ids)} for f in s.failures],
-        },
-        "price_table": {"source": est.table_source, "effective_date": est.table_effective_date,
-                        "path": est.table_path},
-        "assumptions": list(est.assumptions),
-    }
-
-
-def _rng(lo: int, hi: int) -> str:
-    return format_usd(hi) if lo == hi else f"{format_usd(lo)} - {format_usd(hi)}"
-
-
-def headline(est: Estimate) -> str:
-    """The estimate's one line: the total (still to pay, with a plan), exact or a range."""
-    how = ("exact" if est.exact else f"a range: {est.uncertain_count:,} items have an uncertain price")
-    if est.state_path is None or not est.plan:
-        if est.exact:
-            return f"Total: {est.total_text()} (exact) for {est.item_count:,} requests"
-        return f"Total: {est.total_text()} ({how})"
-    parts = []
-    for cat, what in ((PAID, "already paid (reused)"), (IN_FLIGHT, "reserved in flight"),
-                      (AT_RISK, "at risk (AMBIGUOUS)")):
-        n, micros = est.category_total(cat)
-        if n:
-            parts.append(f"{format_usd(micros)} {what} for {n:,}")
-    n_not, _ = est.category_total(NOT_SENT)
-    if n_not:
-        parts.append(f"{n_not:,} not sent again")
-    return (f"Still to pay: {est.total_text()} ({how}) for {est.to_pay_count:,} of {est.item_count:,} requests; "
-            + "; ".join(parts))
-
-
-def render_estimate(est: Estimate, console: Any, *, budget_micros: int | None = None,
-                    max_errors: int = 20, title: str | None = None) -> None:
-    """Print the estimate (a plan when a state file holds some of it) as rich tables: lines, total,
-    uncertain items with their fix, probe errors, assumptions."""
-    from rich.table import Table
-
-    if est.plan:
-        _render_plan_table(est, console, title or "Plan")
-    else:
-        t = Table(title=title or "Estimate", show_footer=True)
-        t.add_column("step", footer="total")
-        t.add_column("op")
-        t.add_column("price tier")
-        t.add_column("count", justify="right", footer=f"{est.item_count:,}")
-        t.add_column("unit", justify="right")
-        t.add_column("subtotal", justify="right", footer=est.total_text())
-        for x in est.lines:
-            t.add_row(x.step, x.op, x.tier, f"{x.count:,}", _rng(x.unit_low_micros, x.unit_high_micros),
-                      _rng(x.subtotal_low_micros, x.subtotal_high_micros))
-        console.print(t)
-    console.print(headline(est), markup=False, highlight=False)
-    if est.state_note:
-        console.print(est.state_note, markup=False, highlight=False)
-    if budget_micros is not None:
-        held = committed_micros(est)
-        verdict = "fits" if held + est.high_micros <= budget_micros else "EXCEEDS"
-        what = (f"{format_usd(held)} held + {format_usd(est.high_micros)} still to pay at most" if held
-                else f"the upper bound {format_usd(est.high_micros)}")
-        console.print(f"Budget: {format_usd(budget_micros)} ({verdict} {what})", markup=False, highlight=False)
-    if est.uncertain:
-        console.print("\nUncertain prices:")
-        for u in est.uncertain:
-            each = f" cost {_rng(u.low_micros, u.high_micros).replace(' - ', '-')} each" if u.high_micros else ""
-            console.print(f"  {u.step}: {u.count:,} items{each}: {u.reason}", markup=False, highlight=False)
-            if u.suggestion:
-                console.print(f"      fix: {u.suggestion}", markup=False, highlight=False)
-            for ex in u.examples:
-                console.print(f"      e.g. {ex}", markup=False, highlight=False)
-    if est.sizes is not None and est.sizes.failures:
-        fails = est.sizes.failures
-        console.print(f"\nProbe errors ({len(fails):,} URLs; these items are priced as a range):")
-        for f in fails[:max_errors]:
-            ids = ", ".join(f.input_ids)
-            console.print(f"  input {ids}: {f.url}: {f.error}", markup=False, highlight=False)
-        if len(fails) > max_errors:
-            console.print(f"  ... and {len(fails) - max_errors:,} more (see --json)")
-    console.print("\nAssumptions:")
-    for a in est.assumptions:
-        console.print(f"  - {a}", markup=False, highlight=False)
-
-
-def _render_plan_table(est: Estimate, console: Any, title: str) -> None:
-    """One row per step, operation and tier: what is paid, in flight, at risk, not sent, and still to pay."""
-    from rich.table import Table
-
-    rows: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for p in est.plan:
-        r = rows.setdefault((p.step, p.op, p.tier), {})
-        r[p.category] = (r.get(p.category, (0, 0))[0] + p.count, r.get(p.category, (0, 0))[1] + p.micros)
-    for ln in est.lines:
-        rows.setdefault((ln.step, ln.op, ln.tier), {})["line"] = ln
-    steps: list[str] = []
-    for step, _, _ in rows:
-        if step not in steps:
-            steps.append(step)
-
-    def cell(r: dict[str, Any], cat: str, money: bool = True) -> str:
-        n, micros = r.get(cat, (0, 0))
-        if not n:
-            return ""
-        return f"{n:,} ({format_usd(micros)})" if money else f"{n:,}"
-
-    t = Table(title=f"{title} (state file {est.state_path})", show_footer=True)
-    totals = {cat: est.category_total(cat) for cat in CATEGORIES}
-    t.add_column("step", footer="total")
-    t.add_column("op")
-    t.add_column("price tier")
-    t.add_column("paid (reused)", justify="right",
-                 footer=f"{totals[PAID][0]:,} ({format_usd(totals[PAID][1])})" if totals[PAID][0] else "")
-    t.add_column("in flight", justify="right",
-                 footer=f"{totals[IN_FLIGHT][0]:,} ({format_usd(totals[IN_FLIGHT][1])})" if totals[IN_FLIGHT][0] else "")
-    t.add_column("at risk", justify="right",
-                 footer=f"{totals[AT_RISK][0]:,} ({format_usd(totals[AT_RISK][1])})" if totals[AT_RISK][0] else "")
-    t.add_column("not sent", justify="right", footer=f"{totals[NOT_SENT][0]:,}" if totals[NOT_SENT][0] else "")
-    t.add_column("to pay", justify="right", footer=f"{est.to_pay_count:,}")
-    t.add_column("unit", justify="right")
-    t.add_column("still to pay", justify="right", footer=est.total_text())
-    for step in steps:
-        for (s, op, tier), r in rows.items():
-            if s != step:
-                continue
-            x = r.get("line")
-            t.add_row(s, op, tier, cell(r, PAID), cell(r, IN_FLIGHT), cell(r, AT_RISK), cell(r, NOT_SENT, False),
-                      f"{x.count:,}" if x else "", _rng(x.unit_low_micros, x.unit_high_micros) if x else "",
-                      _rng(x.subtotal_low_micros, x.subtotal_high_micros) if x else "")
-    console.print(t)

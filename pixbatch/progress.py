@@ -59,7 +59,7 @@ class JsonLinesProgress(NullProgress):
     def start(self, info: dict[str, Any]) -> None:
         plan = info.get("plan")
         if plan is not None:  # an estimate.Estimate: its JSON form, as `pixbatch estimate --json` gives it
-            from .estimate import estimate_to_dict
+            from .estimate_render import estimate_to_dict
 
             info = {**info, "plan": estimate_to_dict(plan)}
         self._line({"kind": "run", "event": "start", **info})
@@ -137,7 +137,7 @@ class RichProgress(NullProgress):
         from rich.live import Live
 
         if info.get("plan") is not None:  # what `pixbatch estimate` says of the same items, before anything is sent
-            from .estimate import render_estimate
+            from .estimate_render import render_estimate
 
             render_estimate(info["plan"], self.console, budget_micros=info.get("budget_micros"), title="Plan")
         self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)

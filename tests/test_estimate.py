@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings, strategies as st
 
-from pixbatch.estimate import EstimateBuilder, estimate_items, estimate_to_dict
+from pixbatch.estimate import EstimateBuilder, estimate_items
+from pixbatch.estimate_render import estimate_to_dict
 from pixbatch.items import WorkItem
 from pixbatch.pricing import PriceTable
 

@@ -17,7 +17,9 @@ from pixbatch import state as st
 from pixbatch.cli import cli
 from pixbatch.emulator import fast_test_config, start_emulator
 from pixbatch.errors import BudgetExceeded
-from pixbatch.estimate import IN_FLIGHT, NOT_SENT, PAID, estimate_manifest, estimate_to_dict
+from pixbatch.estimate import estimate_manifest
+from pixbatch.estimate_render import estimate_to_dict
+from pixbatch.plan import IN_FLIGHT, NOT_SENT, PAID
 from pixbatch.knowledge import learn
 from pixbatch.manifest import load_manifest
 from pixbatch.money import format_usd
@@ -301,6 +303,6 @@ def test_a_real_mismatch_is_listed_in_the_report_failures(tmp_path):
 
 
 def test_the_estimates_blocking_states_are_the_runs():
-    from pixbatch.estimate import BLOCKING
+    from pixbatch.plan import BLOCKING
 
     assert BLOCKING == {s.value for s in st.BLOCKING}
