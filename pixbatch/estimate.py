@@ -211,7 +211,7 @@ class EstimateBuilder:
         self._uncertain: dict[tuple[str, str], list[Any]] = {}
         self._seen: set[int] = set()
         self._blocked: set[int] = set()  # keys of items a run would block (their upstream ended in failure)
-        self._memo: dict[tuple[Any, ...], Price] = {}
+        self._memo: dict[tuple[Any, ...], tuple[Price, str | None, tuple]] = {}
         self.unknown_inputs: set[str] = set()  # input ids of items still to pay whose input size is unknown
         self.item_count = 0
         self.duplicates = 0
@@ -227,57 +227,65 @@ class EstimateBuilder:
         state = self.state
         chained = item.upstream is not None
         up_out = state.output_of(item.upstream) if chained and state is not None else None  # type: ignore[arg-type]
-        price = self._price(item.op, item.body, item.input_size, chained, self.upstream_ops.get(item.step), up_out)
-        touched = state.of(item.key) if state is not None else None
-        if touched is not None:
-            cat = category(touched[0], touched[1])
-            if cat is not None:
-                self._add_plan(item.step, item.op, price, cat, 1, touched[2])
-                return price
-        if chained and state is not None:
-            up = state.of(item.upstream)  # type: ignore[arg-type]
-            if up is not None and up[0] in BLOCKING or int(item.upstream, 16) in self._blocked:  # type: ignore[arg-type]
-                self._blocked.add(int(item.key, 16))  # the run blocks it: never sent
-                self._add_plan(item.step, item.op, price, NOT_SENT, 1, 0)
-                return price
-        return self.add_priced(item, price)
-
-    def add_group(self, g: Any) -> None:
-        """Count a group of items of the state file (``state.PlanGroup``) at once."""
-        price = self._price(g.op, g.params, g.input_size, g.chained, g.upstream_op, g.upstream_output)
-        cat = category(g.state, g.charged)
-        if cat is not None:
-            self._add_plan(g.step, g.op, price, cat, g.count, g.money or 0)
-            return
-        self._count(g.step, g.op, price, g.count, lambda: g.example, None, (g.params, g.input_size))
-
-    def _price(self, op: str, body: Mapping[str, Any], input_size: Size | None, chained: bool,
-               upstream_op: str | None, upstream_output: Size | None) -> Price:
-        """``knowledge.price_item``, memoised on the facts a price depends on."""
-        params = ((body.get("upscale_mode", "target"), body.get("target", 4), body.get("factor", 2))
-                  if op == "upscale" else ())
-        k = (op, params, input_size, chained, upstream_op, upstream_output)
-        price = self._memo.get(k)
-        if price is None:
-            price = price_item(self.table, self.knowledge, op, body, input_size, chained=chained,
-                               upstream_op=upstream_op, upstream_output=upstream_output)[0]
-            if len(self._memo) < _MEMO_MAX:
-                self._memo[k] = price
-        return price
-
-    def add_priced(self, item: WorkItem, price: Price) -> Price:
-        """Count one item still to pay at ``price``."""
-        self._count(item.step, item.op, price, 1, lambda: item, self.cause if price.reason == REASON_UNKNOWN else None,
-                    (item.body, item.input_size))
+        price, reason, lk = self._price(item.step, item.op, item.body, item.input_size, chained,
+                                        self.upstream_ops.get(item.step), up_out)
+        if state is not None:
+            touched = state.of(item.key)
+            if touched is not None:
+                cat = category(touched[0], touched[1])
+                if cat is not None:
+                    self._add_plan(item.step, item.op, price, cat, 1, touched[2])
+                    return price
+            if chained:
+                up = state.of(item.upstream)  # type: ignore[arg-type]
+                if up is not None and up[0] in BLOCKING or int(item.upstream, 16) in self._blocked:  # type: ignore[arg-type]
+                    self._blocked.add(int(item.key, 16))  # the run blocks it: never sent
+                    self._add_plan(item.step, item.op, price, NOT_SENT, 1, 0)
+                    return price
+        self._count(item.step, item.op, price, reason, lk, 1, lambda: item,
+                    self.cause if price.reason == REASON_UNKNOWN else None, (item.body, item.input_size))
         if price.reason == REASON_UNKNOWN:
             self.unknown_inputs.add(item.input_id)
         return price
 
-    def _count(self, step: str, op: str, price: Price, n: int, example: Callable[[], Any], cause: Cause | None,
-               facts: tuple[Mapping[str, Any], Size | None]) -> None:
+    def add_group(self, g: Any) -> None:
+        """Count a group of items of the state file (``state.PlanGroup``) at once."""
+        price, reason, lk = self._price(g.step, g.op, g.params, g.input_size, g.chained, g.upstream_op,
+                                        g.upstream_output)
+        cat = category(g.state, g.charged)
+        if cat is not None:
+            self._add_plan(g.step, g.op, price, cat, g.count, g.money or 0)
+            return
+        self._count(g.step, g.op, price, reason, lk, g.count, lambda: g.example, None, (g.params, g.input_size))
+
+    def _price(self, step: str, op: str, body: Mapping[str, Any], input_size: Size | None, chained: bool,
+               upstream_op: str | None, upstream_output: Size | None) -> tuple[Price, str | None, tuple]:
+        """``knowledge.price_item`` with the reason and line key, memoised on the facts a price depends on
+        (so the many items of a matrix are priced, and their line key built, once)."""
+        params = ((body.get("upscale_mode", "target"), body.get("target", 4), body.get("factor", 2))
+                  if op == "upscale" else ())
+        k = (step, op, params, input_size, chained, upstream_op, upstream_output)
+        hit = self._memo.get(k)
+        if hit is None:
+            price = price_item(self.table, self.knowledge, op, body, input_size, chained=chained,
+                               upstream_op=upstream_op, upstream_output=upstream_output)[0]
+            hit = _entry(step, op, price)
+            if len(self._memo) < _MEMO_MAX:
+                self._memo[k] = hit
+        return hit
+
+    def add_priced(self, item: WorkItem, price: Price) -> Price:
+        """Count one item still to pay at ``price``."""
+        _, reason, lk = _entry(item.step, item.op, price)
+        self._count(item.step, item.op, price, reason, lk, 1, lambda: item,
+                    self.cause if price.reason == REASON_UNKNOWN else None, (item.body, item.input_size))
+        if price.reason == REASON_UNKNOWN:
+            self.unknown_inputs.add(item.input_id)
+        return price
+
+    def _count(self, step: str, op: str, price: Price, reason: str | None, lk: tuple, n: int,
+               example: Callable[[], Any], cause: Cause | None, facts: tuple[Mapping[str, Any], Size | None]) -> None:
         self.item_count += n
-        reason = None if price.exact else (price.reason or "price depends on unknown inputs")
-        lk = (step, op, price.low.name, price.high.name, reason)
         line = self._lines.get(lk)
         if line is None:
             self._lines[lk] = [n, price.low_micros, price.high_micros]
@@ -340,6 +348,12 @@ class EstimateBuilder:
             plan=plan,
             state_path=self.state.path if self.state is not None else None,
         )
+
+
+def _entry(step: str, op: str, price: Price) -> tuple[Price, str | None, tuple]:
+    """A price with its reason (None: exact) and the key of its line."""
+    reason = None if price.exact else (price.reason or "price depends on unknown inputs")
+    return price, reason, (step, op, price.low.name, price.high.name, reason)
 
 
 def _tier_named(table: PriceTable, op: str, micros: int) -> str | None:

@@ -50,6 +50,7 @@ from .poll import Poller, WebhookReceiver
 from .prepare import position, prepare
 from .status import StatusWriter
 from .settle import settle_item
+from .stream import IngestStream, streamer
 from .submit import ACCEPTED, Reachability, SendLog, submit_item
 
 PAGE = 2000
@@ -233,6 +234,7 @@ class _Run:
         self.t0 = time.monotonic()
         self.reach = Reachability()
         self.steps_order = [s.id for s in manifest.steps]
+        self.stream: IngestStream | None = None  # the rest of the expansion, read in while the run sends
 
     # -- main -----------------------------------------------------------------------------------
 
@@ -268,6 +270,8 @@ class _Run:
             raise BudgetExceeded(refusal)
         loop = asyncio.get_running_loop()
         status_task = self._build(store, loop)
+        # the rest of the expansion is read in while the run sends (``stream.py`` says what that changes)
+        self.stream, stream_task = streamer.start_for(self, p.ingest) if p.ingest is not None else (None, None)
         try:
             with _signal_handlers(loop, self.stop.on_signal, self.o.handle_signals):
                 try:
@@ -286,6 +290,8 @@ class _Run:
                 finally:
                     await self.tasks.cancel()
         finally:
+            if stream_task is not None:  # stopped early: the rest is read in by the next run (or now, for a budget refusal)
+                await streamer.stop(stream_task, finish=self.stop.reason is StopReason.BUDGET)
             status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await status_task
@@ -328,6 +334,9 @@ class _Run:
                                    estimate=self.estimate, finished=lambda: self.finished_this_run)
         return asyncio.create_task(self.status.loop(self.o.status_interval))
 
+    def _reading(self) -> bool:  # the expansion is still being read into the state file
+        return self.stream is not None and not self.stream.progress.done and not self.stop.stopping
+
     async def _finish_run(self, outcome: str) -> None:
         assert self.store is not None
         await self.store.call(lambda db: st.finish_run(db, self.run_id, outcome))
@@ -364,11 +373,11 @@ class _Run:
                 return
             await store.call(lambda db: st.block_downstream(db, self.scope, self.run_id))
             pending = await store.call(lambda db: st.pending_count(db, self.scope))
-            if pending - len(self.skip) <= 0:
+            if pending - len(self.skip) <= 0 and not self._reading():
                 return
             if self.done.seq != seq0:
-                continue  # something finished during the pass: its downstream may be ready now
-            if not self.tasks.all:
+                continue  # something finished (or was read in) during the pass: look again
+            if not self.tasks.all and not self._reading():
                 return  # what is left waits on items this run will not send
             await self.done.wait_after(seq0, lambda: self.stop.stopping)
 
@@ -488,7 +497,8 @@ class _Run:
         await self._left_over()
         problems = self.dl.problems if self.dl else 0
         c = conclude(self.stop.reason, self.stop.message, snap.totals(), left=self.left, budget=self.ledger.cap,
-                     at_risk=snap.at_risk_micros, output_problems=problems)
+                     at_risk=snap.at_risk_micros, output_problems=problems,
+                     missing_outputs=self.dl.missing if self.dl and self.o.download else None)
         return summarize(c, snap, run_id=self.run_id, output_dir=str(self.out.root), charged_run=self.charged_run,
                          peak=self.ledger.peak, left=self.left, submits=self.submits,
                          polls=self.poller.polls if self.poller else 0, downloads=self.dl.downloads if self.dl else 0,

@@ -86,7 +86,8 @@ class Conclusion:
 
 
 def conclude(stop: StopReason | None, stop_message: str | None, counts: dict[str, int], *,
-             left: tuple[int, int, int], budget: int | None, at_risk: int, output_problems: int) -> Conclusion:
+             left: tuple[int, int, int], budget: int | None, at_risk: int, output_problems: int,
+             missing_outputs: dict[str, str] | None = None) -> Conclusion:
     """The outcome, exit code and messages of a run that stopped for ``stop`` (None: it ran out of work)."""
     n_left, lo, hi = left
     msgs: list[str] = []
@@ -107,7 +108,8 @@ def conclude(stop: StopReason | None, stop_message: str | None, counts: dict[str
     if stop is not None:
         outcome, code = stop.outcome, stop.exit_code
     else:
-        done = counts.get(st.COMPLETED, 0) == sum(counts.values())
+        # COMPLETED is not done when its output is not on disk: the user asked for files
+        done = counts.get(st.COMPLETED, 0) == sum(counts.values()) and not missing_outputs
         outcome, code = ("completed", int(ExitCode.OK)) if done else ("incomplete", int(ExitCode.INCOMPLETE))
     amb = counts.get(st.AMBIGUOUS, 0)
     if amb:
@@ -125,6 +127,10 @@ def conclude(stop: StopReason | None, stop_message: str | None, counts: dict[str
         msgs.append(f"{inflight} submitted item(s) not finished yet: run again to collect them.")
     if n_left and outcome in ("completed", "incomplete"):
         msgs.append(f"{n_left} item(s) not submitted (gateway errors): run again to retry them.")
+    if missing_outputs:
+        example = next(iter(missing_outputs.values()))
+        msgs.append(f"{len(missing_outputs)} completed item(s) have no output on disk (e.g. {example[:160]}): they "
+                    "are paid; run the same command again to fetch them (never resent); `pixbatch report` lists them.")
     if output_problems:
         msgs.append(f"{output_problems} output(s) failed their checks: see `pixbatch report`.")
     return Conclusion(outcome, code, tuple(msgs))

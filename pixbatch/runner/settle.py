@@ -45,6 +45,8 @@ async def settle_item(row: st.ItemRow, s: JobStatus, *, downloader: Downloader, 
                 await downloader.download(row)
             except (PixbatchError, OSError) as exc:  # the item is done and paid; the file comes next run
                 row.error = f"download failed: {exc}"
+        elif download:
+            downloader.no_media(row)
     out_size = (row.output_width, row.output_height) if row.output_width and row.output_height else None
     if out_size is None and s.status == "COMPLETED" and row.media_url and priced_by_output_size(row.op, body):
         out_size = await downloader.measure(row)  # the price depends on it: read just the image header
