@@ -183,6 +183,23 @@ def _price(table: PriceTable, knowledge: Knowledge, row: st.ItemRow,
                       upstream_output=out)
 
 
+def _reserve(row: st.ItemRow, up: st.ItemRow | None, price: Any, input_size: tuple[int, int] | None, real: bool,
+             emit: Callable[..., None]) -> None:
+    """Write the item's reservation (its price's upper bound, already taken from the ledger), saying
+    so when it is not the estimate's: something was learned since (an upstream's real output, an
+    edit size, the reading of MP)."""
+    amount = price.high_micros
+    if (amount, price.low_micros) != (row.est_high_micros, row.est_low_micros):
+        emit("price", row.key, event="reserve", estimated=[row.est_low_micros, row.est_high_micros],
+             reserved=amount, exact=price.exact, input_size=list(input_size) if input_size else None,
+             why=("the real output size of its upstream" if up is not None and real
+                  else price.reason or "learned from completed items"))
+    row.reserved_micros = amount
+    row.tier = price.high.name if price.exact else f"{price.low.name} .. {price.high.name}"
+    # the checks and the charge use a real input size only (a prediction would flag correct outputs)
+    row.input_width, row.input_height = input_size if input_size and real else (None, None)
+
+
 @contextlib.contextmanager
 def _signal_handlers(loop: asyncio.AbstractEventLoop, handler: Callable[[], None], enabled: bool) -> Iterator[None]:
     """SIGINT and SIGTERM call ``handler`` while inside (the CLI enables it; a library caller keeps its own)."""
@@ -404,16 +421,7 @@ class _Run:
             if self.stop.stopping:
                 self.slots.release()
                 return False
-        if (amount, price.low_micros) != (row.est_high_micros, row.est_low_micros):
-            # learned since the estimate (an upstream's real output, a size or the reading of MP): say so
-            self.log.emit("price", row.key, event="reserve", estimated=[row.est_low_micros, row.est_high_micros],
-                          reserved=amount, exact=price.exact, input_size=list(input_size) if input_size else None,
-                          why=("the real output size of its upstream" if up is not None and real
-                               else price.reason or "learned from completed items"))
-        row.reserved_micros = amount
-        row.tier = price.high.name if price.exact else f"{price.low.name} .. {price.high.name}"
-        # the checks and the charge use a real input size only (a prediction would flag correct outputs)
-        row.input_width, row.input_height = input_size if input_size and real else (None, None)
+        _reserve(row, up, price, input_size, real, self.log.emit)
         self.inflight.add(row.key)
         self.tasks.spawn(self._item(row, up, resumed=False))
         return True
