@@ -277,6 +277,7 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
     from .estimate import check_budget, estimate_manifest
     from .estimate_render import estimate_to_dict, render_estimate
     from .manifest import load_manifest_shallow
+    from .storage.phase import upload_plan
     from .pricing import PriceTable
 
     table = PriceTable.load(pricing_path)
@@ -286,10 +287,13 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
         budget_micros = manifest.budget_micros
     est = estimate_manifest(manifest, table, state_path=state_path, probe=not no_probe, refresh=refresh_probes,
                             concurrency=probe_concurrency, timeout=probe_timeout, fresh=fresh)
+    uploads = upload_plan(manifest, state_path)  # local inputs: what a run would upload (None: no local files)
     if as_json:
-        click.echo(json.dumps(estimate_to_dict(est, budget_micros=budget_micros), indent=2))
+        extra = {"uploads": uploads.to_dict()} if uploads else {}
+        click.echo(json.dumps({**estimate_to_dict(est, budget_micros=budget_micros), **extra}, indent=2))
     else:
         render_estimate(est, Console(highlight=False), budget_micros=budget_micros)
+        click.echo(uploads.text() if uploads else "", nl=bool(uploads))
     check_budget(est, budget_micros)
 
 
@@ -594,5 +598,9 @@ def demo_command(ctx: click.Context, directory: str | None, keep: bool) -> None:
         console.print(f"Kept {root}: {result.manifest_path.name}, {result.state_path.name}, out/, report.html, "
                       f"ledger.json. Try: pixbatch report {result.manifest_path} --format html -o report.html")
 
+
+from .cli_init import init_command  # noqa: E402  (wired beside this module, which is at its size limit)
+
+cli.add_command(init_command)
 
 main = cli

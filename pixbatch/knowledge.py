@@ -147,8 +147,9 @@ class Learner:
         self.base = table
         self.knowledge = knowledge or Knowledge()
         self.table = self.knowledge.table(table)
-        # charges that rest on the default reading of MP, until it is learned: key -> (row, charge, output size)
-        self.provisional: dict[str, tuple[Any, int, Size | None]] = {}
+        # charges that rest on the default reading of MP, until it is learned:
+        # key -> (row, charge, output size, input size)
+        self.provisional: dict[str, tuple[Any, int, Size | None, Size | None]] = {}
 
     def observe(self, o: Observation) -> bool:
         """Learn from one output; True when the reading of MP became known with it."""

@@ -237,13 +237,17 @@ class PriceTable:
             return self.upscale_tier_for_size(output_size).price_micros
         return self.price(op, body, input_size).high_micros
 
-    def charge_uncertain(self, op: str, status: str, output_size: Size | None, body: Mapping[str, Any]) -> bool:
-        """Whether ``charge_for`` rests on the default reading of MP: a charged factor upscale whose
-        real output lies between the possible readings of a tier boundary."""
-        if not self.is_charged(status) or output_size is None or not priced_by_output_size(op, body):
+    def charge_uncertain(self, op: str, status: str, output_size: Size | None, body: Mapping[str, Any],
+                         input_size: Size | None = None) -> bool:
+        """Whether ``charge_for`` rests on the default reading of MP (or the rounding): a charged factor
+        upscale whose real output (or, without one, the output its real input makes) lies between the
+        possible readings of a tier boundary."""
+        if not self.is_charged(status) or not priced_by_output_size(op, body):
             return False
-        lo, hi = self.tiers_for_size(output_size)
-        return lo != hi
+        if output_size is not None:
+            lo, hi = self.tiers_for_size(output_size)
+            return lo != hi
+        return input_size is not None and not self.price(op, body, input_size).exact
 
 
 def priced_by_output_size(op: str, body: Mapping[str, Any]) -> bool:

@@ -24,7 +24,7 @@ MISSING_PREFIXES = ("output missing", "download failed")
 
 
 class Downloader:
-    def __init__(self, gateway: Gateway, store: st.Store, out: OutputDir, aliases: dict[str, list[str]], *,
+    def __init__(self, gateway: Gateway, store: st.Store, out: OutputDir | Any, aliases: dict[str, list[str]], *,
                  emit: Callable[..., None], timeout: float, concurrency: int):
         self.gw = gateway
         self.store = store
@@ -43,14 +43,20 @@ class Downloader:
 
     async def measure(self, row: st.ItemRow) -> tuple[int, int] | None:
         """Output size from the first bytes of the media URL (no download): prices factor upscales."""
+        assert row.media_url is not None
+        size = await self.measure_url(row, row.media_url)
+        if size is not None:
+            row.output_width, row.output_height = size
+        return size
+
+    async def measure_url(self, row: st.ItemRow, url: str) -> tuple[int, int] | None:
+        """An image's size from its first bytes (a ranged GET, no key sent); None when it cannot be read."""
         from ..probe import probe_sizes_async
 
-        assert row.media_url is not None
-        got = (await probe_sizes_async([row.media_url], concurrency=1, timeout=self.timeout)).get(row.media_url)
+        got = (await probe_sizes_async([url], concurrency=1, timeout=self.timeout)).get(url)
         if got is None or got.size is None:
-            self.emit("download", row.key, ok=False, error=f"could not measure the output: {got.error if got else '?'}")
+            self.emit("download", row.key, ok=False, error=f"could not measure {url[:120]}: {got.error if got else '?'}")
             return None
-        row.output_width, row.output_height = got.size
         return got.size
 
     async def download(self, row: st.ItemRow) -> None:
@@ -71,6 +77,9 @@ class Downloader:
 
     async def _download(self, row: st.ItemRow, names: list[str]) -> None:
         assert row.media_url
+        if getattr(self.out, "copies", False):  # a bucket (storage.s3out): it streams the media itself
+            await self.out.copy(row, names, self)
+            return
         part = self.out.part_for(names[0])
         try:
             got = await self.gw.fetch(row.media_url, part)
@@ -120,6 +129,9 @@ class Downloader:
         store = self.store
         for key, error in await store.call(lambda db: st.completed_without_media(db, scope)):
             self.missing.setdefault(key, error or "the gateway reported COMPLETED without a media_url")
+        if getattr(self.out, "copies", False):  # a bucket: one listing instead of reading every file
+            await self.out.verify(self, scope, steps, stopped)
+            return
         for step in steps:
             after = -1
             while not stopped():

@@ -95,11 +95,15 @@ def expansion_fingerprint(db: Any, manifest: Any, pricing_path: Path | None) -> 
         h.update(repr(manifest).encode())
         for src in manifest.sources:
             path = getattr(src, "path", None)
-            if path is not None:
+            if path is not None and getattr(src, "kind", None) != "dir":  # a folder's files: below
                 h.update(f"\nfile {path}\n".encode())
                 with open(path, "rb") as f:
                     for chunk in iter(lambda: f.read(1 << 20), b""):
                         h.update(chunk)
+        if manifest.has_local_inputs():  # local files: their content hashes are in the items
+            from ..storage.phase import local_inputs_digest
+
+            h.update(b"\nlocal\n" + local_inputs_digest(manifest))
         for module in expansion_modules():
             h.update(f"\nmodule {module.relative_to(PACKAGE_DIR)}\n".encode() + module.read_bytes())
         if pricing_path is not None:

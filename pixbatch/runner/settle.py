@@ -20,7 +20,7 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import state as st
-from ..errors import PixbatchError
+from ..errors import PixbatchError, redact
 from ..gateway import JobStatus
 from ..knowledge import Learner, Observation
 from ..pricing import PriceTable, priced_by_output_size
@@ -36,7 +36,7 @@ async def settle_item(row: st.ItemRow, s: JobStatus, *, downloader: Downloader, 
     if row.started_at is None:
         row.started_at = row.finished_at
     row.gateway_status = s.status
-    row.error = s.error
+    row.error = redact(s.error) if s.error else s.error  # a gateway's error may quote a presigned input URL
     if s.status == "COMPLETED":
         row.media_url = s.media_urls[0] if s.media_urls else None
         row.media_type = s.media_type
@@ -57,7 +57,13 @@ async def settle_item(row: st.ItemRow, s: JobStatus, *, downloader: Downloader, 
             real_input = row.input_size if row.upstream is None else None
             learned = learner.observe(Observation(row.key, row.op, body, real_input, out_size))
         table = learner.table
-    charge = table.charge_for(row.op, s.status, out_size, body, row.input_size)
+    input_size = row.input_size
+    if (out_size is None and input_size is None and s.status == "FAILED" and priced_by_output_size(row.op, body)
+            and isinstance(body.get("image"), str) and row.upstream is None):
+        # the gateway charges a failed factor upscale by the size it saw: read the input's header
+        # (a chained item's image is its upstream's output, known only by a placeholder here)
+        input_size = await downloader.measure_url(row, body["image"])
+    charge = table.charge_for(row.op, s.status, out_size, body, input_size)
     reserved = row.reserved_micros
     ledger.settle(reserved, charge)
     row.reserved_micros = 0
@@ -65,8 +71,8 @@ async def settle_item(row: st.ItemRow, s: JobStatus, *, downloader: Downloader, 
     row.state = s.status
     put(row, charged=charge, released=reserved)
     if learner is not None:
-        if table.charge_uncertain(row.op, s.status, out_size, body):
-            learner.provisional[row.key] = (row, charge, out_size)
+        if table.charge_uncertain(row.op, s.status, out_size, body, input_size):
+            learner.provisional[row.key] = (row, charge, out_size, input_size)
         if learned:
             revise(learner, ledger, put)
     return charge
@@ -75,8 +81,8 @@ async def settle_item(row: st.ItemRow, s: JobStatus, *, downloader: Downloader, 
 def revise(learner: Learner, ledger: BudgetLedger, put: Callable[..., Any]) -> int:
     """Charge the run's provisional items by the reading just learned; returns the total difference."""
     total = 0
-    for row, old, size in list(learner.provisional.values()):
-        new = learner.table.charge_for(row.op, row.state, size, row.body_dict, row.input_size)
+    for row, old, size, input_size in list(learner.provisional.values()):
+        new = learner.table.charge_for(row.op, row.state, size, row.body_dict, input_size)
         if new != old:
             ledger.settle(old, new)
             row.charged_micros = (row.charged_micros or 0) + new - old
