@@ -250,8 +250,7 @@ def emulator_command(host: str, port: int, balance_micros: int | None, keys: tup
 @click.option("--no-probe", is_flag=True,
               help="Fetch nothing: unknown input sizes stay unknown and their items are priced as a range.")
 @click.option("--refresh-probes", is_flag=True, help="Retry probes that failed before (failures are cached).")
-@click.option("--fresh", is_flag=True,
-              help="Price every item as new, ignoring what the state file says is paid, in flight or learned.")
+@click.option("--fresh", is_flag=True, help="Price every item as new: ignore what the state file holds and taught.")
 @click.option("--probe-concurrency", type=click.IntRange(1, 512), show_default=True,
               default=LibraryDefault("pixbatch.estimate:estimate_manifest", "concurrency"), help="Images probed at once.")
 @click.option("--probe-timeout", type=click.FloatRange(0, min_open=True), show_default=True,
@@ -262,13 +261,8 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
                      probe_timeout: float) -> None:
     """Estimate what MANIFEST will cost, sending nothing to the gateway.
 
-    Prints a line per step and price tier (count, unit price, subtotal), the total (exact,
-    or a low - high range where a price rests on a guess, with the reason and the fix) and
-    the assumptions made. Once the state file holds results it is a plan: per step and tier
-    what is already paid (reused), in flight, at risk (AMBIGUOUS) and still to pay, the
-    headline; sizes learned from completed items price the rest (--fresh: price all as new).
-    Inputs whose size changes a price are probed (first bytes only) and cached in the
-    state file, so a second estimate fetches nothing.
+    Per step and tier: count, unit price, subtotal; the total, exact or a range (why, and the fix); the
+    assumptions. With results in the state file, a plan: paid, in flight, at risk, still to pay.
     """
     import json
 
