@@ -369,9 +369,9 @@ def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, 
     """Run (or resume) MANIFEST against the gateway; the key comes from PIXAZO_API_KEY.
 
     Running the same command again resumes: submitted items are polled, never resent.
-    Exit codes: 0 all completed, 1 some items did not complete, 2 invalid manifest or
-    options, 3 budget, 4 key refused or missing, 5 wallet balance (402), 6 state file in
-    use, 130 interrupted.
+    Exit codes: 0 all completed, 1 some items (or outputs) did not complete, 2 invalid
+    manifest or options, 3 budget, 4 key refused or missing, 5 wallet balance (402), 6 state
+    file in use, 7 call quota used up, 8 gateway unreachable, 130 interrupted.
     """
     from pathlib import Path
 

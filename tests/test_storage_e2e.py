@@ -21,7 +21,6 @@ import pytest
 from conftest import make_image
 from pixbatch import retry_policy
 from pixbatch.emulator import fast_test_config, start_emulator
-from pixbatch.errors import StorageError
 from pixbatch.manifest import load_manifest
 from pixbatch.report import build_report
 from pixbatch.runner import RunOptions, run
