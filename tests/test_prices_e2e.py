@@ -306,3 +306,12 @@ def test_the_estimates_blocking_states_are_the_runs():
     from pixbatch.plan import BLOCKING
 
     assert BLOCKING == {s.value for s in st.BLOCKING}
+
+
+def test_while_the_manifest_streams_in_the_plan_says_it_covers_what_is_read(tmp_path):
+    m = write(tmp_path / "stream.yaml", TEN, [EDITS])
+    with lazy_emulator() as emu:
+        rec = Recorder()
+        run(load_manifest(m), options=opts(emu, ingest_batch=3), progress=rec)
+    plan = rec.info["plan"]
+    assert plan.item_count == 3 and "covers the first 3 items read" in plan.state_note
