@@ -244,26 +244,26 @@ def emulator_command(host: str, port: int, balance_micros: int | None, keys: tup
 @click.option("--no-probe", is_flag=True,
               help="Fetch nothing: unknown input sizes stay unknown and their items are priced as a range.")
 @click.option("--refresh-probes", is_flag=True, help="Retry probes that failed before (failures are cached).")
+@click.option("--fresh", is_flag=True, help="Price every item as new: ignore what the state file holds and taught.")
 @click.option("--probe-concurrency", type=click.IntRange(1, 512), show_default=True,
               default=LibraryDefault("pixbatch.estimate:estimate_manifest", "concurrency"), help="Images probed at once.")
 @click.option("--probe-timeout", type=Number(0, 3600, min_open=True), show_default=True,
               default=LibraryDefault("pixbatch.estimate:estimate_manifest", "timeout"),
               help="Seconds allowed per image probe.")
 def estimate_command(manifest_path: str, state_path: str | None, pricing_path: str | None, budget_micros: int | None,
-                     as_json: bool, no_probe: bool, refresh_probes: bool, probe_concurrency: int,
+                     as_json: bool, no_probe: bool, refresh_probes: bool, fresh: bool, probe_concurrency: int,
                      probe_timeout: float) -> None:
     """Estimate what MANIFEST will cost, sending nothing to the gateway.
 
-    Prints a line per step and price tier (count, unit price, subtotal), the total (exact,
-    or a low - high range where an input's size is unknown) and the assumptions made.
-    Inputs whose size changes a price are probed (first bytes only) and cached in the
-    state file, so a second estimate fetches nothing.
+    Per step and tier: count, unit price, subtotal; the total, exact or a range (why, and the fix); the
+    assumptions. With results in the state file, a plan: paid, in flight, at risk, still to pay.
     """
     import json
 
     from rich.console import Console
 
-    from .estimate import check_budget, estimate_manifest, estimate_to_dict, render_estimate
+    from .estimate import check_budget, estimate_manifest
+    from .estimate_render import estimate_to_dict, render_estimate
     from .manifest import load_manifest_shallow
     from .storage.phase import upload_plan
     from .pricing import PriceTable
@@ -274,7 +274,7 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
     if budget_micros is None:
         budget_micros = manifest.budget_micros
     est = estimate_manifest(manifest, table, state_path=state_path, probe=not no_probe, refresh=refresh_probes,
-                            concurrency=probe_concurrency, timeout=probe_timeout)
+                            concurrency=probe_concurrency, timeout=probe_timeout, fresh=fresh)
     uploads = upload_plan(manifest, state_path)  # local inputs: what a run would upload (None: no local files)
     if as_json:
         extra = {"uploads": uploads.to_dict()} if uploads else {}

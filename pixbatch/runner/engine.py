@@ -35,6 +35,7 @@ from typing import Any
 from .. import state as st
 from ..errors import BudgetExceeded, ExitCode, require_api_key
 from ..gateway import Gateway, JobStatus
+from ..knowledge import Knowledge, Learner, price_item
 from ..money import format_usd
 from ..pricing import PriceTable
 from ..progress import Progress
@@ -182,16 +183,34 @@ class _Tasks:
         await asyncio.gather(*self.all, return_exceptions=True)
 
 
-def _price(table: PriceTable, row: st.ItemRow, up: st.ItemRow | None) -> tuple[Any, tuple[int, int] | None]:
-    """The item's price and the input size it rests on: a chained item's input is its upstream's
-    output (its real size once downloaded, else the documented one)."""
-    input_size = row.input_size
-    if up is not None:
-        if up.output_width and up.output_height:
-            input_size = (up.output_width, up.output_height)
-        elif input_size is None:
-            input_size = predicted_output_size(up.op, up.body_dict, up.input_size)
-    return table.price(row.op, row.body_dict, input_size), input_size
+def _price(table: PriceTable, knowledge: Knowledge, row: st.ItemRow,
+           up: st.ItemRow | None) -> tuple[Any, tuple[int, int] | None, bool]:
+    """The item's price, the input size it rests on, and whether that size is real: a chained
+    item's input is its upstream's output (its real size once downloaded or measured, else a
+    size learned for edits like it, else the predicted one, as a range)."""
+    if up is None:
+        return price_item(table, knowledge, row.op, row.body_dict, row.input_size)
+    out = (up.output_width, up.output_height) if up.output_width and up.output_height else None
+    predicted = row.input_size or predicted_output_size(up.op, up.body_dict, up.input_size)
+    return price_item(table, knowledge, row.op, row.body_dict, predicted, chained=True, upstream_op=up.op,
+                      upstream_output=out)
+
+
+def _reserve(row: st.ItemRow, up: st.ItemRow | None, price: Any, input_size: tuple[int, int] | None, real: bool,
+             emit: Callable[..., None]) -> None:
+    """Write the item's reservation (its price's upper bound, already taken from the ledger), saying
+    so when it is not the estimate's: something was learned since (an upstream's real output, an
+    edit size, the reading of MP)."""
+    amount = price.high_micros
+    if (amount, price.low_micros) != (row.est_high_micros, row.est_low_micros):
+        emit("price", row.key, event="reserve", estimated=[row.est_low_micros, row.est_high_micros],
+             reserved=amount, exact=price.exact, input_size=list(input_size) if input_size else None,
+             why=("the real output size of its upstream" if up is not None and real
+                  else price.reason or "learned from completed items"))
+    row.reserved_micros = amount
+    row.tier = price.high.name if price.exact else f"{price.low.name} .. {price.high.name}"
+    # the checks and the charge use a real input size only (a prediction would flag correct outputs)
+    row.input_width, row.input_height = input_size if input_size and real else (None, None)
 
 
 @contextlib.contextmanager
@@ -230,6 +249,8 @@ class _Run:
         self.doubts = Doubts()  # AMBIGUOUS items a signed callback may settle
         self.store: st.Store | None = None
         self.log: Journal  # set with the store (main)
+        self.plan: Any = None  # estimate.Estimate of this run's items, printed at the start (main)
+        self.learner: Learner  # what completed items teach about sizes, as they settle (main)
         self.status: StatusWriter  # set with the parts (_build)
         self.scope = ""
         self.aliases: dict[str, list[str]] = {}
@@ -270,6 +291,7 @@ class _Run:
         p = await store.call(lambda db: prepare(db, manifest=self.m, options=self.o, run_id=self.run_id,
                                                 budget=self.ledger.cap, table=self.table, expand=self._expand))
         self.scope, self.aliases, self.estimate = p.scope, p.aliases, p.estimate
+        self.plan, self.learner = p.plan, Learner(self.table, p.knowledge)
         self.ledger = BudgetLedger(self.ledger.cap, p.position.totals.committed_micros)
         if p.ambiguous_now:
             self.log.emit("run", None, message=f"{p.ambiguous_now} item(s) were being submitted when the last run "
@@ -344,7 +366,8 @@ class _Run:
                              webhooks=self.callbacks.wakeups if self.callbacks else None)
         budget = self.ledger.cap
         self.progress.start({"run_id": self.run_id, "state_path": str(self.state_path), "budget_micros": budget,
-                             "estimate_low_micros": self.estimate[0], "estimate_high_micros": self.estimate[1]})
+                             "estimate_low_micros": self.estimate[0], "estimate_high_micros": self.estimate[1],
+                             "plan": self.plan})
         self.log.emit("run", None, event="start", pid=os.getpid(), budget_micros=budget, committed=self.ledger.committed)
         self.status = StatusWriter(store, self.progress, state_path=self.state_path, run_id=self.run_id,
                                    manifest_path=str(self.m.path), scope=self.scope, budget=budget,
@@ -404,7 +427,7 @@ class _Run:
         if self.stop.stopping:
             self.slots.release()
             return False
-        price, input_size = _price(self.table, row, up)
+        price, input_size, real = _price(self.learner.table, self.learner.knowledge, row, up)
         amount = price.high_micros
         while not self.ledger.try_reserve(amount):
             if not self.inflight:
@@ -418,10 +441,7 @@ class _Run:
             if self.stop.stopping:
                 self.slots.release()
                 return False
-        row.reserved_micros = amount
-        row.tier = price.high.name
-        if input_size:
-            row.input_width, row.input_height = input_size
+        _reserve(row, up, price, input_size, real, self.log.emit)
         self.inflight.add(row.key)
         self.tasks.spawn(self._item(row, up, resumed=False))
         return True
@@ -488,7 +508,7 @@ class _Run:
     async def _settle(self, row: st.ItemRow, s: JobStatus) -> None:
         assert self.dl is not None
         charge = await settle_item(row, s, downloader=self.dl, download=self.o.download, table=self.table,
-                                   ledger=self.ledger, put=self.log.put)
+                                   ledger=self.ledger, put=self.log.put, learner=self.learner)
         self.charged_run += charge  # after the await: `x += await f()` would read x before it
         self.finished_this_run += 1
 
