@@ -1,47 +1,54 @@
 """Submit pacing that adapts to the gateway: AIMD with checked decreases, Retry-After, a retry budget.
 
 The scheme is **additive increase / multiplicative decrease** (AIMD, TCP's congestion
-avoidance, RFC 5681) on the submit rate, with the server's **Retry-After** honoured
-(RFC 9110 10.2.3) and a **retry budget** (the share of submits that may be refused and
-retried without slowing down, as in Finagle's and Envoy's retry budgets). It is built for a
-gateway whose 429s are not all caused by our rate: a key shared with other clients or a busy
-backend refuses a share of requests whatever the rate, and halving on each of those would
-ratchet the rate down to the floor.
+avoidance, RFC 5681) on the submit rate, with the server's **Retry-After** honoured (RFC 9110
+10.2.3) and a **retry budget** (a share of submits that may be refused and retried without
+slowing down, as in Finagle's and Envoy's retry budgets). It is built for gateways whose 429s
+are not all caused by our rate: a key shared with other clients, or a busy backend, refuses a
+share of requests whatever the rate, and a limiter that slows down for each of those ratchets
+down to its floor.
 
 1. **Each refused request waits its own Retry-After** (seconds or an HTTP date, capped by the
    retry policy; none given: capped exponential backoff with jitter) before it is sent again.
-   Other callers go on: one 429 says nothing about them. Only when ``run_length`` (5) submits
-   in a row are refused does every submit pause, until the latest of their Retry-Afters.
-2. **A fixed window is learned, not fought** (API Management's ``rate-limit-by-key``). A run
-   of 429s whose Retry-After (>= ``long_wait``, 2 s) all point at one moment says: the
-   window is used up until then. Every submit pauses until that moment; the rate is not cut.
-   What the gateway let through in the window that closed is its quota: in the next window,
-   once that many submits went out, one more goes as a probe and the rest wait for its
-   answer (a 429: pause to the next reset; a 202: the window is larger, go on). Once a window
-   is known, one such 429 closes it.
-3. **Multiplicative decrease, checked.** A short 429 (Retry-After under 2 s, or none) beyond
-   the retry budget halves the rate (``beta``); unlimited becomes half the rate observed.
-   The answers to the next ``check_answers`` (30) submits sent at the new rate decide, much
+   The others go on: one 429 says nothing about them. Only when ``run_length`` (5) submits in
+   a row are refused does every submit pause, until the latest of their Retry-Afters.
+2. **A fixed window is learned, not fought** (API Management's ``rate-limit-by-key``). A run of
+   429s whose Retry-After (>= ``long_wait``, 2 s) all point at one moment says: the window is
+   used up until then. Every submit pauses until that moment; the rate is not cut. What the
+   gateway let through in the window that closed is its quota: in the next window, once that
+   many submits went out and were answered, one more goes as a probe and the rest wait for
+   its answer (a 429: pause to the next reset; a 202: the window is larger, go on). Once a
+   window is known, one such 429 closes it. A long Retry-After never cuts the rate.
+3. **Multiplicative decrease, checked.** A short 429 (Retry-After under 2 s, or none) beyond the
+   retry budget (once there are answers enough to compare with: 5 refused, or 1 s of them)
+   halves the rate (``beta``; unlimited: half the rate observed; not below ``floor``, 90 %, of
+   a limit already learned, as TCP Westwood falls back to its bandwidth estimate). The next
+   ``check_answers`` (30) answers, to submits sent from that 429's Retry-After on, decide, much
    as TCP undoes a spurious window reduction (RFC 3522, RFC 4015):
-   - the 429s stopped (down to the budget): our rate caused them. The decrease stands; the
-     rate becomes ``margin`` (97 %) of what the gateway accepted before it (the limit
-     learned, ``learned``) and grows from there;
-   - the share of 202s did not improve: the 429s do not depend on our rate. Every decrease
-     of the episode is undone, and the share refused becomes the **retry budget**
-     (``budget``): later 429s within it (plus 3 standard deviations) are retried without
-     touching the rate;
-   - fewer 429s, but not down to the budget: still above the limit; halve again.
-4. **Additive increase.** While no decrease is being checked, the rate grows every
-   ``interval`` (1 s) by ``increase`` (2 %) of the limit learned, up to the ceiling
-   (``--max-rps``), or back to unlimited once it is twice what was first cut from
+   - the 429s stopped (down to the budget): our rate caused them. The decrease is kept and the
+     limit learned (``learned``): the 202s from the last kept decrease to this one, over the
+     time between (the gateway's bucket was empty at both), else the 202/s before the cut;
+     the rate becomes ``margin`` (97 %) of it (nothing measured: halfway back);
+   - too few answers to tell, or the sends did not slow down (the rate did not bind): halve
+     again, same episode;
+   - fewer refused (beyond chance: a two-proportion z-test), or as many 202/s at the lower
+     rate: still above the limit; halve again;
+   - as many refused and fewer 202/s: the 429s do not depend on our rate. The episode's
+     decreases are undone, and the share refused becomes the **retry budget** (``budget``,
+     pooled over such episodes, or all answers since a limit was last confirmed, whichever
+     is larger): later 429s within it, plus 3 standard deviations, leave the rate alone.
+4. **Additive increase.** While no decrease is being checked, the rate grows every ``interval``
+   (1 s) by ``increase`` (2 %) of the limit learned (10 % while below 90 % of it), up to the
+   ceiling (``--max-rps``), or back to unlimited once it is twice what was first cut from
    unlimited and there is no ceiling.
 
 Polls call ``acquire_poll()``: they honour their own Retry-After, are paced only under a
-ceiling, and never count as submits (the gateway limits submits). The gateway
-calls ``acquire()`` before every send, ``on_throttle(retry_after)`` on every 429 (seconds or
-None) and ``on_accept()`` on every 202, all from the task that makes the request: the limiter
-keeps per-task state (which send was refused, when it may go again) in a context variable.
-``clock`` and ``sleep`` are injectable so the behaviour is testable without waiting.
+ceiling, and never count as submits (the gateway limits submits). The gateway calls
+``acquire()`` before every send, ``on_throttle(retry_after)`` on every 429 (seconds, or None when
+the answer named no wait) and ``on_accept()`` on every 202, all from the task that makes the
+request: the limiter keeps per-task state (which send was refused, when it may go again) in a
+context variable. ``clock`` and ``sleep`` are injectable, so the behaviour is testable without
+waiting (``tests/test_ratelimit.py`` runs it in virtual time).
 """
 
 from __future__ import annotations
@@ -338,9 +345,14 @@ class _Window:
 
 
 class AdaptiveRateLimiter:
+    """The limiter in front of every gateway call (the scheme: this module's docstring).
+
+    ``max_rps``: the ceiling (``--max-rps``); None: unlimited until the answers say otherwise.
+    """
+
     def __init__(self, max_rps: float | None = None, *, min_rps: float = 0.5, interval: float = 1.0,
-                 beta: float = 0.5, floor: float = 0.9, increase: float = 0.02, margin: float = 0.97, check_answers: int = 30,
-                 run_length: int = 5, long_wait: float = 2.0,
+                 beta: float = 0.5, floor: float = 0.9, increase: float = 0.02, margin: float = 0.97,
+                 check_answers: int = 30, run_length: int = 5, long_wait: float = 2.0,
                  backoff: Callable[[int], float] = DEFAULT_POLICY.backoff,
                  clock: Callable[[], float] = time.monotonic,
                  sleep: Callable[[float], Awaitable[None]] = asyncio.sleep):
@@ -410,8 +422,11 @@ class AdaptiveRateLimiter:
         self.window.accepted(me)
         self._aimd.answer(now if me.granted is None else me.granted, False, now, self.observed_rps())
 
-    def on_throttle(self, retry_after: float | None) -> None:
-        """A 429: this request waits ``retry_after`` seconds (None: backoff); the rest as the answers show."""
+    def on_throttle(self, retry_after: float | None) -> float:
+        """A 429: this request waits ``retry_after`` seconds (None: backoff); the rest as the answers show.
+
+        Returns the seconds this request waits (its next ``acquire()`` waits them out).
+        """
         me, now = self._me(), self._clock()
         self.throttles += 1
         me.refusals += 1
@@ -419,7 +434,7 @@ class AdaptiveRateLimiter:
         deadline = now + (self._backoff(me.refusals) if retry_after is None else retry_after)
         me.not_before = max(me.not_before, deadline)
         if me.kind == POLL:
-            return  # polls are not what the gateway limits: this one waits, the others go on
+            return deadline - now  # polls are not what the gateway limits: this one waits, the others go on
         self.window.answered(me)
         long = retry_after is not None and retry_after >= self.long_wait
         run = self._run
@@ -431,11 +446,12 @@ class AdaptiveRateLimiter:
                     len(deadlines) == self.run_length and max(deadlines) - min(deadlines) <= 1.5):
                 if self.window.close(max(deadline, *deadlines)):
                     self._pause(self.window.reset)
-                return
+                return deadline - now
         if len(run) == self.run_length:
             self._pause(max(d for d, _ in run))
         if not long:
             self._aimd.answer(now if me.granted is None else me.granted, True, now, self.observed_rps(), deadline)
+        return deadline - now
 
     def _pause(self, until: float) -> None:
         """Every submit waits until ``until``."""

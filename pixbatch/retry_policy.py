@@ -242,7 +242,7 @@ async def retrying(policy: RetryPolicy, call: Callable[[], Awaitable[R]], *,
                    on: Callable[[R | BaseException], Again | None],
                    errors: tuple[type[BaseException], ...] = (httpx.TransportError,),
                    before: Callable[[], Awaitable[None]] | None = None,
-                   on_throttle: Callable[[float], None] | None = None,
+                   on_throttle: Callable[[float | None], object] | None = None,
                    max_throttles: int = MAX_THROTTLED_TRIES,
                    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> Final[R]:
     """Call ``call()`` until ``on(outcome)`` says stop or the allowance runs out; never raises ``errors``.

@@ -79,7 +79,8 @@ class Bucket:
     at: float = 0.0
 
     def __call__(self, now: float, rng: random.Random):
-        self.tokens = min(self.burst, (self.burst if self.tokens is None else self.tokens) + (now - self.at) * self.rate)
+        tokens = self.burst if self.tokens is None else self.tokens
+        self.tokens = min(self.burst, tokens + (now - self.at) * self.rate)
         self.at = now
         if self.tokens >= 1:
             self.tokens -= 1
