@@ -20,23 +20,25 @@ down to its floor.
    its answer (a 429: pause to the next reset; a 202: the window is larger, go on). Once a
    window is known, one such 429 closes it. A long Retry-After never cuts the rate.
 3. **Multiplicative decrease, checked.** A short 429 (Retry-After under 2 s, or none) beyond the
-   retry budget (once there are answers enough to compare with: 5 refused, or 1 s of them)
-   halves the rate (``beta``; unlimited: half the rate observed; not below ``floor``, 90 %, of
-   a limit already learned, as TCP Westwood falls back to its bandwidth estimate). The next
-   ``check_answers`` (30) answers, to submits sent from that 429's Retry-After on, decide, much
-   as TCP undoes a spurious window reduction (RFC 3522, RFC 4015):
+   retry budget halves the rate (``beta``; unlimited: half the rate observed; not below
+   ``floor``, 90 %, of a limit already learned, as TCP Westwood falls back to its bandwidth
+   estimate). Then one sample of answers at each rate decides, much as TCP undoes a spurious
+   window reduction (RFC 3522, RFC 4015): ``check_answers`` (30) answers to submits sent at
+   the lower rate from that 429's Retry-After on, against those before the cut (if those
+   cannot tell, the rate goes back up for a sample of its own). Rates are timed from the
+   first refused send of a sample on: a token bucket's stock, spent before, is no measure.
    - the 429s stopped (down to the budget): our rate caused them. The decrease is kept and the
-     limit learned (``learned``): the 202s from the last kept decrease to this one, over the
-     time between (the gateway's bucket was empty at both), else the 202/s before the cut;
-     the rate becomes ``margin`` (97 %) of it (nothing measured: halfway back);
-   - too few answers to tell, or the sends did not slow down (the rate did not bind): halve
-     again, same episode;
-   - fewer refused (beyond chance: a two-proportion z-test), or as many 202/s at the lower
-     rate: still above the limit; halve again;
+     limit learned (``learned``): the 202s from the last kept decrease to this one over the
+     time between (the gateway's bucket was empty at both), else the 202/s at the higher
+     rate; the rate becomes ``margin`` (97 %) of it (nothing measured: halfway back);
+   - the share refused fell (beyond chance: a two-proportion z-test), as many 202/s came at
+     the lower rate, or more than half are still refused: still above the limit; halve again.
+     The lower rate did not slow the sends down (it did not bind): halve again too;
    - as many refused and fewer 202/s: the 429s do not depend on our rate. The episode's
      decreases are undone, and the share refused becomes the **retry budget** (``budget``,
-     pooled over such episodes, or all answers since a limit was last confirmed, whichever
-     is larger): later 429s within it, plus 3 standard deviations, leave the rate alone.
+     at most 50 %, pooled over such episodes, or all answers since a limit was last
+     confirmed, whichever is larger): later 429s within it, plus 3 standard deviations,
+     leave the rate alone.
 4. **Additive increase.** While no decrease is being checked, the rate grows every ``interval``
    (1 s) by ``increase`` (2 %) of the limit learned (10 % while below 90 % of it), up to the
    ceiling (``--max-rps``), or back to unlimited once it is twice what was first cut from
@@ -68,6 +70,8 @@ SUBMIT, POLL = "submit", "poll"
 PROBE_LOOK = 0.05
 #: a probe whose answer never came (the call failed otherwise) is replaced after this long
 PROBE_TIMEOUT = 5.0
+#: the largest share of refusals tolerated as not caused by our rate
+MAX_BUDGET = 0.5
 
 
 @dataclass(slots=True)
@@ -89,51 +93,82 @@ _SEND: ContextVar[_Send | None] = ContextVar("pixbatch_ratelimit_send", default=
 
 
 @dataclass(slots=True)
+class _Busy:
+    """The answers to sends made from the first refused one on: the gateway while it refuses."""
+
+    first: float  # when the first refused submit was sent
+    answers: int = 0
+    refused: int = 0
+    last: float = -math.inf
+
+    @property
+    def share(self) -> float:
+        return self.refused / self.answers if self.answers else 0.0
+
+
+@dataclass(slots=True)
 class _Tally:
     """The answers to the submits sent since ``since`` (by send time)."""
 
     since: float
     answers: int = 0
     refused: int = 0
-    first: float = math.inf
-    last: float = -math.inf
+    busy: _Busy | None = None
 
     def add(self, granted: float, refused: bool) -> None:
         self.answers += 1
         self.refused += refused
-        self.first = min(self.first, granted)
-        self.last = max(self.last, granted)
+        if self.busy is None and refused:
+            self.busy = _Busy(granted)
+        b = self.busy
+        if b is not None and granted >= b.first:
+            b.answers += 1
+            b.refused += refused
+            b.last = max(b.last, granted)
 
     @property
     def share(self) -> float:
         return self.refused / self.answers if self.answers else 0.0
 
     def rates(self, min_span: float) -> tuple[float, float] | None:
-        """(sent, accepted) per second over the sends' span; None when too few to tell."""
-        span = self.last - self.first
-        if self.answers < 10 or span < min_span:
+        """(sent, accepted) per second while the gateway refused some; None when too few to tell.
+
+        Counted from the first refused send on: a token bucket's stock, spent before that, would
+        make its refill rate look higher (and a rate-independent refusal share look rate-dependent).
+        """
+        b = self.busy
+        if b is None or b.answers < 10 or b.last - b.first < min_span:
             return None
-        per = (self.answers - 1) / span
-        return per, per * (1 - self.share)
+        per = (b.answers - 1) / (b.last - b.first)
+        return per, per * (1 - b.share)
 
 
 def _fell(before: _Tally, after: _Tally) -> bool:
-    """Did the share refused fall, beyond chance (a two-proportion z-test at 2 sigma)?"""
-    n1, n2 = before.answers, after.answers
+    """Did the share refused (while refusing) fall, beyond chance (a two-proportion z-test at 2 sigma)?"""
+    b1 = before.busy or _Busy(before.since, before.answers, before.refused)
+    b2 = after.busy or _Busy(after.since, after.answers, after.refused)
+    n1, n2 = b1.answers, b2.answers
     if not n1 or not n2:
         return False
-    p = (before.refused + after.refused) / (n1 + n2)
-    return before.share - after.share > 2 * math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
+    p = (b1.refused + b2.refused) / (n1 + n2)
+    return b1.share - b2.share > 2 * math.sqrt(p * (1 - p) * (1 / n1 + 1 / n2))
 
 
 @dataclass(slots=True)
 class _Check:
-    """A decrease being checked: what to restore if it was spurious, what it is compared with."""
+    """A decrease being checked: the answers at the higher rate and at the lower, compared.
+
+    First the lower rate's are collected (the higher rate's are what came before the cut). If
+    those could not show how the gateway answers while it refuses, the rate goes back up for a
+    sample of its own (``up``): one measurement at each rate, in whichever order.
+    """
 
     start: float | None  # the rate an undo restores (None: unlimited)
-    before: _Tally  # the answers at the rate that was cut
-    cut_from: float  # that rate (observed, when it was unlimited)
-    at: float  # when it was cut
+    high_rate: float  # the rate cut from (observed, when it was unlimited)
+    low_rate: float
+    other: _Tally  # the sample not being collected now (the higher rate's, or the lower's when up)
+    until: float  # sends before this belong to ``other`` (answers come late)
+    up: bool = False  # the higher rate's sample is being collected (the lower one's is ``other``)
 
 
 class _Aimd:
@@ -152,7 +187,7 @@ class _Aimd:
         self._accepted = 0  # 202s so far
         self._episode: tuple[float, int] | None = None  # (when, 202s) at the last decrease that was kept
         self._chain: tuple[float, int] = (now, 0)  # the same at the first decrease of the episode
-        self._tally = _Tally(now)
+        self._tally = _Tally(now)  # the sample being collected
         self._check: _Check | None = None
         self._grown = now
         self._top: float | None = None  # the rate the last confirmed decrease was from (or the limit learned)
@@ -166,78 +201,79 @@ class _Aimd:
     def answer(self, granted: float, refused: bool, now: float, observed: float, deadline: float = 0.0) -> None:
         self._long.add(granted, refused)
         self._accepted += not refused
-        t = self._tally
+        t, check = self._tally, self._check
         if granted < t.since:
-            check = self._check
-            if check is not None and check.before.since <= granted < check.at:
-                check.before.add(granted, refused)  # a late answer at the rate that was cut
+            if check is not None and check.other.since <= granted < check.until:
+                check.other.add(granted, refused)  # a late answer to a send of the other sample
             return  # else sent before the last decision: says nothing about the rate now
         t.add(granted, refused)
-        if self._check is not None:
+        if check is not None:
             if t.answers >= self.check_answers or (  # (refusals go on at a slow rate: no need to wait for all)
                     t.answers >= 10 and now - t.since >= 3 * self.interval and t.refused > self.allowance(t.answers)):
-                self._verdict(now, observed)
-        elif refused and t.refused > self.allowance(t.answers) and (
-                t.refused >= 5 or t.rates(self.interval) is not None):  # (a sample to compare with)
-            self._cut(now, observed, deadline)
+                self._verdict(now)
+        elif refused and t.refused > self.allowance(t.answers):
+            if self.rate is None:  # what was sent: over the last second, or the sample if it says more
+                rates = t.rates(self.interval)
+                observed = max(observed, rates[0] if rates else 0.0, 2 * self.min_rps)
+                if self._origin is None:
+                    self._origin = observed
+            self._chain = (now, self._accepted)
+            self._cut(now, self.rate, self.rate or observed, t, deadline)
         elif t.answers >= 500 and not refused:
             self._tally = _Tally(now)  # a fresh sample: a limit that appears later is seen at once
 
-    def _cut(self, now: float, observed: float, deadline: float, start: float | None | bool = False) -> None:
-        """Halve the rate; the sends from ``deadline`` on (when the gateway said it would take
-        them again, the Retry-After of the 429 that caused it) will tell whether that helped.
-        ``start``: the rate an undo restores (False: the one before this episode)."""
-        if self.rate is None:  # what was sent: over the last second, or the sample if it says more
-            rates = self._tally.rates(self.interval)
-            observed = max(observed, rates[0] if rates else 0.0)
-        current = self.rate if self.rate is not None else max(observed, 2 * self.min_rps)
-        if self._check is None:
-            if self.rate is None and self._origin is None:
-                self._origin = current
-            start = self.rate
-            self._chain = (now, self._accepted)
-        elif start is False:
-            start = self._check.start
-        self._check = _Check(start, self._tally, current, now)
+    def _cut(self, now: float, start: float | None, current: float, sample: _Tally, deadline: float) -> None:
+        """Halve ``current``; the sends from ``deadline`` on (when the gateway said it would take
+        them again: the Retry-After of the 429 that caused it) will tell whether that helped."""
         lower = current * self.beta
         if self.learned is not None and lower < self.floor * self.learned < current:
             lower = self.floor * self.learned  # not far below the limit learned (as TCP Westwood)
         self.rate = max(self.min_rps, lower)
+        self._check = _Check(start, current, self.rate, sample, now)
         self._tally = _Tally(max(now, deadline))
 
-    def _verdict(self, now: float, observed: float) -> None:
-        after, check = self._tally, self._check
+    def _verdict(self, now: float) -> None:
+        check, sample = self._check, self._tally
         assert check is not None
-        before = check.before
-        if after.refused <= self.allowance(after.answers) and (not self.budget or _fell(before, after)):
-            self._confirm(check, after)  # the 429s stopped at the lower rate: our rate caused them
-        else:
-            rates_before, rates_after = before.rates(self.interval / 2), after.rates(self.interval / 2)
-            if rates_before is None or rates_after is None or rates_after[0] > 0.8 * rates_before[0]:
-                self._cut(now, observed, now)  # too few to tell, or the rate did not bind: lower still
-                return
-            if _fell(before, after) or rates_after[1] >= 0.8 * rates_before[1]:
-                # fewer refused, or as many accepted at the lower rate: still above the limit
-                self._cut(now, observed, now, start=check.cut_from)
-                return
-            # as many refused, and fewer accepted, at the lower rate: not our rate. Undo, and
-            # tolerate that share (of the two samples, the one with more refused: the budget is a
-            # share that does not depend on the rate, the larger estimate errs on the safe side)
-            sample = max(before, after, key=lambda t: t.share)
-            self._evidence[0] += sample.refused
-            self._evidence[1] += sample.answers
-            long_run = self._long.share if self._long.answers >= 100 else 0.0  # all refused, since no limit
-            self.budget = min(0.5, max(self._evidence[0] / self._evidence[1], long_run))
-            self.rate = check.start
-            self._check = None
+        high, low = (sample, check.other) if check.up else (check.other, sample)
+        if not check.up and low.refused <= self.allowance(low.answers) and (not self.budget or _fell(high, low)):
+            self._confirm(now, check, low)  # the 429s stopped at the lower rate: our rate caused them
+            return
+        at_high, at_low = high.rates(self.interval / 2), low.rates(self.interval / 2)
+        if at_low is None and not check.up and low.answers < 3 * self.check_answers:
+            return  # the refusals started late in the sample: more answers at the lower rate
+        if (low.busy or low).share > MAX_BUDGET:  # more refused than a background is allowed: a limit
+            self._cut(now, check.high_rate, check.low_rate, low, now)
+            return
+        if at_high is None and not check.up:  # nothing to compare with: a sample at the higher rate
+            self._check = _Check(check.start, check.high_rate, check.low_rate, low, now, up=True)
+            self.rate, self._tally = check.high_rate, _Tally(now)
+            return
+        if at_high is None or at_low is None:
+            limit = _fell(high, low)  # (refusals too rare to time at one of the rates)
+        elif at_low[0] > 0.8 * at_high[0]:  # the lower rate did not bind: no experiment; lower still
+            self._cut(now, check.start, check.low_rate, low, now)
+            return
+        else:  # fewer refused, or as many accepted, at the lower rate
+            limit = _fell(high, low) or at_low[1] >= 0.8 * at_high[1]
+        if limit:  # still above the limit
+            self._cut(now, check.high_rate, check.low_rate, low, now)
+            return
+        # as many refused, and fewer accepted, at the lower rate: not our rate. Undo, and
+        # tolerate that share (measured at both rates: it does not depend on the rate)
+        self._evidence[0] += high.refused + low.refused
+        self._evidence[1] += high.answers + low.answers
+        long_run = self._long.share if self._long.answers >= 100 else 0.0  # all refused, since no limit
+        self.budget = min(MAX_BUDGET, max(self._evidence[0] / self._evidence[1], long_run))
+        self.rate, self._check = check.start, None
         self._tally = _Tally(now)
         self._grown = now
 
-    def _confirm(self, check: _Check, after: _Tally) -> None:
+    def _confirm(self, now: float, check: _Check, low: _Tally) -> None:
         self._check = None
         # the limit: the 202s from the last kept decrease to this one (the gateway's bucket was
         # empty at both), else the 202/s of the sample that was cut
-        rates = check.before.rates(self.interval)
+        rates = check.other.rates(self.interval)
         limit = rates[1] if rates is not None else None
         if self._episode is not None:
             seconds, accepted = self._chain[0] - self._episode[0], self._chain[1] - self._episode[1]
@@ -246,14 +282,16 @@ class _Aimd:
         self._episode = self._chain
         if limit is not None:
             self.learned = limit
-            self.rate = min(check.cut_from, max(self.rate or 0.0, self.margin * limit))
-        elif self.rate is not None:  # nothing measured: the limit is between the two rates
-            self.rate = (self.rate + check.cut_from) / 2
-        self._top = self.learned or check.cut_from
+            self.rate = min(check.high_rate, max(check.low_rate, self.margin * limit))
+        else:  # nothing measured: the limit is between the two rates
+            self.rate = (check.low_rate + check.high_rate) / 2
+        self._top = self.learned or check.high_rate
         if self.budget:  # below the limit now: what is still refused is the background
-            self._evidence = [after.refused, after.answers]
-            self.budget = after.share
-        self._long = _Tally(after.since)
+            self._evidence = [low.refused, low.answers]
+            self.budget = low.share
+        self._long = _Tally(low.since)
+        self._tally = _Tally(now)
+        self._grown = now
 
     def grow(self, now: float) -> None:
         """Additive increase, once per interval, while no decrease is being checked."""
