@@ -1,4 +1,4 @@
-"""The gateway client and retry predicate, driven through httpx.MockTransport (the rate limiter: test_ratelimit.py)."""
+"""The gateway client and retry predicate, through httpx.MockTransport (the rate limiter: test_ratelimit.py)."""
 
 from __future__ import annotations
 
