@@ -2,6 +2,7 @@
 
     PixbatchError                      exit 1   base: every message says what to do next
     ├── ManifestError                  exit 2   the manifest is invalid (carries every Problem)
+    ├── UsageError                     exit 2   an option's value cannot work (e.g. a base URL that is no URL)
     ├── PricingError                   exit 2   the price table file is missing or invalid
     ├── ProbeError                     exit 1   an image URL could not be sized
     ├── BudgetExceeded                 exit 3   the estimate or the next item does not fit the budget
@@ -9,14 +10,16 @@
     │   └── StateLocked                exit 6   another pixbatch process holds the state file
     └── GatewayError                   exit 1   the gateway answered something we cannot act on
         ├── AuthError                  exit 4   401/403: the key is unknown or not allowed
-        │   └── MissingApiKey          exit 4   no key at all (``require_api_key``)
+        │   ├── MissingApiKey          exit 4   no key at all (``require_api_key``)
+        │   └── InvalidApiKey          exit 4   a key no HTTP header can carry (non-ASCII, control characters)
         ├── InsufficientBalance        exit 5   402: top up the wallet, then run again
+        ├── QuotaExceeded              exit 7   403 with Retry-After: the key's call quota is used up for now
         ├── RateLimited                         429 (retried by the client; surfaced only if retries run out)
         ├── ServerError                         5xx (retried on idempotent calls)
         ├── BadRequest                          400: the gateway rejected the request body
         ├── NotFound                            404: unknown request id
         ├── SubmitUnknown                       a submit that may have been accepted (and charged): AMBIGUOUS
-        ├── GatewayUnreachable                  no answer at all (after the retries the call allows)
+        ├── GatewayUnreachable         exit 8   no answer at all (after the retries the call allows)
         └── GatewayProtocolError                the answer is not what the contract says (garbage JSON, ...)
 
 (``GatewayUnreachable`` and ``GatewayProtocolError`` are named so that they do not shadow
@@ -31,6 +34,8 @@ Exit codes (``ExitCode``; the CLI exits with ``exc.exit_code``, a run with ``Run
     4    AUTH          the API key is missing or refused
     5    BALANCE       insufficient wallet balance (402)
     6    STATE_LOCKED  another pixbatch process holds the state file
+    7    QUOTA         the gateway's call quota for the key is used up (403 with Retry-After): run again later
+    8    UNREACHABLE   the gateway could not be reached at all (wrong --base-url, no network)
     130  INTERRUPTED   SIGINT/SIGTERM
 
 The API key is read in one place, ``require_api_key``. Messages never contain it;
@@ -52,6 +57,8 @@ class ExitCode(enum.IntEnum):
     AUTH = 4
     BALANCE = 5
     STATE_LOCKED = 6
+    QUOTA = 7
+    UNREACHABLE = 8
     INTERRUPTED = 130
 
 
@@ -65,6 +72,12 @@ class ManifestError(PixbatchError):
     def __init__(self, problems: list, message: str | None = None):
         self.problems = list(problems)
         super().__init__(message or "\n".join(str(p) for p in self.problems))
+
+
+class UsageError(PixbatchError):
+    """An option's value cannot work (a base URL that is not a URL, ...): fix the command line."""
+
+    exit_code = ExitCode.USAGE
 
 
 class PricingError(PixbatchError):
@@ -102,8 +115,23 @@ class MissingApiKey(AuthError):
     """No API key was given and ``PIXAZO_API_KEY`` is not set."""
 
 
+class InvalidApiKey(AuthError):
+    """The key holds characters an HTTP header cannot carry (it would never reach the gateway)."""
+
+
 class InsufficientBalance(GatewayError):
     exit_code = ExitCode.BALANCE
+
+
+class QuotaExceeded(GatewayError):
+    """403 with Retry-After, API Management's "Out of call volume quota": not a bad key. Nothing
+    more can be sent until ``retry_after`` seconds have passed; nothing is failed."""
+
+    exit_code = ExitCode.QUOTA
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw):
+        self.retry_after = retry_after
+        super().__init__(message, **kw)
 
 
 class RateLimited(GatewayError):
@@ -148,12 +176,28 @@ def require_api_key(explicit: str | None = None) -> str:
     if not key:
         raise MissingApiKey(f"no API key: set {API_KEY_ENV} to your Pixazo subscription key, then run again "
                             "(it is read from the environment only and never stored).")
+    bad = next((i for i, c in enumerate(key) if not (c.isascii() and c.isprintable()) or c.isspace()), None)
+    if bad is not None:  # it could not be sent in an HTTP header: refuse it before anything is sent
+        what = "a space" if key[bad].isspace() else "a non-ASCII or control character"
+        raise InvalidApiKey(f"the API key has {what} at position {bad + 1} of {len(key)}: a Pixazo key is printable "
+                            f"ASCII. Check {API_KEY_ENV} (copy the key again from the Pixazo dashboard).")
+    register_secret(key)
     return key
 
 
+_SECRETS: set[str] = set()  # every key this process has used, wherever it came from
+
+
+def register_secret(secret: str) -> None:
+    """``secret`` is scrubbed from every message ``redact`` sees from now on (the key in use, even
+    when it was passed in code rather than read from ``PIXAZO_API_KEY``)."""
+    if secret and len(secret) >= 4:
+        _SECRETS.add(secret)
+
+
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove the API key (from the environment, plus any ``secrets``) from ``text``."""
-    for s in (os.environ.get(API_KEY_ENV, ""), *secrets):
+    """Remove the API key (from the environment, every registered key, plus any ``secrets``) from ``text``."""
+    for s in (os.environ.get(API_KEY_ENV, ""), *_SECRETS, *secrets):
         if s and len(s) >= 4:
             text = text.replace(s, "***")
     return text

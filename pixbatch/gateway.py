@@ -25,12 +25,14 @@ milliseconds: never headers, never the key).
 from __future__ import annotations
 
 import json
+import re
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
-from urllib.parse import urljoin, urlsplit
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -53,20 +55,31 @@ from .errors import (
     GatewayUnreachable,
     InsufficientBalance,
     NotFound,
+    QuotaExceeded,
     RateLimited,
     ServerError,
     SubmitUnknown,
+    UsageError,
     redact,
     require_api_key,
 )
 from .ratelimit import AdaptiveRateLimiter
 from .retry_policy import DEFAULT_POLICY, RetryPolicy, retrying
+from .media import DOWNLOAD_DEADLINE, MAX_MEDIA_BYTES, Download, Fetched, MediaClient
 from .transport import AiohttpTransport, Reply
 
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
 
-__all__ = ["DEFAULT_BASE_URL", "Accepted", "Download", "Exchange", "Gateway", "JobStatus", "Reply", "SubmitUnknown",
-           "parse_timestamp"]
+__all__ = ["DEFAULT_BASE_URL", "Accepted", "Download", "Exchange", "Gateway", "JobStatus", "Reply", "SendHooks",
+           "SubmitUnknown", "parse_timestamp"]
+
+
+class SendHooks(Protocol):
+    """What the caller of ``Gateway.submit`` hears of each single send (see ``submit``)."""
+
+    async def sending(self) -> None: ...
+
+    def refused(self, status: int | None, reason: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,12 +112,6 @@ class JobStatus:
 
 
 @dataclass(frozen=True, slots=True)
-class Download:
-    data: bytes
-    content_type: str | None
-
-
-@dataclass(frozen=True, slots=True)
 class Exchange:
     """One HTTP exchange, as reported to ``on_exchange`` (the runner keeps the failed ones in events)."""
 
@@ -129,6 +136,39 @@ def parse_timestamp(value: Any) -> datetime | None:
     return dt
 
 
+REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+
+
+def check_base_url(url: str) -> str:
+    """The base URL without its trailing slash; a ``UsageError`` unless it is an http(s) URL with a host
+    (checked before anything is sent, so a typo never leaves an item in doubt)."""
+    try:
+        parts = urlsplit(url.strip()) if isinstance(url, str) else None
+    except ValueError:
+        parts = None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise UsageError(f"the base URL {str(url)[:200]!r} is not an http(s) URL like https://gateway.pixazo.ai; "
+                         "fix --base-url (or PIXBATCH_BASE_URL).")
+    try:
+        parts.port
+    except ValueError:
+        raise UsageError(f"the base URL {url[:200]!r} has an invalid port; fix --base-url.") from None
+    return url.strip().rstrip("/")
+
+
+def status_path(request_id: str) -> str:
+    """The documented polling path of ``request_id``; a request id of another shape is refused
+    (a ``../`` in it must never steer a request that carries the key to another route)."""
+    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id) or ".." in request_id:
+        raise GatewayProtocolError(f"the request id {str(request_id)[:80]!r} is not of the documented shape")
+    return STATUS_PATH.format(request_id=request_id)
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 60 else f"{s} s"
+
+
 def _message(resp: Reply | httpx.Response) -> str:
     try:
         data = resp.json()
@@ -150,9 +190,10 @@ class Gateway:
                  transport: httpx.AsyncBaseTransport | None = None, timeout: float = 30.0,
                  limiter: AdaptiveRateLimiter | None = None, policy: RetryPolicy = DEFAULT_POLICY,
                  on_exchange: Callable[[Exchange], None] | None = None, max_connections: int = 256,
-                 download_transport: httpx.AsyncBaseTransport | None = None):
+                 download_transport: httpx.AsyncBaseTransport | None = None,
+                 max_media_bytes: int = MAX_MEDIA_BYTES, download_deadline: float = DOWNLOAD_DEADLINE):
         api_key = require_api_key(api_key)
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_base_url(base_url)
         self._key = api_key
         self.limiter = limiter or AdaptiveRateLimiter(None)
         self.policy = policy
@@ -160,13 +201,16 @@ class Gateway:
         if transport is None:
             transport = AiohttpTransport(max_connections=max_connections)
         if download_transport is None:
-            # the CDN gets a pool of its own when the gateway's is aiohttp's
-            download_transport = (AiohttpTransport(max_connections=max_connections)
+            # the CDN gets httpx's own pool when the gateway's is aiohttp's: it streams bodies
+            # (outputs go to disk as they arrive, with a byte cap), where ours reads them whole
+            download_transport = (httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=max_connections))
                                   if isinstance(transport, AiohttpTransport) else transport)
         # httpx stores the header; it is never logged or put in exceptions by this module
         self._client = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout,
                                          headers={AUTH_HEADER: api_key, "Cache-Control": "no-cache"})
         self._cdn = httpx.AsyncClient(transport=download_transport, timeout=timeout, follow_redirects=True)
+        self.media = MediaClient(self._cdn, base_url=self.base_url, policy=policy, record=self._record,
+                                 secrets=(api_key,), max_bytes=max_media_bytes, deadline=download_deadline)
         # gateway calls skip the client's per-request work (URL merging and parsing, header
         # merging, cookies, auth and redirect machinery: two thirds of the per-call CPU at
         # high rates): the request is built from pre-merged headers and handed to the same
@@ -196,8 +240,10 @@ class Gateway:
                                       redact(error, (self._key,)) if error else None))
 
     async def _call(self, method: str, path: str, content: bytes | None = None,
-                    headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
-        """One gateway exchange; the body is read before returning."""
+                    headers: list[tuple[bytes, bytes]] | None = None,
+                    before_write: Callable[[], Awaitable[None]] | None = None) -> Reply:
+        """One gateway exchange; the body is read before returning. ``before_write`` is awaited
+        just before the request is written (with aiohttp: once its connection is held)."""
         t0 = time.perf_counter()
         try:
             if self._fast is not None:
@@ -205,8 +251,10 @@ class Gateway:
                 if headers:
                     hdrs = {**hdrs, **{k.decode(): v.decode() for k, v in headers}}
                 reply = await self._fast.request(method, self.base_url + path, headers=hdrs, content=content,
-                                                 timeout=self._fast_timeout)
+                                                 timeout=self._fast_timeout, before_write=before_write)
             else:
+                if before_write is not None:
+                    await before_write()
                 request = httpx.Request(method, self.base_url + path, headers=self._headers + headers if headers
                                         else self._headers, content=content, extensions={"timeout": self._timeouts})
                 resp = await self._transport.handle_async_request(request)
@@ -221,19 +269,20 @@ class Gateway:
         self._record(method, path.split("?")[0], reply.status_code, t0)
         return reply
 
-    async def _send(self, client: httpx.AsyncClient, method: str, url: str, path: str, **kw: Any) -> httpx.Response:
-        t0 = time.perf_counter()
-        try:
-            resp = await client.request(method, url, **kw)
-        except httpx.TransportError as exc:
-            self._record(method, path, None, t0, f"{type(exc).__name__}: {exc}")
-            raise
-        self._record(method, path, resp.status_code, t0)
-        return resp
-
     def _raise_for_definite(self, resp: Reply | httpx.Response, what: str) -> None:
         code = resp.status_code
         msg = redact(_message(resp), (self._key,))
+        retry_after = resp.headers.get("Retry-After")
+        if code == 403 and retry_after is not None:
+            # API Management's quota ("Out of call volume quota"): the key is fine, the calls are used up
+            seconds = retry_policy.parse_retry_after(retry_after)
+            when = ""
+            if seconds is not None:
+                back = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+                when = f" It comes back in {_duration(seconds)} (at {back:%Y-%m-%d %H:%M} UTC)."
+            raise QuotaExceeded(f"the gateway's call quota for this key is used up ({msg}) on {what}.{when} "
+                                "Run the same command again then: nothing was marked failed.",
+                                retry_after=seconds, status_code=code, body=msg)
         if code in (401, 403):
             raise AuthError(
                 f"the gateway refused the API key ({code} {msg}) on {what}. Check PIXAZO_API_KEY "
@@ -249,21 +298,41 @@ class Gateway:
 
     # -- submit -------------------------------------------------------------------------
 
-    async def submit(self, op: str, body: dict[str, Any], *, webhook_url: str | None = None) -> Accepted:
+    async def submit(self, op: str, body: dict[str, Any], *, webhook_url: str | None = None,
+                     hooks: SendHooks | None = None) -> Accepted:
         """POST one request; returns the acceptance or raises.
 
         Raises ``SubmitUnknown`` when it may have been accepted; ``BadRequest``/``NotFound``
         (not accepted, not charged); ``AuthError``; ``InsufficientBalance``; ``RateLimited``
         or ``ServerError`` when definite refusals outlast the retries; ``GatewayUnreachable``
         when no connection could be made.
+
+        ``hooks`` hears of every single send: ``sending()`` is awaited once the rate limiter has
+        granted a token and a connection is held, immediately before the request is written
+        (the runner commits its intent there), and ``refused(status, reason)`` follows each try
+        that was definitely not accepted and is about to be tried again (a 429, a 500/503, a
+        connection never made: then ``sending()`` was never called for it).
         """
         path = ENDPOINTS[op]
         content = json.dumps(body, separators=(",", ":")).encode()
         headers = [(b"Content-Type", b"application/json")]
         if webhook_url:
             headers += [(WEBHOOK_URL_HEADER.encode(), webhook_url.encode()), (WEBHOOK_MODE_HEADER.encode(), b"terminal")]
-        end = await retrying(self.policy, lambda: self._call("POST", path, content, headers),
-                             on=retry_policy.submit_again, before=self.limiter.acquire,
+        async def send() -> Reply:
+            return await self._call("POST", path, content, headers,
+                                    before_write=hooks.sending if hooks is not None else None)
+
+        def again(outcome: Reply | BaseException) -> retry_policy.Again | None:
+            verdict = retry_policy.submit_again(outcome)
+            if verdict is not None and hooks is not None:
+                if isinstance(outcome, BaseException):
+                    hooks.refused(None, f"not sent: {type(outcome).__name__}: "
+                                        f"{redact(str(outcome), (self._key,))[:200]}")
+                else:
+                    hooks.refused(outcome.status_code, redact(_message(outcome), (self._key,))[:200])
+            return verdict
+
+        end = await retrying(self.policy, send, on=again, before=self.limiter.acquire,
                              on_throttle=self.limiter.on_throttle)
         resp = end.outcome
         if isinstance(resp, BaseException):
@@ -283,12 +352,12 @@ class Gateway:
             except (ValueError, KeyError, TypeError):
                 raise SubmitUnknown(f"submit to {path}: {code} with an unreadable body "
                                     f"({resp.text[:120]!r}); the gateway may have accepted it.") from None
-            polling = data.get("polling_url")
-            polling_path = STATUS_PATH.format(request_id=rid)
-            if isinstance(polling, str) and polling:
-                parts = urlsplit(polling)
-                if parts.path:
-                    polling_path = parts.path + (f"?{parts.query}" if parts.query else "")
+            try:
+                # polled at the documented path only: a polling_url pointing elsewhere is not followed
+                polling_path = status_path(rid)
+            except GatewayProtocolError:
+                raise SubmitUnknown(f"submit to {path}: {code} with a request id of an undocumented shape "
+                                    f"({rid[:80]!r}): accepted (it may be charged) but not polled.") from None
             return Accepted(rid, str(data.get("status") or "QUEUED"), polling_path)
         if code == 429:
             raise RateLimited(f"submit to {path}: still throttled (429) after {end.throttles} tries; "
@@ -307,7 +376,9 @@ class Gateway:
     # -- status -------------------------------------------------------------------------
 
     async def status(self, request_id: str, polling_path: str | None = None) -> JobStatus:
-        path = polling_path or STATUS_PATH.format(request_id=request_id)
+        """The job's status, read at the documented path of ``request_id`` (``polling_path`` is
+        accepted for compatibility and not used: a stored path is never trusted over the id)."""
+        path = status_path(request_id)
         data = await self._get_json(path)
         try:
             st = data["status"]
@@ -350,20 +421,14 @@ class Gateway:
 
     # -- download -----------------------------------------------------------------------
 
-    async def download(self, url: str) -> Download:
-        """Fetch an output from the CDN (no key sent); retries 429, 5xx and network errors."""
-        if url.startswith("/"):
-            url = urljoin(self.base_url + "/", url)
-        if not url.startswith(("http://", "https://")):
-            raise GatewayProtocolError(f"media_url {url[:200]!r} is not an http(s) URL")
-        path = urlsplit(url).path
-        end = await retrying(self.policy, lambda: self._send(self._cdn, "GET", url, path),
-                             on=retry_policy.download_again)
-        resp = end.outcome
-        if isinstance(resp, BaseException):
-            raise GatewayUnreachable(f"download {path}: network error ({type(resp).__name__}) after {end.tries} "
-                                     "tries.") from None
-        code = resp.status_code
-        if 200 <= code < 300:
-            return Download(resp.content, resp.headers.get("content-type"))
-        raise GatewayError(f"download {path}: HTTP {code}", status_code=code)
+    # -- outputs (the CDN) ----------------------------------------------------------------
+
+    def media_url(self, url: Any) -> str:
+        return self.media.url(url)
+
+    async def fetch(self, url: str, into: Path, *, max_bytes: int | None = None,
+                    deadline: float | None = None) -> Fetched:
+        return await self.media.fetch(url, into, max_bytes=max_bytes, deadline=deadline)
+
+    async def download(self, url: str, *, max_bytes: int | None = None, deadline: float | None = None) -> Download:
+        return await self.media.download(url, max_bytes=max_bytes, deadline=deadline)

@@ -111,6 +111,17 @@ def money_line(snap: StatusSnapshot) -> str:
     return " | ".join(parts)
 
 
+def ingest_line(snap: StatusSnapshot) -> str | None:
+    """While a run reads its expansion in: how far it is (None once it is all in)."""
+    ing = snap.ingest
+    if not ing or ing.get("done"):
+        return None
+    walked, expected = ing.get("walked", 0), ing.get("expected")
+    of = f" of {expected:,} ({walked / expected:.0%})" if expected else ""
+    rate = f", {walked / ing['seconds']:,.0f} items/s" if ing.get("seconds") else ""
+    return f"reading the manifest: {walked:,}{of} items read, {ing.get('items', 0):,} unique in the state file{rate}"
+
+
 class RichProgress(NullProgress):
     def __init__(self, console: Any = None):
         from rich.console import Console
@@ -125,7 +136,11 @@ class RichProgress(NullProgress):
 
         if self._snap is None:
             return Text("starting...")
-        return Group(status_table(self._snap), Text(money_line(self._snap)))
+        lines = [status_table(self._snap), Text(money_line(self._snap))]
+        reading = ingest_line(self._snap)
+        if reading:
+            lines.append(Text(reading))
+        return Group(*lines)
 
     def start(self, info: dict[str, Any]) -> None:
         from rich.live import Live

@@ -19,6 +19,8 @@ from ..gateway import Gateway
 from .outputs import OutputDir, check_image
 
 PAGE = 2000
+# the error of a COMPLETED item whose output is not on disk starts with one of these
+MISSING_PREFIXES = ("output missing", "download failed")
 
 
 class Downloader:
@@ -34,52 +36,96 @@ class Downloader:
         self.done: set[str] = set()  # keys downloaded by this run
         self.downloads = 0
         self.problems = 0  # outputs that failed their checks
+        self.missing: dict[str, str] = {}  # key -> why a COMPLETED item has no good output on disk
 
     def names(self, row: st.ItemRow) -> list[str]:
         return [n for n in [row.output_name, *self.aliases.get(row.key, [])] if n]
 
     async def measure(self, row: st.ItemRow) -> tuple[int, int] | None:
         """Output size from the first bytes of the media URL (no download): prices factor upscales."""
+        assert row.media_url is not None
+        size = await self.measure_url(row, row.media_url)
+        if size is not None:
+            row.output_width, row.output_height = size
+        return size
+
+    async def measure_url(self, row: st.ItemRow, url: str) -> tuple[int, int] | None:
+        """An image's size from its first bytes (a ranged GET, no key sent); None when it cannot be read."""
         from ..probe import probe_sizes_async
 
-        assert row.media_url is not None
-        got = (await probe_sizes_async([row.media_url], concurrency=1, timeout=self.timeout)).get(row.media_url)
+        got = (await probe_sizes_async([url], concurrency=1, timeout=self.timeout)).get(url)
         if got is None or got.size is None:
-            self.emit("download", row.key, ok=False, error=f"could not measure the output: {got.error if got else '?'}")
+            self.emit("download", row.key, ok=False, error=f"could not measure {url[:120]}: {got.error if got else '?'}")
             return None
-        row.output_width, row.output_height = got.size
         return got.size
 
     async def download(self, row: st.ItemRow) -> None:
+        """Fetch, check and place the item's output under each of its names; raises ``GatewayError``
+        (or ``OSError``) when there is no good output, leaving no partial file behind."""
         assert row.media_url
         names = self.names(row)
         if not names:
             return
         try:
-            dl = await self.gw.download(row.media_url)
+            await self._download(row, names)
+        except (PixbatchError, OSError) as exc:
+            self.missing[row.key] = str(exc)
+            raise
+        self.missing.pop(row.key, None)
+        if row.error and row.error.startswith(MISSING_PREFIXES):
+            row.error = None  # a good download clears what an earlier one left
+
+    async def _download(self, row: st.ItemRow, names: list[str]) -> None:
+        assert row.media_url
+        part = self.out.part_for(names[0])
+        try:
+            got = await self.gw.fetch(row.media_url, part)
         except GatewayError as exc:
             self.emit("download", row.key, ok=False, error=str(exc))
             raise
         self.downloads += 1
-        media_type = row.media_type or (dl.content_type or "").split(";")[0] or None
+        media_type = row.media_type or (got.content_type or "").split(";")[0] or None
 
-        def check_and_write() -> tuple[Any, str]:
-            return check_image(dl.data, row.op, row.body_dict, media_type, row.input_size), self.out.write(names, dl.data)
+        def check_and_place() -> Any:
+            check = check_image(part, row.op, row.body_dict, media_type, row.input_size)
+            if check.format is None:  # not an image at all (an HTML page, ...): nothing is placed
+                part.unlink()
+                return check
+            self.out.place(names, part)
+            return check
 
-        check, sha = await asyncio.to_thread(check_and_write)
+        try:
+            check = await asyncio.to_thread(check_and_place)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        if check.format is None:
+            error = f"the media URL did not give an image ({media_type or 'no content type'}, {got.bytes:,} bytes)"
+            self.emit("download", row.key, ok=False, error=error)
+            raise GatewayError(f"download: {error}")
         row.output_width, row.output_height = check.width, check.height
         if check.problems:
             self.problems += 1
             row.error = "output check: " + "; ".join(check.problems)
         for name in names:
-            self.store.put_output(st.OutputRow(row.key, name, sha, len(dl.data), check.width, check.height, media_type))
+            self.store.put_output(st.OutputRow(row.key, name, got.sha256, got.bytes, check.width, check.height,
+                                               media_type))
         self.done.add(row.key)
-        self.emit("download", row.key, ok=not check.problems, bytes=len(dl.data), width=check.width,
+        self.emit("download", row.key, ok=not check.problems, bytes=got.bytes, width=check.width,
                   height=check.height, problems=list(check.problems))
 
+    def no_media(self, row: st.ItemRow) -> None:
+        """The gateway said COMPLETED without a media_url: paid, and nothing to download."""
+        row.error = f"{MISSING_PREFIXES[0]}: the gateway reported COMPLETED without a media_url"
+        if self.names(row):
+            self.missing[row.key] = row.error
+
     async def verify(self, scope: str, steps: list[str], stopped: Callable[[], bool]) -> None:
-        """Completed items whose files are missing or corrupt are downloaded again (never resubmitted)."""
+        """Completed items whose files are missing or corrupt are downloaded again (never resubmitted);
+        what still has no good output is in ``missing``."""
         store = self.store
+        for key, error in await store.call(lambda db: st.completed_without_media(db, scope)):
+            self.missing.setdefault(key, error or "the gateway reported COMPLETED without a media_url")
         for step in steps:
             after = -1
             while not stopped():
@@ -105,7 +151,7 @@ class Downloader:
                             await self.download(r)
                         except (PixbatchError, OSError) as exc:
                             self.emit("download", r.key, ok=False, error=str(exc))
-                        else:
-                            store.put_item(r)
+                            r.error = f"{MISSING_PREFIXES[0]}: {exc}"
+                        store.put_item(r)
 
                 await asyncio.gather(*(refetch(r) for r in stale))

@@ -37,6 +37,12 @@ class LastRun:
     estimate_high_micros: int | None
     scope: str | None  # options.scope: the expansion it ran
     fingerprint: str | None  # options.fingerprint: what that expansion depended on
+    ingest: str | None = None  # options.ingest: "partial" while its expansion was still being read in
+
+    @property
+    def ingested(self) -> bool:
+        """Its expansion is all in the file (runs before streaming ingests wrote no ``ingest``)."""
+        return self.ingest != "partial"
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,7 +87,8 @@ def table_names(db: duckdb.DuckDBPyConnection) -> set[str]:
 def last_run(db: duckdb.DuckDBPyConnection) -> LastRun | None:
     row = db.execute(
         "SELECT run_id, pid, outcome, manifest_path, budget_micros, estimate_low_micros, estimate_high_micros, "
-        "json_extract_string(options, '$.scope'), json_extract_string(options, '$.fingerprint') "
+        "json_extract_string(options, '$.scope'), json_extract_string(options, '$.fingerprint'), "
+        "json_extract_string(options, '$.ingest') "
         "FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
     return LastRun(*row) if row else None
 
@@ -185,6 +192,12 @@ def completed_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_i
     """COMPLETED items of a step with a result to download, from ``after_idx`` on (by index)."""
     return select_rows(db, "i.scope = ? AND i.step = ? AND i.idx > ? AND i.state = 'COMPLETED' "
                        "AND i.media_url IS NOT NULL", [scope, step, after_idx], limit=limit)
+
+
+def completed_without_media(db: duckdb.DuckDBPyConnection, scope: str) -> list[tuple[str, str | None]]:
+    """(key, error) of COMPLETED items the gateway gave no media_url: paid, and no output to fetch."""
+    return [(k, e) for k, e in db.execute("SELECT key, error FROM items WHERE scope = ? AND state = 'COMPLETED' "
+                                          "AND media_url IS NULL AND output_name IS NOT NULL", [scope]).fetchall()]
 
 
 def ready_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_idx: int, limit: int,
