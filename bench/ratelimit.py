@@ -50,6 +50,10 @@ WINDOW_RATE, WINDOW_429 = 0.95, 0.05
 THROTTLE_RATIO = 0.75
 
 
+class RunFailed(Exception):
+    pass
+
+
 @dataclass(frozen=True)
 class Row:
     scenario: str
@@ -71,7 +75,7 @@ def run_pixbatch(tmp: Path, n: int, emu_settings: dict[str, Any], concurrency: i
         err = proc.stderr.read().decode() if proc.stderr else ""
         stats, log = emu.stats(), emu.requests()
     if code != 0:
-        raise SystemExit(f"pixbatch run exited {code}:\n{err[-2000:]}")
+        raise RunFailed(f"pixbatch run exited {code}: {err.strip()[-1500:]}")
     return wall, stats, log, tmp / f"{name}.pixbatch.duckdb"
 
 
@@ -169,13 +173,21 @@ def main(argv: list[str] | None = None) -> int:
     spec = a.window or ("100/10" if a.seconds >= 10 else "20/2")
     limit, per = int(spec.split("/")[0]), float(spec.split("/")[1])
     windows = a.windows if a.windows is not None else max(1, round(a.seconds / 3))
+    items = a.throttle_items or max(32, int(20 * a.seconds))
     print(f"machine: {machine()}")
+    scenarios = [
+        ("token bucket", lambda tmp: bucket(tmp, a.rate, a.seconds, a.concurrency)),
+        ("fixed window", lambda tmp: window(tmp, limit, per, windows, a.concurrency)),
+        (f"throttle {a.throttle:g}", lambda tmp: throttle(tmp, a.throttle, items, a.concurrency, a.rounds)),
+    ]
     rows = []
     with tempfile.TemporaryDirectory(prefix="pixbatch-bench-") as tmp:
-        rows.append(bucket(Path(tmp) / "bucket", a.rate, a.seconds, a.concurrency))
-        rows.append(window(Path(tmp) / "window", limit, per, windows, a.concurrency))
-        rows.append(throttle(Path(tmp) / "throttle", a.throttle, a.throttle_items or max(32, int(20 * a.seconds)),
-                             a.concurrency, a.rounds))
+        for i, (name, scenario) in enumerate(scenarios):
+            try:
+                rows.append(scenario(Path(tmp) / str(i)))
+            except RunFailed as exc:
+                print(f"{name}: {exc}")
+                rows.append(Row(name, "the run failed", "-", False))
     width = max(len(r.scenario) for r in rows)
     for r in rows:
         print(f"{r.scenario:<{width}}  {'PASS' if r.ok else 'FAIL'}  {r.figures}  (target {r.target})")
