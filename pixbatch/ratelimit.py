@@ -362,7 +362,8 @@ class _Window:
             send.probe = True
         self.current.sent += 1
         send.window = self.number
-        self.unanswered[id(send)] = now
+        if self.quota is not None:  # (only then is anything waiting on the answers)
+            self.unanswered[id(send)] = now
         return 0.0
 
     def refused(self, send: _Send) -> None:
