@@ -5,8 +5,9 @@ every event it records (state changes, HTTP exchanges, downloads, budget), ``upd
 about every second with a ``StatusSnapshot`` (the same one written to the status file), and
 ``stop(summary)`` at the end. Three renderers:
 
-- ``RichProgress``: a live table (done / failed / in flight / waiting per step), spend so
-  far against the estimate and the budget, rate and ETA; then the summary.
+- ``RichProgress``: the run's plan first (paid, in flight, at risk, still to pay: what
+  ``pixbatch estimate`` says), then a live table (done / failed / in flight / waiting per
+  step), spend so far against the estimate and the budget, rate and ETA; then the summary.
 - ``JsonLinesProgress`` (``--json``): one JSON object per line per event, then the summary.
 - ``NullProgress`` (``--quiet``, library use): nothing.
 """
@@ -56,6 +57,11 @@ class JsonLinesProgress(NullProgress):
         self.stream.flush()
 
     def start(self, info: dict[str, Any]) -> None:
+        plan = info.get("plan")
+        if plan is not None:  # an estimate.Estimate: its JSON form, as `pixbatch estimate --json` gives it
+            from .estimate_render import estimate_to_dict
+
+            info = {**info, "plan": estimate_to_dict(plan)}
         self._line({"kind": "run", "event": "start", **info})
 
     def event(self, kind: str, key: str | None, detail: dict[str, Any]) -> None:
@@ -145,6 +151,10 @@ class RichProgress(NullProgress):
     def start(self, info: dict[str, Any]) -> None:
         from rich.live import Live
 
+        if info.get("plan") is not None:  # what `pixbatch estimate` says of the same items, before anything is sent
+            from .estimate_render import render_estimate
+
+            render_estimate(info["plan"], self.console, budget_micros=info.get("budget_micros"), title="Plan")
         self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
         self._live.start()
 

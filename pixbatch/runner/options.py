@@ -41,6 +41,8 @@ class RunOptions:
     poll_initial: float = _opt(2.0, TUNING)  # first poll delay before anything has been learned
     poll_max_interval: float = _opt(10.0, TUNING)
     status_interval: float = _opt(1.0, TUNING)  # seconds between status-file (and progress) refreshes
+    webhook_grace: float = _opt(30.0, TUNING)  # webhook mode: how long the end of a run waits for callbacks
+    # that can settle the items it left AMBIGUOUS
     # unique items per write while a fresh run streams its expansion in (runner/stream.py); the
     # first batch, written before anything is sent, is at most prepare.FIRST_BATCH
     ingest_batch: int = _opt(25_000, TUNING)

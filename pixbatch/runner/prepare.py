@@ -95,11 +95,15 @@ def expansion_fingerprint(db: Any, manifest: Any, pricing_path: Path | None) -> 
         h.update(repr(manifest).encode())
         for src in manifest.sources:
             path = getattr(src, "path", None)
-            if path is not None:
+            if path is not None and getattr(src, "kind", None) != "dir":  # a folder's files: below
                 h.update(f"\nfile {path}\n".encode())
                 with open(path, "rb") as f:
                     for chunk in iter(lambda: f.read(1 << 20), b""):
                         h.update(chunk)
+        if manifest.has_local_inputs():  # local files: their content hashes are in the items
+            from ..storage.phase import local_inputs_digest
+
+            h.update(b"\nlocal\n" + local_inputs_digest(manifest))
         for module in expansion_modules():
             h.update(f"\nmodule {module.relative_to(PACKAGE_DIR)}\n".encode() + module.read_bytes())
         if pricing_path is not None:
@@ -132,6 +136,8 @@ class Prepared:
     estimate: tuple[int, int]  # low, high of the expansion (of what is in the file so far, while ``ingest`` goes on)
     aliases: dict[str, list[str]]  # key -> further output names of identical requests
     ingest: st.Ingest | None = None  # the rest of the expansion, to stream in while the run works (None: all in)
+    plan: Any = None  # estimate.Estimate: paid, in flight, at risk, still to pay (what `pixbatch estimate` says)
+    knowledge: Any = None  # knowledge.Knowledge: what completed items taught about sizes
 
 
 #: items ingested before anything can be sent: an expansion that fits is checked (output names,
@@ -214,9 +220,32 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
     st.block_downstream(db, scope, run_id)
     est = st.scope_cost(db, scope)
     st.record_estimate(db, run_id, est.low_micros, est.high_micros)
-    return Prepared(scope=scope, position=position(db, scope), ambiguous_now=ambiguous_now,
+    knowledge, plan = run_plan(db, scope, table, options.state_path or manifest.state_path, partial=streaming)
+    pos = position(db, scope)
+    pos = Position(pos.totals, st.Cost(plan.to_pay_count, plan.low_micros, plan.high_micros), pos.in_flight_low,
+                   pos.in_flight)
+    return Prepared(scope=scope, position=pos, ambiguous_now=ambiguous_now,
                     estimate=(est.low_micros, est.high_micros), aliases=st.alias_names(db, steps_order),
-                    ingest=ingest if streaming else None)
+                    ingest=ingest if streaming else None, plan=plan, knowledge=knowledge)
+
+
+def run_plan(db: Any, scope: str, table: PriceTable, state_path: Any, *, partial: bool = False) -> tuple[Any, Any]:
+    """(what completed items taught, the plan of ``scope``): the numbers `pixbatch estimate` gives for it.
+
+    ``partial``: the expansion is still streaming in, so the plan covers what is in the file so far.
+    """
+    from dataclasses import replace
+
+    from ..estimate import plan_from_groups
+    from ..knowledge import learn
+
+    knowledge = learn(st.size_observations(db), table)
+    plan = plan_from_groups(st.plan_groups(db, scope), table, knowledge, state_path=str(state_path))
+    if partial:
+        plan = replace(plan, state_note=f"This plan covers the first {plan.item_count:,} items read; the rest of "
+                                        "the manifest is read in while the run sends (`pixbatch estimate` prices "
+                                        "all of it).")
+    return knowledge, plan
 
 
 def finish_ingest(db: Any, *, run_id: str, scope: str, steps: list[str]) -> tuple[tuple[int, int], dict[str, list[str]]]:

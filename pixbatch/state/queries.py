@@ -258,3 +258,17 @@ def recorded_outputs(db: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[tup
     """(key, path) -> sha256 of the files recorded for these items."""
     return {(k, p): h for k, p, h in db.execute(
         "SELECT key, path, sha256 FROM outputs WHERE list_contains(?::VARCHAR[], key)", [keys]).fetchall()}
+
+
+def secret(db: duckdb.DuckDBPyConnection, name: str) -> str:
+    """The state file's secret ``name``, made (32 random bytes) the first time it is asked for."""
+    import secrets as _secrets
+
+    db.execute("INSERT INTO secrets VALUES (?, ?) ON CONFLICT DO NOTHING", [name, _secrets.token_hex(32)])
+    return str(db.execute("SELECT value FROM secrets WHERE name = ?", [name]).fetchone()[0])
+
+
+def item_row(db: duckdb.DuckDBPyConnection, key: str) -> ItemRow | None:
+    """One item by its key (None when the file has no such item)."""
+    rows = select_rows(db, "i.key = ?", [key], limit=1)
+    return rows[0] if rows else None
