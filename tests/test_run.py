@@ -506,3 +506,34 @@ def asyncio_run(coro):
     import asyncio
 
     return asyncio.run(coro)
+
+
+def test_ctrl_c_during_a_long_retry_after_exits_at_once_and_nothing_is_sent_later(tmp_path, image_server):
+    """Every submit is answered 429 with Retry-After: 120. Ctrl-C must not wait it out: nothing
+    that is not on the wire is sent, the process exits within seconds, no item is in doubt."""
+    import signal
+
+    url = image_server.add("r.png", (320, 240))
+    steps = "  - id: e\n    op: edit\n    prompt: \"v{n}\"\n    matrix:\n      n: [1, 2, 3, 4, 5, 6]\n"
+    mp = write_manifest(tmp_path, [url], steps)
+    m = load_manifest(mp)
+    with start_emulator(fast_test_config(rate_window=(1, 120))) as emu:  # 1 submit per 120 s window
+        env = {**os.environ, "PIXAZO_API_KEY": emu.api_key}
+        proc = subprocess.Popen([sys.executable, "-m", "pixbatch", "run", str(mp), "--base-url", emu.url, "--quiet",
+                                 "--concurrency", "4", "--first-poll", "0.2"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and sum(1 for e in emu.requests().submits if e.code == 429) < 2:
+            time.sleep(0.05)
+        t0 = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+        took = time.monotonic() - t0
+        sent_at_exit = len(emu.requests().submits)
+        time.sleep(1.0)
+        assert len(emu.requests().submits) == sent_at_exit  # nothing goes out after the process is gone
+    assert proc.returncode == 130, err.decode()[-2000:]
+    assert took < 10
+    t = read_status(m.state_path).totals()
+    assert t["AMBIGUOUS"] == 0 and t["SUBMITTING"] == 0 and t["PENDING"] + t.get("SUBMITTED", 0) + \
+        t.get("COMPLETED", 0) == 6

@@ -345,3 +345,10 @@ def test_the_fingerprint_hashes_every_module_the_expansion_imports():
     hashed = set(expansion_modules())
     assert loaded <= hashed, f"not in the fingerprint: {sorted(str(p.relative_to(PACKAGE_DIR)) for p in loaded - hashed)}"
     assert PACKAGE_DIR / "expand.py" in hashed and PACKAGE_DIR / "items.py" in hashed
+
+
+def test_items_left_unsent_name_the_latest_gateway_error():
+    c = conclude(None, None, {st.COMPLETED: 1, st.PENDING: 2}, left=(2, 0, 0), budget=None, at_risk=0,
+                 output_problems=0, last_error="POST /v1/edit: HTTP 503")
+    assert c.outcome == "incomplete" and any(
+        "2 item(s) not submitted (gateway errors (the latest: POST /v1/edit: HTTP 503))" in m for m in c.messages)

@@ -521,7 +521,8 @@ class _Run:
         problems = self.dl.problems if self.dl else 0
         c = conclude(self.stop.reason, self.stop.message, snap.totals(), left=left, budget=self.ledger.cap,
                      at_risk=snap.at_risk_micros, output_problems=problems,
-                     missing_outputs=self.dl.missing if self.dl and self.o.download else None)
+                     missing_outputs=self.dl.missing if self.dl and self.o.download else None,
+                     last_error=self.log.last_error)
         return summarize(c, snap, run_id=self.run_id, output_dir=str(self.out.root), charged_run=self.charged_run,
                          peak=self.ledger.peak, left=left, submits=self.submits,
                          polls=self.poller.polls if self.poller else 0, downloads=self.dl.downloads if self.dl else 0,

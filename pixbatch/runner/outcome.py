@@ -87,7 +87,7 @@ class Conclusion:
 
 def conclude(stop: StopReason | None, stop_message: str | None, counts: dict[str, int], *,
              left: tuple[int, int, int], budget: int | None, at_risk: int, output_problems: int,
-             missing_outputs: dict[str, str] | None = None) -> Conclusion:
+             missing_outputs: dict[str, str] | None = None, last_error: str | None = None) -> Conclusion:
     """The outcome, exit code and messages of a run that stopped for ``stop`` (None: it ran out of work)."""
     n_left, lo, hi = left
     msgs: list[str] = []
@@ -126,7 +126,8 @@ def conclude(stop: StopReason | None, stop_message: str | None, counts: dict[str
     if inflight and outcome != "interrupted":
         msgs.append(f"{inflight} submitted item(s) not finished yet: run again to collect them.")
     if n_left and outcome in ("completed", "incomplete"):
-        msgs.append(f"{n_left} item(s) not submitted (gateway errors): run again to retry them.")
+        latest = f" (the latest: {last_error[:200]})" if last_error else ""
+        msgs.append(f"{n_left} item(s) not submitted (gateway errors{latest}): run again to retry them.")
     if missing_outputs:
         example = next(iter(missing_outputs.values()))
         msgs.append(f"{len(missing_outputs)} completed item(s) have no output on disk (e.g. {example[:160]}): they "
