@@ -294,9 +294,10 @@ def test_outputs_listing_is_limited_but_counted(state, tmp_path):
 def test_interrupted_run_says_to_reconcile(state):
     path, _ = state
     r = build_report(path)
-    assert r.run.run_id == "run-2" and r.run.outcome == "running" and r.runs == 2
+    # no process holds the file, so the run that recorded no end was killed: it says so, here and everywhere
+    assert r.run.run_id == "run-2" and r.run.outcome == "killed" and r.runs == 2
     assert r.run.charged_micros is None  # its events recorded no settlement
-    assert any("did not record an end" in n and "pixbatch reconcile" in n and "$0.015" in n for n in r.notes)
+    assert any("was killed" in n and "pixbatch reconcile" in n and "$0.015" in n for n in r.notes)
     assert any("AMBIGUOUS" in n and "$0.01 at risk" in n for n in r.notes)
     assert any("no recorded charge" in n for n in r.notes)
     assert any(n.startswith("1 item(s) were being sent when the run stopped") for n in r.notes)  # t2

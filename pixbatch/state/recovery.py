@@ -6,6 +6,7 @@ holds the file); ``block_downstream`` marks the items whose upstream failed.
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import duckdb
@@ -92,9 +93,18 @@ def recover(db: duckdb.DuckDBPyConnection, run_id: str, *, decide: bool = True) 
 
 def absorb_crashed_runs(db: duckdb.DuckDBPyConnection) -> int:
     """``recover(decide=False)`` on behalf of a run that was killed (no ``finished_at``):
-    called by readers that open the file read-write when no run holds it."""
+    called by readers that open the file read-write when no run holds it.
+
+    Such a run is over (no process holds the file), so its outcome becomes ``killed`` at once,
+    for ``status``, ``report``, ``runs`` and their JSON alike; its ``finished_at`` stays empty,
+    so that the next run still replays its submit log (``recover``). A run of this very
+    process is left alone: it may be running in another thread.
+    """
     row = db.execute("SELECT run_id FROM runs WHERE finished_at IS NULL ORDER BY started_at DESC LIMIT 1").fetchone()
-    return recover(db, row[0], decide=False) if row else 0
+    n = recover(db, row[0], decide=False) if row else 0
+    db.execute("UPDATE runs SET outcome = 'killed' WHERE finished_at IS NULL AND outcome = 'running' "
+               "AND pid IS DISTINCT FROM ?", [os.getpid()])
+    return n
 
 
 def open_for_reading(path: str | Path) -> duckdb.DuckDBPyConnection:
