@@ -344,9 +344,20 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
 @base_url_option
 @click.option("--retry-ambiguous", is_flag=True,
               help="Resubmit AMBIGUOUS items (they may already have been charged once).")
+@click.option("--retry-failed", is_flag=True,
+              help="Resubmit items that ended FAILED (charged: only they are paid again) and what they blocked.")
 @click.option("--retry-errors", is_flag=True,
               help="Resubmit items that ended ERROR (not charged by the gateway) and what they blocked.")
-@click.option("--force", is_flag=True, help="Redo items already finished in this state file (pays again).")
+@click.option("--force", "force", is_flag=False, flag_value="", default=None, metavar="[STEPS]",
+              help="Redo finished items, paying again: every step, or only STEPS (comma-separated, e.g. "
+                   "--force hires). Says how many items and dollars first; asks above $1.00 or 100 items.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before --force pays again.")
+@click.option("--steps", "steps", default=None, metavar="A,B",
+              help="Pilot: send only these steps' items (comma-separated).")
+@click.option("--limit", type=click.IntRange(1), default=None, metavar="N",
+              help="Pilot: send only the first N items of each (selected) step.")
+@click.option("--no-preflight", is_flag=True,
+              help="Send without first checking that every input URL answers with an image.")
 @click.option("--no-download", is_flag=True, help="Do not download outputs (benchmarks).")
 @click.option("--quiet", is_flag=True, help="No progress display; only the summary on stderr.")
 @json_option("One JSON line per event on stdout, then the summary.")
@@ -357,14 +368,21 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
               help="Ask the gateway to call URL when a job ends (https for the real gateway); polls only confirm.")
 @click.option("--webhook-listen", default=None, metavar="HOST:PORT",
               help="Where to receive the callbacks [default: the --webhook-url host and port].")
+@click.option("--progress-interval", type=click.FloatRange(0.1), default=10.0, show_default=True, metavar="SECONDS",
+              help="When stderr is not a terminal: seconds between progress lines.")
 @click.pass_context
 def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, budget_micros: int | None,
-                concurrency: int, max_rps: float | None, base_url: str, retry_ambiguous: bool, retry_errors: bool,
-                force: bool, no_download: bool, quiet: bool, as_json: bool, pricing_path: str | None,
-                first_poll: float, webhook_url: str | None, webhook_listen: str | None) -> None:
+                concurrency: int, max_rps: float | None, base_url: str, retry_ambiguous: bool, retry_failed: bool,
+                retry_errors: bool, force: str | None, yes: bool, steps: str | None, limit: int | None,
+                no_preflight: bool, no_download: bool, quiet: bool, as_json: bool, pricing_path: str | None,
+                first_poll: float, webhook_url: str | None, webhook_listen: str | None,
+                progress_interval: float) -> None:
     """Run (or resume) MANIFEST against the gateway; the key comes from PIXAZO_API_KEY.
 
     Running the same command again resumes: submitted items are polled, never resent.
+    Before an item is first sent, its input URLs are checked (a small ranged GET, cached
+    in the state file); an input that cannot be fetched or is not an image leaves its
+    items BAD_INPUT, unsent and not charged. Try a pilot first: --limit 10 (and --steps).
     Exit codes: 0 all completed, 1 some items did not complete, 2 invalid manifest or
     options, 3 budget, 4 key refused or missing, 5 wallet balance (402), 6 state file in
     use, 130 interrupted.
@@ -375,7 +393,7 @@ def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, 
 
     from .errors import require_api_key
     from .manifest import load_manifest_shallow
-    from .progress import JsonLinesProgress, NullProgress, RichProgress, render_summary
+    from .progress import JsonLinesProgress, NullProgress, PlainProgress, RichProgress, render_summary
     from .runner import RunOptions, run
 
     key = require_api_key()
@@ -384,15 +402,50 @@ def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, 
     manifest = load_manifest_shallow(manifest_path)
     options = RunOptions(
         state_path=Path(state_path) if state_path else None, budget_micros=budget_micros, concurrency=concurrency,
-        max_rps=max_rps, base_url=base_url, api_key=key, retry_ambiguous=retry_ambiguous, retry_errors=retry_errors,
-        force=force, download=not no_download, pricing_path=Path(pricing_path) if pricing_path else None,
+        max_rps=max_rps, base_url=base_url, api_key=key, retry_ambiguous=retry_ambiguous, retry_failed=retry_failed,
+        retry_errors=retry_errors, force=_step_list(force) if force else force == "",
+        steps=_step_list(steps) if steps is not None else None, limit=limit, preflight=not no_preflight,
+        download=not no_download, pricing_path=Path(pricing_path) if pricing_path else None,
         handle_signals=True, poll_initial=first_poll, webhook_url=webhook_url, webhook_listen=webhook_listen)
+    options.check(manifest)
     err = Console(stderr=True)
-    progress = JsonLinesProgress() if as_json else NullProgress() if quiet else RichProgress(err)
+    _confirm_resends(ctx, manifest, options, yes=yes, out=err)
+    progress = (JsonLinesProgress() if as_json else NullProgress() if quiet
+                else RichProgress(err) if err.is_terminal else PlainProgress(err.file, interval=progress_interval))
     summary = run(manifest, options=options, progress=progress)
     if quiet:
         render_summary(summary, err)
     ctx.exit(summary.exit_code)
+
+
+def _step_list(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _confirm_resends(ctx: click.Context, manifest, options, *, yes: bool, out) -> None:
+    """Say what the retry options will send again, before anything is sent; ask before --force pays a lot again."""
+    from .money import format_usd
+    from .runner.plan import resends
+
+    for r in resends(manifest, options):
+        if not r.items:
+            out.print(f"{r.option}: nothing to send again.", highlight=False, soft_wrap=True)
+            continue
+        money = (f"they were charged {format_usd(r.charged_micros)} and cost up to {format_usd(r.cost_micros)} again"
+                 if r.pays_again else f"up to {format_usd(r.cost_micros)}")
+        down = f", then the {r.unblocked} item(s) they blocked" if r.unblocked else ""
+        out.print(f"{r.option}: sends {r.items} finished item(s) again ({money}){down}.", highlight=False,
+                  soft_wrap=True)
+        if r.needs_confirmation and not yes:
+            try:
+                ok = click.confirm(f"Send these {r.items} item(s) again and pay up to {format_usd(r.cost_micros)}?",
+                                   default=False, err=True)
+            except click.Abort:
+                raise click.UsageError(f"{r.option} would pay up to {format_usd(r.cost_micros)} again and there is "
+                                       "no one to ask (stdin is not a terminal): pass --yes to go ahead.") from None
+            if not ok:
+                click.echo("Nothing was sent.", err=True)
+                ctx.exit(ExitCode.ERROR)
 
 
 # -- status ----------------------------------------------------------------------------

@@ -7,8 +7,9 @@ one file that is *not* an image, from a second loopback server; writes a small m
 it (``estimate_manifest``, which probes the images over loopback); runs it
 (``runner.run``); and builds the report from the DuckDB state file in ``directory``.
 
-The non-image makes its two edits FAILED (charged, as the gateway charges failures) and
-their two upscales BLOCKED, so the report has a failure to explain. The emulator's ledger
+The non-image is caught by the run's preflight check of its input URLs: its two edits are
+left BAD_INPUT (never sent, so not charged, where the gateway would have charged them as
+FAILED) and their two upscales BLOCKED, so the report has failures to explain. The emulator's ledger
 is written next to the state file (``ledger.json``) and compared with the report's charged
 total: the demo is also a check that the report is exact.
 """
@@ -38,7 +39,7 @@ inputs:
     url: {base}/mug.png
   - id: lamp
     url: {base}/lamp.jpg
-  - id: notes                       # not an image: its edits fail, its upscales are blocked
+  - id: notes                       # not an image: its edits are never sent (BAD_INPUT), its upscales BLOCKED
     url: {base}/notes.png
 steps:
   - id: recolor                     # 3 inputs x 2 colors = 6 edits

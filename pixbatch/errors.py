@@ -3,6 +3,7 @@
     PixbatchError                      exit 1   base: every message says what to do next
     ├── ManifestError                  exit 2   the manifest is invalid (carries every Problem)
     ├── PricingError                   exit 2   the price table file is missing or invalid
+    ├── OptionError                    exit 2   a run option does not fit the manifest (an unknown step, ...)
     ├── ProbeError                     exit 1   an image URL could not be sized
     ├── BudgetExceeded                 exit 3   the estimate or the next item does not fit the budget
     ├── StateError                     exit 1   the DuckDB state file is unusable
@@ -68,6 +69,10 @@ class ManifestError(PixbatchError):
 
 
 class PricingError(PixbatchError):
+    exit_code = ExitCode.USAGE
+
+
+class OptionError(PixbatchError):
     exit_code = ExitCode.USAGE
 
 

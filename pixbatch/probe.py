@@ -31,6 +31,7 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from PIL import Image, UnidentifiedImageError
@@ -233,35 +234,28 @@ async def probe_sizes_async(urls: Iterable[str], *, concurrency: int = DEFAULT_C
 # -- the cache ------------------------------------------------------------------------
 
 
-def read_cache(cache_path: str | Path, urls: Iterable[str]) -> dict[str, ProbeResult]:
-    """Cached probes for ``urls`` (successful and failed). Raises StateLocked/StateError."""
+def read_cache_db(db: Any, urls: Iterable[str]) -> dict[str, ProbeResult]:
+    """Cached probes for ``urls`` (successful and failed) from an open state file connection."""
     wanted = list(dict.fromkeys(urls))
     out: dict[str, ProbeResult] = {}
-    if not wanted:
-        return out
-    db = connect(cache_path)
-    try:
-        for i in range(0, len(wanted), _CACHE_CHUNK):
-            rows = db.execute(
-                "SELECT url, width, height, format, bytes_read, error FROM probes"
-                " WHERE url IN (SELECT unnest(?::VARCHAR[]))",
-                [wanted[i:i + _CACHE_CHUNK]],
-            ).fetchall()
-            for url, w, h, fmt, n, err in rows:
-                out[url] = ProbeResult(url, w, h, fmt, n or 0, err, cached=True)
-    finally:
-        db.close()
+    for i in range(0, len(wanted), _CACHE_CHUNK):
+        rows = db.execute(
+            "SELECT url, width, height, format, bytes_read, error FROM probes"
+            " WHERE url IN (SELECT unnest(?::VARCHAR[]))",
+            [wanted[i:i + _CACHE_CHUNK]],
+        ).fetchall()
+        for url, w, h, fmt, n, err in rows:
+            out[url] = ProbeResult(url, w, h, fmt, n or 0, err, cached=True)
     return out
 
 
-def write_cache(cache_path: str | Path, results: Iterable[ProbeResult]) -> int:
-    """Store (or replace) probe results; returns how many. Raises StateLocked/StateError."""
+def write_cache_db(db: Any, results: Iterable[ProbeResult]) -> int:
+    """Store (or replace) probe results in an open state file connection, in one transaction."""
     rows = [r for r in results if not r.cached]
     if not rows:
         return 0
-    db = connect(cache_path)
+    db.execute("BEGIN TRANSACTION")
     try:
-        db.execute("BEGIN TRANSACTION")
         for i in range(0, len(rows), _CACHE_CHUNK):
             part = rows[i:i + _CACHE_CHUNK]
             db.execute(
@@ -272,9 +266,34 @@ def write_cache(cache_path: str | Path, results: Iterable[ProbeResult]) -> int:
                  [r.format for r in part], [r.bytes_read for r in part], [r.error for r in part]],
             )
         db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return len(rows)
+
+
+def read_cache(cache_path: str | Path, urls: Iterable[str]) -> dict[str, ProbeResult]:
+    """Cached probes for ``urls`` (successful and failed). Raises StateLocked/StateError."""
+    wanted = list(dict.fromkeys(urls))
+    if not wanted:
+        return {}
+    db = connect(cache_path)
+    try:
+        return read_cache_db(db, wanted)
     finally:
         db.close()
-    return len(rows)
+
+
+def write_cache(cache_path: str | Path, results: Iterable[ProbeResult]) -> int:
+    """Store (or replace) probe results; returns how many. Raises StateLocked/StateError."""
+    rows = [r for r in results if not r.cached]
+    if not rows:
+        return 0
+    db = connect(cache_path)
+    try:
+        return write_cache_db(db, rows)
+    finally:
+        db.close()
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +340,8 @@ def probe_sizes_report(urls: Iterable[str], *, cache_path: str | Path | None = N
             cache_path, note = None, f"probe cache not used: {exc}"
     if refresh:
         cached = {u: r for u, r in cached.items() if r.ok}
+    # a run's preflight caches that a URL answers with an image, not its size: probe those for the size
+    cached = {u: r for u, r in cached.items() if not (r.ok and r.size is None)}
     missing = [u for u in wanted if u not in cached]
     fresh: dict[str, ProbeResult] = {}
     if fetch and missing:

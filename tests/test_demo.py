@@ -28,17 +28,19 @@ def test_demo_runs_offline_and_its_report_matches_the_ledger(tmp_path):
     ledger = json.loads((root / "ledger.json").read_text())
     entries = {e["request_id"]: (e["status"], e["amount_micros"]) for e in ledger["entries"]}
     charged = ledger["totals"]["charged_micros"]
-    # 6 edits (the 2 of the non-image FAILED, charged) + 4 upscales; 2 upscales BLOCKED, never sent
-    assert len(entries) == 10 and sorted(s for s, _ in entries.values()).count("FAILED") == 2
-    assert charged == sum(a for _, a in entries.values()) == 6 * 10000 + 4 * 10000
+    # 4 edits + 4 upscales; the non-image's 2 edits are never sent (preflight: BAD_INPUT, not charged),
+    # its 2 upscales are BLOCKED
+    assert len(entries) == 8 and {s for s, _ in entries.values()} == {"COMPLETED"}
+    assert charged == sum(a for _, a in entries.values()) == 4 * 10000 + 4 * 10000
     assert format_usd(charged) in out
 
     state = root / "demo.pixbatch.duckdb"
     r = build_report(state, outputs_limit=None)
     assert r.spend.totals.charged_micros == charged
-    assert dict(r.status.by_state) == {"COMPLETED": 8, "FAILED": 2, "BLOCKED": 2}
+    assert dict(r.status.by_state) == {"COMPLETED": 8, "BAD_INPUT": 2, "BLOCKED": 2}
     (failure,) = r.status.failures
     assert failure.count == 2 and {e.input_id for e in failure.examples} == {"notes"}
+    assert "notes.png" in failure.message and "not an image" in failure.message
     db = duckdb.connect(str(state), read_only=True)
     try:
         mine = dict(db.execute("SELECT request_id, charged_micros FROM items WHERE request_id IS NOT NULL").fetchall())

@@ -79,7 +79,8 @@ def _live_report(path: Path, locked: str, now: dt.datetime | None) -> Report:
         not_charged_items=by_state.get("ERROR", 0) + by_state.get("FAILED_VALIDATION", 0), not_charged_est_micros=0,
         at_risk_items=at_risk, at_risk_micros=snap.at_risk_micros, in_flight_items=in_flight,
         reserved_micros=snap.reserved_micros - snap.at_risk_micros,
-        unspent_items=by_state.get("PENDING", 0) + by_state.get("BLOCKED", 0), unspent_est_micros=0,
+        unspent_items=by_state.get("PENDING", 0) + by_state.get("BLOCKED", 0) + by_state.get("BAD_INPUT", 0),
+        unspent_est_micros=0,
         unsettled_items=0, budget_micros=snap.budget_micros)
     run = RunInfo(snap.run_id, None, None, snap.outcome or "running", snap.manifest_path, None, snap.budget_micros,
                   snap.estimate_low_micros, snap.estimate_high_micros) if snap.run_id else None
@@ -160,8 +161,8 @@ def _notes(run: RunInfo | None, spend: Spend, status: Status) -> tuple[str, ...]
     notes: list[str] = []
     if run is None:
         notes.append("No run is recorded in this state file yet.")
-    elif run.outcome in (None, "running") and t.in_flight_items:
-        notes.append(f"Run {run.run_id} did not record an end (interrupted?): {t.in_flight_items} item(s) were "
+    elif run.outcome in (None, "running", "killed") and t.in_flight_items:
+        notes.append(f"Run {run.run_id} was killed (it recorded no end): {t.in_flight_items} item(s) were "
                      f"in flight, up to {format_usd(t.reserved_micros)} reserved. Run `pixbatch reconcile` to "
                      "settle their final status and cost, then report again.")
     elif t.in_flight_items:

@@ -27,6 +27,7 @@ CAUSES: dict[str, str] = {
     "sent_again": "sent and charged more than once (a rerun with --force pays again)",
     "error_not_charged": "ERROR: system error, not charged",
     "rejected_not_charged": "FAILED_VALIDATION: rejected by the gateway (400), not charged",
+    "bad_input_not_sent": "BAD_INPUT: an input could not be fetched or is not an image; never sent",
     "blocked_not_spent": "BLOCKED: an upstream item did not complete; never sent",
     "pending_not_spent": "PENDING: not sent yet",
     "in_flight": "SUBMITTING/SUBMITTED: in flight, charge not settled yet (reserved)",
@@ -87,7 +88,7 @@ class SpendLine:
     at_risk_micros: int  # their reservation, else their estimate (high)
     in_flight_items: int  # SUBMITTING, SUBMITTED
     reserved_micros: int  # their reservation, else their estimate (high)
-    unspent_items: int  # PENDING, BLOCKED
+    unspent_items: int  # PENDING, BLOCKED, BAD_INPUT
     unspent_est_micros: int  # their estimate (high)
     unsettled_items: int  # terminal without a recorded charge
 

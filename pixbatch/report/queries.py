@@ -23,6 +23,7 @@ CASE
   WHEN state = 'AMBIGUOUS' THEN 'ambiguous_at_risk'
   WHEN state = 'PENDING' THEN 'pending_not_spent'
   WHEN state = 'BLOCKED' THEN 'blocked_not_spent'
+  WHEN state = 'BAD_INPUT' THEN 'bad_input_not_sent'
   WHEN state = 'FAILED_VALIDATION' THEN 'rejected_not_charged'
   WHEN state = 'ERROR' THEN 'error_not_charged'
   WHEN state IN ('COMPLETED', 'FAILED') AND charged_micros IS NULL THEN 'unsettled'
@@ -111,8 +112,8 @@ def spend(q: Scoped, run: RunInfo | None, estimate, table: PriceTable) -> Spend:
           coalesce(sum({_exposure()}) FILTER (WHERE state = 'AMBIGUOUS'), 0),
           count(*) FILTER (WHERE state IN ('SUBMITTING', 'SUBMITTED')),
           coalesce(sum({_exposure()}) FILTER (WHERE state IN ('SUBMITTING', 'SUBMITTED')), 0),
-          count(*) FILTER (WHERE state IN ('PENDING', 'BLOCKED')),
-          coalesce(sum(est_high_micros) FILTER (WHERE state IN ('PENDING', 'BLOCKED')), 0),
+          count(*) FILTER (WHERE state IN ('PENDING', 'BLOCKED', 'BAD_INPUT')),
+          coalesce(sum(est_high_micros) FILTER (WHERE state IN ('PENDING', 'BLOCKED', 'BAD_INPUT')), 0),
           count(*) FILTER (WHERE state IN ('COMPLETED', 'FAILED') AND charged_micros IS NULL),
           min(_row) AS first
         FROM s GROUP BY ALL ORDER BY first, op, tier

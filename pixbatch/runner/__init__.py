@@ -22,14 +22,26 @@ from ..progress import NullProgress, Progress
 from .options import RunOptions
 from .outcome import RunSummary, StopReason
 
-__all__ = ["RunOptions", "RunSummary", "StopReason", "run", "run_async"]
+__all__ = ["RunOptions", "RunSummary", "StopReason", "in_loop", "run", "run_async"]
+
+
+def in_loop(name: str, instead: str) -> None:
+    """``RuntimeError`` naming the coroutine to await when sync ``name`` is called inside a running event loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return
+    raise RuntimeError(f"pixbatch.{name}() cannot run inside a running event loop (Jupyter, an async app): "
+                       f"use `await pixbatch.{instead}(...)` there instead.")
 
 
 async def run_async(manifest: Any, *, options: RunOptions, gateway: Gateway | None = None,
                     progress: Progress | None = None) -> RunSummary:
-    """The coroutine form of ``run``, for callers that already have an event loop (e.g. Jupyter)."""
+    """The coroutine form of ``run``, for callers that already have an event loop (e.g. Jupyter:
+    ``summary = await run_async(m, options=...)``)."""
     from .engine import _Run
 
+    options.check(manifest)
     return await _Run(manifest, options, gateway, progress or NullProgress()).main()
 
 
@@ -41,5 +53,9 @@ def run(manifest: Any, *, options: RunOptions, gateway: Gateway | None = None,
     ``StateLocked`` when another process runs the same state file, ``AuthError`` without a
     key, ``BudgetExceeded`` when the budget cannot cover the remaining work; every other
     outcome (402, budget reached, interruption, failures) is in the returned summary.
+
+    Inside a running event loop (Jupyter, an async application) use ``await run_async(...)``:
+    this function says so (``RuntimeError``) instead of failing deep inside asyncio.
     """
+    in_loop(run.__name__, "run_async")
     return asyncio.run(run_async(manifest, options=options, gateway=gateway, progress=progress))

@@ -46,6 +46,7 @@ from .download import Downloader
 from .journal import Journal
 from .outputs import OutputDir
 from .poll import Poller, WebhookReceiver
+from .preflight import Preflight
 from .prepare import position, prepare
 from .status import StatusWriter
 from .settle import settle_item
@@ -164,6 +165,8 @@ class _Run:
         self.log: Journal  # set with the store (main)
         self.status: StatusWriter  # set with the parts (_build)
         self.scope = ""
+        self.selection: st.Selection | None = None  # --steps/--limit: what this run may send (None: all)
+        self.preflight: Preflight  # set with the store (main)
         self.aliases: dict[str, list[str]] = {}
         self.estimate = (0, 0)
         self.slots = asyncio.Semaphore(max(1, options.concurrency))
@@ -190,6 +193,8 @@ class _Run:
         self.store = st.Store.open(self.state_path, wait=self.o.lock_wait)
         self.store.bind_loop(asyncio.get_running_loop())
         self.log = Journal(self.store, self.progress, self.run_id, lambda: self.ledger.committed)
+        self.preflight = Preflight(self.store, self.log.put, enabled=self.o.preflight,
+                                   concurrency=self.o.preflight_concurrency, timeout=self.o.preflight_timeout)
         try:
             return await self._main()
         finally:
@@ -201,7 +206,7 @@ class _Run:
         assert store is not None
         p = await store.call(lambda db: prepare(db, manifest=self.m, options=self.o, run_id=self.run_id,
                                                 budget=self.ledger.cap, table=self.table, expand=self._expand))
-        self.scope, self.aliases, self.estimate = p.scope, p.aliases, p.estimate
+        self.scope, self.aliases, self.estimate, self.selection = p.scope, p.aliases, p.estimate, p.selection
         self.ledger = BudgetLedger(self.ledger.cap, p.position.totals.committed_micros)
         if p.ambiguous_now:
             self.log.emit("run", None, message=f"{p.ambiguous_now} item(s) were being submitted when the last run "
@@ -219,7 +224,8 @@ class _Run:
                     if refusal:
                         # items already paid for are collected first; then the budget is looked at again
                         await self.tasks.drain()
-                        refusal = budget_refusal(self.ledger.cap, await store.call(lambda db: position(db, self.scope)))
+                        refusal = budget_refusal(self.ledger.cap, await store.call(
+                            lambda db: position(db, self.scope, self.selection)))
                         if refusal:
                             self._stop(StopReason.BUDGET, refusal)
                     await self._feed()
@@ -320,15 +326,17 @@ class _Run:
         store = self.store
         while self.stop_reason is None:
             seq0 = self.done.seq
-            for step in self.steps_order:
+            sel = self.selection
+            for step in sel.steps if sel else self.steps_order:
                 after = -1
                 while self.stop_reason is None:
                     page = await store.call(lambda db, s=step, a=after: st.ready_page(
-                        db, self.scope, s, a, PAGE, chained=self.m.step(s).upstream is not None))
+                        db, self.scope, s, a, PAGE, chained=self.m.step(s).upstream is not None,
+                        until_idx=sel.until(s) if sel else None))
                     if not page:
                         break
                     after = page[-1][0].idx
-                    for row, up in page:
+                    async for row, up in self.preflight.admit(page):
                         if row.key in self.inflight or row.key in self.skip:
                             continue
                         if not await self._start(row, up):
@@ -336,7 +344,7 @@ class _Run:
             if self.stop_reason is not None:
                 return
             await store.call(lambda db: st.block_downstream(db, self.scope, self.run_id))
-            pending = await store.call(lambda db: st.pending_count(db, self.scope))
+            pending = await store.call(lambda db: st.pending_count(db, self.scope, self.selection))
             if pending - len(self.skip) <= 0:
                 return
             if self.done.seq != seq0:
@@ -378,7 +386,7 @@ class _Run:
 
     async def _left_over(self) -> None:
         assert self.store is not None
-        c = await self.store.call(lambda db: st.pending_cost(db, self.scope))
+        c = await self.store.call(lambda db: st.pending_cost(db, self.scope, self.selection))
         self.left = (c.items, c.low_micros, c.high_micros)
 
     # -- one item -------------------------------------------------------------------------------
@@ -434,8 +442,11 @@ class _Run:
         snap = await self.status.snapshot(running=False)
         await self._left_over()
         problems = self.dl.problems if self.dl else 0
+        sel = self.selection
+        unselected = await self.store.call(
+            lambda db: st.pending_count(db, self.scope) - st.pending_count(db, self.scope, sel)) if sel else 0
         c = conclude(self.stop_reason, self.stop_message, snap.totals(), left=self.left, budget=self.ledger.cap,
-                     at_risk=snap.at_risk_micros, output_problems=problems)
+                     at_risk=snap.at_risk_micros, output_problems=problems, unselected=unselected)
         return summarize(c, snap, run_id=self.run_id, output_dir=str(self.out.root), charged_run=self.charged_run,
                          peak=self.ledger.peak, left=self.left, submits=self.submits,
                          polls=self.poller.polls if self.poller else 0, downloads=self.dl.downloads if self.dl else 0,

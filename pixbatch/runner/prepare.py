@@ -4,8 +4,9 @@
 the state file is this manifest's (the *fingerprint*: a digest of the manifest, its input
 files, the probed sizes, the pricing file and the code that expands), ingests the items when
 it is not, records the run, recovers what a killed run left in flight, applies the spending
-options that reset items (``force``, ``retry_errors``, ``retry_ambiguous``), blocks what
-waits on failures, and returns what the run loop needs to start.
+options that reset items (``force``, ``retry_failed``, ``retry_errors``, ``retry_ambiguous``;
+within the pilot selection of ``steps``/``limit`` when given), blocks what waits on failures,
+and returns what the run loop needs to start.
 
 The fingerprint hashes the source of every pixbatch module the expansion can reach
 (``expansion_modules``: the import closure of the expansion's roots, found by reading the
@@ -120,8 +121,9 @@ class Position:
     in_flight: int  # how many there are (paid for, or being paid for)
 
 
-def position(db: Any, scope: str) -> Position:
-    return Position(st.totals(db), st.pending_cost(db, scope), st.in_flight_low_micros(db), st.in_flight_count(db))
+def position(db: Any, scope: str, sel: st.Selection | None = None) -> Position:
+    """The money position before sending; ``sel`` (``--steps``/``--limit``): only the selected items are to send."""
+    return Position(st.totals(db), st.pending_cost(db, scope, sel), st.in_flight_low_micros(db), st.in_flight_count(db))
 
 
 @dataclass(frozen=True)
@@ -131,6 +133,8 @@ class Prepared:
     ambiguous_now: int  # items a killed run left in doubt, found now
     estimate: tuple[int, int]  # low, high of the whole expansion
     aliases: dict[str, list[str]]  # key -> further output names of identical requests
+    selection: st.Selection | None = None  # the items this run may send (--steps, --limit); None: all
+    requeued: st.Requeued | None = None  # what the retry options made PENDING again
 
 
 def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget: int | None, table: PriceTable,
@@ -176,10 +180,15 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
     st.start_run(db, st.RunStart(run_id, str(manifest.path), manifest_sha, options.base_url, budget, os.getpid(),
                                  {**options.recorded(), "scope": scope, "fingerprint": fingerprint}))
     ambiguous_now = st.recover(db, run_id)
-    st.requeue(db, scope, run_id, force=options.force, retry_errors=options.retry_errors,
-               retry_ambiguous=options.retry_ambiguous)
+    sel = None
+    if options.steps is not None or options.limit is not None:
+        chosen = [s for s in steps_order if options.steps is None or s in options.steps]
+        sel = st.selection(db, scope, chosen, options.limit)
+    requeued = st.requeue(db, scope, run_id, force=options.force, retry_failed=options.retry_failed,
+                          retry_errors=options.retry_errors, retry_ambiguous=options.retry_ambiguous, sel=sel)
     st.block_downstream(db, scope, run_id)
     est = st.scope_cost(db, scope)
     st.record_estimate(db, run_id, est.low_micros, est.high_micros)
-    return Prepared(scope=scope, position=position(db, scope), ambiguous_now=ambiguous_now,
-                    estimate=(est.low_micros, est.high_micros), aliases=st.alias_names(db, steps_order))
+    return Prepared(scope=scope, position=position(db, scope, sel), ambiguous_now=ambiguous_now,
+                    estimate=(est.low_micros, est.high_micros), aliases=st.alias_names(db, steps_order),
+                    selection=sel, requeued=requeued)
