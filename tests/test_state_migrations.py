@@ -20,7 +20,7 @@ SCHEMA = {
              "error VARCHAR, reserved_micros BIGINT, charged_micros BIGINT, media_url VARCHAR, media_type VARCHAR, "
              "output_width INTEGER, output_height INTEGER, polls INTEGER, submitted_at TIMESTAMP, "
              "started_at TIMESTAMP, finished_at TIMESTAMP, updated_at TIMESTAMP, run_id VARCHAR, scope VARCHAR, "
-             "attempts INTEGER, polling_path VARCHAR",
+             "attempts INTEGER, polling_path VARCHAR, vars JSON",
     "outputs": "key VARCHAR, path VARCHAR, sha256 VARCHAR, bytes BIGINT, width INTEGER, height INTEGER, "
                "media_type VARCHAR, downloaded_at TIMESTAMP",
     "probes": "url VARCHAR, width INTEGER, height INTEGER, format VARCHAR, bytes_read INTEGER, error VARCHAR, "
@@ -46,7 +46,7 @@ def test_an_empty_file_gets_the_whole_schema_once(tmp_path):
     db = connect(tmp_path / "s.duckdb")
     assert schema(db) == SCHEMA
     assert applied(db) == [name for name, _ in MIGRATIONS] == [
-        "m001_probe_cache", "m002_run_state", "m003_item_scope_attempts", "m004_submit_log"]
+        "m001_probe_cache", "m002_run_state", "m003_item_scope_attempts", "m004_submit_log", "m005_item_vars"]
     assert db.execute("SELECT table_name FROM information_schema.tables WHERE table_type = 'VIEW'").fetchall() == [
         ("attempts",)]
     assert db.execute("SELECT index_name FROM duckdb_indexes()").fetchall() == [("items_step",)]
@@ -68,7 +68,7 @@ def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path):
     cols = {r[0] for r in db.execute("SELECT column_name FROM information_schema.columns "
                                      "WHERE table_name = 'items'").fetchall()}
     assert "half_done" not in cols
-    assert migrate(db) == ["m003_item_scope_attempts", "m004_submit_log"]  # the real ones still apply
+    assert migrate(db) == ["m003_item_scope_attempts", "m004_submit_log", "m005_item_vars"]  # the real ones still apply
     db.close()
 
 

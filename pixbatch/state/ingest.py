@@ -4,7 +4,9 @@ request again, elsewhere in the manifest), tagged with the expansion's ``scope``
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterable
+from typing import Any
 
 import duckdb
 
@@ -23,6 +25,11 @@ def expansion_scope(items: Iterable[WorkItem]) -> tuple[str, int]:
         h.update(f"{it.key}\t{it.step}\t{it.index}\t{it.output_name}\t{it.input_size}\n".encode())
         n += 1
     return h.hexdigest()[:32], n
+
+
+def _vars_json(v: Any) -> str | None:
+    """An item's matrix values as JSON (None when it has none)."""
+    return json.dumps(dict(v), ensure_ascii=False, default=str) if v else None
 
 
 def ingest(db: duckdb.DuckDBPyConnection, items: Iterable[WorkItem], scope: str, table: PriceTable,
@@ -55,17 +62,18 @@ def ingest(db: duckdb.DuckDBPyConnection, items: Iterable[WorkItem], scope: str,
                        "unnest(?::VARCHAR[]) AS output_name, unnest(?::VARCHAR[]) AS upstream, "
                        "unnest(?::INTEGER[]) AS input_width, unnest(?::INTEGER[]) AS input_height, "
                        "unnest(?::BIGINT[]) AS est_low_micros, unnest(?::BIGINT[]) AS est_high_micros, "
-                       "unnest(?::VARCHAR[]) AS tier",
+                       "unnest(?::VARCHAR[]) AS tier, unnest(?::VARCHAR[])::JSON AS vars",
                        [[i.key for i in buf], [i.step for i in buf], [i.op for i in buf], [i.index for i in buf],
                         [i.body_json for i in buf], [i.input_id for i in buf], [i.output_name for i in buf],
                         [i.upstream for i in buf],
                         [i.input_size[0] if i.input_size else None for i in buf],
                         [i.input_size[1] if i.input_size else None for i in buf],
                         [p.low_micros for p in prices], [p.high_micros for p in prices],
-                        [p.high.name if p.exact else f"{p.low.name} .. {p.high.name}" for p in prices]])
+                        [p.high.name if p.exact else f"{p.low.name} .. {p.high.name}" for p in prices],
+                        [_vars_json(i.vars) for i in buf]])
             db.execute("UPDATE items SET scope = ? FROM _ingest n WHERE items.key = n.key", [scope])
             db.execute("INSERT INTO items (key, step, op, idx, body, input_id, output_name, upstream, input_width, "
-                       "input_height, est_low_micros, est_high_micros, tier, scope, attempts) "
+                       "input_height, est_low_micros, est_high_micros, tier, vars, scope, attempts) "
                        "SELECT n.*, ?, 0 FROM _ingest n ANTI JOIN items USING (key)", [scope])
             added = db.execute("SELECT count(*) FROM items").fetchone()[0] - before
             buf.clear()

@@ -322,3 +322,11 @@ def m004_submit_log(db: duckdb.DuckDBPyConnection) -> None:
         WHERE i.event = 'intent'
         """
     )
+
+
+@migration
+def m005_item_vars(db: duckdb.DuckDBPyConnection) -> None:
+    # items.vars: the matrix values (and inherited template variables) an item was made with, as
+    # JSON, so that a report can caption an output with what was asked ("color: red, seed: 2")
+    # without the manifest. Items ingested before this migration have none (NULL).
+    db.execute("ALTER TABLE items ADD COLUMN vars JSON")
