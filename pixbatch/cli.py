@@ -493,9 +493,16 @@ def status_command(manifest_path: str | None, state_path: str | None, as_json: b
 @click.option("--limit", type=click.IntRange(0), default=LibraryDefault("pixbatch.report:build_report", "outputs_limit"),
               show_default=True,
               help="Output files listed in table/md/html (json and csv list them all).")
+@click.option("--gallery", type=click.IntRange(0), default=LibraryDefault("pixbatch.report.gallery:build_gallery",
+                                                                          "limit"),
+              show_default=True, metavar="N", help="html: thumbnails embedded in the gallery (0: no gallery).")
 def report_command(manifest_path: str | None, state_path: str | None, run_id: str | None, all_items: bool,
-                   fmt: str, output: str | None, limit: int) -> None:
+                   fmt: str, output: str | None, limit: int, gallery: int) -> None:
     """What a run cost and did: spend, status, timing and outputs, from the state file.
+
+    The terminal table fits 80 columns. --format html writes one self-contained page: what
+    was asked and what it cost at the top, a gallery of the outputs (thumbnails linked to
+    their files, captioned with input, matrix values and price; failures as cards), charts.
 
     Spend is estimated vs charged per step, operation and price tier, with the difference
     explained; then charged, not charged (ERROR, FAILED_VALIDATION), at risk (AMBIGUOUS)
@@ -512,20 +519,71 @@ def report_command(manifest_path: str | None, state_path: str | None, run_id: st
     path, manifest = _resolve_state(manifest_path, state_path)
     rep = build_report(path, run_id=run_id, all_items=all_items,
                        outputs_limit=None if fmt in ("json", "csv") else limit,
-                       output_dir=manifest.output_dir if manifest else None)
-    kw = {"outputs_limit": limit} if fmt in ("table", "md", "html") else {}
+                       output_dir=manifest.output_dir if manifest else None,
+                       gallery=gallery if fmt == "html" else 0)
+    kw: dict = {"outputs_limit": limit} if fmt in ("table", "md", "html") else {}
+    if fmt == "html":
+        kw["base_dir"] = Path(output).resolve().parent if output else Path.cwd()
     if fmt == "table" and output is None:
         import shutil
         import sys
 
         kw["color"] = sys.stdout.isatty()
-        kw["width"] = max(100, min(shutil.get_terminal_size().columns, 160)) if kw["color"] else 120
+        # the layout fits 80 columns; a wider terminal gives long messages more room
+        kw["width"] = max(80, min(shutil.get_terminal_size().columns, 120)) if kw["color"] else 80
     text = render(rep, fmt, **kw)
     if output is None:
         click.echo(text, nl=False)
     else:
         Path(output).write_text(text, "utf-8")
         click.echo(f"wrote {fmt} report to {output}", err=True)
+
+
+def _write_or_echo(text: str, output: str | None, what: str) -> None:
+    from pathlib import Path
+
+    if output is None:
+        click.echo(text, nl=False)
+    else:
+        Path(output).write_text(text, "utf-8")
+        click.echo(f"wrote {what} to {output}", err=True)
+
+
+@cli.command("failures")
+@state_source
+@click.option("--run", "run_id", default=None, metavar="ID", help="Only the items this run touched.")
+@click.option("--all", "all_items", is_flag=True, help="Every item in the state file, all manifest versions.")
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="Output format.")
+@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, writable=True), default=None,
+              help="Write the list to this file instead of stdout.")
+def failures_command(manifest_path: str | None, state_path: str | None, run_id: str | None, all_items: bool,
+                     fmt: str, output: str | None) -> None:
+    """Every item that did not complete, one per line: FAILED, ERROR, FAILED_VALIDATION and
+    AMBIGUOUS items, BAD_INPUT items (never sent: an input could not be fetched or is not an
+    image), BLOCKED items with the upstream item that blocked them, and completed items whose
+    output failed its checks; each with its output name, its input (id and URL) and its error.
+    """
+    from .render import render_failures
+    from .report import list_failures
+
+    path, _ = _resolve_state(manifest_path, state_path)
+    _write_or_echo(render_failures(list_failures(path, run_id=run_id, all_items=all_items), fmt),
+                   output, f"{fmt} list of failures")
+
+
+@cli.command("runs")
+@state_source
+@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
+              help="Output format.")
+def runs_command(manifest_path: str | None, state_path: str | None, fmt: str) -> None:
+    """The runs recorded in a state file: id, started, ended, outcome (completed, incomplete,
+    interrupted, killed, budget, balance, auth), items sent and what they were charged."""
+    from .render import render_runs
+    from .report import list_runs
+
+    path, _ = _resolve_state(manifest_path, state_path)
+    click.echo(render_runs(list_runs(path), fmt), nl=False)
 
 
 @cli.command("reconcile")
@@ -599,15 +657,18 @@ def demo_command(ctx: click.Context, directory: str | None, keep: bool) -> None:
     Starts the gateway emulator and an image server on loopback, writes a manifest (3
     inputs, one of them not an image; an edit with 2 colors; an upscale of every edit),
     estimates it, runs it into a DuckDB state file and prints the report, then checks the
-    report's charged total against the emulator's ledger (exit 1 if they differ).
+    report's charged total against the emulator's ledger (exit 1 if they differ). Without
+    --dir or --keep it works in a temporary directory that it deletes at the end, and
+    prints no path in it.
     """
     import shutil
+    import sys
     import tempfile
     from pathlib import Path
 
     from rich.console import Console
 
-    from .demo import run_demo
+    from .demo import relative_report, run_demo
     from .money import format_usd
     from .render import render
 
@@ -621,12 +682,12 @@ def demo_command(ctx: click.Context, directory: str | None, keep: bool) -> None:
         kept = keep
     console = Console(highlight=False)
     try:
-        result = run_demo(root, console=console)
+        result = run_demo(root, console=console,
+                          where=None if kept else "a temporary directory (deleted at the end; --keep keeps it)")
         console.print("\n[bold]3. report[/]")
-        import sys
-
-        click.echo(render(result.report, "table", color=sys.stdout.isatty(), width=120), nl=False)
-        (root / "report.html").write_text(render(result.report, "html"), "utf-8")
+        report = result.report if kept else relative_report(result.report, root)
+        click.echo(render(report, "table", color=sys.stdout.isatty()), nl=False)
+        (root / "report.html").write_text(render(result.report, "html", base_dir=root), "utf-8")
         charged, ledger = result.report.spend.totals.charged_micros, result.ledger.charged_micros
         if charged != ledger:
             console.print(f"[bold red]The report says {format_usd(charged)} was charged but the emulator's "
@@ -638,8 +699,9 @@ def demo_command(ctx: click.Context, directory: str | None, keep: bool) -> None:
         if not kept:
             shutil.rmtree(root, ignore_errors=True)
     if kept:
-        console.print(f"Kept {root}: {result.manifest_path.name}, {result.state_path.name}, out/, report.html, "
-                      f"ledger.json. Try: pixbatch report {result.manifest_path} --format html -o report.html")
+        console.print(f"Kept {root}: {result.manifest_path.name}, {result.state_path.name}, out/, report.html "
+                      f"(open it in a browser: a gallery of the outputs), ledger.json. Try: pixbatch report "
+                      f"{result.manifest_path} --format html -o report.html")
 
 
 main = cli

@@ -24,6 +24,7 @@ from typing import Any
 from .emulator import Dist, EmulatorConfig, Ledger, start_emulator
 from .estimate import Estimate
 from .report import Report
+from .report.gallery import DEFAULT_LIMIT
 from .runner import RunSummary
 
 MANIFEST_NAME = "demo.yaml"
@@ -93,9 +94,29 @@ def draw_images(directory: Path) -> None:
     (directory / "notes.png").write_text("shopping list: milk, eggs, a new lamp\n", "utf-8")
 
 
-def run_demo(directory: str | Path, *, console: Any = None,
-             emulator_config: EmulatorConfig | None = None) -> DemoResult:
-    """Run the demo in ``directory`` (created; must not hold an earlier demo) and return what it did."""
+def relative_report(report: Report, root: Path) -> Report:
+    """``report`` with its paths under ``root`` made relative to it (for a directory that is then deleted)."""
+    from dataclasses import replace
+
+    def rel(p: str | None) -> str | None:
+        if p is None:
+            return None
+        try:
+            return str(Path(p).relative_to(root))
+        except ValueError:
+            return p
+
+    run = replace(report.run, manifest_path=rel(report.run.manifest_path)) if report.run else None
+    return replace(report, state_path=rel(report.state_path) or report.state_path, run=run,
+                   outputs=replace(report.outputs, output_dir=rel(report.outputs.output_dir)))
+
+
+def run_demo(directory: str | Path, *, console: Any = None, emulator_config: EmulatorConfig | None = None,
+             where: str | None = None) -> DemoResult:
+    """Run the demo in ``directory`` (created; must not hold an earlier demo) and return what it did.
+
+    ``where`` says where that is in the first line printed (default: the directory's path).
+    """
     from rich.console import Console
     from starlette.applications import Starlette
     from starlette.routing import Mount
@@ -119,7 +140,7 @@ def run_demo(directory: str | Path, *, console: Any = None,
     served = serve_in_thread(Starlette(routes=[Mount("/", app=StaticFiles(directory=images))]))
     try:
         with start_emulator(emulator_config or demo_emulator_config()) as emu:
-            console.print(f"[bold]pixbatch demo[/] in {root}\n"
+            console.print(f"[bold]pixbatch demo[/] in {where or root}\n"
                           f"  gateway emulator  {emu.url} (wallet {format_usd(emu.ledger().balance_micros)}, "
                           f"its own key: PIXAZO_API_KEY is not needed)\n"
                           f"  input images      {served.url}/ (2 images, 1 file that is not an image)")
@@ -138,5 +159,6 @@ def run_demo(directory: str | Path, *, console: Any = None,
             (root / "ledger.json").write_text(json.dumps(ledger_data, indent=2), "utf-8")
     finally:
         served.stop()
-    report = build_report(manifest.state_path, estimate=est, output_dir=manifest.output_dir, table=table)
+    report = build_report(manifest.state_path, estimate=est, output_dir=manifest.output_dir, table=table,
+                          gallery=DEFAULT_LIMIT)
     return DemoResult(root, manifest_path, manifest.state_path, est, summary, report, ledger)

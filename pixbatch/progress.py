@@ -101,8 +101,10 @@ def status_table(snap: StatusSnapshot, title: str | None = None) -> Any:
     from rich import box
     from rich.table import Table
 
-    t = Table(title=title, show_footer=True, box=box.SIMPLE_HEAD, title_justify="left")
-    t.add_column("step", footer="total", overflow="fold")
+    t = Table(title=title, show_footer=True, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False,
+              show_edge=False)
+    longest = max((len(s) for s in snap.steps), default=5)
+    t.add_column("step", footer="total", overflow="fold", width=min(longest, 30))  # names whole up to 30
     totals = [0, 0, 0, 0]
     rows = []
     for step, counts in snap.steps.items():
@@ -111,7 +113,7 @@ def status_table(snap: StatusSnapshot, title: str | None = None) -> Any:
         rows.append((step, cols, counts))
     for i, name in enumerate(("done", "failed", "in flight", "waiting")):
         t.add_column(name, justify="right", footer=f"{totals[i]:,}", no_wrap=True)
-    t.add_column("detail", ratio=1)
+    t.add_column("detail", overflow="fold", min_width=12)
     order = {s: i for i, s in enumerate(FAILED + IN_FLIGHT)}
     for step, cols, counts in rows:
         detail = ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items(), key=lambda kv: order.get(kv[0], 99))

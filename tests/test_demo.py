@@ -50,7 +50,9 @@ def test_demo_runs_offline_and_its_report_matches_the_ledger(tmp_path):
     assert len(r.outputs.files) == 8
     for f in r.outputs.files:
         assert (root / "out" / f.path).stat().st_size == f.bytes
-    assert (root / "report.html").read_text().count("<svg") == 3
+    page = (root / "report.html").read_text()
+    assert page.count("<svg") == 3 and page.count('src="data:image/jpeg;base64,') == 8 + 4  # + the upscales' inputs
+    assert 'href="out/recolor/mug-teal.jpg"' in page  # relative to the page
 
     again = CliRunner().invoke(cli, ["demo", "--dir", str(root)])
     assert again.exit_code == 2 and "is not empty" in again.output
@@ -62,3 +64,6 @@ def test_demo_cleans_up_its_temporary_directory(tmp_path, monkeypatch):
     assert res.exit_code == 0, res.output
     assert "equals the emulator's ledger" in res.output and "Kept" not in res.output
     assert not list(tmp_path.glob("pixbatch-demo-*"))
+    # it printed no path of the directory it deleted (the report's paths are relative to it)
+    assert "pixbatch-demo-" not in res.output and "a temporary directory (deleted at the end" in res.output
+    assert "demo.pixbatch.duckdb" in res.output

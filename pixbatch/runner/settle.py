@@ -47,5 +47,7 @@ async def settle_item(row: st.ItemRow, s: JobStatus, *, downloader: Downloader, 
     row.reserved_micros = 0
     row.charged_micros = (row.charged_micros or 0) + charge
     row.state = s.status
-    put(row, charged=charge, released=reserved)
+    # the gateway's own measure of the job (created -> completed): what the report's timing can trust
+    gateway_ms = None if s.server_seconds is None else round(s.server_seconds * 1000)
+    put(row, charged=charge, released=reserved, gateway_ms=gateway_ms)
     return charge

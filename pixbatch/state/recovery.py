@@ -133,12 +133,14 @@ def block_downstream(db: duckdb.DuckDBPyConnection, scope: str, run_id: str) -> 
     total = 0
     while True:
         rows = db.execute(
-            "SELECT i.key, u.key, u.state FROM items i JOIN items u ON u.key = i.upstream "
+            "SELECT i.key, u.key, u.state, u.step, u.output_name, u.error FROM items i JOIN items u ON u.key = i.upstream "
             f"WHERE i.scope = ? AND i.state = 'PENDING' AND u.state IN {sql_in(BLOCKING)}", [scope]).fetchall()
         if not rows:
             return total
         keys = [r[0] for r in rows]
-        reasons = [f"upstream item {r[1]} ended {r[2]}" for r in rows]
+        # the upstream item by name and key, and why it failed: what the user needs to act on it
+        reasons = [f"upstream item {name or key} (step {step}) ended {state}" + (f": {error}" if error else "")
+                   for _, key, state, step, name, error in rows]
         db.execute("BEGIN TRANSACTION")
         try:
             db.execute("UPDATE items SET state = 'BLOCKED', error = u.reason, run_id = ?, updated_at = now()::TIMESTAMP "
