@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 from PIL import Image, UnidentifiedImageError
 
+from .aio import run_sync
 from .errors import StateLocked
 from .state.migrations import connect
 from .sizes import Size
@@ -327,7 +328,19 @@ def probe_sizes_report(urls: Iterable[str], *, cache_path: str | Path | None = N
                        transport: httpx.AsyncBaseTransport | None = None,
                        locked_ok: bool = True) -> ProbeReport:
     """``probe_sizes`` with an account of the cache; with ``locked_ok`` a locked cache file
-    is skipped (noted in ``cache_note``) instead of raising ``StateLocked``."""
+    is skipped (noted in ``cache_note``) instead of raising ``StateLocked``. Inside a running
+    event loop (Jupyter) the probes run on a thread of their own."""
+    return run_sync(lambda: probe_sizes_report_async(
+        urls, cache_path=cache_path, concurrency=concurrency, timeout=timeout, refresh=refresh, fetch=fetch,
+        max_bytes=max_bytes, transport=transport, locked_ok=locked_ok), name="probe_sizes", in_thread=True)
+
+
+async def probe_sizes_report_async(urls: Iterable[str], *, cache_path: str | Path | None = None,
+                                   concurrency: int = DEFAULT_CONCURRENCY, timeout: float = DEFAULT_TIMEOUT,
+                                   refresh: bool = False, fetch: bool = True, max_bytes: int = MAX_HEADER_BYTES,
+                                   transport: httpx.AsyncBaseTransport | None = None,
+                                   locked_ok: bool = True) -> ProbeReport:
+    """The coroutine form of ``probe_sizes_report`` (the cache is read before and written after the fetches)."""
     wanted = list(dict.fromkeys(urls))
     cached: dict[str, ProbeResult] = {}
     note: str | None = None
@@ -345,8 +358,8 @@ def probe_sizes_report(urls: Iterable[str], *, cache_path: str | Path | None = N
     missing = [u for u in wanted if u not in cached]
     fresh: dict[str, ProbeResult] = {}
     if fetch and missing:
-        fresh = asyncio.run(probe_sizes_async(missing, concurrency=concurrency, timeout=timeout,
-                                              max_bytes=max_bytes, transport=transport))
+        fresh = await probe_sizes_async(missing, concurrency=concurrency, timeout=timeout, max_bytes=max_bytes,
+                                        transport=transport)
         if cache_path is not None:
             try:
                 write_cache(cache_path, fresh.values())

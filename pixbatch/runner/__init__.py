@@ -14,25 +14,15 @@ The package, one job per module:
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
+from ..aio import run_sync
 from ..gateway import Gateway
 from ..progress import NullProgress, Progress
 from .options import RunOptions
 from .outcome import RunSummary, StopReason
 
-__all__ = ["RunOptions", "RunSummary", "StopReason", "in_loop", "run", "run_async"]
-
-
-def in_loop(name: str, instead: str) -> None:
-    """``RuntimeError`` naming the coroutine to await when sync ``name`` is called inside a running event loop."""
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return
-    raise RuntimeError(f"pixbatch.{name}() cannot run inside a running event loop (Jupyter, an async app): "
-                       f"use `await pixbatch.{instead}(...)` there instead.")
+__all__ = ["RunOptions", "RunSummary", "StopReason", "run", "run_async"]
 
 
 async def run_async(manifest: Any, *, options: RunOptions, gateway: Gateway | None = None,
@@ -57,5 +47,5 @@ def run(manifest: Any, *, options: RunOptions, gateway: Gateway | None = None,
     Inside a running event loop (Jupyter, an async application) use ``await run_async(...)``:
     this function says so (``RuntimeError``) instead of failing deep inside asyncio.
     """
-    in_loop(run.__name__, "run_async")
-    return asyncio.run(run_async(manifest, options=options, gateway=gateway, progress=progress))
+    return run_sync(lambda: run_async(manifest, options=options, gateway=gateway, progress=progress),
+                    name="run", instead="run_async")
