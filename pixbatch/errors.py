@@ -12,12 +12,13 @@
         ├── AuthError                  exit 4   401/403: the key is unknown or not allowed
         │   └── MissingApiKey          exit 4   no key at all (``require_api_key``)
         ├── InsufficientBalance        exit 5   402: top up the wallet, then run again
+        ├── QuotaExceeded              exit 7   403 with Retry-After: the key's call quota is used up for now
         ├── RateLimited                         429 (retried by the client; surfaced only if retries run out)
         ├── ServerError                         5xx (retried on idempotent calls)
         ├── BadRequest                          400: the gateway rejected the request body
         ├── NotFound                            404: unknown request id
         ├── SubmitUnknown                       a submit that may have been accepted (and charged): AMBIGUOUS
-        ├── GatewayUnreachable                  no answer at all (after the retries the call allows)
+        ├── GatewayUnreachable         exit 8   no answer at all (after the retries the call allows)
         └── GatewayProtocolError                the answer is not what the contract says (garbage JSON, ...)
 
 (``GatewayUnreachable`` and ``GatewayProtocolError`` are named so that they do not shadow
@@ -32,6 +33,8 @@ Exit codes (``ExitCode``; the CLI exits with ``exc.exit_code``, a run with ``Run
     4    AUTH          the API key is missing or refused
     5    BALANCE       insufficient wallet balance (402)
     6    STATE_LOCKED  another pixbatch process holds the state file
+    7    QUOTA         the gateway's call quota for the key is used up (403 with Retry-After): run again later
+    8    UNREACHABLE   the gateway could not be reached at all (wrong --base-url, no network)
     130  INTERRUPTED   SIGINT/SIGTERM
 
 The API key is read in one place, ``require_api_key``. Messages never contain it;
@@ -53,6 +56,8 @@ class ExitCode(enum.IntEnum):
     AUTH = 4
     BALANCE = 5
     STATE_LOCKED = 6
+    QUOTA = 7
+    UNREACHABLE = 8
     INTERRUPTED = 130
 
 
@@ -109,6 +114,17 @@ class MissingApiKey(AuthError):
 
 class InsufficientBalance(GatewayError):
     exit_code = ExitCode.BALANCE
+
+
+class QuotaExceeded(GatewayError):
+    """403 with Retry-After, API Management's "Out of call volume quota": not a bad key. Nothing
+    more can be sent until ``retry_after`` seconds have passed; nothing is failed."""
+
+    exit_code = ExitCode.QUOTA
+
+    def __init__(self, message: str, *, retry_after: float | None = None, **kw):
+        self.retry_after = retry_after
+        super().__init__(message, **kw)
 
 
 class RateLimited(GatewayError):

@@ -28,8 +28,8 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timezone
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
 import aiohttp
@@ -53,6 +53,7 @@ from .errors import (
     GatewayUnreachable,
     InsufficientBalance,
     NotFound,
+    QuotaExceeded,
     RateLimited,
     ServerError,
     SubmitUnknown,
@@ -65,8 +66,16 @@ from .transport import AiohttpTransport, Reply
 
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
 
-__all__ = ["DEFAULT_BASE_URL", "Accepted", "Download", "Exchange", "Gateway", "JobStatus", "Reply", "SubmitUnknown",
-           "parse_timestamp"]
+__all__ = ["DEFAULT_BASE_URL", "Accepted", "Download", "Exchange", "Gateway", "JobStatus", "Reply", "SendHooks",
+           "SubmitUnknown", "parse_timestamp"]
+
+
+class SendHooks(Protocol):
+    """What the caller of ``Gateway.submit`` hears of each single send (see ``submit``)."""
+
+    async def sending(self) -> None: ...
+
+    def refused(self, status: int | None, reason: str) -> None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,6 +136,11 @@ def parse_timestamp(value: Any) -> datetime | None:
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     return dt
+
+
+def _duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 60 else f"{s} s"
 
 
 def _message(resp: Reply | httpx.Response) -> str:
@@ -234,6 +248,17 @@ class Gateway:
     def _raise_for_definite(self, resp: Reply | httpx.Response, what: str) -> None:
         code = resp.status_code
         msg = redact(_message(resp), (self._key,))
+        retry_after = resp.headers.get("Retry-After")
+        if code == 403 and retry_after is not None:
+            # API Management's quota ("Out of call volume quota"): the key is fine, the calls are used up
+            seconds = retry_policy.parse_retry_after(retry_after)
+            when = ""
+            if seconds is not None:
+                back = datetime.now(timezone.utc) + timedelta(seconds=seconds)
+                when = f" It comes back in {_duration(seconds)} (at {back:%Y-%m-%d %H:%M} UTC)."
+            raise QuotaExceeded(f"the gateway's call quota for this key is used up ({msg}) on {what}.{when} "
+                                "Run the same command again then: nothing was marked failed.",
+                                retry_after=seconds, status_code=code, body=msg)
         if code in (401, 403):
             raise AuthError(
                 f"the gateway refused the API key ({code} {msg}) on {what}. Check PIXAZO_API_KEY "
@@ -249,21 +274,41 @@ class Gateway:
 
     # -- submit -------------------------------------------------------------------------
 
-    async def submit(self, op: str, body: dict[str, Any], *, webhook_url: str | None = None) -> Accepted:
+    async def submit(self, op: str, body: dict[str, Any], *, webhook_url: str | None = None,
+                     hooks: SendHooks | None = None) -> Accepted:
         """POST one request; returns the acceptance or raises.
 
         Raises ``SubmitUnknown`` when it may have been accepted; ``BadRequest``/``NotFound``
         (not accepted, not charged); ``AuthError``; ``InsufficientBalance``; ``RateLimited``
         or ``ServerError`` when definite refusals outlast the retries; ``GatewayUnreachable``
         when no connection could be made.
+
+        ``hooks`` hears of every single send: ``sending()`` is awaited once the rate limiter has
+        granted a token, immediately before the request is written (the runner commits its
+        intent there), and ``refused(status, reason)`` follows each send that was definitely not
+        accepted and is about to be tried again (a 429, a 500/503, a connection never made).
         """
         path = ENDPOINTS[op]
         content = json.dumps(body, separators=(",", ":")).encode()
         headers = [(b"Content-Type", b"application/json")]
         if webhook_url:
             headers += [(WEBHOOK_URL_HEADER.encode(), webhook_url.encode()), (WEBHOOK_MODE_HEADER.encode(), b"terminal")]
-        end = await retrying(self.policy, lambda: self._call("POST", path, content, headers),
-                             on=retry_policy.submit_again, before=self.limiter.acquire,
+        async def send() -> Reply:
+            if hooks is not None:
+                await hooks.sending()
+            return await self._call("POST", path, content, headers)
+
+        def again(outcome: Reply | BaseException) -> retry_policy.Again | None:
+            verdict = retry_policy.submit_again(outcome)
+            if verdict is not None and hooks is not None:
+                if isinstance(outcome, BaseException):
+                    hooks.refused(None, f"not sent: {type(outcome).__name__}: "
+                                        f"{redact(str(outcome), (self._key,))[:200]}")
+                else:
+                    hooks.refused(outcome.status_code, redact(_message(outcome), (self._key,))[:200])
+            return verdict
+
+        end = await retrying(self.policy, send, on=again, before=self.limiter.acquire,
                              on_throttle=self.limiter.on_throttle)
         resp = end.outcome
         if isinstance(resp, BaseException):

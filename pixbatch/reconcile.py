@@ -39,7 +39,7 @@ from .aio import run_sync
 from .contract import TERMINAL_STATUSES
 from .errors import AuthError, GatewayError, NotFound, StateLocked
 from .state import ItemState, absorb_crashed_runs, connect, open_requests, utcnow
-from .pricing import PriceTable
+from .pricing import PriceTable, priced_by_output_size
 from .sizes import Size, output_size
 
 
@@ -128,7 +128,7 @@ def open_items(db: duckdb.DuckDBPyConnection) -> list[_Open]:
 
 
 def _tier(table: PriceTable, it: _Open, size: Size | None) -> str:
-    if it.op == "upscale" and size is not None and it.body.get("upscale_mode", "target") == "factor":
+    if size is not None and priced_by_output_size(it.op, it.body):
         return table.upscale_tier_for_size(size).name
     p = table.price(it.op, it.body, it.input_size)
     return p.high.name if p.exact else f"{p.low.name} .. {p.high.name}"
@@ -163,7 +163,7 @@ async def _poll(gateway: StatusSource, table: PriceTable, it: _Open) -> tuple[Se
         cols = {"gateway_status": st.status, "state": ItemState.SUBMITTED}
         return Settled(it.key, it.step, it.request_id, it.state, ItemState.SUBMITTED, st.status, None), cols
     media_url = st.media_urls[0] if st.media_urls else None
-    factor = it.op == "upscale" and it.body.get("upscale_mode", "target") == "factor"
+    factor = priced_by_output_size(it.op, it.body)
     measured = it.output_size  # a real output size (recorded, or measured now); never a prediction
     size = None  # the output size the price depends on
     if st.status == "COMPLETED":

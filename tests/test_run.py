@@ -391,3 +391,41 @@ def test_a_resume_over_budget_collects_paid_items_before_refusing_new_ones(tmp_p
     assert again.outcome == "budget" and again.exit_code == 3
     assert again.counts["COMPLETED"] == 2 and again.counts["PENDING"] == 2 and again.submits == 0
     assert ledger.charged_micros == again.charged_total_micros == 20_000 and len(ledger.entries) == 2
+
+
+def test_a_used_up_quota_stops_the_run_without_failing_anything_and_a_later_run_resumes(tmp_path, image_server):
+    url = image_server.add("q.png", (320, 240))
+    steps = "  - id: e\n    op: edit\n    prompt: \"v{n}\"\n    matrix:\n      n: [" + ", ".join(map(str, range(6))) + "]\n"
+    m = load_manifest(write_manifest(tmp_path, [url], steps))
+    with start_emulator(fast_test_config(quota=3, quota_reset=600)) as emu:
+        s = run(m, options=opts(emu, concurrency=2))
+        assert (s.outcome, s.exit_code) == ("quota", 7)
+        assert s.counts["COMPLETED"] == 3 and s.counts["PENDING"] == 3 and s.reserved_micros == 0
+        assert not {"FAILED", "FAILED_VALIDATION", "AMBIGUOUS"} & {k for k, v in s.counts.items() if v}
+        assert any("quota" in msg and "comes back in 0:10:00" in msg for msg in s.messages), s.messages
+        emu.reset_quota()
+        again = run(m, options=opts(emu, concurrency=2))
+        ledger = emu.ledger()
+    assert again.exit_code == 0 and again.counts["COMPLETED"] == 6
+    assert len(ledger.entries) == 6 and ledger.charged_micros == again.charged_total_micros
+
+
+def test_a_gateway_that_cannot_be_reached_stops_the_run_soon_with_its_url_and_error(tmp_path, image_server):
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = image_server.add("u.png", (320, 240))
+    m = write_manifest(tmp_path, [url], "  - id: e\n    op: edit\n    prompt: \"v{n}\"\n    matrix:\n      n: [1, 2, 3]\n")
+    t0 = time.monotonic()
+    with retry_policy.instant():
+        retry_policy.INSTANT = False  # real backoff: the run must give up on its own clock
+        res = CliRunner().invoke(cli, ["run", str(m), "--base-url", f"http://127.0.0.1:{port}", "--quiet"],
+                                 env={"PIXAZO_API_KEY": "k"})
+    took = time.monotonic() - t0
+    assert res.exit_code == 8, res.output
+    assert f"cannot reach the gateway at http://127.0.0.1:{port}" in res.output and "ConnectError" in res.output
+    assert took < 15
+    states = db_rows(tmp_path / "m.pixbatch.duckdb", "SELECT state, count(*) FROM items GROUP BY 1")
+    assert states == [("PENDING", 3)]  # nothing AMBIGUOUS: nothing was sent

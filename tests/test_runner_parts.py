@@ -102,9 +102,10 @@ def test_the_poll_clock_follows_a_slower_backend_and_stays_capped():
 class FakeGateway:
     """A gateway object with scripted answers (no HTTP)."""
 
-    def __init__(self, statuses=(), submit=None):
+    def __init__(self, statuses=(), submit=None, refusals=()):
         self.statuses = list(statuses)
         self.submit_answer = submit
+        self.refusals = list(refusals)  # (status, reason) answers to sends before the last one
         self.sent: list[tuple[str, dict]] = []
         self.policy = type("P", (), {"backoff": staticmethod(lambda n: 0.0)})()
 
@@ -114,7 +115,12 @@ class FakeGateway:
             raise answer
         return answer
 
-    async def submit(self, op, body, webhook_url=None):
+    async def submit(self, op, body, webhook_url=None, hooks=None):
+        for status, reason in self.refusals:  # each a send of its own, refused for good
+            await hooks.sending()
+            self.sent.append((op, body))
+            hooks.refused(status, reason)
+        await hooks.sending()
         self.sent.append((op, body))
         if isinstance(self.submit_answer, BaseException):
             raise self.submit_answer
@@ -134,7 +140,7 @@ def test_the_poller_rides_out_gateway_errors_and_records_status_changes():
     gw = FakeGateway([JobStatus("r1", "QUEUED"), ServerError("503", status_code=503),
                       JobStatus("r1", "PROCESSING"), JobStatus("r1", "COMPLETED", media_urls=("https://m/1",))])
     poller = Poller(gw, initial=0.0, cap=0.0, put=lambda r, **e: puts.append((r.gateway_status, e)),
-                    on_auth=lambda m: None)
+                    on_stop=lambda reason, m: None)
     r = row(state=st.SUBMITTED, request_id="r1")
     s = asyncio.run(poller.until_done(r, resumed=True))
     assert s.status == "COMPLETED" and poller.polls == 3 and r.polls == 3
@@ -144,12 +150,13 @@ def test_the_poller_rides_out_gateway_errors_and_records_status_changes():
 def test_the_poller_gives_up_after_repeated_failures_and_stops_on_a_refused_key():
     puts, auth = [], []
     gw = FakeGateway([ServerError("503", status_code=503)] * 6)
-    poller = Poller(gw, initial=0.0, cap=0.0, put=lambda r, **e: puts.append(e), on_auth=auth.append)
+    poller = Poller(gw, initial=0.0, cap=0.0, put=lambda r, **e: puts.append(e),
+                    on_stop=lambda reason, m: auth.append((reason, m)))
     r = row(state=st.SUBMITTED, request_id="r1")
     assert asyncio.run(poller.until_done(r, resumed=True)) is None
     assert r.error.startswith("polling failed") and len(puts) == 1
     gw.statuses = [AuthError("401 key refused", status_code=401)]
-    assert asyncio.run(poller.until_done(r, resumed=True)) is None and auth == ["401 key refused"]
+    assert asyncio.run(poller.until_done(r, resumed=True)) is None and auth == [(StopReason.AUTH, "401 key refused")]
 
 
 # -- the submit table ---------------------------------------------------------------------------
@@ -175,7 +182,7 @@ def test_an_exception_outside_the_table_is_a_bug_and_propagates():
         rule_for(KeyError("bug"))
 
 
-def _submit(answer, reserved=10_000):
+def _submit(answer, reserved=10_000, refusals=()):
     ledger = BudgetLedger(cap=20_000)
     assert ledger.try_reserve(reserved)
     r = row(reserved_micros=reserved)
@@ -187,7 +194,7 @@ def _submit(answer, reserved=10_000):
         fut.set_result(None)
         return fut
 
-    gw = FakeGateway(submit=answer)
+    gw = FakeGateway(submit=answer, refusals=refusals)
     rule = asyncio.run(submit_item(r, None, gateway=gw, ledger=ledger, put=put, run_id="run", webhook_url=None))
     return rule, r, ledger, puts
 
@@ -206,6 +213,48 @@ def test_a_refused_submit_releases_its_reservation_and_an_ambiguous_one_keeps_it
     _rule, r, ledger, puts = _submit(SubmitUnknown("connection dropped after the request was sent"))
     assert r.state == st.AMBIGUOUS and ledger.committed == 10_000 and r.reserved_micros == 10_000
     assert puts[-1] == (st.AMBIGUOUS, "ambiguous", False)
+
+
+def test_each_send_has_its_own_intent_closed_by_its_own_answer():
+    """Two 429s then a 202: three intents; the refused ones are closed at once (a crash between
+    sends leaves the item PENDING, never AMBIGUOUS), and the reservation is held throughout."""
+    rule, r, ledger, puts = _submit(Accepted("req-1", "/v2/requests/status/req-1", "QUEUED"),
+                                    refusals=[(429, "Rate limit is exceeded"), (503, "busy")])
+    assert rule is ACCEPTED and r.attempts == 3 and ledger.committed == 10_000
+    assert puts == [(st.SUBMITTING, None, True), (st.PENDING, "rejected", False),
+                    (st.SUBMITTING, None, True), (st.PENDING, "rejected", False),
+                    (st.SUBMITTING, None, True), (st.SUBMITTED, "accepted", False)]
+
+
+def test_a_final_refusal_after_refused_sends_logs_no_second_outcome():
+    rule, r, ledger, puts = _submit(RateLimited("still throttled", status_code=429), refusals=[(429, "x")])
+    # the gateway gave up after the last refused send: its own answer already closed the intent
+    assert r.state == st.PENDING and ledger.committed == 0
+    assert [p[1] for p in puts] == [None, "rejected", None, "rejected"]
+
+
+def test_a_submit_cancelled_while_waiting_for_a_token_releases_and_stays_pending():
+    ledger = BudgetLedger(cap=20_000)
+    assert ledger.try_reserve(10_000)
+    r = row(reserved_micros=10_000)
+    puts = []
+
+    class Waiting(FakeGateway):
+        async def submit(self, op, body, webhook_url=None, hooks=None):
+            await asyncio.sleep(10)  # the rate limiter's wait: nothing sent
+
+    async def go():
+        task = asyncio.create_task(submit_item(r, None, gateway=Waiting(), ledger=ledger,
+                                               put=lambda item, **kw: puts.append((item.state, kw.get("intent"))),
+                                               run_id="run", webhook_url=None))
+        await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(go())
+    assert r.state == st.PENDING and r.reserved_micros == 0 and ledger.committed == 0
+    assert puts == [(st.PENDING, None)] and r.attempts == 0
 
 
 # -- outputs ------------------------------------------------------------------------------------

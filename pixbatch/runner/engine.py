@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import state as st
-from ..errors import BudgetExceeded, require_api_key
+from ..errors import BudgetExceeded, ExitCode, require_api_key
 from ..gateway import Gateway, JobStatus
 from ..money import format_usd
 from ..pricing import PriceTable
@@ -41,7 +41,7 @@ from ..ratelimit import AdaptiveRateLimiter
 from ..sizes import output_size as predicted_output_size
 from .budget import BudgetLedger
 from .options import RunOptions
-from .outcome import EXIT_INTERRUPTED, RunSummary, StopReason, budget_refusal, conclude, summarize
+from .outcome import RunSummary, StopReason, budget_refusal, conclude, summarize
 from .download import Downloader
 from .journal import Journal
 from .outputs import OutputDir
@@ -50,9 +50,53 @@ from .preflight import Preflight
 from .prepare import position, prepare
 from .status import StatusWriter
 from .settle import settle_item
-from .submit import ACCEPTED, submit_item
+from .submit import ACCEPTED, Reachability, SendLog, submit_item
 
 PAGE = 2000
+
+
+class _Stop:
+    """Why the run stops, if it does: the first reason, replaced only by a higher one
+    (``StopReason.replaces``), and what stopping means for the item tasks."""
+
+    def __init__(self, tasks: _Tasks, done: _Ticker):
+        self.tasks, self.done = tasks, done
+        self.reason: StopReason | None = None
+        self.message: str | None = None
+        self.sigints = 0
+
+    @property
+    def stopping(self) -> bool:
+        return self.reason is not None
+
+    def halted(self) -> bool:
+        """Stopped for a reason that also ends polling and downloads (Ctrl-C, a refused key)."""
+        return self.reason in (StopReason.AUTH, StopReason.INTERRUPT)
+
+    def on_signal(self) -> None:
+        self.sigints += 1
+        if self.sigints >= 2:
+            # state is consistent: every critical write was committed before/after its HTTP call
+            os._exit(ExitCode.INTERRUPTED)
+        self.interrupt()
+
+    def interrupt(self) -> None:
+        """Stop submitting, and at once: what is not on the wire is not sent; sends on the wire
+        record their answer; polling stops (a later run polls again)."""
+        if self.reason is None:
+            self.reason, self.message = StopReason.INTERRUPT, "interrupted"
+        self.tasks.cancel_polling()
+        self.tasks.cancel_unsent()
+        self.done.tick()
+
+    def request(self, reason: StopReason, message: str) -> None:
+        if reason.replaces(self.reason):
+            self.reason, self.message = reason, message
+        if reason is StopReason.AUTH:  # polls would all get 401 too; POSTs in flight record their own answer
+            self.tasks.cancel_polling()
+        if reason is not StopReason.BUDGET:  # the key, the wallet, the quota, Ctrl-C: nothing more is sent
+            self.tasks.cancel_unsent()
+        self.done.tick()
 
 
 def _api_key(options: RunOptions, gateway: Gateway | None) -> str | None:
@@ -83,6 +127,7 @@ class _Tasks:
     def __init__(self, on_error: Callable[[BaseException], None]):
         self.all: set[asyncio.Task] = set()
         self.polling: set[asyncio.Task] = set()
+        self.sending: dict[asyncio.Task, SendLog] = {}  # tasks inside Gateway.submit, by their send log
         self.errors: list[BaseException] = []
         self.on_error = on_error
 
@@ -105,6 +150,13 @@ class _Tasks:
     def cancel_polling(self) -> None:
         for task in list(self.polling):
             if task is not asyncio.current_task():
+                task.cancel()
+
+    def cancel_unsent(self) -> None:
+        """Cancel every submit that has no request on the wire (waiting for a token, a retry, a
+        Retry-After): nothing was sent, so nothing is in doubt. Sends on the wire finish."""
+        for task, log in list(self.sending.items()):
+            if not log.in_flight and task is not asyncio.current_task():
                 task.cancel()
 
     async def drain(self) -> None:
@@ -170,16 +222,15 @@ class _Run:
         self.aliases: dict[str, list[str]] = {}
         self.estimate = (0, 0)
         self.slots = asyncio.Semaphore(max(1, options.concurrency))
-        self.stop_reason: StopReason | None = None
-        self.stop_message: str | None = None
         self.inflight: set[str] = set()  # keys of items being sent, polled or downloaded
         self.skip: set[str] = set()  # keys this run will not send again
-        self.tasks = _Tasks(lambda exc: self._stop(StopReason.INTERRUPT, f"internal error: {exc!r}"))
+        self.tasks = _Tasks(lambda exc: self.stop.request(StopReason.INTERRUPT, f"internal error: {exc!r}"))
         self.done = _Ticker()  # items finished (and stop requests)
+        self.stop = _Stop(self.tasks, self.done)
         self.charged_run = self.submits = self.finished_this_run = 0
         self.left = (0, 0, 0)
         self.t0 = time.monotonic()
-        self.sigints = 0
+        self.reach = Reachability()
         self.steps_order = [s.id for s in manifest.steps]
 
     # -- main -----------------------------------------------------------------------------------
@@ -218,7 +269,7 @@ class _Run:
         loop = asyncio.get_running_loop()
         status_task = self._build(store, loop)
         try:
-            with _signal_handlers(loop, self.on_signal, self.o.handle_signals):
+            with _signal_handlers(loop, self.stop.on_signal, self.o.handle_signals):
                 try:
                     await self._resume_in_flight()
                     if refusal:
@@ -227,12 +278,12 @@ class _Run:
                         refusal = budget_refusal(self.ledger.cap, await store.call(
                             lambda db: position(db, self.scope, self.selection)))
                         if refusal:
-                            self._stop(StopReason.BUDGET, refusal)
+                            self.stop.request(StopReason.BUDGET, refusal)
                     await self._feed()
                     await self.tasks.drain()
-                    if self.o.download and not self._halted():
+                    if self.o.download and not self.stop.halted():
                         assert self.dl is not None
-                        await self.dl.verify(self.scope, self.steps_order, self._halted)
+                        await self.dl.verify(self.scope, self.steps_order, self.stop.halted)
                 finally:
                     await self.tasks.cancel()
         finally:
@@ -267,7 +318,7 @@ class _Run:
         self.dl = Downloader(self.gw, store, self.out, self.aliases, emit=self.log.emit, timeout=self.o.timeout,
                              concurrency=self.o.concurrency)
         self.poller = Poller(self.gw, initial=self.o.poll_initial, cap=self.o.poll_max_interval, put=self.log.put,
-                             on_auth=lambda msg: self._stop(StopReason.AUTH, msg), webhooks=self.webhooks)
+                             on_stop=self.stop.request, webhooks=self.webhooks)
         budget = self.ledger.cap
         self.progress.start({"run_id": self.run_id, "state_path": str(self.state_path), "budget_micros": budget,
                              "estimate_low_micros": self.estimate[0], "estimate_high_micros": self.estimate[1]})
@@ -276,36 +327,6 @@ class _Run:
                                    manifest_path=str(self.m.path), scope=self.scope, budget=budget,
                                    estimate=self.estimate, finished=lambda: self.finished_this_run)
         return asyncio.create_task(self.status.loop(self.o.status_interval))
-
-    def _stopping(self) -> bool:
-        return self.stop_reason is not None
-
-    def _halted(self) -> bool:
-        """Stopped for a reason that also ends polling and downloads (Ctrl-C, a refused key)."""
-        return self.stop_reason in (StopReason.AUTH, StopReason.INTERRUPT)
-
-    def on_signal(self) -> None:
-        self.sigints += 1
-        if self.sigints >= 2:
-            # state is consistent: every critical write was committed before/after its HTTP call
-            os._exit(EXIT_INTERRUPTED)
-        self.interrupt()
-
-    def interrupt(self) -> None:
-        """Stop submitting; let POSTs in flight record their request id; stop polling."""
-        if self.stop_reason is None:
-            self.stop_reason = StopReason.INTERRUPT
-            self.stop_message = "interrupted"
-        self.tasks.cancel_polling()
-        self.done.tick()
-
-    def _stop(self, reason: StopReason, message: str) -> None:
-        if reason.replaces(self.stop_reason):
-            self.stop_reason = reason
-            self.stop_message = message
-        if reason is StopReason.AUTH:  # polls would all get 401 too; POSTs in flight record their own answer
-            self.tasks.cancel_polling()
-        self.done.tick()
 
     async def _finish_run(self, outcome: str) -> None:
         assert self.store is not None
@@ -324,12 +345,12 @@ class _Run:
     async def _feed(self) -> None:
         assert self.store is not None
         store = self.store
-        while self.stop_reason is None:
+        while not self.stop.stopping:
             seq0 = self.done.seq
             sel = self.selection
             for step in sel.steps if sel else self.steps_order:
                 after = -1
-                while self.stop_reason is None:
+                while not self.stop.stopping:
                     page = await store.call(lambda db, s=step, a=after: st.ready_page(
                         db, self.scope, s, a, PAGE, chained=self.m.step(s).upstream is not None,
                         until_idx=sel.until(s) if sel else None))
@@ -341,7 +362,7 @@ class _Run:
                             continue
                         if not await self._start(row, up):
                             return
-            if self.stop_reason is not None:
+            if self.stop.stopping:
                 return
             await store.call(lambda db: st.block_downstream(db, self.scope, self.run_id))
             pending = await store.call(lambda db: st.pending_count(db, self.scope, self.selection))
@@ -351,12 +372,12 @@ class _Run:
                 continue  # something finished during the pass: its downstream may be ready now
             if not self.tasks.all:
                 return  # what is left waits on items this run will not send
-            await self.done.wait_after(seq0, self._stopping)
+            await self.done.wait_after(seq0, lambda: self.stop.stopping)
 
     async def _start(self, row: st.ItemRow, up: st.ItemRow | None) -> bool:
         """Take a slot, reserve the price, start the item. False: stop feeding."""
         await self.slots.acquire()
-        if self.stop_reason is not None:
+        if self.stop.stopping:
             self.slots.release()
             return False
         price, input_size = _price(self.table, row, up)
@@ -364,16 +385,16 @@ class _Run:
         while not self.ledger.try_reserve(amount):
             if not self.inflight:
                 self.slots.release()
-                self.stop_reason = StopReason.BUDGET
+                self.stop.reason = StopReason.BUDGET
                 await self._left_over()
-                self.stop_message = (
+                self.stop.message = (
                     f"the next item would not fit the budget {format_usd(self.ledger.cap or 0)} "
                     f"(committed {format_usd(self.ledger.committed)}, next {format_usd(amount)}).")
                 self.log.emit("budget", row.key, event="stop", committed=self.ledger.committed, budget=self.ledger.cap,
                           next=amount)
                 return False
-            await self.done.wait_after(self.done.seq, self._stopping)
-            if self.stop_reason is not None:
+            await self.done.wait_after(self.done.seq, lambda: self.stop.stopping)
+            if self.stop.stopping:
                 self.slots.release()
                 return False
         row.reserved_micros = amount
@@ -397,7 +418,7 @@ class _Run:
             if not resumed:
                 if not await self._submit(row, up):
                     return
-                if self._halted():
+                if self.stop.halted():
                     return
             task = asyncio.current_task()
             assert task is not None
@@ -419,13 +440,33 @@ class _Run:
         """Send the item; True when the gateway accepted it."""
         assert self.gw is not None
         self.submits += 1
-        rule = await submit_item(row, up, gateway=self.gw, ledger=self.ledger, put=self.log.put, run_id=self.run_id,
-                                 webhook_url=self.o.webhook_url)
+        log = SendLog(row, self.log.put, self.run_id, on_refused=self._refused)
+        task = asyncio.current_task()
+        assert task is not None
+        self.tasks.sending[task] = log
+        try:
+            rule = await submit_item(row, up, gateway=self.gw, ledger=self.ledger, put=self.log.put,
+                                     run_id=self.run_id, webhook_url=self.o.webhook_url, log=log)
+        finally:
+            del self.tasks.sending[task]
         if rule.skip:
             self.skip.add(row.key)
+        if rule.state == st.PENDING and not self.log.answered:
+            self._refused(None, row.error or "")
         if rule.stop is not None:
-            self._stop(rule.stop, row.error or rule.stop.outcome)
+            self.stop.request(rule.stop, row.error or rule.stop.outcome)
         return rule is ACCEPTED
+
+    def _refused(self, status: int | None, reason: str) -> None:
+        if self.reach.note(status, reason, answered=self.log.answered):
+            asyncio.get_running_loop().call_later(self.reach.after, self._check_reach)
+        self._check_reach()
+
+    def _check_reach(self) -> None:
+        cause = self.reach.cause(answered=self.log.answered)
+        if cause and self.stop.reason is not StopReason.UNREACHABLE:
+            self.stop.request(StopReason.UNREACHABLE, f"cannot reach the gateway at {self.o.base_url} ({cause}). Check "
+                       "--base-url (or PIXBATCH_BASE_URL) and the network; nothing was sent, nothing is in doubt.")
 
     async def _settle(self, row: st.ItemRow, s: JobStatus) -> None:
         assert self.dl is not None
@@ -445,7 +486,7 @@ class _Run:
         sel = self.selection
         unselected = await self.store.call(
             lambda db: st.pending_count(db, self.scope) - st.pending_count(db, self.scope, sel)) if sel else 0
-        c = conclude(self.stop_reason, self.stop_message, snap.totals(), left=self.left, budget=self.ledger.cap,
+        c = conclude(self.stop.reason, self.stop.message, snap.totals(), left=self.left, budget=self.ledger.cap,
                      at_risk=snap.at_risk_micros, output_problems=problems, unselected=unselected)
         return summarize(c, snap, run_id=self.run_id, output_dir=str(self.out.root), charged_run=self.charged_run,
                          peak=self.ledger.peak, left=self.left, submits=self.submits,

@@ -22,6 +22,8 @@ class Journal:
         self.run_id = run_id
         self.committed = committed  # the ledger's committed money, shown with each state change
         self.http: dict[str, int] = {}
+        self.answered = 0  # exchanges the gateway answered (any status): it can be reached
+        self.last_error: str | None = None  # the latest failed exchange, as the user should see it
 
     def emit(self, kind: str, key: str | None, **detail: Any) -> None:
         self.store.put_event(self.run_id, key, kind, detail)
@@ -41,6 +43,10 @@ class Journal:
         d = {"method": ex.method, "path": ex.path, "status": ex.status, "ms": ex.ms}
         if ex.error:
             d["error"] = ex.error
+        if ex.status is not None:
+            self.answered += 1
         if ex.status is None or not 200 <= ex.status < 300:
             self.store.put_event(self.run_id, None, "http", d)
+            self.last_error = f"{ex.method} {ex.path}: " + (f"HTTP {ex.status}" if ex.status is not None else
+                                                            ex.error or "no answer")
         self.progress.event("http", None, d)

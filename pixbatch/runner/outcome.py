@@ -16,16 +16,16 @@ from .. import state as st
 from ..errors import ExitCode
 from ..money import format_usd
 
-EXIT_OK, EXIT_INCOMPLETE, EXIT_BUDGET, EXIT_AUTH, EXIT_BALANCE, EXIT_INTERRUPTED = map(int, (
-    ExitCode.OK, ExitCode.INCOMPLETE, ExitCode.BUDGET, ExitCode.AUTH, ExitCode.BALANCE, ExitCode.INTERRUPTED))
 
 
 class StopReason(enum.Enum):
     # value: (rank, outcome, exit code)
-    BUDGET = (0, "budget", EXIT_BUDGET)
-    INTERRUPT = (1, "interrupted", EXIT_INTERRUPTED)
-    BALANCE = (2, "balance", EXIT_BALANCE)
-    AUTH = (3, "auth", EXIT_AUTH)
+    BUDGET = (0, "budget", ExitCode.BUDGET)
+    INTERRUPT = (1, "interrupted", ExitCode.INTERRUPTED)
+    QUOTA = (2, "quota", ExitCode.QUOTA)
+    UNREACHABLE = (3, "unreachable", ExitCode.UNREACHABLE)
+    BALANCE = (4, "balance", ExitCode.BALANCE)
+    AUTH = (5, "auth", ExitCode.AUTH)
 
     @property
     def rank(self) -> int:
@@ -37,7 +37,7 @@ class StopReason(enum.Enum):
 
     @property
     def exit_code(self) -> int:
-        return self.value[2]
+        return int(self.value[2])
 
     def replaces(self, current: StopReason | None) -> bool:
         """Whether this reason takes the place of ``current`` (the first of equal rank stays)."""
@@ -47,7 +47,7 @@ class StopReason(enum.Enum):
 @dataclass(frozen=True)
 class RunSummary:
     run_id: str
-    outcome: str  # completed|incomplete|budget|balance|auth|interrupted
+    outcome: str  # completed|incomplete|budget|quota|unreachable|balance|auth|interrupted
     exit_code: int
     state_path: str
     output_dir: str
@@ -102,6 +102,8 @@ def conclude(stop: StopReason | None, stop_message: str | None, counts: dict[str
     elif stop is StopReason.BALANCE:
         msgs.append("The gateway answered 402 Insufficient Balance: top up the Pixazo wallet, then run the same "
                     f"command again to resume ({n_left} item(s) not submitted yet).")
+    elif stop in (StopReason.QUOTA, StopReason.UNREACHABLE):
+        msgs.append(f"Stopped: {stop_message}")
     elif stop is StopReason.INTERRUPT:
         msgs.append("Interrupted: run the same command again to resume; submitted items will be polled, "
                     "not resent.")
@@ -113,7 +115,7 @@ def conclude(stop: StopReason | None, stop_message: str | None, counts: dict[str
         outcome, code = stop.outcome, stop.exit_code
     else:
         done = counts.get(st.COMPLETED, 0) == sum(counts.values()) - unselected
-        outcome, code = ("completed", EXIT_OK) if done else ("incomplete", EXIT_INCOMPLETE)
+        outcome, code = ("completed", int(ExitCode.OK)) if done else ("incomplete", int(ExitCode.INCOMPLETE))
     amb = counts.get(st.AMBIGUOUS, 0)
     if amb:
         msgs.append(f"{amb} AMBIGUOUS item(s) ({format_usd(at_risk)} at risk): the gateway may have "

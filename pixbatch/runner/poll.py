@@ -19,8 +19,9 @@ from collections.abc import Callable
 from typing import Any
 
 from .. import state as st
-from ..errors import AuthError, GatewayError, NotFound
+from ..errors import AuthError, GatewayError, NotFound, QuotaExceeded
 from ..gateway import Gateway, JobStatus
+from .outcome import StopReason
 
 POLL_GIVE_UP = 6  # rounds of (already retried) poll failures before an item is left for the next run
 
@@ -121,11 +122,11 @@ class Poller:
     """Polls one item until its job ends; records status changes through ``put``."""
 
     def __init__(self, gateway: Gateway, *, initial: float, cap: float, put: Callable[..., Any],
-                 on_auth: Callable[[str], None], webhooks: WebhookReceiver | None = None):
+                 on_stop: Callable[[StopReason, str], None], webhooks: WebhookReceiver | None = None):
         self.gw = gateway
         self.initial, self.cap = initial, cap
         self.put = put
-        self.on_auth = on_auth
+        self.on_stop = on_stop  # a refused key, a used-up quota: the whole run stops
         self.webhooks = webhooks
         self.clocks: dict[str, PollClock] = {}
         self.polls = 0
@@ -148,8 +149,11 @@ class Poller:
             await asyncio.sleep(delay)
             try:
                 s = await self.gw.status(row.request_id, row.polling_path)
+            except QuotaExceeded as exc:  # the item stays SUBMITTED: a later run polls it
+                self.on_stop(StopReason.QUOTA, str(exc))
+                return None
             except AuthError as exc:
-                self.on_auth(str(exc))
+                self.on_stop(StopReason.AUTH, str(exc))
                 return None
             except NotFound as exc:
                 row.error = f"polling failed: {exc}"

@@ -15,7 +15,7 @@ from typing import Any
 from .. import state as st
 from ..errors import PixbatchError
 from ..gateway import JobStatus
-from ..pricing import PriceTable
+from ..pricing import PriceTable, priced_by_output_size
 from .budget import BudgetLedger
 from .download import Downloader
 
@@ -38,8 +38,7 @@ async def settle_item(row: st.ItemRow, s: JobStatus, *, downloader: Downloader, 
             except (PixbatchError, OSError) as exc:  # the item is done and paid; the file comes next run
                 row.error = f"download failed: {exc}"
     out_size = (row.output_width, row.output_height) if row.output_width and row.output_height else None
-    if (out_size is None and s.status == "COMPLETED" and row.media_url and row.op == "upscale"
-            and body.get("upscale_mode", "target") == "factor"):
+    if out_size is None and s.status == "COMPLETED" and row.media_url and priced_by_output_size(row.op, body):
         out_size = await downloader.measure(row)  # the price depends on it: read just the image header
     charge = table.charge_for(row.op, s.status, out_size, body, row.input_size)
     reserved = row.reserved_micros
