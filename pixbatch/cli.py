@@ -8,19 +8,20 @@ Defaults that the library defines (the gateway's base URL, concurrency, the firs
 delay, probe limits, the outputs listed) are read from the library's own signatures
 (``LibraryDefault``), not restated here. Every amount of dollars is parsed by one
 parameter type, ``USD`` (a bad or negative amount is a usage error: exit 2). Options that
-several commands share are decorators (``state_source``, ``pricing_option``, ...).
+several commands share are decorators (``state_source``, ``pricing_option``, ...). Those live in
+``cli_options``; the commands that report on a state file (``report``, ``failures``, ``runs``)
+in ``cli_reports``, added to the group here.
 """
 
 from __future__ import annotations
 
-import importlib
-import inspect
-from collections.abc import Callable
-from typing import Any
-
 import click
 
 from . import __version__
+from .cli_options import (RUN_OPTIONS, USD, LibraryDefault, base_url_option, budget_option, json_option,
+                          pricing_option, state_source)
+from .cli_options import resolve_state as _resolve_state
+from .cli_reports import failures_command, report_command, runs_command
 from .errors import ExitCode, PixbatchError, redact
 
 
@@ -51,92 +52,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-
-
-# -- parameter types and shared options ---------------------------------------------------
-
-
-class USD(click.ParamType):
-    """An amount of dollars ("25", "12.50", "0.005") -> integer micro-dollars; never negative."""
-
-    name = "usd"
-
-    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            micros = value  # already converted (a default given in micros)
-        else:
-            from .money import usd_to_micros
-
-            try:
-                micros = usd_to_micros(str(value).strip().removeprefix("$"))
-            except (ValueError, TypeError) as exc:
-                self.fail(f"{exc}; give dollars like 25 or 12.50", param, ctx)
-        if micros < 0:
-            self.fail(f"{value} is negative; give an amount of dollars >= 0", param, ctx)
-        return micros
-
-
-class LibraryDefault:
-    """The default of keyword ``name`` of the library's ``target`` ("module:callable"), read when
-    first needed (importing the runner takes ~0.4 s: too slow for every command's start-up).
-
-    click calls it for the value and prints ``str()`` of it in ``--help``.
-    """
-
-    def __init__(self, target: str, name: str):
-        self.target, self.name = target, name
-
-    def __call__(self) -> Any:
-        module, _, attr = self.target.partition(":")
-        default = inspect.signature(getattr(importlib.import_module(module), attr)).parameters[self.name].default
-        assert default is not inspect.Parameter.empty, f"{self.target} has no default for {self.name}"
-        return default
-
-    def __str__(self) -> str:
-        return str(self())
-
-
-#: the run's options (``RunOptions`` keeps these flat keyword names)
-RUN_OPTIONS = "pixbatch.runner:RunOptions"
-
-
-def state_source(f: Callable) -> Callable:
-    """[MANIFEST] or --state FILE: which state file a command reads."""
-    f = click.option("--state", "state_path", type=click.Path(dir_okay=False), default=None,
-                     help="State file (instead of MANIFEST).")(f)
-    return click.argument("manifest_path", metavar="[MANIFEST]", required=False,
-                          type=click.Path(dir_okay=False))(f)
-
-
-def pricing_option(help: str) -> Callable[[Callable], Callable]:
-    return click.option("--pricing", "pricing_path", type=click.Path(dir_okay=False), default=None, help=help)
-
-
-def base_url_option(f: Callable) -> Callable:
-    return click.option("--base-url", default=LibraryDefault(RUN_OPTIONS, "base_url"), show_default=True,
-                        envvar="PIXBATCH_BASE_URL", help="Gateway base URL (the emulator's URL for local runs).")(f)
-
-
-def budget_option(help: str) -> Callable[[Callable], Callable]:
-    return click.option("--budget", "budget_micros", type=USD(), default=None, metavar="USD", help=help)
-
-
-def json_option(help: str) -> Callable[[Callable], Callable]:
-    return click.option("--json", "as_json", is_flag=True, help=help)
-
-
-def _resolve_state(manifest_path: str | None, state_path: str | None):
-    """(state path, manifest or None). The manifest's own state file unless --state is given."""
-    from pathlib import Path
-
-    from .manifest import load_manifest_shallow
-
-    manifest = load_manifest_shallow(manifest_path) if manifest_path else None
-    if state_path is not None:
-        return Path(state_path), manifest
-    if manifest is None:
-        raise click.UsageError("give a MANIFEST or --state FILE")
-    return manifest.state_path, manifest
 
 
 # -- commands are registered below, one block each ------------------------------------
@@ -424,25 +339,16 @@ def _step_list(text: str) -> tuple[str, ...]:
 
 def _confirm_resends(ctx: click.Context, manifest, options, *, yes: bool, out) -> None:
     """Say what the retry options will send again, before anything is sent; ask before --force pays a lot again."""
-    from .money import format_usd
     from .runner.plan import resends
 
     for r in resends(manifest, options):
-        if not r.items:
-            out.print(f"{r.option}: nothing to send again.", highlight=False, soft_wrap=True)
-            continue
-        money = (f"they were charged {format_usd(r.charged_micros)} and cost up to {format_usd(r.cost_micros)} again"
-                 if r.pays_again else f"up to {format_usd(r.cost_micros)}")
-        down = f", then the {r.unblocked} item(s) they blocked" if r.unblocked else ""
-        out.print(f"{r.option}: sends {r.items} finished item(s) again ({money}){down}.", highlight=False,
-                  soft_wrap=True)
+        out.print(r.text(), highlight=False, soft_wrap=True)
         if r.needs_confirmation and not yes:
             try:
-                ok = click.confirm(f"Send these {r.items} item(s) again and pay up to {format_usd(r.cost_micros)}?",
-                                   default=False, err=True)
+                ok = click.confirm(r.question(), default=False, err=True)
             except click.Abort:
-                raise click.UsageError(f"{r.option} would pay up to {format_usd(r.cost_micros)} again and there is "
-                                       "no one to ask (stdin is not a terminal): pass --yes to go ahead.") from None
+                raise click.UsageError(f"{r.option} pays again and there is no one to ask (stdin is not a "
+                                       "terminal): pass --yes to go ahead.") from None
             if not ok:
                 click.echo("Nothing was sent.", err=True)
                 ctx.exit(ExitCode.ERROR)
@@ -479,111 +385,6 @@ def status_command(manifest_path: str | None, state_path: str | None, as_json: b
 
 
 # -- report, reconcile, export ----------------------------------------------------------
-
-
-@cli.command("report")
-@state_source
-@click.option("--run", "run_id", default=None, metavar="ID", help="Only the items this run touched.")
-@click.option("--all", "all_items", is_flag=True,
-              help="Every item in the state file, including those of earlier versions of the manifest.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "md", "html"]), default="table",
-              show_default=True, help="Output format (html: one self-contained file with charts).")
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write the report to this file instead of stdout.")
-@click.option("--limit", type=click.IntRange(0), default=LibraryDefault("pixbatch.report:build_report", "outputs_limit"),
-              show_default=True,
-              help="Output files listed in table/md/html (json and csv list them all).")
-@click.option("--gallery", type=click.IntRange(0), default=LibraryDefault("pixbatch.report.gallery:build_gallery",
-                                                                          "limit"),
-              show_default=True, metavar="N", help="html: thumbnails embedded in the gallery (0: no gallery).")
-def report_command(manifest_path: str | None, state_path: str | None, run_id: str | None, all_items: bool,
-                   fmt: str, output: str | None, limit: int, gallery: int) -> None:
-    """What a run cost and did: spend, status, timing and outputs, from the state file.
-
-    The terminal table fits 80 columns. --format html writes one self-contained page: what
-    was asked and what it cost at the top, a gallery of the outputs (thumbnails linked to
-    their files, captioned with input, matrix values and price; failures as cards), charts.
-
-    Spend is estimated vs charged per step, operation and price tier, with the difference
-    explained; then charged, not charged (ERROR, FAILED_VALIDATION), at risk (AMBIGUOUS)
-    and reserved (in flight). Status counts per step and state, failures grouped by
-    message, blocked items and why. Queue and processing p50/p95 per step, completions
-    over time, and where each output file is with its SHA-256. Works on the state of an
-    interrupted run, and (with live totals only) while a run holds the state file.
-    """
-    from pathlib import Path
-
-    from .render import render
-    from .report import build_report
-
-    path, manifest = _resolve_state(manifest_path, state_path)
-    rep = build_report(path, run_id=run_id, all_items=all_items,
-                       outputs_limit=None if fmt in ("json", "csv") else limit,
-                       output_dir=manifest.output_dir if manifest else None,
-                       gallery=gallery if fmt == "html" else 0)
-    kw: dict = {"outputs_limit": limit} if fmt in ("table", "md", "html") else {}
-    if fmt == "html":
-        kw["base_dir"] = Path(output).resolve().parent if output else Path.cwd()
-    if fmt == "table" and output is None:
-        import shutil
-        import sys
-
-        kw["color"] = sys.stdout.isatty()
-        # the layout fits 80 columns; a wider terminal gives long messages more room
-        kw["width"] = max(80, min(shutil.get_terminal_size().columns, 120)) if kw["color"] else 80
-    text = render(rep, fmt, **kw)
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        Path(output).write_text(text, "utf-8")
-        click.echo(f"wrote {fmt} report to {output}", err=True)
-
-
-def _write_or_echo(text: str, output: str | None, what: str) -> None:
-    from pathlib import Path
-
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        Path(output).write_text(text, "utf-8")
-        click.echo(f"wrote {what} to {output}", err=True)
-
-
-@cli.command("failures")
-@state_source
-@click.option("--run", "run_id", default=None, metavar="ID", help="Only the items this run touched.")
-@click.option("--all", "all_items", is_flag=True, help="Every item in the state file, all manifest versions.")
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
-              help="Output format.")
-@click.option("-o", "--output", "output", type=click.Path(dir_okay=False, writable=True), default=None,
-              help="Write the list to this file instead of stdout.")
-def failures_command(manifest_path: str | None, state_path: str | None, run_id: str | None, all_items: bool,
-                     fmt: str, output: str | None) -> None:
-    """Every item that did not complete, one per line: FAILED, ERROR, FAILED_VALIDATION and
-    AMBIGUOUS items, BAD_INPUT items (never sent: an input could not be fetched or is not an
-    image), BLOCKED items with the upstream item that blocked them, and completed items whose
-    output failed its checks; each with its output name, its input (id and URL) and its error.
-    """
-    from .render import render_failures
-    from .report import list_failures
-
-    path, _ = _resolve_state(manifest_path, state_path)
-    _write_or_echo(render_failures(list_failures(path, run_id=run_id, all_items=all_items), fmt),
-                   output, f"{fmt} list of failures")
-
-
-@cli.command("runs")
-@state_source
-@click.option("--format", "fmt", type=click.Choice(["table", "csv", "json"]), default="table", show_default=True,
-              help="Output format.")
-def runs_command(manifest_path: str | None, state_path: str | None, fmt: str) -> None:
-    """The runs recorded in a state file: id, started, ended, outcome (completed, incomplete,
-    interrupted, killed, budget, balance, auth), items sent and what they were charged."""
-    from .render import render_runs
-    from .report import list_runs
-
-    path, _ = _resolve_state(manifest_path, state_path)
-    click.echo(render_runs(list_runs(path), fmt), nl=False)
 
 
 @cli.command("reconcile")
@@ -661,47 +462,18 @@ def demo_command(ctx: click.Context, directory: str | None, keep: bool) -> None:
     --dir or --keep it works in a temporary directory that it deletes at the end, and
     prints no path in it.
     """
-    import shutil
     import sys
-    import tempfile
     from pathlib import Path
 
-    from rich.console import Console
+    from .demo import demo
 
-    from .demo import relative_report, run_demo
-    from .money import format_usd
-    from .render import render
+    if directory is not None and Path(directory).exists() and any(Path(directory).iterdir()):
+        raise click.BadParameter(f"{directory} is not empty; give a new or empty directory", param_hint="--dir")
+    if not demo(directory, keep=keep, color=sys.stdout.isatty()):
+        ctx.exit(ExitCode.ERROR)
 
-    if directory is not None:
-        root = Path(directory)
-        if root.exists() and any(root.iterdir()):
-            raise click.BadParameter(f"{root} is not empty; give a new or empty directory", param_hint="--dir")
-        kept = True
-    else:
-        root = Path(tempfile.mkdtemp(prefix="pixbatch-demo-"))
-        kept = keep
-    console = Console(highlight=False)
-    try:
-        result = run_demo(root, console=console,
-                          where=None if kept else "a temporary directory (deleted at the end; --keep keeps it)")
-        console.print("\n[bold]3. report[/]")
-        report = result.report if kept else relative_report(result.report, root)
-        click.echo(render(report, "table", color=sys.stdout.isatty()), nl=False)
-        (root / "report.html").write_text(render(result.report, "html", base_dir=root), "utf-8")
-        charged, ledger = result.report.spend.totals.charged_micros, result.ledger.charged_micros
-        if charged != ledger:
-            console.print(f"[bold red]The report says {format_usd(charged)} was charged but the emulator's "
-                          f"ledger says {format_usd(ledger)}.[/]")
-            ctx.exit(ExitCode.ERROR)
-        console.print(f"\nThe report's charged total, {format_usd(charged)}, equals the emulator's ledger "
-                      f"({len(result.ledger.entries)} settlements) to the micro-dollar.")
-    finally:
-        if not kept:
-            shutil.rmtree(root, ignore_errors=True)
-    if kept:
-        console.print(f"Kept {root}: {result.manifest_path.name}, {result.state_path.name}, out/, report.html "
-                      f"(open it in a browser: a gallery of the outputs), ledger.json. Try: pixbatch report "
-                      f"{result.manifest_path} --format html -o report.html")
 
+for _command in (report_command, failures_command, runs_command):
+    cli.add_command(_command)
 
 main = cli

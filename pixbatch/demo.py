@@ -162,3 +162,45 @@ def run_demo(directory: str | Path, *, console: Any = None, emulator_config: Emu
     report = build_report(manifest.state_path, estimate=est, output_dir=manifest.output_dir, table=table,
                           gallery=DEFAULT_LIMIT)
     return DemoResult(root, manifest_path, manifest.state_path, est, summary, report, ledger)
+
+
+def demo(directory: str | Path | None, *, keep: bool = False, console: Any = None, color: bool = False) -> bool:
+    """``pixbatch demo``: run the demo, print the report and check it against the emulator's ledger.
+
+    ``directory`` None: a temporary directory, deleted at the end unless ``keep``; then no path in
+    it is printed (the report's paths are shown relative to it). True when the report's charged
+    total equals the ledger's.
+    """
+    import shutil
+    import tempfile
+
+    from rich.console import Console
+
+    from .money import format_usd
+    from .render import render
+
+    console = console or Console(highlight=False)
+    root = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="pixbatch-demo-"))
+    kept = directory is not None or keep
+    try:
+        result = run_demo(root, console=console,
+                          where=None if kept else "a temporary directory (deleted at the end; --keep keeps it)")
+        console.print("\n[bold]3. report[/]")
+        shown = result.report if kept else relative_report(result.report, root)
+        console.file.write(render(shown, "table", color=color))
+        (root / "report.html").write_text(render(result.report, "html", base_dir=root), "utf-8")
+        charged, ledger = result.report.spend.totals.charged_micros, result.ledger.charged_micros
+        if charged != ledger:
+            console.print(f"[bold red]The report says {format_usd(charged)} was charged but the emulator's "
+                          f"ledger says {format_usd(ledger)}.[/]")
+            return False
+        console.print(f"\nThe report's charged total, {format_usd(charged)}, equals the emulator's ledger "
+                      f"({len(result.ledger.entries)} settlements) to the micro-dollar.")
+    finally:
+        if not kept:
+            shutil.rmtree(root, ignore_errors=True)
+    if kept:
+        console.print(f"Kept {root}: {result.manifest_path.name}, {result.state_path.name}, out/, report.html "
+                      f"(open it in a browser: a gallery of the outputs), ledger.json. Try: pixbatch report "
+                      f"{result.manifest_path} --format html -o report.html")
+    return True

@@ -44,6 +44,22 @@ class Resend:
         """Whether the gateway charged these items before (sending them again pays again)."""
         return self.charged_micros > 0
 
+    def text(self) -> str:
+        """What the option will do, in one line, said before anything is sent."""
+        from ..money import format_usd
+
+        if not self.items:
+            return f"{self.option}: nothing to send again."
+        money = (f"they were charged {format_usd(self.charged_micros)} and cost up to "
+                 f"{format_usd(self.cost_micros)} again" if self.pays_again else f"up to {format_usd(self.cost_micros)}")
+        down = f", then the {self.unblocked} item(s) they blocked" if self.unblocked else ""
+        return f"{self.option}: sends {self.items} finished item(s) again ({money}){down}."
+
+    def question(self) -> str:
+        from ..money import format_usd
+
+        return f"Send these {self.items} item(s) again and pay up to {format_usd(self.cost_micros)}?"
+
     @property
     def needs_confirmation(self) -> bool:
         return self.option.startswith("--force") and (
