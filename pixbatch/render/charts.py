@@ -49,18 +49,28 @@ def svg_spend_by_step(r: Report) -> str:
     """Per step, horizontal bars with their values: the estimate (the range: dark to the low end,
     light to the high end) and what was charged, and the difference in words."""
     steps = r.spend.steps
+    planned = bool(steps) and steps[0].planned_high_micros is not None  # a plan by `pixbatch estimate` was given
     label_w = max([_text_width(s.step) for s in steps] + [60]) + 12
-    top = max([max(s.est_high_micros, s.charged_micros) for s in steps] + [1])
-    plot, right, row, bh = 300, 200, 46, 14
+    top = max([max(s.est_high_micros, s.charged_micros, s.planned_high_micros or 0) for s in steps] + [1])
+    plot, right, bh = 300, 200, 14
+    row = 46 + (bh + 2 if planned else 0)
     W = int(label_w + plot + right)
     H = int(34 + row * max(1, len(steps)))
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" id="chart-spend" width="{W}" height="{H}" '
              f'viewBox="0 0 {W} {H}" role="img" aria-label="Spend by step: estimate vs charged">']
-    for j, (label, color) in enumerate((("estimate (low - high)", "#1e88e5"), ("charged", "#2e7d32"))):
-        parts.append(f'<rect x="{label_w + j * 160}" y="6" width="10" height="10" fill="{color}"/>')
-        parts.append(_svg_text(label_w + j * 160 + 14, 15, label, size=10))
+    legend = (("planned (high)", "#b0bec5"),) if planned else ()
+    legend += (("estimate (low - high)", "#1e88e5"), ("charged", "#2e7d32"))
+    for j, (label, color) in enumerate(legend):
+        parts.append(f'<rect x="{label_w + j * 150}" y="6" width="10" height="10" fill="{color}"/>')
+        parts.append(_svg_text(label_w + j * 150 + 14, 15, label, size=10))
     for i, s in enumerate(steps):
         y = 30 + i * row
+        if planned:
+            w_plan = plot * (s.planned_high_micros or 0) / top
+            plan = format_usd(s.planned_high_micros or 0)
+            parts.append(_bar(label_w, y, w_plan, bh, "#b0bec5", f"{s.step}: planned (high) {plan}"))
+            parts.append(_svg_text(label_w + w_plan + 4, y + 11, plan, size=10, extra=' class="value"'))
+            y += bh + 2
         parts.append(_svg_text(label_w - 8, y + bh + 4, s.step, "end"))
         w_low, w_high, w_ch = (plot * v / top for v in (s.est_low_micros, s.est_high_micros, s.charged_micros))
         est = f"{format_usd(s.est_low_micros)} - {format_usd(s.est_high_micros)}" \
