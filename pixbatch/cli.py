@@ -374,7 +374,8 @@ def status_command(manifest_path: str | None, state_path: str | None, as_json: b
         return
     out = Console()
     live = "running" if snap.running else (snap.outcome or "no run yet")
-    out.print(status_table(snap, title=f"{path} ({live}, from the {snap.source})"))
+    out.print(f"{path} ({live}, from the {snap.source})", soft_wrap=True, highlight=False)  # the path whole
+    out.print(status_table(snap))
     out.print(money_line(snap))
     amb = snap.totals().get(AMBIGUOUS, 0)
     if amb:
