@@ -2,6 +2,7 @@
 
     PixbatchError                      exit 1   base: every message says what to do next
     ├── ManifestError                  exit 2   the manifest is invalid (carries every Problem)
+    ├── UsageError                     exit 2   an option's value cannot work (e.g. a base URL that is no URL)
     ├── PricingError                   exit 2   the price table file is missing or invalid
     ├── OptionError                    exit 2   a run option does not fit the manifest (an unknown step, ...)
     ├── ProbeError                     exit 1   an image URL could not be sized
@@ -10,7 +11,8 @@
     │   └── StateLocked                exit 6   another pixbatch process holds the state file
     └── GatewayError                   exit 1   the gateway answered something we cannot act on
         ├── AuthError                  exit 4   401/403: the key is unknown or not allowed
-        │   └── MissingApiKey          exit 4   no key at all (``require_api_key``)
+        │   ├── MissingApiKey          exit 4   no key at all (``require_api_key``)
+        │   └── InvalidApiKey          exit 4   a key no HTTP header can carry (non-ASCII, control characters)
         ├── InsufficientBalance        exit 5   402: top up the wallet, then run again
         ├── QuotaExceeded              exit 7   403 with Retry-After: the key's call quota is used up for now
         ├── RateLimited                         429 (retried by the client; surfaced only if retries run out)
@@ -73,6 +75,12 @@ class ManifestError(PixbatchError):
         super().__init__(message or "\n".join(str(p) for p in self.problems))
 
 
+class UsageError(PixbatchError):
+    """An option's value cannot work (a base URL that is not a URL, ...): fix the command line."""
+
+    exit_code = ExitCode.USAGE
+
+
 class PricingError(PixbatchError):
     exit_code = ExitCode.USAGE
 
@@ -110,6 +118,10 @@ class AuthError(GatewayError):
 
 class MissingApiKey(AuthError):
     """No API key was given and ``PIXAZO_API_KEY`` is not set."""
+
+
+class InvalidApiKey(AuthError):
+    """The key holds characters an HTTP header cannot carry (it would never reach the gateway)."""
 
 
 class InsufficientBalance(GatewayError):
@@ -169,6 +181,11 @@ def require_api_key(explicit: str | None = None) -> str:
     if not key:
         raise MissingApiKey(f"no API key: set {API_KEY_ENV} to your Pixazo subscription key, then run again "
                             "(it is read from the environment only and never stored).")
+    bad = next((i for i, c in enumerate(key) if not (c.isascii() and c.isprintable()) or c.isspace()), None)
+    if bad is not None:  # it could not be sent in an HTTP header: refuse it before anything is sent
+        what = "a space" if key[bad].isspace() else "a non-ASCII or control character"
+        raise InvalidApiKey(f"the API key has {what} at position {bad + 1} of {len(key)}: a Pixazo key is printable "
+                            f"ASCII. Check {API_KEY_ENV} (copy the key again from the Pixazo dashboard).")
     return key
 
 

@@ -24,11 +24,18 @@ milliseconds: never headers, never the key).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import hashlib
 import json
+import os
+import re
+import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import urljoin, urlsplit
 
@@ -57,6 +64,7 @@ from .errors import (
     RateLimited,
     ServerError,
     SubmitUnknown,
+    UsageError,
     redact,
     require_api_key,
 )
@@ -107,6 +115,36 @@ class JobStatus:
         return None
 
 
+MAX_MEDIA_BYTES = 200 * 1024 * 1024  # an 8 MP output is a few MB; more is not an image we asked for
+DOWNLOAD_DEADLINE = 300.0  # seconds for one output, retries included
+
+
+@dataclass(frozen=True, slots=True)
+class Fetched:
+    """An output streamed to a file."""
+
+    path: Path
+    bytes: int
+    sha256: str
+    content_type: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Streamed:
+    """One try of a streamed download, as the retry predicate sees it."""
+
+    status_code: int
+    headers: Any
+    fetched: Fetched | None = None
+
+    def json(self) -> Any:
+        raise ValueError("a streamed body")
+
+
+class _TooLarge(Exception):
+    pass
+
+
 @dataclass(frozen=True, slots=True)
 class Download:
     data: bytes
@@ -138,6 +176,31 @@ def parse_timestamp(value: Any) -> datetime | None:
     return dt
 
 
+REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+
+
+def check_base_url(url: str) -> str:
+    """The base URL without its trailing slash; a ``UsageError`` unless it is an http(s) URL with a host
+    (checked before anything is sent, so a typo never leaves an item in doubt)."""
+    parts = urlsplit(url.strip()) if isinstance(url, str) else None
+    if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
+        raise UsageError(f"the base URL {str(url)[:200]!r} is not an http(s) URL like https://gateway.pixazo.ai; "
+                         "fix --base-url (or PIXBATCH_BASE_URL).")
+    try:
+        parts.port
+    except ValueError:
+        raise UsageError(f"the base URL {url[:200]!r} has an invalid port; fix --base-url.") from None
+    return url.strip().rstrip("/")
+
+
+def status_path(request_id: str) -> str:
+    """The documented polling path of ``request_id``; a request id of another shape is refused
+    (a ``../`` in it must never steer a request that carries the key to another route)."""
+    if not isinstance(request_id, str) or not REQUEST_ID.fullmatch(request_id) or ".." in request_id:
+        raise GatewayProtocolError(f"the request id {str(request_id)[:80]!r} is not of the documented shape")
+    return STATUS_PATH.format(request_id=request_id)
+
+
 def _duration(seconds: float) -> str:
     s = int(round(seconds))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 60 else f"{s} s"
@@ -166,7 +229,7 @@ class Gateway:
                  on_exchange: Callable[[Exchange], None] | None = None, max_connections: int = 256,
                  download_transport: httpx.AsyncBaseTransport | None = None):
         api_key = require_api_key(api_key)
-        self.base_url = base_url.rstrip("/")
+        self.base_url = check_base_url(base_url)
         self._key = api_key
         self.limiter = limiter or AdaptiveRateLimiter(None)
         self.policy = policy
@@ -174,8 +237,9 @@ class Gateway:
         if transport is None:
             transport = AiohttpTransport(max_connections=max_connections)
         if download_transport is None:
-            # the CDN gets a pool of its own when the gateway's is aiohttp's
-            download_transport = (AiohttpTransport(max_connections=max_connections)
+            # the CDN gets httpx's own pool when the gateway's is aiohttp's: it streams bodies
+            # (outputs go to disk as they arrive, with a byte cap), where ours reads them whole
+            download_transport = (httpx.AsyncHTTPTransport(limits=httpx.Limits(max_connections=max_connections))
                                   if isinstance(transport, AiohttpTransport) else transport)
         # httpx stores the header; it is never logged or put in exceptions by this module
         self._client = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout,
@@ -328,12 +392,12 @@ class Gateway:
             except (ValueError, KeyError, TypeError):
                 raise SubmitUnknown(f"submit to {path}: {code} with an unreadable body "
                                     f"({resp.text[:120]!r}); the gateway may have accepted it.") from None
-            polling = data.get("polling_url")
-            polling_path = STATUS_PATH.format(request_id=rid)
-            if isinstance(polling, str) and polling:
-                parts = urlsplit(polling)
-                if parts.path:
-                    polling_path = parts.path + (f"?{parts.query}" if parts.query else "")
+            try:
+                # polled at the documented path only: a polling_url pointing elsewhere is not followed
+                polling_path = status_path(rid)
+            except GatewayProtocolError:
+                raise SubmitUnknown(f"submit to {path}: {code} with a request id of an undocumented shape "
+                                    f"({rid[:80]!r}): accepted (it may be charged) but not polled.") from None
             return Accepted(rid, str(data.get("status") or "QUEUED"), polling_path)
         if code == 429:
             raise RateLimited(f"submit to {path}: still throttled (429) after {end.throttles} tries; "
@@ -352,7 +416,9 @@ class Gateway:
     # -- status -------------------------------------------------------------------------
 
     async def status(self, request_id: str, polling_path: str | None = None) -> JobStatus:
-        path = polling_path or STATUS_PATH.format(request_id=request_id)
+        """The job's status, read at the documented path of ``request_id`` (``polling_path`` is
+        accepted for compatibility and not used: a stored path is never trusted over the id)."""
+        path = status_path(request_id)
         data = await self._get_json(path)
         try:
             st = data["status"]
@@ -395,20 +461,92 @@ class Gateway:
 
     # -- download -----------------------------------------------------------------------
 
-    async def download(self, url: str) -> Download:
-        """Fetch an output from the CDN (no key sent); retries 429, 5xx and network errors."""
-        if url.startswith("/"):
+    def media_url(self, url: Any) -> str:
+        """The URL an output is fetched from: http(s) only (a ``file://`` or malformed media_url is
+        the gateway's error, never followed); a path is taken as relative to the base URL."""
+        if isinstance(url, str) and url.startswith("/") and not url.startswith("//"):
             url = urljoin(self.base_url + "/", url)
-        if not url.startswith(("http://", "https://")):
-            raise GatewayProtocolError(f"media_url {url[:200]!r} is not an http(s) URL")
+        parts = urlsplit(url) if isinstance(url, str) else None
+        try:
+            ok = parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname) and (
+                parts.port is None or parts.port > 0)
+        except ValueError:
+            ok = False
+        if not ok:
+            raise GatewayProtocolError(f"media_url {str(url)[:200]!r} is not an http(s) URL")
+        return str(url)
+
+    async def fetch(self, url: str, into: Path, *, max_bytes: int = MAX_MEDIA_BYTES,
+                    deadline: float = DOWNLOAD_DEADLINE) -> Fetched:
+        """Stream an output from the CDN (no key sent) into the file ``into``, hashing it on the way.
+
+        Bounded: at most ``max_bytes`` (after any Content-Encoding is undone: a gzip bomb stops
+        there) and ``deadline`` seconds in all, retries included (a server dripping one byte a
+        second cannot hold an item forever). 429, 5xx and network errors are tried again. Every
+        failure is a ``GatewayError`` and leaves no file behind.
+        """
+        url = self.media_url(url)
         path = urlsplit(url).path
-        end = await retrying(self.policy, lambda: self._send(self._cdn, "GET", url, path),
-                             on=retry_policy.download_again)
-        resp = end.outcome
-        if isinstance(resp, BaseException):
-            raise GatewayUnreachable(f"download {path}: network error ({type(resp).__name__}) after {end.tries} "
+
+        async def attempt() -> _Streamed:
+            t0 = time.perf_counter()
+            try:
+                async with self._cdn.stream("GET", url) as resp:
+                    if not 200 <= resp.status_code < 300:
+                        self._record("GET", path, resp.status_code, t0)
+                        return _Streamed(resp.status_code, resp.headers)
+                    h, n = hashlib.sha256(), 0
+                    with open(into, "wb") as f:
+                        async for chunk in resp.aiter_bytes():
+                            n += len(chunk)
+                            if n > max_bytes:
+                                raise _TooLarge()
+                            h.update(chunk)
+                            f.write(chunk)
+                        f.flush()
+                        os.fsync(f.fileno())
+            except httpx.TransportError as exc:
+                self._record("GET", path, None, t0, f"{type(exc).__name__}: {exc}")
+                raise
+            self._record("GET", path, resp.status_code, t0)
+            return _Streamed(resp.status_code, resp.headers, Fetched(into, n, h.hexdigest(),
+                                                                     resp.headers.get("content-type")))
+
+        try:
+            return await self._fetch_within(attempt, path, deadline, max_bytes)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                into.unlink()
+            raise
+
+    async def _fetch_within(self, attempt: Callable[[], Awaitable[_Streamed]], path: str, deadline: float,
+                            max_bytes: int) -> Fetched:
+        try:
+            async with asyncio.timeout(deadline):
+                end = await retrying(self.policy, attempt, on=retry_policy.download_again)
+        except TimeoutError:
+            raise GatewayError(f"download {path}: not finished after {deadline:g} s") from None
+        except _TooLarge:
+            raise GatewayError(f"download {path}: larger than {max_bytes:,} bytes (after decoding)") from None
+        except httpx.HTTPError as exc:  # too many redirects, a body that does not decode, ...
+            raise GatewayError(f"download {path}: {type(exc).__name__}: {redact(str(exc), (self._key,))[:200]}") \
+                from None
+        out = end.outcome
+        if isinstance(out, BaseException):
+            raise GatewayUnreachable(f"download {path}: network error ({type(out).__name__}) after {end.tries} "
                                      "tries.") from None
-        code = resp.status_code
-        if 200 <= code < 300:
-            return Download(resp.content, resp.headers.get("content-type"))
-        raise GatewayError(f"download {path}: HTTP {code}", status_code=code)
+        if out.fetched is None:
+            raise GatewayError(f"download {path}: HTTP {out.status_code}", status_code=out.status_code)
+        return out.fetched
+
+    async def download(self, url: str, *, max_bytes: int = MAX_MEDIA_BYTES,
+                       deadline: float = DOWNLOAD_DEADLINE) -> Download:
+        """``fetch`` into memory (small files: tests, probes)."""
+        fd, name = tempfile.mkstemp(prefix=".pixbatch-", suffix=".part")
+        os.close(fd)
+        try:
+            got = await self.fetch(url, Path(name), max_bytes=max_bytes, deadline=deadline)
+            return Download(Path(name).read_bytes(), got.content_type)
+        finally:
+            with contextlib.suppress(OSError):
+                os.unlink(name)

@@ -88,7 +88,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     """One aiohttp ``ClientSession`` with up to ``max_connections`` connections (kept alive
     ``keepalive_expiry`` seconds), usable directly (``request``) or as an httpx transport."""
 
-    def __init__(self, *, max_connections: int = 256, keepalive_expiry: float = 5.0,
+    # an idle connection is dropped well before a server would close it (uvicorn: 5 s): a POST
+    # written onto a connection the server is closing at that moment is lost *after* being sent,
+    # and would be AMBIGUOUS although the gateway never read it
+    def __init__(self, *, max_connections: int = 256, keepalive_expiry: float = 2.0,
                  ssl_context: ssl.SSLContext | None = None):
         self.max_connections = max_connections
         self.keepalive_expiry = keepalive_expiry

@@ -51,30 +51,47 @@ class Downloader:
         return got.size
 
     async def download(self, row: st.ItemRow) -> None:
+        """Fetch, check and place the item's output under each of its names; raises ``GatewayError``
+        (or ``OSError``) when there is no good output, leaving no partial file behind."""
         assert row.media_url
         names = self.names(row)
         if not names:
             return
+        part = self.out.part_for(names[0])
         try:
-            dl = await self.gw.download(row.media_url)
+            got = await self.gw.fetch(row.media_url, part)
         except GatewayError as exc:
             self.emit("download", row.key, ok=False, error=str(exc))
             raise
         self.downloads += 1
-        media_type = row.media_type or (dl.content_type or "").split(";")[0] or None
+        media_type = row.media_type or (got.content_type or "").split(";")[0] or None
 
-        def check_and_write() -> tuple[Any, str]:
-            return check_image(dl.data, row.op, row.body_dict, media_type, row.input_size), self.out.write(names, dl.data)
+        def check_and_place() -> Any:
+            check = check_image(part, row.op, row.body_dict, media_type, row.input_size)
+            if check.format is None:  # not an image at all (an HTML page, ...): nothing is placed
+                part.unlink()
+                return check
+            self.out.place(names, part)
+            return check
 
-        check, sha = await asyncio.to_thread(check_and_write)
+        try:
+            check = await asyncio.to_thread(check_and_place)
+        except BaseException:
+            part.unlink(missing_ok=True)
+            raise
+        if check.format is None:
+            error = f"the media URL did not give an image ({media_type or 'no content type'}, {got.bytes:,} bytes)"
+            self.emit("download", row.key, ok=False, error=error)
+            raise GatewayError(f"download: {error}")
         row.output_width, row.output_height = check.width, check.height
         if check.problems:
             self.problems += 1
             row.error = "output check: " + "; ".join(check.problems)
         for name in names:
-            self.store.put_output(st.OutputRow(row.key, name, sha, len(dl.data), check.width, check.height, media_type))
+            self.store.put_output(st.OutputRow(row.key, name, got.sha256, got.bytes, check.width, check.height,
+                                               media_type))
         self.done.add(row.key)
-        self.emit("download", row.key, ok=not check.problems, bytes=len(dl.data), width=check.width,
+        self.emit("download", row.key, ok=not check.problems, bytes=got.bytes, width=check.width,
                   height=check.height, problems=list(check.problems))
 
     async def verify(self, scope: str, steps: list[str], stopped: Callable[[], bool]) -> None:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import os
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,16 +34,16 @@ class ImageCheck:
     problems: tuple[str, ...]
 
 
-def check_image(data: bytes, op: str, body: dict[str, Any], media_type: str | None,
+def check_image(data: bytes | Path, op: str, body: dict[str, Any], media_type: str | None,
                 input_size: tuple[int, int] | None) -> ImageCheck:
-    """Read the image header and compare it with what the request asked for."""
+    """Read the image header (of the bytes, or of the file) and compare it with what the request asked for."""
     from PIL import Image
 
     problems: list[str] = []
     width = height = None
     fmt = None
     try:
-        with Image.open(io.BytesIO(data)) as im:
+        with Image.open(io.BytesIO(data) if isinstance(data, bytes) else data) as im:
             width, height = im.size
             fmt = im.format
     except Exception as exc:  # Pillow raises many types for bad data; recorded, not hidden
@@ -96,6 +97,23 @@ class OutputDir:
         if root != p and root not in p.parents:
             raise PixbatchError(f"output name {name!r} escapes the output directory {root}; fix the naming template.")
         return p
+
+    def part_for(self, name: str) -> Path:
+        """Where a download for ``name`` is streamed before it is placed (same directory: the rename is atomic)."""
+        target = self.target(name)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        return target.with_name(f".{target.name}.{os.getpid()}.part")
+
+    def place(self, names: list[str], part: Path) -> None:
+        """The downloaded ``part`` (already fsynced) becomes the first name; the others get copies, each atomic."""
+        first, *others = names
+        for name in others:
+            target = self.target(name)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+            shutil.copyfile(part, tmp)
+            os.replace(tmp, target)
+        os.replace(part, self.target(first))
 
     def write(self, names: list[str], data: bytes) -> str:
         """Write ``data`` under every name; returns its sha256."""
