@@ -38,6 +38,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import BIG_WALLET, machine, pixbatch_env, query, verdict  # noqa: E402
 
+import duckdb  # noqa: E402
+
 from pixbatch.emulator import Dist, EmulatorConfig, start_emulator  # noqa: E402
 
 TARGET_PHANTOM = 2
@@ -80,8 +82,11 @@ def _open_intents(state: Path) -> list[tuple[str, str, int]]:
     """(key, image, answered sends of that key) for every send logged as starting and not answered."""
     if not state.exists():  # killed before the state file was made
         return []
-    rows = query(state, "SELECT a.key, i.body, (SELECT count(*) FROM attempts c WHERE c.key = a.key AND "
-                        "c.outcome <> 'pending') FROM attempts a JOIN items i USING (key) WHERE a.outcome = 'pending'")
+    try:
+        rows = query(state, "SELECT a.key, i.body, (SELECT count(*) FROM attempts c WHERE c.key = a.key AND "
+                            "c.outcome <> 'pending') FROM attempts a JOIN items i USING (key) WHERE a.outcome = 'pending'")
+    except duckdb.Error:  # killed while the file was being created
+        return []
     return [(k, json.loads(body)["image"], int(answered)) for k, body, answered in rows]
 
 

@@ -1,24 +1,27 @@
-"""Scale: a manifest of 1,000,000 items through `estimate`, `run` start-up, and a resume after SIGKILL.
+"""Scale: `estimate`, a fresh `run` (streaming ingest) and a resume, at 100,000 and 1,000,000 items side by side.
 
-    /work/venv/bin/python bench/scale.py [--n 1000000] [--run-seconds 3]
+    /work/venv/bin/python bench/scale.py [--n 100000 1000000] [--run-seconds 3] [--estimate-only]
 
-The manifest is bench/estimate.py's (a CSV of N/10 inputs with declared sizes, an edit
-step with a 2x2 matrix, an upscale chained on it, a factor upscale with two factors: 10
-items per input). Every measurement is a real `python -m pixbatch` subprocess; peak RSS
-is that child's (``os.wait4``).
+The manifest is bench/estimate.py's (a CSV of N/10 inputs with declared sizes, an edit step
+with a 2x2 matrix, an upscale chained on it, a factor upscale with two factors: 10 items per
+input). Every measurement is a real `python -m pixbatch` subprocess; peak RSS is that
+child's (``os.wait4``), over its whole life.
 
-1. ``estimate --no-probe --json``: wall time and peak RSS.
-2. ``run`` start-up: from process start to the first request the emulator (its own
-   process, zero job time) sees, which includes inserting the N items into a fresh state
-   file. The run then works ``--run-seconds`` and is SIGKILLed (some items SUBMITTING or
-   SUBMITTED, as after a crash).
-3. resume: the same command again, from process start to its first request (the state
-   file already holds N items: recovery of the SUBMITTING ones, then polling the
-   SUBMITTED ones and feeding); then SIGKILL again.
-4. resume to a decision: the same command with ``--budget 0``, which does the whole resume
-   set-up and then refuses (exit 3) before sending anything: process start to exit.
+For each N:
 
-Target: resume (3) < 10 s.
+1. ``estimate --no-probe --json``: wall time (items/s) and peak RSS.
+2. fresh ``run`` (concurrency 64, an emulator in its own process, zero job time): seconds
+   from process start to the first request the emulator sees; then the run goes on until its
+   status file says the expansion is all in (``ingest.done``): the ingest's rate (unique
+   items / the stream's seconds, first batch included) and the run's peak RSS over all of it;
+   then SIGKILL (items SUBMITTING or SUBMITTED, as after a crash).
+3. resume: the same command again, process start to its first request (recovery of the
+   SUBMITTING items, polling the SUBMITTED ones, feeding; no walk: the fingerprint matches);
+   ``--run-seconds`` more, then SIGKILL.
+
+Targets at the largest N: first request <= 3 s, peak RSS <= 300 MB, ingest >= 100,000
+items/s, estimate >= 100,000 items/s and < 200 MB, resume < 10 s. The machine has 2 cores:
+run it alone.
 """
 
 from __future__ import annotations
@@ -33,9 +36,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import bench_emulator, machine, pixbatch_cmd, pixbatch_env, query, verdict, wait_child  # noqa: E402
-from estimate import write_manifest  # noqa: E402  (bench/estimate.py: the same 1M-item manifest)
+from _common import bench_emulator, machine, pixbatch_cmd, pixbatch_env, verdict, wait_child  # noqa: E402
+from estimate import write_manifest  # noqa: E402  (bench/estimate.py: the same manifest)
 
+TARGET_FIRST_S = 3.0
+TARGET_RSS_MB = 300
+TARGET_INGEST = 100_000
+TARGET_EST_RATE = 100_000
+TARGET_EST_MB = 200
 TARGET_RESUME_S = 10.0
 
 
@@ -44,82 +52,118 @@ def requests_seen(emu) -> int:
     return s["submits"] + s["polls"]
 
 
-def run_until_first_request(cmd: list[str], env: dict, emu, *, work_s: float,
-                            timeout: float = 1800.0) -> tuple[float, float, int]:
-    """Start ``cmd``; seconds to the emulator's next request; run ``work_s`` more; SIGKILL.
+def estimate(manifest: Path, n: int) -> dict:
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-m", "pixbatch", "estimate", str(manifest), "--no-probe", "--json"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    out = proc.stdout.read() if proc.stdout else b""
+    err = proc.stderr.read() if proc.stderr else b""
+    code, rss = wait_child(proc)
+    t = time.perf_counter() - t0
+    if code != 0:
+        raise RuntimeError(f"estimate exited {code}: {err.decode()[-2000:]}")
+    total = json.loads(out)["total"]
+    return {"seconds": t, "rate": n / t, "rss": rss, "total": f"${total['low']['usd']} - ${total['high']['usd']}"}
 
-    Returns (seconds to first request, peak RSS MB, requests seen during the run)."""
+
+def run_once(cmd: list[str], env: dict, emu, status: Path, *, until_ingested: bool, work_s: float,
+             timeout: float = 1800.0) -> dict:
+    """Start ``cmd``: seconds to the emulator's next request; then wait for the ingest to end
+    (``until_ingested``) or ``work_s``; SIGKILL. Peak RSS over the child's life."""
+    status.unlink(missing_ok=True)
     before = requests_seen(emu)
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    first = None
-    while time.perf_counter() - t0 < timeout:
+    first = ingest = None
+    deadline = t0 + timeout
+    while time.perf_counter() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"run exited {proc.returncode} early: {proc.stderr.read().decode()[-2000:]}")
-        if requests_seen(emu) > before:
-            first = time.perf_counter() - t0
-            break
-        time.sleep(0.05)
-    if first is None:
-        proc.kill()
-        raise RuntimeError(f"no request within {timeout} s")
-    time.sleep(work_s)
+            raise RuntimeError(f"run exited {proc.returncode} early: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
+        now = time.perf_counter()
+        if first is None and requests_seen(emu) > before:
+            first = now - t0
+        if first is not None:
+            if not until_ingested:
+                if now - t0 >= first + work_s:
+                    break
+            else:
+                try:
+                    ingest = json.loads(status.read_text()).get("ingest")
+                except (OSError, ValueError):
+                    ingest = None
+                if ingest is None and now - t0 > first + 5:
+                    break  # nothing to read in (a resume)
+                if ingest and ingest.get("done"):
+                    break
+        time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)
     _, rss = wait_child(proc)
     if proc.stderr:
         proc.stderr.close()
-    return first, rss, requests_seen(emu) - before
+    return {"first": first, "rss": rss, "ingest": ingest, "requests": requests_seen(emu) - before,
+            "seconds": time.perf_counter() - t0}
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--n", type=int, default=1_000_000)
+    ap.add_argument("--n", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--run-seconds", type=float, default=3.0)
+    ap.add_argument("--estimate-only", action="store_true")
     a = ap.parse_args(argv)
     print(f"machine: {machine()}", flush=True)
+    res: dict[int, dict] = {}
     with tempfile.TemporaryDirectory(prefix="pixbatch-scale-") as tmp:
-        root = Path(tmp)
-        manifest = write_manifest(root, a.n)
-        state = root / "bench.pixbatch.duckdb"
-
-        t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "pixbatch", "estimate", str(manifest), "--no-probe", "--json"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        out = proc.stdout.read() if proc.stdout else b""
-        code, rss = wait_child(proc)
-        t_est = time.perf_counter() - t0
-        if code != 0:
-            return verdict(False, f"estimate exited {code}: {proc.stderr.read().decode()[-2000:]}")  # type: ignore[union-attr]
-        total = json.loads(out)["total"]
-        print(f"estimate: {a.n:,} items in {t_est:.1f} s ({a.n / t_est:,.0f} items/s), peak RSS {rss:.0f} MB, "
-              f"total ${total['low']['usd']} - ${total['high']['usd']}", flush=True)
-
-        with bench_emulator() as emu:
-            env = pixbatch_env(emu)
-            cmd = pixbatch_cmd(manifest, emu, "--concurrency", "64", "--first-poll", "0.05")
-            t_start, rss_start, reqs = run_until_first_request(cmd, env, emu, work_s=a.run_seconds)
-            size_mb = sum(p.stat().st_size for p in root.glob(state.name + '*')) / 2**20  # with the WAL
-            print(f"run start-up (insert {a.n:,} items into a fresh state file, then the first request): "
-                  f"{t_start:.1f} s; peak RSS {rss_start:.0f} MB; killed after {reqs:,} requests; "
-                  f"state file + WAL {size_mb:.0f} MB", flush=True)
-            ((n_items, open_items),) = query(state, "SELECT count(*), count(*) FILTER (WHERE state IN "
-                                                    "('SUBMITTING', 'SUBMITTED')) FROM items")
-            t_resume, rss_resume, reqs = run_until_first_request(cmd, env, emu, work_s=a.run_seconds)
-            print(f"resume after SIGKILL ({n_items:,} items in the state file, {open_items} in flight): first "
-                  f"request after {t_resume:.1f} s; peak RSS {rss_resume:.0f} MB", flush=True)
-            t0 = time.perf_counter()
-            proc = subprocess.Popen(cmd + ["--budget", "0"], env=env, stdout=subprocess.DEVNULL,
-                                    stderr=subprocess.PIPE)
-            code, rss_dec = wait_child(proc)
-            t_dec = time.perf_counter() - t0
-            err = proc.stderr.read().decode() if proc.stderr else ""
-            print(f"resume to a decision (--budget 0: set-up, then refused with exit {code}): {t_dec:.1f} s; "
-                  f"peak RSS {rss_dec:.0f} MB", flush=True)
-            if code != 3:
-                print(err[-2000:])
-    return verdict(t_resume < TARGET_RESUME_S, f"resume {t_resume:.1f} s to the first request with {a.n:,} items "
-                   f"(target < {TARGET_RESUME_S:g} s); start-up {t_start:.1f} s; estimate {t_est:.1f} s, "
-                   f"{rss:.0f} MB")
+        for n in a.n:
+            d = Path(tmp) / str(n)
+            d.mkdir()
+            manifest = write_manifest(d, n)
+            r = res[n] = {"estimate": estimate(manifest, n)}
+            e = r["estimate"]
+            print(f"N={n:>10,}  estimate: {e['seconds']:6.1f} s  {e['rate']:>9,.0f} items/s  peak RSS {e['rss']:4.0f} MB"
+                  f"  total {e['total']}", flush=True)
+            if a.estimate_only:
+                continue
+            state = d / "bench.pixbatch.duckdb"
+            status = d / "bench.pixbatch.duckdb.status.json"
+            with bench_emulator() as emu:
+                env = pixbatch_env(emu)
+                cmd = pixbatch_cmd(manifest, emu, "--concurrency", "64", "--first-poll", "0.05")
+                f = r["fresh"] = run_once(cmd, env, emu, status, until_ingested=True, work_s=a.run_seconds)
+                ing = f["ingest"] or {}
+                items, secs = ing.get("items", 0), ing.get("seconds") or float("nan")
+                r["ingest_rate"] = items / secs if ing.get("done") else float("nan")
+                size_mb = sum(p.stat().st_size for p in d.glob(state.name + "*")) / 2**20
+                how = (f"ingest {items:,} items in {secs:.1f} s = {r['ingest_rate']:,.0f} items/s (done: {ing.get('done')})"
+                       if ing else "the whole expansion fitted in the first batch (no stream)")
+                print(f"N={n:>10,}  fresh run: first request {f['first']:5.2f} s; {how}; peak RSS "
+                      f"{f['rss']:.0f} MB; {f['requests']:,} requests meanwhile; state file + WAL {size_mb:.0f} MB",
+                      flush=True)
+                s = r["resume"] = run_once(cmd, env, emu, status, until_ingested=False, work_s=a.run_seconds)
+                print(f"N={n:>10,}  resume after SIGKILL: first request {s['first']:5.2f} s; peak RSS {s['rss']:.0f} MB",
+                      flush=True)
+    print("side by side (N: estimate s / MB | fresh: first request s, ingest items/s, peak MB | resume s / MB):")
+    for n, r in res.items():
+        e = r["estimate"]
+        line = f"  {n:>10,}: {e['seconds']:.1f} s / {e['rss']:.0f} MB"
+        if "fresh" in r:
+            f, s = r["fresh"], r["resume"]
+            line += (f" | {f['first']:.2f} s, {r['ingest_rate']:,.0f}/s, {f['rss']:.0f} MB"
+                     f" | {s['first']:.2f} s / {s['rss']:.0f} MB")
+        print(line)
+    big = res[max(res)]
+    checks = [(big["estimate"]["rate"] >= TARGET_EST_RATE, f"estimate {big['estimate']['rate']:,.0f} items/s "
+               f"(>= {TARGET_EST_RATE:,})"),
+              (big["estimate"]["rss"] < TARGET_EST_MB, f"estimate {big['estimate']['rss']:.0f} MB (< {TARGET_EST_MB})")]
+    if "fresh" in big:
+        f, s = big["fresh"], big["resume"]
+        checks += [(f["first"] <= TARGET_FIRST_S, f"first request {f['first']:.2f} s (<= {TARGET_FIRST_S:g})"),
+                   (f["rss"] <= TARGET_RSS_MB, f"peak RSS {f['rss']:.0f} MB (<= {TARGET_RSS_MB})"),
+                   (big["ingest_rate"] >= TARGET_INGEST, f"ingest {big['ingest_rate']:,.0f} items/s (>= {TARGET_INGEST:,})"),
+                   (s["first"] < TARGET_RESUME_S, f"resume {s['first']:.2f} s (< {TARGET_RESUME_S:g})")]
+    for ok, text in checks:
+        print(f"  {'PASS' if ok else 'FAIL'} {text}")
+    return verdict(all(ok for ok, _ in checks), f"at N={max(res):,}: " + "; ".join(
+        f"{'ok' if ok else 'MISSED'} {text}" for ok, text in checks))
 
 
 if __name__ == "__main__":

@@ -186,12 +186,23 @@ def require_api_key(explicit: str | None = None) -> str:
         what = "a space" if key[bad].isspace() else "a non-ASCII or control character"
         raise InvalidApiKey(f"the API key has {what} at position {bad + 1} of {len(key)}: a Pixazo key is printable "
                             f"ASCII. Check {API_KEY_ENV} (copy the key again from the Pixazo dashboard).")
+    register_secret(key)
     return key
 
 
+_SECRETS: set[str] = set()  # every key this process has used, wherever it came from
+
+
+def register_secret(secret: str) -> None:
+    """``secret`` is scrubbed from every message ``redact`` sees from now on (the key in use, even
+    when it was passed in code rather than read from ``PIXAZO_API_KEY``)."""
+    if secret and len(secret) >= 4:
+        _SECRETS.add(secret)
+
+
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove the API key (from the environment, plus any ``secrets``) from ``text``."""
-    for s in (os.environ.get(API_KEY_ENV, ""), *secrets):
+    """Remove the API key (from the environment, every registered key, plus any ``secrets``) from ``text``."""
+    for s in (os.environ.get(API_KEY_ENV, ""), *_SECRETS, *secrets):
         if s and len(s) >= 4:
             text = text.replace(s, "***")
     return text

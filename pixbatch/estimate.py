@@ -157,7 +157,7 @@ class EstimateBuilder:
         self._lines: dict[tuple[str, str, str, str, str | None], list[int]] = {}
         self._uncertain: dict[tuple[str, str], tuple[list[int], list[str]]] = {}
         self._seen: set[int] = set()
-        self._memo: dict[tuple[Any, ...], Price] = {}
+        self._memo: dict[tuple[Any, ...], tuple[Price, str | None, tuple]] = {}
         self.item_count = 0
         self.duplicates = 0
 
@@ -165,47 +165,64 @@ class EstimateBuilder:
         """Price and count one item; None (not counted) when it repeats an earlier request."""
         if self.dedupe:
             k = int(item.key, 16)
-            if k in self._seen:
+            seen = self._seen
+            if k in seen:
                 self.duplicates += 1
                 return None
-            self._seen.add(k)
-        return self.add_priced(item, self._price(item))
-
-    def _price(self, item: WorkItem) -> Price:
-        """``table.price``, memoised on everything but the image URLs and the prompt (which
-        never change a price), so the many items of a matrix are priced once."""
-        body = item.body
-        try:
-            k = (item.op, item.input_size, *[(a, v) for a, v in body.items() if a not in _NOT_PRICED])
-            price = self._memo.get(k)
-        except TypeError:  # an unhashable parameter value: price it directly
-            return self.table.price(item.op, body, item.input_size)
-        if price is None:
-            price = self.table.price(item.op, body, item.input_size)
-            if len(self._memo) < _MEMO_MAX:
-                self._memo[k] = price
-        return price
-
-    def add_priced(self, item: WorkItem, price: Price) -> Price:
+            seen.add(k)
+        price, reason, lk = self._price(item)
         self.item_count += 1
-        reason = None if price.exact else (price.reason or "price depends on unknown inputs")
-        lk = (item.step, item.op, price.low.name, price.high.name, reason)
         line = self._lines.get(lk)
         if line is None:
             self._lines[lk] = [1, price.low_micros, price.high_micros]
         else:
             line[0] += 1
         if reason is not None:
-            why = self.cause(item) if self.cause else None
-            category, detail = why if why else ("", "")
-            uk = (item.step, f"{reason}: {category}" if category else reason)
-            entry = self._uncertain.get(uk)
-            if entry is None:
-                entry = self._uncertain[uk] = ([0], [])
-            entry[0][0] += 1
-            if len(entry[1]) < self.max_examples:
-                entry[1].append(_example(item, detail))
+            self._add_uncertain(item, reason)
         return price
+
+    def _price(self, item: WorkItem) -> tuple[Price, str | None, tuple]:
+        """``table.price`` with the item's line key, memoised on everything but the image URLs
+        and the prompt (which never change a price), so the many items of a matrix are priced once."""
+        body = item.body
+        try:
+            k = (item.step, item.op, item.input_size, *[(a, v) for a, v in body.items() if a not in _NOT_PRICED])
+            hit = self._memo.get(k)
+        except TypeError:  # an unhashable parameter value: price it directly
+            return self._entry(item, self.table.price(item.op, body, item.input_size))
+        if hit is None:
+            hit = self._entry(item, self.table.price(item.op, body, item.input_size))
+            if len(self._memo) < _MEMO_MAX:
+                self._memo[k] = hit
+        return hit
+
+    @staticmethod
+    def _entry(item: WorkItem, price: Price) -> tuple[Price, str | None, tuple]:
+        reason = None if price.exact else (price.reason or "price depends on unknown inputs")
+        return price, reason, (item.step, item.op, price.low.name, price.high.name, reason)
+
+    def add_priced(self, item: WorkItem, price: Price) -> Price:
+        _price, reason, lk = self._entry(item, price)
+        self.item_count += 1
+        line = self._lines.get(lk)
+        if line is None:
+            self._lines[lk] = [1, price.low_micros, price.high_micros]
+        else:
+            line[0] += 1
+        if reason is not None:
+            self._add_uncertain(item, reason)
+        return price
+
+    def _add_uncertain(self, item: WorkItem, reason: str) -> None:
+        why = self.cause(item) if self.cause else None
+        category, detail = why if why else ("", "")
+        uk = (item.step, f"{reason}: {category}" if category else reason)
+        entry = self._uncertain.get(uk)
+        if entry is None:
+            entry = self._uncertain[uk] = ([0], [])
+        entry[0][0] += 1
+        if len(entry[1]) < self.max_examples:
+            entry[1].append(_example(item, detail))
 
     def build(self, *, assumptions: Iterable[str] = (), sizes: SizeSummary | None = None) -> Estimate:
         lines = tuple(
@@ -284,7 +301,7 @@ def estimate_manifest(manifest: Any, table: PriceTable, *, state_path: str | Pat
     names = NameCheck(manifest) if check_names or not manifest.names_checked else None
     for item in names.wrap(expand(manifest)) if names else expand(manifest):
         price = first.add(item)
-        if price is not None and not price.exact:
+        if price is not None and price.low is not price.high and not price.exact:
             need.add(item.input_id)
     if names:
         names.verify()

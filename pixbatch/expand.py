@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import re
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
@@ -34,7 +35,8 @@ from typing import Any
 
 from . import contract
 from .errors import ManifestError
-from .items import WorkItem, upstream_ref
+from .contract import ENDPOINTS
+from .items import WorkItem, canonical_body, canonical_json, upstream_ref
 from .manifest.model import Manifest, Step
 from .manifest.problems import Problem
 from .manifest.sources import Input
@@ -42,6 +44,10 @@ from .manifest.templates import template_fields, template_value
 from .sizes import Size, output_size
 
 SizeLookup = Callable[[str], "Size | None"]
+
+# the string encoder of ``items.canonical_json`` (ensure_ascii=False): one JSON string value
+_encode_str = json.encoder.encode_basestring
+_sha256 = hashlib.sha256
 
 _STEM_BAD = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -63,6 +69,24 @@ class _Combo:
     tvars: dict[str, Any]  # matrix values as templates show them
     suffix: str  # "-black-1", or ""
     prompt: str | None  # the prompt template when it has placeholders
+    fast: _Canon | None  # the canonical body and JSON with the per-item strings left out
+
+
+@dataclass(frozen=True, slots=True)
+class _Canon:
+    """A combination's canonical body and its canonical JSON cut where the per-item strings go.
+
+    Per item only the main image URL (and the prompt, when it is a template) changes, so the
+    JSON is ``head + enc(url) + mid + enc(prompt) + tail`` (keys sorted: ``image``/``images``
+    comes before ``prompt``) and the key hashes ``endpoint + "\\n" + that``: the bytes
+    ``WorkItem.build`` would hash, without re-merging defaults or re-encoding the dict.
+    """
+
+    body: dict[str, Any]  # canonical body, images and prompt set per item
+    hasher: Any  # sha256 of ENDPOINT + "\\n" (copied per item)
+    head: str  # the JSON up to the main image URL
+    mid: str  # from after the URL to the prompt (or to the end)
+    tail: str | None  # from after the prompt to the end (None: the prompt is not per item)
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,13 +115,42 @@ def _plan(manifest: Manifest, step: Step) -> _Plan:
                 body[k] = v
             mvars[k] = v
         prompt = body.get("prompt") if step.op == "edit" else None
+        prompt = prompt if _has_fields(prompt) else None
         combos.append(_Combo(
             body=body, vars=mvars, tvars={k: template_value(v) for k, v in mvars.items()},
-            suffix="".join("-" + stem_part(v) for v in values),
-            prompt=prompt if _has_fields(prompt) else None,
+            suffix="".join("-" + stem_part(v) for v in values), prompt=prompt,
+            fast=_canon(step.op, body, step.references, prompt is not None),
         ))
     return _Plan(step, tuple(combos), step.references, step.naming,
                  any(n == "key" for n, _ in template_fields(step.naming)))
+
+
+_URL_MARK, _PROMPT_MARK = "\x00pixbatch-url\x00", "\x00pixbatch-prompt\x00"
+
+
+def _canon(op: str, body: Mapping[str, Any], refs: tuple[str, ...], prompt_per_item: bool) -> _Canon | None:
+    """The combination's canonical JSON around marks for the URL and the prompt; None when it
+    cannot be cut that way (a mark would be ambiguous): those items take ``WorkItem.build``."""
+    marked = dict(body)
+    if op == "edit":
+        marked["images"] = [_URL_MARK, *refs]
+        if prompt_per_item:
+            marked["prompt"] = _PROMPT_MARK
+    else:
+        marked["image"] = _URL_MARK
+    canon = canonical_body(op, marked)
+    text = canonical_json(canon)
+    hasher = _sha256((ENDPOINTS[op] + "\n").encode("utf-8"))
+    url, prompt = _encode_str(_URL_MARK), _encode_str(_PROMPT_MARK)
+    head, *rest = text.split(url)
+    if len(rest) != 1:
+        return None
+    if not prompt_per_item:
+        return _Canon(canon, hasher, head, rest[0], None) if prompt not in text else None
+    mid, *tail = rest[0].split(prompt)
+    if len(tail) != 1 or prompt in head:
+        return None
+    return _Canon(canon, hasher, head, mid, tail[0])
 
 
 @lru_cache(maxsize=4096)
@@ -125,9 +178,10 @@ def _sources(manifest: Manifest, step: Step, sizes: SizeLookup | None
     up = step.upstream
     if up is not None:
         upstep = manifest.step(up)
-        for item, inp, stem, tv in _rows(manifest, upstep, sizes):
-            size = _output_size(item.op, item.body, item.input_size)
-            yield inp, upstream_ref(item.key), item.key, size, item.vars, tv, stem
+        upop = upstep.op
+        for (key, body, in_size, ivars), inp, stem, tv in _rows(manifest, upstep, sizes, light=True):
+            size = _output_size(upop, body, in_size)
+            yield inp, upstream_ref(key), key, size, ivars, tv, stem
         return
     if step.input_ids is not None:
         found = manifest.find_inputs(step.input_ids)
@@ -141,26 +195,67 @@ def _sources(manifest: Manifest, step: Step, sizes: SizeLookup | None
         yield inp, inp.url, None, size, inp.vars, inp.vars, inp.id
 
 
-def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None) -> Iterator[_Row]:
+def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None, light: bool = False) -> Iterator[Any]:
+    """The step's rows (``_Row``). ``light``: for a step chained on this one, which needs only
+    (key, body, input size, vars) of each item: no WorkItem, no output name."""
     plan = _plan(manifest, step)
     sid, op, refs, naming = step.id, step.op, list(plan.refs), plan.naming
     is_edit = op == "edit"
     uses_key = plan.naming_uses_key
     build = WorkItem.build
+    new_item = WorkItem
     index = 0
     for inp, url, upkey, size, ivars, itvars, stem0 in _sources(manifest, step, sizes):
         override = inp.params.get(op) if inp.params else None
         oprompt = override.get("prompt") if override else None
+        enc_url = _encode_str(url)
         for combo in plan.combos:
-            body = dict(combo.body)
-            if override:
-                body.update(override)
             stem = stem0 + combo.suffix
             tv = {**itvars, **combo.tvars} if itvars else dict(combo.tvars)
             tv["input"] = inp.id
             tv["step"] = sid
             tv["index"] = index
             tv["stem"] = stem
+            fast = combo.fast
+            if fast is not None and not override:
+                # the common case: the combination's canonical body with this item's URL (and prompt)
+                body = dict(fast.body)
+                try:
+                    if is_edit:
+                        body["images"] = [url, *refs] if refs else [url]
+                        tv["ext"] = "jpg"
+                        if fast.tail is not None:
+                            body["prompt"] = p = combo.prompt.format_map(tv)  # type: ignore[union-attr]
+                            text = fast.head + enc_url + fast.mid + _encode_str(p) + fast.tail
+                        else:
+                            text = fast.head + enc_url + fast.mid
+                    else:
+                        body["image"] = url
+                        tv["ext"] = combo.body["output_format"]
+                        text = fast.head + enc_url + fast.mid
+                    name = "" if uses_key or light else naming.format_map(tv)
+                except (KeyError, ValueError, IndexError) as exc:
+                    raise ManifestError([_render_problem(manifest, step, inp, exc)]) from None
+                h = fast.hasher.copy()
+                h.update(text.encode())
+                key = h.hexdigest()[:32]
+                if light:
+                    if uses_key:
+                        tv["key"] = key[:12]
+                    index += 1
+                    yield (key, body, size, {**ivars, **combo.vars} if ivars else combo.vars), inp, stem, tv
+                    continue
+                if uses_key:
+                    tv["key"] = key[:12]
+                    name = naming.format_map(tv)
+                item = new_item(key, sid, op, body, inp.id, name, upkey, size,
+                                {**ivars, **combo.vars} if ivars else dict(combo.vars), index, text)
+                index += 1
+                yield item, inp, stem, tv
+                continue
+            body = dict(combo.body)
+            if override:
+                body.update(override)
             try:
                 if is_edit:
                     body["images"] = [url, *refs] if refs else [url]
@@ -181,7 +276,7 @@ def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None) -> Iterator[
                 tv["key"] = item.key[:12]
                 item = replace(item, output_name=naming.format_map(tv))
             index += 1
-            yield item, inp, stem, tv
+            yield ((item.key, item.body, item.input_size, item.vars) if light else item), inp, stem, tv
 
 
 def _render_problem(manifest: Manifest, step: Step, inp: Input, exc: Exception) -> Problem:

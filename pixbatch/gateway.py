@@ -24,20 +24,15 @@ milliseconds: never headers, never the key).
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-import hashlib
 import json
-import os
 import re
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any, Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import httpx
@@ -70,6 +65,7 @@ from .errors import (
 )
 from .ratelimit import AdaptiveRateLimiter
 from .retry_policy import DEFAULT_POLICY, RetryPolicy, retrying
+from .media import DOWNLOAD_DEADLINE, MAX_MEDIA_BYTES, Download, Fetched, MediaClient
 from .transport import AiohttpTransport, Reply
 
 DEFAULT_BASE_URL = "https://gateway.pixazo.ai"
@@ -115,42 +111,6 @@ class JobStatus:
         return None
 
 
-MAX_MEDIA_BYTES = 200 * 1024 * 1024  # an 8 MP output is a few MB; more is not an image we asked for
-DOWNLOAD_DEADLINE = 300.0  # seconds for one output, retries included
-
-
-@dataclass(frozen=True, slots=True)
-class Fetched:
-    """An output streamed to a file."""
-
-    path: Path
-    bytes: int
-    sha256: str
-    content_type: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class _Streamed:
-    """One try of a streamed download, as the retry predicate sees it."""
-
-    status_code: int
-    headers: Any
-    fetched: Fetched | None = None
-
-    def json(self) -> Any:
-        raise ValueError("a streamed body")
-
-
-class _TooLarge(Exception):
-    pass
-
-
-@dataclass(frozen=True, slots=True)
-class Download:
-    data: bytes
-    content_type: str | None
-
-
 @dataclass(frozen=True, slots=True)
 class Exchange:
     """One HTTP exchange, as reported to ``on_exchange`` (the runner keeps the failed ones in events)."""
@@ -182,7 +142,10 @@ REQUEST_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
 def check_base_url(url: str) -> str:
     """The base URL without its trailing slash; a ``UsageError`` unless it is an http(s) URL with a host
     (checked before anything is sent, so a typo never leaves an item in doubt)."""
-    parts = urlsplit(url.strip()) if isinstance(url, str) else None
+    try:
+        parts = urlsplit(url.strip()) if isinstance(url, str) else None
+    except ValueError:
+        parts = None
     if parts is None or parts.scheme not in ("http", "https") or not parts.hostname or parts.query or parts.fragment:
         raise UsageError(f"the base URL {str(url)[:200]!r} is not an http(s) URL like https://gateway.pixazo.ai; "
                          "fix --base-url (or PIXBATCH_BASE_URL).")
@@ -227,7 +190,8 @@ class Gateway:
                  transport: httpx.AsyncBaseTransport | None = None, timeout: float = 30.0,
                  limiter: AdaptiveRateLimiter | None = None, policy: RetryPolicy = DEFAULT_POLICY,
                  on_exchange: Callable[[Exchange], None] | None = None, max_connections: int = 256,
-                 download_transport: httpx.AsyncBaseTransport | None = None):
+                 download_transport: httpx.AsyncBaseTransport | None = None,
+                 max_media_bytes: int = MAX_MEDIA_BYTES, download_deadline: float = DOWNLOAD_DEADLINE):
         api_key = require_api_key(api_key)
         self.base_url = check_base_url(base_url)
         self._key = api_key
@@ -245,6 +209,8 @@ class Gateway:
         self._client = httpx.AsyncClient(base_url=self.base_url, transport=transport, timeout=timeout,
                                          headers={AUTH_HEADER: api_key, "Cache-Control": "no-cache"})
         self._cdn = httpx.AsyncClient(transport=download_transport, timeout=timeout, follow_redirects=True)
+        self.media = MediaClient(self._cdn, base_url=self.base_url, policy=policy, record=self._record,
+                                 secrets=(api_key,), max_bytes=max_media_bytes, deadline=download_deadline)
         # gateway calls skip the client's per-request work (URL merging and parsing, header
         # merging, cookies, auth and redirect machinery: two thirds of the per-call CPU at
         # high rates): the request is built from pre-merged headers and handed to the same
@@ -274,8 +240,10 @@ class Gateway:
                                       redact(error, (self._key,)) if error else None))
 
     async def _call(self, method: str, path: str, content: bytes | None = None,
-                    headers: list[tuple[bytes, bytes]] | None = None) -> Reply:
-        """One gateway exchange; the body is read before returning."""
+                    headers: list[tuple[bytes, bytes]] | None = None,
+                    before_write: Callable[[], Awaitable[None]] | None = None) -> Reply:
+        """One gateway exchange; the body is read before returning. ``before_write`` is awaited
+        just before the request is written (with aiohttp: once its connection is held)."""
         t0 = time.perf_counter()
         try:
             if self._fast is not None:
@@ -283,8 +251,10 @@ class Gateway:
                 if headers:
                     hdrs = {**hdrs, **{k.decode(): v.decode() for k, v in headers}}
                 reply = await self._fast.request(method, self.base_url + path, headers=hdrs, content=content,
-                                                 timeout=self._fast_timeout)
+                                                 timeout=self._fast_timeout, before_write=before_write)
             else:
+                if before_write is not None:
+                    await before_write()
                 request = httpx.Request(method, self.base_url + path, headers=self._headers + headers if headers
                                         else self._headers, content=content, extensions={"timeout": self._timeouts})
                 resp = await self._transport.handle_async_request(request)
@@ -298,16 +268,6 @@ class Gateway:
             raise
         self._record(method, path.split("?")[0], reply.status_code, t0)
         return reply
-
-    async def _send(self, client: httpx.AsyncClient, method: str, url: str, path: str, **kw: Any) -> httpx.Response:
-        t0 = time.perf_counter()
-        try:
-            resp = await client.request(method, url, **kw)
-        except httpx.TransportError as exc:
-            self._record(method, path, None, t0, f"{type(exc).__name__}: {exc}")
-            raise
-        self._record(method, path, resp.status_code, t0)
-        return resp
 
     def _raise_for_definite(self, resp: Reply | httpx.Response, what: str) -> None:
         code = resp.status_code
@@ -348,9 +308,10 @@ class Gateway:
         when no connection could be made.
 
         ``hooks`` hears of every single send: ``sending()`` is awaited once the rate limiter has
-        granted a token, immediately before the request is written (the runner commits its
-        intent there), and ``refused(status, reason)`` follows each send that was definitely not
-        accepted and is about to be tried again (a 429, a 500/503, a connection never made).
+        granted a token and a connection is held, immediately before the request is written
+        (the runner commits its intent there), and ``refused(status, reason)`` follows each try
+        that was definitely not accepted and is about to be tried again (a 429, a 500/503, a
+        connection never made: then ``sending()`` was never called for it).
         """
         path = ENDPOINTS[op]
         content = json.dumps(body, separators=(",", ":")).encode()
@@ -358,9 +319,8 @@ class Gateway:
         if webhook_url:
             headers += [(WEBHOOK_URL_HEADER.encode(), webhook_url.encode()), (WEBHOOK_MODE_HEADER.encode(), b"terminal")]
         async def send() -> Reply:
-            if hooks is not None:
-                await hooks.sending()
-            return await self._call("POST", path, content, headers)
+            return await self._call("POST", path, content, headers,
+                                    before_write=hooks.sending if hooks is not None else None)
 
         def again(outcome: Reply | BaseException) -> retry_policy.Again | None:
             verdict = retry_policy.submit_again(outcome)
@@ -461,92 +421,14 @@ class Gateway:
 
     # -- download -----------------------------------------------------------------------
 
+    # -- outputs (the CDN) ----------------------------------------------------------------
+
     def media_url(self, url: Any) -> str:
-        """The URL an output is fetched from: http(s) only (a ``file://`` or malformed media_url is
-        the gateway's error, never followed); a path is taken as relative to the base URL."""
-        if isinstance(url, str) and url.startswith("/") and not url.startswith("//"):
-            url = urljoin(self.base_url + "/", url)
-        parts = urlsplit(url) if isinstance(url, str) else None
-        try:
-            ok = parts is not None and parts.scheme in ("http", "https") and bool(parts.hostname) and (
-                parts.port is None or parts.port > 0)
-        except ValueError:
-            ok = False
-        if not ok:
-            raise GatewayProtocolError(f"media_url {str(url)[:200]!r} is not an http(s) URL")
-        return str(url)
+        return self.media.url(url)
 
-    async def fetch(self, url: str, into: Path, *, max_bytes: int = MAX_MEDIA_BYTES,
-                    deadline: float = DOWNLOAD_DEADLINE) -> Fetched:
-        """Stream an output from the CDN (no key sent) into the file ``into``, hashing it on the way.
+    async def fetch(self, url: str, into: Path, *, max_bytes: int | None = None,
+                    deadline: float | None = None) -> Fetched:
+        return await self.media.fetch(url, into, max_bytes=max_bytes, deadline=deadline)
 
-        Bounded: at most ``max_bytes`` (after any Content-Encoding is undone: a gzip bomb stops
-        there) and ``deadline`` seconds in all, retries included (a server dripping one byte a
-        second cannot hold an item forever). 429, 5xx and network errors are tried again. Every
-        failure is a ``GatewayError`` and leaves no file behind.
-        """
-        url = self.media_url(url)
-        path = urlsplit(url).path
-
-        async def attempt() -> _Streamed:
-            t0 = time.perf_counter()
-            try:
-                async with self._cdn.stream("GET", url) as resp:
-                    if not 200 <= resp.status_code < 300:
-                        self._record("GET", path, resp.status_code, t0)
-                        return _Streamed(resp.status_code, resp.headers)
-                    h, n = hashlib.sha256(), 0
-                    with open(into, "wb") as f:
-                        async for chunk in resp.aiter_bytes():
-                            n += len(chunk)
-                            if n > max_bytes:
-                                raise _TooLarge()
-                            h.update(chunk)
-                            f.write(chunk)
-                        f.flush()
-                        os.fsync(f.fileno())
-            except httpx.TransportError as exc:
-                self._record("GET", path, None, t0, f"{type(exc).__name__}: {exc}")
-                raise
-            self._record("GET", path, resp.status_code, t0)
-            return _Streamed(resp.status_code, resp.headers, Fetched(into, n, h.hexdigest(),
-                                                                     resp.headers.get("content-type")))
-
-        try:
-            return await self._fetch_within(attempt, path, deadline, max_bytes)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                into.unlink()
-            raise
-
-    async def _fetch_within(self, attempt: Callable[[], Awaitable[_Streamed]], path: str, deadline: float,
-                            max_bytes: int) -> Fetched:
-        try:
-            async with asyncio.timeout(deadline):
-                end = await retrying(self.policy, attempt, on=retry_policy.download_again)
-        except TimeoutError:
-            raise GatewayError(f"download {path}: not finished after {deadline:g} s") from None
-        except _TooLarge:
-            raise GatewayError(f"download {path}: larger than {max_bytes:,} bytes (after decoding)") from None
-        except httpx.HTTPError as exc:  # too many redirects, a body that does not decode, ...
-            raise GatewayError(f"download {path}: {type(exc).__name__}: {redact(str(exc), (self._key,))[:200]}") \
-                from None
-        out = end.outcome
-        if isinstance(out, BaseException):
-            raise GatewayUnreachable(f"download {path}: network error ({type(out).__name__}) after {end.tries} "
-                                     "tries.") from None
-        if out.fetched is None:
-            raise GatewayError(f"download {path}: HTTP {out.status_code}", status_code=out.status_code)
-        return out.fetched
-
-    async def download(self, url: str, *, max_bytes: int = MAX_MEDIA_BYTES,
-                       deadline: float = DOWNLOAD_DEADLINE) -> Download:
-        """``fetch`` into memory (small files: tests, probes)."""
-        fd, name = tempfile.mkstemp(prefix=".pixbatch-", suffix=".part")
-        os.close(fd)
-        try:
-            got = await self.fetch(url, Path(name), max_bytes=max_bytes, deadline=deadline)
-            return Download(Path(name).read_bytes(), got.content_type)
-        finally:
-            with contextlib.suppress(OSError):
-                os.unlink(name)
+    async def download(self, url: str, *, max_bytes: int | None = None, deadline: float | None = None) -> Download:
+        return await self.media.download(url, max_bytes=max_bytes, deadline=deadline)

@@ -92,6 +92,8 @@ class WorkItem:
     input_size: Size | None = None  # known size of the main image (declared, or derived upstream)
     vars: Mapping[str, Any] = field(default_factory=dict)  # matrix values and template variables
     index: int = 0  # position of the item in its step's expansion
+    # canonical_json(body) when the expansion already made it (it hashed it for the key)
+    json: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def endpoint(self) -> str:
@@ -99,7 +101,7 @@ class WorkItem:
 
     @property
     def body_json(self) -> str:
-        return canonical_json(self.body)
+        return self.json if self.json is not None else canonical_json(self.body)
 
     @property
     def main_image(self) -> str:

@@ -149,6 +149,17 @@ def progress_line(snap: StatusSnapshot, elapsed: float) -> str:
     return f"[{clock(elapsed)}] {pct} of {total:,} | {counts} | {money_line(snap)}"
 
 
+def ingest_line(snap: StatusSnapshot) -> str | None:
+    """While a run reads its expansion in: how far it is (None once it is all in)."""
+    ing = snap.ingest
+    if not ing or ing.get("done"):
+        return None
+    walked, expected = ing.get("walked", 0), ing.get("expected")
+    of = f" of {expected:,} ({walked / expected:.0%})" if expected else ""
+    rate = f", {walked / ing['seconds']:,.0f} items/s" if ing.get("seconds") else ""
+    return f"reading the manifest: {walked:,}{of} items read, {ing.get('items', 0):,} unique in the state file{rate}"
+
+
 class RichProgress(NullProgress):
     """The live display on a terminal (see the module docstring)."""
 
@@ -175,7 +186,11 @@ class RichProgress(NullProgress):
         pct = f"{100 * done // total:>3}%" if total else "  -"
         bar.add_row(ProgressBar(total=max(total, 1), completed=done),
                     f"{pct} {done:,}/{total:,}  {clock(time.monotonic() - self._t0)} elapsed")
-        return Group(status_table(self._snap), bar, Text(money_line(self._snap)))
+        lines = [status_table(self._snap), bar, Text(money_line(self._snap))]
+        reading = ingest_line(self._snap)
+        if reading:
+            lines.append(Text(reading))
+        return Group(*lines)
 
     def start(self, info: dict[str, Any]) -> None:
         from rich.live import Live
@@ -229,6 +244,9 @@ class PlainProgress(NullProgress):
         if snapshot.running and now >= self._next:
             self._next = now + self.interval
             self._write(progress_line(snapshot, now - self._t0))
+            reading = ingest_line(snapshot)
+            if reading:
+                self._write(reading)
 
     def stop(self, summary: Any) -> None:
         for line in summary_lines(summary):

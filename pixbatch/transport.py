@@ -23,7 +23,7 @@ import contextlib
 import functools
 import json
 import ssl
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import Any
 
 import aiohttp
@@ -84,6 +84,30 @@ class Reply:
         return self.content.decode("utf-8", "replace")
 
 
+class _BeforeWrite:
+    """What a request's trace context carries: the callback to await once its connection is held."""
+
+    __slots__ = ("callback",)
+
+    def __init__(self, callback: Callable[[], Awaitable[None]] | None):
+        self.callback = callback
+
+
+async def _on_connection(session: Any, ctx: Any, params: Any) -> None:
+    holder = getattr(ctx, "trace_request_ctx", None)
+    if isinstance(holder, _BeforeWrite) and holder.callback is not None:
+        callback, holder.callback = holder.callback, None
+        await callback()
+
+
+@functools.cache
+def _connected_trace() -> aiohttp.TraceConfig:
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(_on_connection)  # a new connection is made
+    trace.on_connection_reuseconn.append(_on_connection)  # a kept-alive one is taken
+    return trace
+
+
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """One aiohttp ``ClientSession`` with up to ``max_connections`` connections (kept alive
     ``keepalive_expiry`` seconds), usable directly (``request``) or as an httpx transport."""
@@ -103,15 +127,20 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is None or self._session.closed:
             connector = aiohttp.TCPConnector(limit=self.max_connections, keepalive_timeout=self.keepalive_expiry,
                                              ssl=self._ssl or _default_ssl_context())
-            self._session = aiohttp.ClientSession(connector=connector)
+            self._session = aiohttp.ClientSession(connector=connector, trace_configs=[_connected_trace()])
         return self._session
 
     async def request(self, method: str, url: str, *, headers: Mapping[str, str], content: bytes | None = None,
-                      timeout: aiohttp.ClientTimeout) -> Reply:
-        """One exchange, body read (and decompressed) before returning; httpx errors on failure."""
+                      timeout: aiohttp.ClientTimeout,
+                      before_write: Callable[[], Awaitable[None]] | None = None) -> Reply:
+        """One exchange, body read (and decompressed) before returning; httpx errors on failure.
+
+        ``before_write`` is awaited once a connection is held (made or reused) and before the
+        request is written on it: no request exists before, and nothing is on the wire yet.
+        """
         with httpx_errors():
             async with self.session.request(method, url, headers=headers, data=content, allow_redirects=False,
-                                            timeout=timeout) as r:
+                                            timeout=timeout, trace_request_ctx=_BeforeWrite(before_write)) as r:
                 return Reply(r.status, r.headers, await r.read())
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:

@@ -430,3 +430,16 @@ def test_a_gateway_that_cannot_be_reached_stops_the_run_soon_with_its_url_and_er
     assert took < 15
     states = db_rows(tmp_path / "m.pixbatch.duckdb", "SELECT state, count(*) FROM items GROUP BY 1")
     assert states == [("PENDING", 3)]  # nothing AMBIGUOUS: nothing was sent
+
+
+def test_failed_factor_upscales_are_charged_by_the_size_the_gateway_saw(tmp_path, emulator, image_server):
+    """The run does not know the inputs' sizes (no estimate was run); the gateway prices a FAILED
+    factor upscale by the input it read: 2 x 640x480 is 1.2 MP, $0.005, not the $0.01 reserved."""
+    urls = [image_server.add(f"f{i}.png", (640, 480)) for i in range(3)]
+    m = load_manifest(write_manifest(tmp_path, urls, "  - id: u\n    op: upscale\n    upscale_mode: factor\n"
+                                                     "    factor: 2\n"))
+    emulator.script([{"status": "FAILED"}, {"status": "FAILED"}, {"status": "FAILED"}])
+    s = run(m, options=opts(emulator))
+    ledger = emulator.ledger()
+    assert s.counts["FAILED"] == 3 and ledger.charged_micros == 15_000
+    assert s.charged_total_micros == ledger.charged_micros and s.reserved_micros == 0

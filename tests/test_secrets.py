@@ -49,3 +49,33 @@ def test_the_key_is_nowhere_after_a_full_cycle(tmp_path, emu, image_server):
         assert SECRET not in t
     # the export holds every table of the state file, events (HTTP exchanges) included
     assert (tmp_path / "export" / "events.csv").stat().st_size > 1000
+
+
+def test_a_key_passed_in_code_is_redacted_everywhere_an_error_goes(tmp_path, monkeypatch):
+    """No PIXAZO_API_KEY: the key comes from RunOptions; a gateway that echoes it in an odd answer
+    must not put it into items.error, events, the summary or an export."""
+    import duckdb
+    import httpx
+
+    from pixbatch.gateway import Gateway
+    from pixbatch.manifest import load_manifest
+    from pixbatch.runner import RunOptions, run
+
+    key = "code-only-key-7f3a9c"
+    monkeypatch.delenv("PIXAZO_API_KEY", raising=False)
+
+    def echo(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(418, json={"message": f"key {request.headers['Ocp-Apim-Subscription-Key']} is a teapot"})
+
+    (tmp_path / "m.yaml").write_text("version: 1\ninputs:\n  - https://img.test/a.png\nsteps:\n"
+                                     "  - id: e\n    op: edit\n    prompt: p\n", "utf-8")
+    m = load_manifest(tmp_path / "m.yaml")
+    gw = Gateway("http://gateway.test", key, transport=httpx.MockTransport(echo))
+    s = run(m, options=RunOptions(api_key=key, poll_initial=0.01), gateway=gw)
+    assert key not in repr(s)
+    db = duckdb.connect(str(m.state_path), read_only=True)
+    try:
+        dump = repr([db.execute(f"SELECT * FROM {t}").fetchall() for t in ("items", "events", "submit_log", "runs")])
+    finally:
+        db.close()
+    assert "teapot" in dump and key not in dump

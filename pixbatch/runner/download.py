@@ -19,6 +19,8 @@ from ..gateway import Gateway
 from .outputs import OutputDir, check_image
 
 PAGE = 2000
+# the error of a COMPLETED item whose output is not on disk starts with one of these
+MISSING_PREFIXES = ("output missing", "download failed")
 
 
 class Downloader:
@@ -34,20 +36,27 @@ class Downloader:
         self.done: set[str] = set()  # keys downloaded by this run
         self.downloads = 0
         self.problems = 0  # outputs that failed their checks
+        self.missing: dict[str, str] = {}  # key -> why a COMPLETED item has no good output on disk
 
     def names(self, row: st.ItemRow) -> list[str]:
         return [n for n in [row.output_name, *self.aliases.get(row.key, [])] if n]
 
     async def measure(self, row: st.ItemRow) -> tuple[int, int] | None:
         """Output size from the first bytes of the media URL (no download): prices factor upscales."""
+        assert row.media_url is not None
+        size = await self.measure_url(row, row.media_url)
+        if size is not None:
+            row.output_width, row.output_height = size
+        return size
+
+    async def measure_url(self, row: st.ItemRow, url: str) -> tuple[int, int] | None:
+        """An image's size from its first bytes (a ranged GET, no key sent); None when it cannot be read."""
         from ..probe import probe_sizes_async
 
-        assert row.media_url is not None
-        got = (await probe_sizes_async([row.media_url], concurrency=1, timeout=self.timeout)).get(row.media_url)
+        got = (await probe_sizes_async([url], concurrency=1, timeout=self.timeout)).get(url)
         if got is None or got.size is None:
-            self.emit("download", row.key, ok=False, error=f"could not measure the output: {got.error if got else '?'}")
+            self.emit("download", row.key, ok=False, error=f"could not measure {url[:120]}: {got.error if got else '?'}")
             return None
-        row.output_width, row.output_height = got.size
         return got.size
 
     async def download(self, row: st.ItemRow) -> None:
@@ -57,6 +66,17 @@ class Downloader:
         names = self.names(row)
         if not names:
             return
+        try:
+            await self._download(row, names)
+        except (PixbatchError, OSError) as exc:
+            self.missing[row.key] = str(exc)
+            raise
+        self.missing.pop(row.key, None)
+        if row.error and row.error.startswith(MISSING_PREFIXES):
+            row.error = None  # a good download clears what an earlier one left
+
+    async def _download(self, row: st.ItemRow, names: list[str]) -> None:
+        assert row.media_url
         part = self.out.part_for(names[0])
         try:
             got = await self.gw.fetch(row.media_url, part)
@@ -94,9 +114,18 @@ class Downloader:
         self.emit("download", row.key, ok=not check.problems, bytes=got.bytes, width=check.width,
                   height=check.height, problems=list(check.problems))
 
+    def no_media(self, row: st.ItemRow) -> None:
+        """The gateway said COMPLETED without a media_url: paid, and nothing to download."""
+        row.error = f"{MISSING_PREFIXES[0]}: the gateway reported COMPLETED without a media_url"
+        if self.names(row):
+            self.missing[row.key] = row.error
+
     async def verify(self, scope: str, steps: list[str], stopped: Callable[[], bool]) -> None:
-        """Completed items whose files are missing or corrupt are downloaded again (never resubmitted)."""
+        """Completed items whose files are missing or corrupt are downloaded again (never resubmitted);
+        what still has no good output is in ``missing``."""
         store = self.store
+        for key, error in await store.call(lambda db: st.completed_without_media(db, scope)):
+            self.missing.setdefault(key, error or "the gateway reported COMPLETED without a media_url")
         for step in steps:
             after = -1
             while not stopped():
@@ -122,7 +151,7 @@ class Downloader:
                             await self.download(r)
                         except (PixbatchError, OSError) as exc:
                             self.emit("download", r.key, ok=False, error=str(exc))
-                        else:
-                            store.put_item(r)
+                            r.error = f"{MISSING_PREFIXES[0]}: {exc}"
+                        store.put_item(r)
 
                 await asyncio.gather(*(refetch(r) for r in stale))

@@ -50,6 +50,7 @@ from .preflight import Preflight
 from .prepare import position, prepare
 from .status import StatusWriter
 from .settle import settle_item
+from .stream import IngestStream, streamer
 from .submit import ACCEPTED, Reachability, SendLog, submit_item
 
 PAGE = 2000
@@ -218,7 +219,6 @@ class _Run:
         self.status: StatusWriter  # set with the parts (_build)
         self.scope = ""
         self.selection: st.Selection | None = None  # --steps/--limit: what this run may send (None: all)
-        self.preflight: Preflight  # set with the store (main)
         self.aliases: dict[str, list[str]] = {}
         self.estimate = (0, 0)
         self.slots = asyncio.Semaphore(max(1, options.concurrency))
@@ -232,6 +232,7 @@ class _Run:
         self.t0 = time.monotonic()
         self.reach = Reachability()
         self.steps_order = [s.id for s in manifest.steps]
+        self.stream: IngestStream | None = None  # the rest of the expansion, read in while the run sends
 
     # -- main -----------------------------------------------------------------------------------
 
@@ -244,8 +245,7 @@ class _Run:
         self.store = st.Store.open(self.state_path, wait=self.o.lock_wait)
         self.store.bind_loop(asyncio.get_running_loop())
         self.log = Journal(self.store, self.progress, self.run_id, lambda: self.ledger.committed)
-        self.preflight = Preflight(self.store, self.log.put, enabled=self.o.preflight,
-                                   concurrency=self.o.preflight_concurrency, timeout=self.o.preflight_timeout)
+        self.preflight: Preflight = Preflight.of(self.store, self.log.put, self.o)  # input URLs, before sending
         try:
             return await self._main()
         finally:
@@ -268,6 +268,8 @@ class _Run:
             raise BudgetExceeded(refusal)
         loop = asyncio.get_running_loop()
         status_task = self._build(store, loop)
+        # the rest of the expansion is read in while the run sends (``stream.py`` says what that changes)
+        self.stream, stream_task = streamer.start_for(self, p.ingest) if p.ingest is not None else (None, None)
         try:
             with _signal_handlers(loop, self.stop.on_signal, self.o.handle_signals):
                 try:
@@ -287,6 +289,8 @@ class _Run:
                 finally:
                     await self.tasks.cancel()
         finally:
+            if stream_task is not None:  # stopped early: the rest is read in by the next run (or now, for a budget refusal)
+                await streamer.stop(stream_task, finish=self.stop.reason is StopReason.BUDGET)
             status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await status_task
@@ -328,6 +332,9 @@ class _Run:
                                    estimate=self.estimate, finished=lambda: self.finished_this_run)
         return asyncio.create_task(self.status.loop(self.o.status_interval))
 
+    def _reading(self) -> bool:  # the expansion is still being read into the state file
+        return self.stream is not None and not self.stream.progress.done and not self.stop.stopping
+
     async def _finish_run(self, outcome: str) -> None:
         assert self.store is not None
         await self.store.call(lambda db: st.finish_run(db, self.run_id, outcome))
@@ -347,13 +354,12 @@ class _Run:
         store = self.store
         while not self.stop.stopping:
             seq0 = self.done.seq
-            sel = self.selection
-            for step in sel.steps if sel else self.steps_order:
+            for step in st.Selection.steps_of(self.selection, self.steps_order):
                 after = -1
                 while not self.stop.stopping:
                     page = await store.call(lambda db, s=step, a=after: st.ready_page(
                         db, self.scope, s, a, PAGE, chained=self.m.step(s).upstream is not None,
-                        until_idx=sel.until(s) if sel else None))
+                        until_idx=st.Selection.until_of(self.selection, s)))
                     if not page:
                         break
                     after = page[-1][0].idx
@@ -366,11 +372,11 @@ class _Run:
                 return
             await store.call(lambda db: st.block_downstream(db, self.scope, self.run_id))
             pending = await store.call(lambda db: st.pending_count(db, self.scope, self.selection))
-            if pending - len(self.skip) <= 0:
+            if pending - len(self.skip) <= 0 and not self._reading():
                 return
             if self.done.seq != seq0:
-                continue  # something finished during the pass: its downstream may be ready now
-            if not self.tasks.all:
+                continue  # something finished (or was read in) during the pass: look again
+            if not self.tasks.all and not self._reading():
                 return  # what is left waits on items this run will not send
             await self.done.wait_after(seq0, lambda: self.stop.stopping)
 
@@ -483,11 +489,10 @@ class _Run:
         snap = await self.status.snapshot(running=False)
         await self._left_over()
         problems = self.dl.problems if self.dl else 0
-        sel = self.selection
-        unselected = await self.store.call(
-            lambda db: st.pending_count(db, self.scope) - st.pending_count(db, self.scope, sel)) if sel else 0
+        unselected = await self.store.call(lambda db: st.unselected_count(db, self.scope, self.selection))
         c = conclude(self.stop.reason, self.stop.message, snap.totals(), left=self.left, budget=self.ledger.cap,
-                     at_risk=snap.at_risk_micros, output_problems=problems, unselected=unselected)
+                     at_risk=snap.at_risk_micros, output_problems=problems, unselected=unselected,
+                     missing_outputs=self.dl.missing if self.dl and self.o.download else None)
         return summarize(c, snap, run_id=self.run_id, output_dir=str(self.out.root), charged_run=self.charged_run,
                          peak=self.ledger.peak, left=self.left, submits=self.submits,
                          polls=self.poller.polls if self.poller else 0, downloads=self.dl.downloads if self.dl else 0,

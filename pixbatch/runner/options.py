@@ -51,6 +51,9 @@ class RunOptions:
     status_interval: float = _opt(1.0, TUNING)  # seconds between status-file (and progress) refreshes
     preflight_concurrency: int = _opt(16, TUNING)  # input URLs checked at once
     preflight_timeout: float = _opt(10.0, TUNING)  # seconds allowed per input URL check
+    # unique items per write while a fresh run streams its expansion in (runner/stream.py); the
+    # first batch, written before anything is sent, is at most prepare.FIRST_BATCH
+    ingest_batch: int = _opt(25_000, TUNING)
     # -- process
     state_path: Path | None = _opt(None, PROCESS, record=False)  # default: the manifest's state path
     base_url: str = _opt(DEFAULT_BASE_URL, PROCESS)

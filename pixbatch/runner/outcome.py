@@ -87,7 +87,7 @@ class Conclusion:
 
 def conclude(stop: StopReason | None, stop_message: str | None, counts: dict[str, int], *,
              left: tuple[int, int, int], budget: int | None, at_risk: int, output_problems: int,
-             unselected: int = 0) -> Conclusion:
+             missing_outputs: dict[str, str] | None = None, unselected: int = 0) -> Conclusion:
     """The outcome, exit code and messages of a run that stopped for ``stop`` (None: it ran out of work).
 
     Every hint names the narrowest option that does what it says: ``--retry-failed`` pays again
@@ -114,7 +114,8 @@ def conclude(stop: StopReason | None, stop_message: str | None, counts: dict[str
     if stop is not None:
         outcome, code = stop.outcome, stop.exit_code
     else:
-        done = counts.get(st.COMPLETED, 0) == sum(counts.values()) - unselected
+        # COMPLETED is not done when its output is not on disk: the user asked for files
+        done = counts.get(st.COMPLETED, 0) == sum(counts.values()) - unselected and not missing_outputs
         outcome, code = ("completed", int(ExitCode.OK)) if done else ("incomplete", int(ExitCode.INCOMPLETE))
     amb = counts.get(st.AMBIGUOUS, 0)
     if amb:
@@ -130,6 +131,10 @@ def conclude(stop: StopReason | None, stop_message: str | None, counts: dict[str
     if unselected:
         msgs.append(f"Pilot run: {unselected} item(s) outside --steps/--limit were not sent; run without them "
                     "to do the rest.")
+    if missing_outputs:
+        example = next(iter(missing_outputs.values()))
+        msgs.append(f"{len(missing_outputs)} completed item(s) have no output on disk (e.g. {example[:160]}): they "
+                    "are paid; run the same command again to fetch them (never resent); `pixbatch report` lists them.")
     if output_problems:
         msgs.append(f"{output_problems} output(s) failed their checks: `pixbatch failures` lists them.")
     return Conclusion(outcome, code, tuple(msgs))

@@ -21,7 +21,7 @@ from typing import Any
 
 from .. import state as st
 from .options import RunOptions
-from .prepare import expansion_fingerprint
+from .prepare import expansion_fingerprint, selection_of
 
 #: ``run --force`` asks (or needs ``--yes``) when redoing costs more than this, or more items than
 CONFIRM_MICROS = 1_000_000
@@ -103,15 +103,8 @@ def resends(manifest: Any, options: RunOptions) -> tuple[Resend, ...]:
         db.close()
 
 
-def _selection(db: Any, scope: str, manifest: Any, options: RunOptions) -> st.Selection | None:
-    if options.steps is None and options.limit is None:
-        return None
-    chosen = [s.id for s in manifest.steps if options.steps is None or s.id in options.steps]
-    return st.selection(db, scope, chosen, options.limit)
-
-
 def _in_scope(db: Any, scope: str, manifest: Any, options: RunOptions, asked: list) -> Iterable[Resend]:
-    sel = _selection(db, scope, manifest, options)
+    sel = selection_of(options, [s.id for s in manifest.steps])
     for option, states, steps in asked:
         r = st.redo_cost(db, scope, states, steps=steps, sel=sel)
         down = st.upstream_blocked(db, scope, states, steps=steps, sel=sel) if st.BLOCKED not in states else 0
@@ -122,18 +115,14 @@ def _by_keys(db: Any, manifest: Any, options: RunOptions, asked: list) -> Iterab
     """The manifest changed since the last run: find its items in the file by key."""
     from ..expand import expand
 
-    per_step: dict[str, int] = {}
     keys: list[tuple[str, str]] = []  # (key, step) of the items the run may send, first occurrence only
     seen: set[str] = set()
     for it in expand(manifest):
         if it.key in seen or (options.steps is not None and it.step not in options.steps):
             continue
         seen.add(it.key)
-        n = per_step.get(it.step, 0)
-        if options.limit is not None and n >= options.limit:
-            continue
-        per_step[it.step] = n + 1
-        keys.append((it.key, it.step))
+        if options.limit is None or it.index < options.limit:  # the first places of the step (selection_of)
+            keys.append((it.key, it.step))
     for option, states, steps in asked:
         want = [k for k, s in keys if steps is None or s in steps]
         r, down = st.redo_cost_of_keys(db, want, states)

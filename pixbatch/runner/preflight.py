@@ -61,6 +61,12 @@ class Preflight:
         self.checked = 0  # URLs fetched by this run
         self.rejected = 0  # items left BAD_INPUT by this run
 
+    @classmethod
+    def of(cls, store: st.Store, put: Callable[..., Any], options: Any) -> Preflight:
+        """The preflight a run's ``RunOptions`` ask for (``preflight``, its concurrency and timeout)."""
+        return cls(store, put, enabled=options.preflight, concurrency=options.preflight_concurrency,
+                   timeout=options.preflight_timeout)
+
     async def admit(self, page: list[Ready]) -> AsyncIterator[Ready]:
         """The items of ``page`` whose inputs are fine; the others become BAD_INPUT on the way."""
         if not self.enabled:

@@ -131,24 +131,51 @@ class Prepared:
     scope: str
     position: Position
     ambiguous_now: int  # items a killed run left in doubt, found now
-    estimate: tuple[int, int]  # low, high of the whole expansion
+    estimate: tuple[int, int]  # low, high of the expansion (of what is in the file so far, while ``ingest`` goes on)
     aliases: dict[str, list[str]]  # key -> further output names of identical requests
+    ingest: st.Ingest | None = None  # the rest of the expansion, to stream in while the run works (None: all in)
     selection: st.Selection | None = None  # the items this run may send (--steps, --limit); None: all
     requeued: st.Requeued | None = None  # what the retry options made PENDING again
 
 
+#: items ingested before anything can be sent: an expansion that fits is checked (output names,
+#: budget) and written whole first, exactly as without streaming; a larger one streams the rest
+FIRST_BATCH = 10_000
+
+
 def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget: int | None, table: PriceTable,
             expand: Callable[[Callable[[str], Any] | None], Iterable[Any]]) -> Prepared:
-    """On the writer thread, before anything is sent: ingest, record the run, recover, reset, totals."""
+    """On the writer thread, before anything is sent: ingest (or its first batch), record the run,
+    recover, reset, totals.
+
+    Streaming: a fresh state file (no run yet), or a run whose expansion was not all read in
+    when it stopped (same fingerprint, ``ingest`` "partial"), ingests the first ``FIRST_BATCH``
+    unique items here and hands the rest back (``Prepared.ingest``) to be streamed while the
+    run sends. Options that reset items (``force``, ``retry_failed``, ``retry_errors``,
+    ``retry_ambiguous``) read the whole expansion in first, so the reset sees every item it
+    applies to; within the pilot selection of ``steps``/``limit`` when given.
+    """
     steps_order = [s.id for s in manifest.steps]
     fingerprint = expansion_fingerprint(db, manifest, options.pricing_path)
     last = st.last_run(db)
+    resets = options.force or options.retry_failed or options.retry_errors or options.retry_ambiguous
     scope = None
+    ingest: st.Ingest | None = None
     if fingerprint is not None and last and last.scope and last.fingerprint == fingerprint:
         # same manifest, input files, probed sizes and code as the last run, whose row is
-        # written only after its ingest committed: its scope is this expansion's
-        if st.scope_size(db, last.scope):
+        # written only after its first batch committed: its scope is this expansion's
+        if last.ingested and st.scope_size(db, last.scope):
             scope = last.scope
+        elif not last.ingested:
+            # that run stopped while reading its expansion in: walk it again from the start
+            # (items already in the file keep their row and state; the rest are added)
+            from ..manifest.names import NameCheck
+
+            scope = last.scope
+            probes = st.probed_sizes(db)
+            names = NameCheck(manifest) if not manifest.names_checked else None
+            walk = expand(probes.get if probes else None)
+            ingest = st.Ingest(names.wrap(walk) if names else walk, scope, table, steps_order, names=names)
     if scope is None:
         from ..manifest.names import NameCheck
 
@@ -165,25 +192,29 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
                 names.verify()
 
         if last is None and fingerprint is not None:
-            # a fresh state file: one walk (ingest). The fingerprint names the expansion as
-            # well as its digest would (equal fingerprints, equal expansions); a later run
+            # a fresh state file: one walk (ingest), streamed. The fingerprint names the expansion
+            # as well as its digest would (equal fingerprints, equal expansions); a later run
             # whose fingerprint differs computes the digest, which differs, and ingests again
             scope = "f" + fingerprint[:31]
-            st.ingest(db, first_walk, scope, table, steps_order, before_commit=check)
+            ingest = st.Ingest(first_walk, scope, table, steps_order, names=names)
         else:
             scope, _n = st.expansion_scope(first_walk)
             check()
             if not (last and last.scope == scope and st.scope_size(db, scope)):
                 st.ingest(db, expand(sizes), scope, table, steps_order)
+    if ingest is not None:
+        # the first batch: checked whole (names, as each passes) before it is written
+        ingest.write(db, ingest.take(max(1, min(FIRST_BATCH, options.ingest_batch))))
+        while resets and not ingest.done:
+            ingest.write(db, ingest.take(max(1, options.ingest_batch)))
+    streaming = ingest is not None and not ingest.done
     path = Path(manifest.path)
     manifest_sha = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
     st.start_run(db, st.RunStart(run_id, str(manifest.path), manifest_sha, options.base_url, budget, os.getpid(),
-                                 {**options.recorded(), "scope": scope, "fingerprint": fingerprint}))
+                                 {**options.recorded(), "scope": scope, "fingerprint": fingerprint,
+                                  "ingest": "partial" if streaming else "complete"}))
     ambiguous_now = st.recover(db, run_id)
-    sel = None
-    if options.steps is not None or options.limit is not None:
-        chosen = [s for s in steps_order if options.steps is None or s in options.steps]
-        sel = st.selection(db, scope, chosen, options.limit)
+    sel = selection_of(options, steps_order)
     requeued = st.requeue(db, scope, run_id, force=options.force, retry_failed=options.retry_failed,
                           retry_errors=options.retry_errors, retry_ambiguous=options.retry_ambiguous, sel=sel)
     st.block_downstream(db, scope, run_id)
@@ -191,4 +222,23 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
     st.record_estimate(db, run_id, est.low_micros, est.high_micros)
     return Prepared(scope=scope, position=position(db, scope, sel), ambiguous_now=ambiguous_now,
                     estimate=(est.low_micros, est.high_micros), aliases=st.alias_names(db, steps_order),
-                    selection=sel, requeued=requeued)
+                    ingest=ingest if streaming else None, selection=sel, requeued=requeued)
+
+
+def selection_of(options: RunOptions, steps_order: list[str]) -> st.Selection | None:
+    """The pilot selection of ``--steps``/``--limit``: the first ``limit`` places of each selected
+    step's expansion (an item's ``idx``), so it is known before the expansion is all read in."""
+    if options.steps is None and options.limit is None:
+        return None
+    chosen = [s for s in steps_order if options.steps is None or s in options.steps]
+    return st.Selection(tuple((s, None if options.limit is None else options.limit - 1) for s in chosen))
+
+
+def finish_ingest(db: Any, *, run_id: str, scope: str, steps: list[str]) -> tuple[tuple[int, int], dict[str, list[str]]]:
+    """The streamed expansion is all in: record it (a resume reuses it), block what waits on
+    failures, and return the expansion's estimate and aliases."""
+    st.mark_ingested(db, run_id)
+    st.block_downstream(db, scope, run_id)
+    est = st.scope_cost(db, scope)
+    st.record_estimate(db, run_id, est.low_micros, est.high_micros)
+    return (est.low_micros, est.high_micros), st.alias_names(db, steps)

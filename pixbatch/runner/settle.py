@@ -37,10 +37,17 @@ async def settle_item(row: st.ItemRow, s: JobStatus, *, downloader: Downloader, 
                 await downloader.download(row)
             except (PixbatchError, OSError) as exc:  # the item is done and paid; the file comes next run
                 row.error = f"download failed: {exc}"
+        elif download:
+            downloader.no_media(row)
     out_size = (row.output_width, row.output_height) if row.output_width and row.output_height else None
     if out_size is None and s.status == "COMPLETED" and row.media_url and priced_by_output_size(row.op, body):
         out_size = await downloader.measure(row)  # the price depends on it: read just the image header
-    charge = table.charge_for(row.op, s.status, out_size, body, row.input_size)
+    input_size = row.input_size
+    if (out_size is None and input_size is None and s.status == "FAILED" and priced_by_output_size(row.op, body)
+            and isinstance(body.get("image"), str)):
+        # the gateway charges a failed factor upscale by the size it saw: read the input's header
+        input_size = await downloader.measure_url(row, body["image"])
+    charge = table.charge_for(row.op, s.status, out_size, body, input_size)
     reserved = row.reserved_micros
     ledger.settle(reserved, charge)
     row.reserved_micros = 0

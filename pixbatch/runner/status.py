@@ -9,6 +9,7 @@ import os
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from .. import state as st
 from ..errors import PixbatchError
@@ -27,6 +28,7 @@ class StatusWriter:
         self.budget = budget
         self.estimate = estimate
         self.finished = finished  # items finished by this run so far
+        self.ingest: Any = None  # stream.IngestProgress while the expansion is read in (as_dict())
         self.t0 = time.monotonic()
 
     async def snapshot(self, *, running: bool, outcome: str | None = None) -> st.StatusSnapshot:
@@ -40,7 +42,8 @@ class StatusWriter:
             run_id=self.run_id, pid=os.getpid(), outcome=outcome or "running", manifest_path=self.manifest_path,
             steps=steps, charged_micros=t.charged_micros, reserved_micros=t.reserved_micros,
             at_risk_micros=t.at_risk_micros, budget_micros=self.budget, estimate_low_micros=int(self.estimate[0]),
-            estimate_high_micros=int(self.estimate[1]), rate_per_s=rate, eta_s=eta)
+            estimate_high_micros=int(self.estimate[1]), rate_per_s=rate, eta_s=eta,
+            ingest=self.ingest.as_dict() if self.ingest is not None else None)
 
     async def write(self, *, running: bool, outcome: str | None = None) -> None:
         snap = await self.snapshot(running=running, outcome=outcome)

@@ -121,13 +121,14 @@ class SendLog:
         await _durable(self.put(row, wait=True, intent=self.intent, reserved=row.reserved_micros))
 
     def refused(self, status: int | None, reason: str) -> None:
-        assert self.intent is not None
+        if self.on_refused is not None:
+            self.on_refused(status, reason)
+        if not self.in_flight or self.intent is None:
+            return  # no connection was ever made for this try: no intent, nothing to close
         self.in_flight = False
         self.row.state = st.PENDING
         self.row.error = f"refused ({status or 'not sent'}): {reason}; trying again"
         self.put(self.row, attempt=st.Attempt.of(self.intent, "rejected", http_status=status), reason=self.row.error)
-        if self.on_refused is not None:
-            self.on_refused(status, reason)
 
     def close(self, outcome: str, **kw: Any) -> st.Attempt | None:
         """The attempt that closes the open intent (None: no send is open, nothing to log)."""

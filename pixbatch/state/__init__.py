@@ -38,7 +38,7 @@ Everything public is re-exported here: ``from pixbatch import state as st; st.St
 
 from __future__ import annotations
 
-from .ingest import INGEST_BATCH, bulk_insert_items_for_bench, expansion_scope, ingest
+from .ingest import INGEST_BATCH, Ingest, IngestBatch, bulk_insert_items_for_bench, expansion_scope, ingest
 from .migrations import MIGRATIONS, applied, connect, migrate
 from .model import (
     BLOCKING,
@@ -67,6 +67,7 @@ from .queries import (
     Selection,
     alias_names,
     completed_page,
+    completed_without_media,
     counts_by_step,
     in_flight_count,
     in_flight_low_micros,
@@ -83,14 +84,14 @@ from .queries import (
     scope_cost,
     scope_size,
     select_rows,
-    selection,
     submitted_rows,
     table_names,
     totals,
+    unselected_count,
     upstream_blocked,
 )
 from .recovery import absorb_crashed_runs, block_downstream, open_for_reading, recover
-from .runs import Requeued, RunStart, finish_run, record_estimate, requeue, start_run
+from .runs import Requeued, RunStart, finish_run, mark_ingested, record_estimate, requeue, start_run
 from .status_file import StatusSnapshot, read_status, snapshot_from_db, status_file_path, write_status_file
 from .store import Store, Waiter
 from .writes import abandon, insert_log, log_attempt
@@ -107,13 +108,15 @@ __all__ = [
     "AMBIGUOUS", "BAD_INPUT", "BLOCKED", "BLOCKING", "BLOCKING_STATES", "COMPLETED", "ERROR", "FAILED", "FAILED_VALIDATION",
     "FAILURES", "INGEST_BATCH", "IN_FLIGHT", "IN_FLIGHT_STATES", "ITEM_STATES", "MIGRATIONS", "MUTABLE_COLUMNS",
     "PENDING", "REMAINING", "ROW_COLUMNS", "SUBMITTED", "SUBMITTING", "TERMINAL", "TERMINAL_STATES",
-    "Attempt", "Cost", "IngestResult", "Intent", "ItemRow", "ItemState", "LastRun", "OpenRequest", "OutputRow",
-    "Redo", "Requeued", "Selection", "RunStart", "StatusSnapshot", "Store", "Totals", "Waiter",
+    "Attempt", "Cost", "Ingest", "IngestBatch", "IngestResult", "Intent", "ItemRow", "ItemState", "LastRun",
+    "OpenRequest", "OutputRow", "Redo", "Requeued", "RunStart", "Selection", "StatusSnapshot", "Store", "Totals",
+    "Waiter",
     "abandon", "absorb_crashed_runs", "alias_names", "applied", "block_downstream", "bulk_insert_items_for_bench",
-    "completed_page", "connect", "counts_by_step", "expansion_scope", "finish_run", "in_flight_count", "in_flight_low_micros",
-    "ingest", "insert_log", "iso_utc", "last_run", "log_attempt", "migrate", "open_for_reading", "open_requests",
+    "completed_page", "completed_without_media", "connect", "counts_by_step", "expansion_scope", "finish_run",
+    "in_flight_count", "in_flight_low_micros", "ingest", "insert_log", "iso_utc", "last_run", "log_attempt",
+    "mark_ingested", "migrate", "open_for_reading", "open_requests",
     "pending_cost", "pending_count", "probed_sizes", "probes_fingerprint", "read_status", "ready_page",
     "record_estimate", "recorded_outputs", "recover", "redo_cost", "redo_cost_of_keys", "requeue", "scope_cost", "scope_size", "select_rows",
-    "selection", "snapshot_from_db", "sql_in", "start_run", "status_file_path", "submitted_rows", "table_names", "totals",
-    "upstream_blocked", "utcnow", "write_status_file",
+    "snapshot_from_db", "sql_in", "start_run", "status_file_path", "submitted_rows", "table_names", "totals",
+    "unselected_count", "upstream_blocked", "utcnow", "write_status_file",
 ]

@@ -37,6 +37,12 @@ class LastRun:
     estimate_high_micros: int | None
     scope: str | None  # options.scope: the expansion it ran
     fingerprint: str | None  # options.fingerprint: what that expansion depended on
+    ingest: str | None = None  # options.ingest: "partial" while its expansion was still being read in
+
+    @property
+    def ingested(self) -> bool:
+        """Its expansion is all in the file (runs before streaming ingests wrote no ``ingest``)."""
+        return self.ingest != "partial"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +81,16 @@ class Selection:
         """The highest idx of ``step`` to send (None: no limit); -1 for a step not selected."""
         return dict(self.last_idx).get(step, -1)
 
+    @staticmethod
+    def steps_of(sel: Selection | None, order: list[str]) -> list[str] | tuple[str, ...]:
+        """The steps to send: the selection's, else every step (``order``)."""
+        return order if sel is None else sel.steps
+
+    @staticmethod
+    def until_of(sel: Selection | None, step: str) -> int | None:
+        """The highest idx of ``step`` to send (None: no limit, or no selection)."""
+        return None if sel is None else sel.until(step)
+
     def where(self, alias: str = "items") -> tuple[str, list]:
         """An SQL condition on ``alias`` (a row of ``items``) and its parameters."""
         if not self.last_idx:
@@ -88,19 +104,6 @@ class Selection:
                 parts.append(f"({alias}.step = ? AND {alias}.idx <= ?)")
                 params += [step, last]
         return "(" + " OR ".join(parts) + ")", params
-
-
-def selection(db: duckdb.DuckDBPyConnection, scope: str, steps: Iterable[str], limit: int | None) -> Selection:
-    """The first ``limit`` items (by index; None: all) of each of ``steps`` in an expansion."""
-    out: list[tuple[str, int | None]] = []
-    for step in steps:
-        if limit is None:
-            out.append((step, None))
-            continue
-        last, = one(db, "SELECT coalesce(max(idx), -1) FROM (SELECT idx FROM items WHERE scope = ? AND step = ? "
-                    "ORDER BY idx LIMIT ?)", [scope, step, limit])
-        out.append((step, int(last)))
-    return Selection(tuple(out))
 
 
 def _selected(sel: Selection | None, alias: str = "items") -> tuple[str, list]:
@@ -143,7 +146,8 @@ def table_names(db: duckdb.DuckDBPyConnection) -> set[str]:
 def last_run(db: duckdb.DuckDBPyConnection) -> LastRun | None:
     row = db.execute(
         "SELECT run_id, pid, outcome, manifest_path, budget_micros, estimate_low_micros, estimate_high_micros, "
-        "json_extract_string(options, '$.scope'), json_extract_string(options, '$.fingerprint') "
+        "json_extract_string(options, '$.scope'), json_extract_string(options, '$.fingerprint'), "
+        "json_extract_string(options, '$.ingest') "
         "FROM runs ORDER BY started_at DESC LIMIT 1").fetchone()
     return LastRun(*row) if row else None
 
@@ -188,6 +192,11 @@ def pending_cost(db: duckdb.DuckDBPyConnection, scope: str, sel: Selection | Non
     """What is left to send of an expansion: its PENDING items (of the selection, when one is given)."""
     cond, params = _selected(sel)
     return _cost(db, "scope = ? AND state = 'PENDING'" + cond, [scope, *params])
+
+
+def unselected_count(db: duckdb.DuckDBPyConnection, scope: str, sel: Selection | None) -> int:
+    """PENDING items of an expansion that a pilot run's selection leaves out (0 without one)."""
+    return 0 if sel is None else pending_count(db, scope) - pending_count(db, scope, sel)
 
 
 def redo_cost(db: duckdb.DuckDBPyConnection, scope: str, states: Iterable[str], *, steps: Iterable[str] | None = None,
@@ -301,6 +310,12 @@ def completed_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_i
     """COMPLETED items of a step with a result to download, from ``after_idx`` on (by index)."""
     return select_rows(db, "i.scope = ? AND i.step = ? AND i.idx > ? AND i.state = 'COMPLETED' "
                        "AND i.media_url IS NOT NULL", [scope, step, after_idx], limit=limit)
+
+
+def completed_without_media(db: duckdb.DuckDBPyConnection, scope: str) -> list[tuple[str, str | None]]:
+    """(key, error) of COMPLETED items the gateway gave no media_url: paid, and no output to fetch."""
+    return [(k, e) for k, e in db.execute("SELECT key, error FROM items WHERE scope = ? AND state = 'COMPLETED' "
+                                          "AND media_url IS NULL AND output_name IS NOT NULL", [scope]).fetchall()]
 
 
 def ready_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_idx: int, limit: int,

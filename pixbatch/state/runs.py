@@ -57,6 +57,12 @@ def record_estimate(db: duckdb.DuckDBPyConnection, run_id: str, low_micros: int,
                [low_micros, high_micros, run_id])
 
 
+def mark_ingested(db: duckdb.DuckDBPyConnection, run_id: str) -> None:
+    """The run's expansion is all in the file now (``options.ingest``: "partial" -> "complete")."""
+    db.execute("UPDATE runs SET options = json_merge_patch(options, '{\"ingest\": \"complete\"}') WHERE run_id = ?",
+               [run_id])
+
+
 def finish_run(db: duckdb.DuckDBPyConnection, run_id: str, outcome: str) -> None:
     """The run ended now with ``outcome`` (completed, incomplete, interrupted, budget, balance, auth)."""
     db.execute("UPDATE runs SET finished_at = now()::TIMESTAMP, outcome = ? WHERE run_id = ?", [outcome, run_id])

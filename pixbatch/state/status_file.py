@@ -48,6 +48,8 @@ class StatusSnapshot:
     estimate_high_micros: int | None = None
     rate_per_s: float | None = None  # items finished per second (running only)
     eta_s: float | None = None
+    # while a run reads its expansion in: {"walked", "expected", "items", "done", "seconds"}
+    ingest: dict[str, Any] | None = None
 
     def totals(self) -> dict[str, int]:
         """state -> count over all steps; every state present, in ``ItemState`` order."""

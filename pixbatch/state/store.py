@@ -37,6 +37,9 @@ T = TypeVar("T")
 
 _STOP = object()
 
+#: DuckDB's buffer pool for a run's state file (see ``Store.__init__``)
+STORE_MEMORY_LIMIT = "128MB"
+
 
 def _resolve(f: concurrent.futures.Future | None, exc: BaseException | None = None, result: Any = None) -> None:
     """Complete a caller's future unless the caller gave up on it (its asyncio task was
@@ -134,6 +137,11 @@ class Store:
         # a stream of small updates that costs much of the writer's time. Checkpoint rarely,
         # and at close.
         db.execute("SET checkpoint_threshold = '1GB'")
+        # DuckDB keeps every block it has read or written cached up to its memory limit (80 % of
+        # the machine by default): a run that writes a million items would grow by gigabytes.
+        # A bounded buffer pool evicts them (they are in the file, or spill to a temp file);
+        # the queries a run makes need far less
+        db.execute(f"SET memory_limit = '{STORE_MEMORY_LIMIT}'")
         self._q: queue.SimpleQueue[_Op | object] = queue.SimpleQueue()
         self._max_batch = max_batch
         self._bulk_interval = bulk_interval

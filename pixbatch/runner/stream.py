@@ -1,0 +1,187 @@
+"""The rest of an expansion, read into the state file while the run sends what is already there.
+
+``prepare`` writes the first batch (``prepare.FIRST_BATCH`` unique items) before anything is
+sent; ``IngestStream.run()`` writes the rest, batch by batch in expansion order: the walk
+(pure Python: expansion, keys, prices, output names) in a worker thread, each write on the
+store's writer thread, where it queues behind the intents like any other write. After each
+batch the feeder is woken (``on_batch``): the new items are sendable at once.
+
+What streaming changes, and what it keeps:
+
+- **Budget.** The total is not known before the walk ends. After every batch the pre-check
+  runs again on what is in the file so far (charged + the least the in-flight and the
+  PENDING items of the expansion read so far can cost): a lower bound of the final figure,
+  so a refusal is never wrong, and it comes as soon as the items read prove it. Items sent
+  before that point fitted the budget (the ledger never lets charged + reserved pass it)
+  and are collected; nothing more is sent (exit 3, as before). An expansion that fits in the
+  first batch gets the exact pre-check before anything is sent, as before.
+- **Output names** are checked as the walk passes them (``NameCheck``): a name that escapes
+  output_dir or repeats one earlier in its step raises before its batch is written, so no
+  item with a bad name is ever sent or downloaded. The batches written before it stay in the
+  file (their items and names were fine; a fixed manifest reuses them by key, since names
+  are not part of keys) and the run stops with the problems (``ManifestError``, exit 2).
+  Within the first batch, nothing is kept and nothing is sent, as before.
+- **Order.** Batches are written in expansion order, so an upstream item is always in the
+  file before the items chained on it; the feeder's ``ready_page`` already waits for an
+  upstream to complete.
+- **Crash.** The run's row says ``ingest: partial`` until the walk ends; a resume of the
+  same manifest walks again from the start (keys already in the file keep their row and
+  state: nothing is sent twice) and adds the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from .. import state as st
+from .prepare import Position, finish_ingest, position
+
+#: unique items per batch after the first: big enough to keep DuckDB's per-statement cost
+#: small, small enough that a write does not hold the writer thread (and the intents queued
+#: behind it) for long
+BATCH = 25_000
+#: unique items walked between two turns of the event loop (a few milliseconds of CPU)
+SLICE = 256
+
+
+@dataclass
+class IngestProgress:
+    """What the walk has done so far (the status file and the progress display show it)."""
+
+    walked: int = 0  # items walked (repeats included)
+    expected: int | None = None  # items the expansion has (repeats included), counted without expanding
+    items: int = 0  # unique items in the file
+    done: bool = False
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"walked": self.walked, "expected": self.expected, "items": self.items, "done": self.done,
+                "seconds": round(self.seconds, 3)}
+
+
+class IngestStream:
+    def __init__(self, ingest: st.Ingest, store: st.Store, *, manifest: Any, run_id: str, scope: str,
+                 steps: list[str], on_batch: Callable[[Position], None],
+                 on_done: Callable[[tuple[int, int], dict[str, list[str]]], None], batch: int = BATCH):
+        self.ingest = ingest
+        self.store = store
+        self.manifest = manifest
+        self.run_id = run_id
+        self.scope = scope
+        self.steps = steps
+        self.on_batch = on_batch
+        self.on_done = on_done
+        self.batch = batch
+        self.progress = IngestProgress(walked=ingest.walked, items=ingest.items)
+        self.t0 = time.monotonic()
+
+    def _count(self) -> None:
+        from ..expand import count_items
+
+        try:
+            self.progress.expected = sum(count_items(self.manifest).values())
+        except Exception:  # noqa: BLE001 - a count is only for the display; the walk says what is there
+            self.progress.expected = None
+
+    async def run(self) -> None:
+        """Walk and write until the expansion is all in; then ``on_done``. Raises what the walk raises.
+
+        The walk runs on the event loop in slices of ``SLICE`` items (a few milliseconds each),
+        not in a thread: a thread that holds the GIL for whole batches makes every wake-up of
+        the loop wait for it (the GIL convoy), and the sends crawl. Each batch is written by
+        the store's writer thread (DuckDB works without the GIL) while the next one is walked.
+        """
+        ing, store, p = self.ingest, self.store, self.progress
+        await asyncio.to_thread(self._count)
+        writing: asyncio.Future | None = None
+        while not ing.done:
+            batch = ing.batch()
+            while len(batch) < self.batch and not ing.done:
+                ing.take(min(SLICE, self.batch - len(batch)), into=batch)
+                await asyncio.sleep(0)
+            if writing is not None:
+                self._written(await writing)
+            writing = asyncio.ensure_future(store.call(
+                lambda db, b=batch: (ing.write(db, b), position(db, self.scope))[1]))
+        if writing is not None:
+            self._written(await writing)
+        est, aliases = await store.call(lambda db: finish_ingest(db, run_id=self.run_id, scope=self.scope,
+                                                                 steps=self.steps))
+        p.done, p.seconds = True, time.monotonic() - self.t0
+        self.on_done(est, aliases)
+
+    def _written(self, pos: Position) -> None:
+        p, ing = self.progress, self.ingest
+        p.walked, p.items, p.seconds = ing.walked, ing.items, time.monotonic() - self.t0
+        self.on_batch(pos)
+
+
+class streamer:  # noqa: N801 - a namespace of the engine's hooks around a stream's task
+    """Starting and stopping a stream's task, and merging the aliases it found, for the engine."""
+
+    @staticmethod
+    def start_for(run: Any, ingest: st.Ingest) -> tuple[IngestStream, asyncio.Task]:
+        """The stream of an ``engine._Run``: after each batch the budget pre-check runs again on what
+        is in the file and the feeder is woken; at the end the estimate and aliases are updated;
+        a failure (a bad output name: ManifestError) stops the run and is raised at its end."""
+        from .outcome import StopReason, budget_refusal
+
+        def on_batch(pos: Position) -> None:
+            refusal = budget_refusal(run.ledger.cap, pos)
+            if refusal and not run.stop.stopping:
+                run.log.emit("budget", None, event="refused", message=refusal)
+                run.stop.request(StopReason.BUDGET, refusal)
+            run.done.tick()  # new items: the feeder looks again
+
+        def on_done(est: tuple[int, int], aliases: dict[str, list[str]]) -> None:
+            run.estimate = run.status.estimate = est
+            streamer.add_aliases(run.aliases, aliases, run.dl.done if run.dl else set())
+            run.done.tick()
+
+        def on_error(exc: BaseException) -> None:
+            run.tasks.errors.append(exc)
+            run.stop.request(StopReason.INTERRUPT, f"reading the manifest failed: {exc}")
+
+        stream = IngestStream(ingest, run.store, manifest=run.m, run_id=run.run_id, scope=run.scope,
+                              steps=run.steps_order, on_batch=on_batch, on_done=on_done,
+                              batch=max(1, run.o.ingest_batch))
+        run.status.ingest = stream.progress
+        return stream, streamer.start(stream, on_error=on_error)
+
+    @staticmethod
+    def start(stream: IngestStream, *, on_error: Callable[[BaseException], Any]) -> asyncio.Task:
+        task = asyncio.create_task(stream.run())
+
+        def failed(t: asyncio.Task) -> None:
+            if not t.cancelled() and t.exception() is not None:
+                exc = t.exception()
+                assert exc is not None
+                on_error(exc)  # raised once the run has recorded everything (a ManifestError: exit 2)
+
+        task.add_done_callback(failed)
+        return task
+
+    @staticmethod
+    async def stop(task: asyncio.Task, *, finish: bool) -> None:
+        """``finish``: let it read the rest in (a budget refusal: exact figures, and a resume reuses
+        them); else cancel it (the next run reads the rest in)."""
+        if task.done():
+            return
+        if finish:
+            await asyncio.wait([task])
+            return
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    @staticmethod
+    def add_aliases(into: dict[str, list[str]], found: dict[str, list[str]], downloaded: set[str]) -> None:
+        """The aliases the walk found, for the downloader; items downloaded before their aliases were
+        known are checked again by its final ``verify`` (which then writes the alias copies)."""
+        into.update(found)
+        downloaded.difference_update(found)
