@@ -165,27 +165,28 @@ def emulator_command(host: str, port: int, balance_micros: int | None, keys: tup
 @click.option("--no-probe", is_flag=True,
               help="Fetch nothing: unknown input sizes stay unknown and their items are priced as a range.")
 @click.option("--refresh-probes", is_flag=True, help="Retry probes that failed before (failures are cached).")
+@click.option("--fresh", is_flag=True, help="Price every item as new: ignore what the state file holds and taught.")
 @click.option("--probe-concurrency", type=click.IntRange(1, 512), show_default=True,
               default=LibraryDefault("pixbatch.estimate:estimate_manifest", "concurrency"), help="Images probed at once.")
 @click.option("--probe-timeout", type=click.FloatRange(0, min_open=True), show_default=True,
               default=LibraryDefault("pixbatch.estimate:estimate_manifest", "timeout"),
               help="Seconds allowed per image probe.")
 def estimate_command(manifest_path: str, state_path: str | None, pricing_path: str | None, budget_micros: int | None,
-                     as_json: bool, no_probe: bool, refresh_probes: bool, probe_concurrency: int,
+                     as_json: bool, no_probe: bool, refresh_probes: bool, fresh: bool, probe_concurrency: int,
                      probe_timeout: float) -> None:
     """Estimate what MANIFEST will cost, sending nothing to the gateway.
 
-    Prints a line per step and price tier (count, unit price, subtotal), the total (exact,
-    or a low - high range where an input's size is unknown) and the assumptions made.
-    Inputs whose size changes a price are probed (first bytes only) and cached in the
-    state file, so a second estimate fetches nothing.
+    Per step and tier: count, unit price, subtotal; the total, exact or a range (why, and the fix); the
+    assumptions. With results in the state file, a plan: paid, in flight, at risk, still to pay.
     """
     import json
 
     from rich.console import Console
 
-    from .estimate import check_budget, estimate_manifest, estimate_to_dict, render_estimate
+    from .estimate import check_budget, estimate_manifest
+    from .estimate_render import estimate_to_dict, render_estimate
     from .manifest import load_manifest_shallow
+    from .storage.phase import upload_plan
     from .pricing import PriceTable
 
     table = PriceTable.load(pricing_path)
@@ -194,11 +195,14 @@ def estimate_command(manifest_path: str, state_path: str | None, pricing_path: s
     if budget_micros is None:
         budget_micros = manifest.budget_micros
     est = estimate_manifest(manifest, table, state_path=state_path, probe=not no_probe, refresh=refresh_probes,
-                            concurrency=probe_concurrency, timeout=probe_timeout)
+                            concurrency=probe_concurrency, timeout=probe_timeout, fresh=fresh)
+    uploads = upload_plan(manifest, state_path)  # local inputs: what a run would upload (None: no local files)
     if as_json:
-        click.echo(json.dumps(estimate_to_dict(est, budget_micros=budget_micros), indent=2))
+        extra = {"uploads": uploads.to_dict()} if uploads else {}
+        click.echo(json.dumps({**estimate_to_dict(est, budget_micros=budget_micros), **extra}, indent=2))
     else:
         render_estimate(est, Console(highlight=False), budget_micros=budget_micros)
+        click.echo(uploads.text() if uploads else "", nl=bool(uploads))
     check_budget(est, budget_micros)
 
 
@@ -298,9 +302,9 @@ def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, 
     Before an item is first sent, its input URLs are checked (a small ranged GET, cached
     in the state file); an input that cannot be fetched or is not an image leaves its
     items BAD_INPUT, unsent and not charged. Try a pilot first: --limit 10 (and --steps).
-    Exit codes: 0 all completed, 1 some items did not complete, 2 invalid manifest or
-    options, 3 budget, 4 key refused or missing, 5 wallet balance (402), 6 state file in
-    use, 130 interrupted.
+    Exit codes: 0 all completed, 1 some items (or outputs) did not complete, 2 invalid
+    manifest or options, 3 budget, 4 key refused or missing, 5 wallet balance (402), 6 state
+    file in use, 7 call quota used up, 8 gateway unreachable, 130 interrupted.
     """
     from pathlib import Path
 
@@ -476,5 +480,9 @@ def demo_command(ctx: click.Context, directory: str | None, keep: bool) -> None:
 
 for _command in (report_command, failures_command, runs_command):
     cli.add_command(_command)
+
+from .cli_init import init_command  # noqa: E402  (wired beside this module, which is at its size limit)
+
+cli.add_command(init_command)
 
 main = cli

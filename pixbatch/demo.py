@@ -122,7 +122,8 @@ def run_demo(directory: str | Path, *, console: Any = None, emulator_config: Emu
     from starlette.routing import Mount
     from starlette.staticfiles import StaticFiles
 
-    from .estimate import estimate_manifest, render_estimate
+    from .estimate import estimate_manifest
+    from .estimate_render import render_estimate
     from .manifest import load_manifest
     from .money import format_usd
     from .pricing import PriceTable

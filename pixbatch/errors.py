@@ -9,6 +9,8 @@
     ├── BudgetExceeded                 exit 3   the estimate or the next item does not fit the budget
     ├── StateError                     exit 1   the DuckDB state file is unusable
     │   └── StateLocked                exit 6   another pixbatch process holds the state file
+    ├── StorageError                   exit 1   an object store (S3) refused or failed: bucket, credentials, object
+    │   └── StorageUnavailable         exit 2   s3:// used without the S3 client installed (pip install 'pixbatch[s3]')
     └── GatewayError                   exit 1   the gateway answered something we cannot act on
         ├── AuthError                  exit 4   401/403: the key is unknown or not allowed
         │   ├── MissingApiKey          exit 4   no key at all (``require_api_key``)
@@ -40,13 +42,15 @@ Exit codes (``ExitCode``; the CLI exits with ``exc.exit_code``, a run with ``Run
     130  INTERRUPTED   SIGINT/SIGTERM
 
 The API key is read in one place, ``require_api_key``. Messages never contain it;
-``redact`` scrubs any text that might.
+``redact`` scrubs any text that might, and the signature, credential and session token of
+a presigned object-store URL (an error that quotes an input's URL).
 """
 
 from __future__ import annotations
 
 import enum
 import os
+import re
 
 
 class ExitCode(enum.IntEnum):
@@ -103,6 +107,14 @@ class StateError(PixbatchError):
 
 class StateLocked(StateError):
     exit_code = ExitCode.STATE_LOCKED
+
+
+class StorageError(PixbatchError):
+    """An object store answered with a refusal or could not be reached (the message names the bucket and what to do)."""
+
+
+class StorageUnavailable(StorageError):
+    exit_code = ExitCode.USAGE
 
 
 class GatewayError(PixbatchError):
@@ -200,9 +212,16 @@ def register_secret(secret: str) -> None:
         _SECRETS.add(secret)
 
 
+_PRESIGNED = re.compile(r"((?:X-Amz-(?:Signature|Credential|Security-Token)|Signature|AWSAccessKeyId|"
+                        r"x-amz-security-token)=)[^&\s\"'<>]+", re.IGNORECASE)
+
+
 def redact(text: str, secrets: tuple[str, ...] = ()) -> str:
-    """Remove the API key (from the environment, every registered key, plus any ``secrets``) from ``text``."""
+    """Remove the API key (from the environment, every registered key, plus any ``secrets``) and the
+    signing parts of presigned URLs from ``text``."""
     for s in (os.environ.get(API_KEY_ENV, ""), *_SECRETS, *secrets):
         if s and len(s) >= 4:
             text = text.replace(s, "***")
+    if "=" in text:
+        text = _PRESIGNED.sub(r"\1***", text)
     return text

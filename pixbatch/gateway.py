@@ -298,7 +298,7 @@ class Gateway:
 
     # -- submit -------------------------------------------------------------------------
 
-    async def submit(self, op: str, body: dict[str, Any], *, webhook_url: str | None = None,
+    async def submit(self, op: str, body: dict[str, Any], *, webhook_url: str | Callable[[], str] | None = None,
                      hooks: SendHooks | None = None) -> Accepted:
         """POST one request; returns the acceptance or raises.
 
@@ -315,10 +315,14 @@ class Gateway:
         """
         path = ENDPOINTS[op]
         content = json.dumps(body, separators=(",", ":")).encode()
-        headers = [(b"Content-Type", b"application/json")]
-        if webhook_url:
-            headers += [(WEBHOOK_URL_HEADER.encode(), webhook_url.encode()), (WEBHOOK_MODE_HEADER.encode(), b"terminal")]
+        json_type = [(b"Content-Type", b"application/json")]
+
         async def send() -> Reply:
+            headers = json_type
+            if webhook_url:  # a callable names each send (runner/callbacks.py signs it)
+                url = webhook_url() if callable(webhook_url) else webhook_url
+                headers = [*json_type, (WEBHOOK_URL_HEADER.encode(), url.encode()),
+                           (WEBHOOK_MODE_HEADER.encode(), b"terminal")]
             return await self._call("POST", path, content, headers,
                                     before_write=hooks.sending if hooks is not None else None)
 

@@ -11,6 +11,10 @@ An item whose image is the output of an earlier item carries the placeholder
 ``pixbatch://item/<upstream key>`` in place of that URL; the runner substitutes the real
 ``media_url`` when the upstream item completes. The key hashes the placeholder, so it is
 known before anything runs.
+
+A local input file likewise carries ``pixbatch://file/<sha256 of its bytes>``; the runner
+substitutes the URL of its uploaded copy (presigned or public) when the request is sent,
+so re-signing a URL never changes a key, and identical files are one input.
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from .contract import ENDPOINTS, OPERATIONS, documented_defaults
 from .sizes import Size
@@ -32,6 +36,18 @@ def upstream_ref(key: str) -> str:
 
 def parse_upstream_ref(url: str) -> str | None:
     return url[len(UPSTREAM_SCHEME):] if url.startswith(UPSTREAM_SCHEME) else None
+
+
+FILE_SCHEME = "pixbatch://file/"
+
+
+def file_ref(sha256: str) -> str:
+    """The placeholder of a local file, by the sha256 of its bytes."""
+    return FILE_SCHEME + sha256
+
+
+def parse_file_ref(url: str) -> str | None:
+    return url[len(FILE_SCHEME):] if url.startswith(FILE_SCHEME) else None
 
 
 _DEFAULTS = {op: documented_defaults(op) for op in ENDPOINTS}
@@ -117,13 +133,19 @@ class WorkItem:
                    vars=dict(vars or {}), index=index)
 
 
-def resolve_urls(body: Mapping[str, Any], upstream_urls: Mapping[str, str]) -> dict[str, Any]:
-    """A copy of ``body`` with upstream placeholders replaced by the upstream items' media URLs."""
+def resolve_urls(body: Mapping[str, Any], upstream_urls: Mapping[str, str],
+                 file_url: Callable[[str], str] | None = None) -> dict[str, Any]:
+    """A copy of ``body`` with upstream placeholders replaced by the upstream items' media URLs
+    and file placeholders by ``file_url(sha256)`` (the uploaded copy's URL)."""
     out = dict(body)
 
     def sub(url: str) -> str:
         k = parse_upstream_ref(url)
-        return upstream_urls[k] if k is not None else url
+        if k is not None:
+            return upstream_urls[k]
+        if file_url is not None and url.startswith(FILE_SCHEME):
+            return file_url(url[len(FILE_SCHEME):])
+        return url
 
     if "image" in out:
         out["image"] = sub(out["image"])

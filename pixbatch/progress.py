@@ -5,13 +5,14 @@ every event it records (state changes, HTTP exchanges, downloads, budget), ``upd
 about every second with a ``StatusSnapshot`` (the same one written to the status file), and
 ``stop(summary)`` at the end. Four renderers:
 
-- ``RichProgress`` (stderr is a terminal): a live table (done / failed / in flight / waiting
-  per step, in manifest order), a progress bar with the percentage finished and the elapsed
-  time, spend so far against the estimate and the budget, rate and ETA; then the summary.
-  It fits 80 columns.
-- ``PlainProgress`` (stderr is not a terminal: CI, nohup, a log file): one plain line every
-  ``interval`` seconds (elapsed, percentage, counts, spend, rate, ETA); then the summary,
-  each message on its own line.
+- ``RichProgress`` (stderr is a terminal): the run's plan first (paid, in flight, at risk,
+  still to pay: what ``pixbatch estimate`` says), then a live table (done / failed / in flight
+  / waiting per step, in manifest order), a progress bar with the percentage finished and the
+  elapsed time, spend so far against the estimate and the budget, rate and ETA; then the
+  summary. It fits 80 columns.
+- ``PlainProgress`` (stderr is not a terminal: CI, nohup, a log file): the plan, then one plain
+  line every ``interval`` seconds (elapsed, percentage, counts, spend, rate, ETA); then the
+  summary, each message on its own line.
 - ``JsonLinesProgress`` (``--json``): one JSON object per line per event, then the summary.
 - ``NullProgress`` (``--quiet``, library use): nothing.
 """
@@ -61,6 +62,11 @@ class JsonLinesProgress(NullProgress):
         self.stream.flush()
 
     def start(self, info: dict[str, Any]) -> None:
+        plan = info.get("plan")
+        if plan is not None:  # an estimate.Estimate: its JSON form, as `pixbatch estimate --json` gives it
+            from .estimate_render import estimate_to_dict
+
+            info = {**info, "plan": estimate_to_dict(plan)}
         self._line({"kind": "run", "event": "start", **info})
 
     def event(self, kind: str, key: str | None, detail: dict[str, Any]) -> None:
@@ -196,6 +202,10 @@ class RichProgress(NullProgress):
         from rich.live import Live
 
         self._t0 = time.monotonic()
+        if info.get("plan") is not None:  # what `pixbatch estimate` says of the same items, before anything is sent
+            from .estimate_render import render_estimate
+
+            render_estimate(info["plan"], self.console, budget_micros=info.get("budget_micros"), title="Plan")
         self._live = Live(self._render(), console=self.console, refresh_per_second=4, transient=False)
         self._live.start()
 
@@ -234,6 +244,13 @@ class PlainProgress(NullProgress):
         budget = info.get("budget_micros")
         self._write(f"run {info.get('run_id')}: state {info.get('state_path')}, "
                     + (f"budget {format_usd(budget)}" if budget is not None else "no budget"))
+        if info.get("plan") is not None:  # the plan, as on a terminal
+            from rich.console import Console
+
+            from .estimate_render import render_estimate
+
+            render_estimate(info["plan"], Console(file=self.stream, highlight=False, width=100),
+                            budget_micros=budget, title="Plan")
 
     def event(self, kind: str, key: str | None, detail: dict[str, Any]) -> None:
         if kind == "budget" or (kind == "run" and "message" in detail):

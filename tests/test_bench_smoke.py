@@ -21,11 +21,14 @@ SMALL = {
     "state.py": ["--items", "2000", "--transitions", "3000", "--tasks", "16"],
     "estimate.py": ["2000"],
     "scale.py": ["--n", "4000", "--run-seconds", "1"],
+    "storage.py": ["--files", "30", "--run-files", "4"],
 }
 
 
 @pytest.mark.parametrize("script", sorted(SMALL))
 def test_bench_script_runs_and_prints_a_verdict(script):
+    if script == "storage.py":
+        pytest.importorskip("boto3")
     out = subprocess.run([sys.executable, str(BENCH / script), *SMALL[script]], capture_output=True, text=True,
                          timeout=150)
     lines = out.stdout.strip().splitlines()

@@ -11,7 +11,8 @@ import pytest
 from click.testing import CliRunner
 from hypothesis import given, settings, strategies as st
 
-from pixbatch.estimate import EstimateBuilder, estimate_items, estimate_to_dict
+from pixbatch.estimate import EstimateBuilder, estimate_items
+from pixbatch.estimate_render import estimate_to_dict
 from pixbatch.items import WorkItem
 from pixbatch.pricing import PriceTable
 
@@ -159,28 +160,37 @@ def test_exact_estimate_with_declared_sizes(tmp_path):
     m = write_manifest(tmp_path, [declared(0, 640, 480), declared(1, 800, 600), declared(2, 300, 300)],
                        [EDIT, CHAIN, {"id": "thumbs", "op": "upscale", "target": 2}])
     d = run_json(m)
-    # 3 inputs x 2 seeds = 6 edits at $0.01; each edit is 1024x1024 (1:1), x2 = 2048x2048 =
-    # 4.19 MP > 4 MP: 6 upscales at $0.01; 3 target-2MP upscales at $0.005
-    lines = [(x["step"], x["tier"], x["count"], x["unit_high"]["usd"], x["subtotal_high"]["usd"]) for x in d["lines"]]
-    assert lines == [("recolor", "edit", 6, "0.01", "0.06"), ("hires", "upscale 4-8MP", 6, "0.01", "0.06"),
+    # 3 inputs x 2 seeds = 6 edits at $0.01; 3 target-2MP upscales at $0.005; each edit is predicted
+    # 1024x1024 (1:1), x2 = 2048x2048 = 4,194,304 px: the lower tier if 1 MP is 2^20 px, the upper if
+    # 10^6, and the edit size is a prediction anyway: 6 upscales at $0.005-$0.01, never "exact"
+    lines = [(x["step"], x["tier"], x["count"], x["unit_low"]["usd"], x["subtotal_high"]["usd"]) for x in d["lines"]]
+    assert lines == [("recolor", "edit", 6, "0.01", "0.06"),
+                     ("hires", "upscale <=4MP .. upscale 4-8MP", 6, "0.005", "0.06"),
                      ("thumbs", "upscale <=4MP", 3, "0.005", "0.015")]
-    assert d["total"] == {"low": {"micros": 135_000, "usd": "0.135"}, "high": {"micros": 135_000, "usd": "0.135"},
-                          "exact": True}
-    assert d["item_count"] == 15 and d["uncertain"] == [] and d["sizes"]["needed"] == 0
+    assert d["total"] == {"low": {"micros": 105_000, "usd": "0.105"}, "high": {"micros": 135_000, "usd": "0.135"},
+                          "exact": False}
+    (u,) = d["uncertain"]
+    assert (u["step"], u["count"], u["unit_low"]["usd"], u["unit_high"]["usd"]) == ("hires", 6, "0.005", "0.01")
+    assert "`target: 4` prices them at $0.005 each, exactly" in u["suggestion"]
+    assert d["item_count"] == 15 and d["sizes"]["needed"] == 0 and d["plan"] is None
     assert not (tmp_path / "batch.pixbatch.duckdb").exists()  # nothing to probe: the state file is not touched
     out = run_cli("estimate", m).stdout
-    assert "$0.135" in out and "exact" in out and "upscale 4-8MP" in out
+    assert "Total: $0.105 - $0.135 (a range" in out and "(exact)" not in out and "upscale <=4MP" in out
+    assert "hires: 6 items cost $0.005-$0.01 each" in out and "fix: `upscale_mode: target`" in out
     assert "FAILED" in out and "ERROR is not charged" in out and "2026-05-22" in out
 
 
 def test_exactly_four_megapixels_is_the_lower_tier(tmp_path):
-    m = write_manifest(tmp_path, [declared(0, 1000, 1000), declared(1, 1000, 1001)],
+    m = write_manifest(tmp_path, [declared(0, 1000, 1000), declared(1, 1025, 1024), declared(2, 1000, 1001)],
                        [{"id": "up", "op": "upscale", "upscale_mode": "factor", "factor": 2}])
     d = run_json(m)
-    # 2000x2000 is exactly 4 MP: the <=4MP tier; 2000x2002 is above it
-    assert [(x["tier"], x["count"], x["unit_high"]["micros"]) for x in d["lines"]] == [
-        ("upscale <=4MP", 1, 5_000), ("upscale 4-8MP", 1, 10_000)]
-    assert d["total"]["high"]["micros"] == 15_000 and d["total"]["exact"]
+    # 2000x2000 is exactly 4 MP: the <=4MP tier; 2050x2048 = 4,198,400 px is above 4 MP under either
+    # reading; 2000x2002 = 4,004,000 px is above 4 x 10^6 but not above 4 x 2^20: a range
+    assert [(x["tier"], x["count"], x["unit_low"]["micros"], x["unit_high"]["micros"]) for x in d["lines"]] == [
+        ("upscale <=4MP", 1, 5_000, 5_000), ("upscale 4-8MP", 1, 10_000, 10_000),
+        ("upscale <=4MP .. upscale 4-8MP", 1, 5_000, 10_000)]
+    assert (d["total"]["low"]["micros"], d["total"]["high"]["micros"], d["total"]["exact"]) == (20_000, 25_000, False)
+    assert "4,000,000..4,194,304 px" in d["uncertain"][0]["reason"]
 
 
 def test_library_estimate_is_what_the_command_prints(tmp_path):
@@ -241,15 +251,17 @@ def test_no_probe_gives_a_range_and_says_why(tmp_path, image_server):
     inputs = [declared(0, 1000, 1000)] + [undeclared(f"u{i}", f"{url}?v={i}") for i in range(5)]
     m = write_manifest(tmp_path, inputs, [EDIT | {"aspect_ratio": "match_input_image"}, CHAIN])
     d = run_json(m, "--no-probe")
-    # edits: 6 inputs x 2 seeds, exact; chained upscales: 2 known (1024x1024 x2 > 4 MP), 10 uncertain
+    # edits: 6 inputs x 2 seeds, exact; chained upscales: 2 of a known input (its edit predicted 1024x1024,
+    # x2 = 4,194,304 px: between the readings of 4 MP) and 10 of unknown inputs: all ranges, for two reasons
     assert [(x["step"], x["count"], x["exact"]) for x in d["lines"]] == [
-        ("recolor", 12, True), ("hires", 2, True), ("hires", 10, False)]
-    assert d["total"]["low"]["usd"] == "0.19" and d["total"]["high"]["usd"] == "0.24"
-    (u,) = d["uncertain"]
+        ("recolor", 12, True), ("hires", 2, False), ("hires", 10, False)]
+    assert d["total"]["low"]["usd"] == "0.18" and d["total"]["high"]["usd"] == "0.24"
+    known, u = d["uncertain"]
+    assert known["count"] == 2 and "4,000,000..4,194,304 px" in known["reason"]
     assert u["step"] == "hires" and u["count"] == 10 and "--no-probe" in u["reason"] and len(u["examples"]) == 3
     assert not (tmp_path / "batch.pixbatch.duckdb").exists()
     out = run_cli("estimate", m, "--no-probe").stdout
-    assert "$0.19 - $0.24" in out and "10 items" in out and "hires/u0-red-1.jpg" in out
+    assert "$0.18 - $0.24" in out and "10 items" in out and "hires/u0-red-1.jpg" in out
 
 
 @pytest.fixture
@@ -308,8 +320,8 @@ def test_budget_exceeded_exits_3_with_both_numbers(tmp_path):
 def test_json_shape(tmp_path):
     m = write_manifest(tmp_path, [declared(0, 640, 480), {"id": "u", "url": "http://127.0.0.1:9/u.png"}], [FACTOR])
     d = run_json(m, "--no-probe")
-    assert set(d) == {"total", "budget", "item_count", "duplicates", "lines", "uncertain", "sizes", "price_table",
-                      "assumptions"}
+    assert set(d) == {"total", "budget", "item_count", "duplicates", "lines", "uncertain", "plan", "state_note",
+                      "sizes", "price_table", "assumptions"}
     assert set(d["lines"][0]) == {"step", "op", "tier", "count", "exact", "unit_low", "unit_high", "subtotal_low",
                                   "subtotal_high", "reason"}
     assert d["budget"] is None and d["price_table"]["effective_date"] == "2026-05-22"

@@ -12,6 +12,7 @@ from pixbatch.errors import PricingError
 from pixbatch.items import WorkItem, item_key, resolve_body, upstream_ref
 from pixbatch.money import format_usd, usd_to_micros
 from pixbatch.pricing import PriceTable
+from pixbatch import sizes as sizes_mod
 from pixbatch.sizes import MEGAPIXEL, edit_output_size, target_size, upscale_output_size
 
 
@@ -114,4 +115,10 @@ def test_every_upscale_price_is_a_tier_and_integer(size, target, factor):
     t = PriceTable.load()
     for body in ({"upscale_mode": "target", "target": target}, {"upscale_mode": "factor", "factor": factor}):
         p = t.price("upscale", body, size)
-        assert p.exact and isinstance(p.high_micros, int) and p.high_micros in (5000, 10000)
+        assert isinstance(p.high_micros, int) and {p.low_micros, p.high_micros} <= {5000, 10000}
+        # exact unless the output's tier depends on what one MP is or on the rounding
+        tiers = {t.upscale_tier_for_size(out, m) for out, (m, _) in
+                 sizes_mod.possible_output_sizes("upscale", body, size).items()}
+        tiers |= {t.upscale_tier_for_size(sizes_mod.output_size("upscale", body, size, megapixel=m, rounding=r), m)
+                  for m in sizes_mod.MEGAPIXEL_READINGS for r in sizes_mod.ROUNDINGS}
+        assert p.exact == (len(tiers) == 1)

@@ -264,7 +264,7 @@ def test_text_file_problems_have_line_and_column():
     Path("urls.txt").write_text("# shots\nhttps://cdn.example.com/1.png\n   www.example.com/2.png\n")
     (p,) = check_manifest(write("version: 1\ninputs: [{from: urls.txt}]\nsteps: [{id: u, op: upscale}]\n"))
     assert str(p) == ("urls.txt:3:4: line 3: 'www.example.com/2.png' is not an http:// or https:// URL "
-                      "(write one http(s) URL per line; start comments with #)")
+                      "(write one http(s) URL or local file path per line; start comments with #)")
 
 
 def test_name_escapes_agrees_with_its_rules_on_every_short_name():

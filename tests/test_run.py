@@ -443,3 +443,67 @@ def test_failed_factor_upscales_are_charged_by_the_size_the_gateway_saw(tmp_path
     ledger = emulator.ledger()
     assert s.counts["FAILED"] == 3 and ledger.charged_micros == 15_000
     assert s.charged_total_micros == ledger.charged_micros and s.reserved_micros == 0
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_signed_callback_settles_an_item_whose_connection_dropped_after_acceptance(tmp_path, emulator,
+                                                                                     image_server):
+    urls = [image_server.add(f"d{i}.png", (320, 240)) for i in range(3)]
+    m = load_manifest(write_manifest(tmp_path, urls, "  - id: t\n    op: upscale\n    target: 1\n"))
+    emulator.script([{"drop_after_accept": True}])
+    hook = f"http://127.0.0.1:{_free_port()}/pixbatch/callback"
+    s = run(m, options=opts(emulator, webhook_url=hook))
+    ledger = emulator.ledger()
+    assert s.exit_code == 0 and s.counts["COMPLETED"] == 3 and s.counts.get("AMBIGUOUS", 0) == 0
+    assert s.at_risk_micros == 0 and s.submits == 3  # nothing sent twice
+    assert len(ledger.entries) == 3 and ledger.charged_micros == s.charged_total_micros
+    sent = [e.webhook_url for e in emulator.requests().submits]
+    assert all("pb_sig=" in u and "pb_key=" in u for u in sent)  # each send names itself
+    secret = db_rows(m.state_path, "SELECT value FROM secrets")[0][0]
+    for table in ("items", "events", "runs", "submit_log"):  # the secret is never written anywhere else
+        assert secret not in repr(db_rows(m.state_path, f"SELECT * FROM {table}"))
+    adopted = db_rows(m.state_path, "SELECT count(*) FROM events WHERE kind = 'state' AND "
+                                    "detail->>'reason' LIKE 'a signed callback%'")
+    assert adopted == [(1,)]
+
+
+def test_forged_or_oversized_callbacks_are_refused_and_change_nothing(tmp_path, image_server):
+    import httpx
+
+    from pixbatch.runner.callbacks import MAX_BODY, Receiver, Signer
+
+    signer = Signer("s" * 64, "http://127.0.0.1:9/cb")
+    heard = []
+
+    async def go():
+        import asyncio
+
+        rx = Receiver(signer, asyncio.get_running_loop(), lambda *a: heard.append(a))
+        transport = httpx.ASGITransport(app=rx)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1:9") as c:
+            good = signer.url_for("k1", 2)
+            ok = await c.post(good, json={"request_id": "p-image_0123", "status": "COMPLETED"})
+            dup = await c.post(good, json={"request_id": "p-image_0123", "status": "COMPLETED"})
+            forged = await c.post("/cb?pb_key=k1&pb_n=2&pb_sig=" + "0" * 40, json={"request_id": "p-image_9"})
+            unsigned = await c.post("/cb", json={"request_id": "p-image_9"})
+            big = await c.post(good, content=b"{" + b" " * (MAX_BODY + 10) + b"}")
+            bad_id = await c.post(good, json={"request_id": "../../x"})
+        await asyncio.sleep(0.05)
+        return [r.status_code for r in (ok, dup, forged, unsigned, big, bad_id)], rx.forged
+
+    codes, forged = asyncio_run(go())
+    assert codes == [200, 200, 403, 403, 413, 400] and forged == 2
+    assert heard == [("k1", 2, "p-image_0123")]  # once, however often it is delivered
+
+
+def asyncio_run(coro):
+    import asyncio
+
+    return asyncio.run(coro)

@@ -47,7 +47,7 @@ def test_migrations_are_applied_and_m004_moves_the_attempts_of_an_older_file_int
                 "TIMESTAMP '2026-01-01 00:00:01', 202, 'accepted')")
     old.close()
     db = connect(path)
-    assert applied(db)[2:4] == ["m003_item_scope_attempts", "m004_submit_log"]
+    assert applied(db)[2:5] == ["m003_item_scope_attempts", "m004_submit_log", "m005_object_storage"]
     cols = {r[0] for r in db.execute("SELECT column_name FROM information_schema.columns WHERE table_name='items'")
             .fetchall()}
     assert {"scope", "attempts", "polling_path"} <= cols

@@ -22,13 +22,16 @@ SCHEMA = {
              "started_at TIMESTAMP, finished_at TIMESTAMP, updated_at TIMESTAMP, run_id VARCHAR, scope VARCHAR, "
              "attempts INTEGER, polling_path VARCHAR, vars JSON",
     "outputs": "key VARCHAR, path VARCHAR, sha256 VARCHAR, bytes BIGINT, width INTEGER, height INTEGER, "
-               "media_type VARCHAR, downloaded_at TIMESTAMP",
+               "media_type VARCHAR, downloaded_at TIMESTAMP, etag VARCHAR",
     "probes": "url VARCHAR, width INTEGER, height INTEGER, format VARCHAR, bytes_read INTEGER, error VARCHAR, "
               "probed_at TIMESTAMP",
     "runs": "run_id VARCHAR, started_at TIMESTAMP, finished_at TIMESTAMP, manifest_path VARCHAR, "
             "manifest_sha256 VARCHAR, base_url VARCHAR, budget_micros BIGINT, estimate_low_micros BIGINT, "
             "estimate_high_micros BIGINT, outcome VARCHAR, pid INTEGER, options JSON",
     "schema_migrations": "id INTEGER, name VARCHAR, applied_at TIMESTAMP",
+    "secrets": "name VARCHAR, value VARCHAR",
+    "uploads": "object VARCHAR, sha256 VARCHAR, bytes BIGINT, media_type VARCHAR, etag VARCHAR, how VARCHAR, "
+               "uploaded_at TIMESTAMP",
     "submit_log": "key VARCHAR, n INTEGER, run_id VARCHAR, ts TIMESTAMP, event VARCHAR, reserved_micros BIGINT, "
                   "request_id VARCHAR, http_status INTEGER, polling_path VARCHAR",
 }
@@ -46,7 +49,8 @@ def test_an_empty_file_gets_the_whole_schema_once(tmp_path):
     db = connect(tmp_path / "s.duckdb")
     assert schema(db) == SCHEMA
     assert applied(db) == [name for name, _ in MIGRATIONS] == [
-        "m001_probe_cache", "m002_run_state", "m003_item_scope_attempts", "m004_submit_log", "m005_item_vars"]
+        "m001_probe_cache", "m002_run_state", "m003_item_scope_attempts", "m004_submit_log", "m005_object_storage",
+        "m006_secrets", "m007_item_vars"]
     assert db.execute("SELECT table_name FROM information_schema.tables WHERE table_type = 'VIEW'").fetchall() == [
         ("attempts",)]
     assert db.execute("SELECT index_name FROM duckdb_indexes()").fetchall() == [("items_step",)]
@@ -68,7 +72,8 @@ def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path):
     cols = {r[0] for r in db.execute("SELECT column_name FROM information_schema.columns "
                                      "WHERE table_name = 'items'").fetchall()}
     assert "half_done" not in cols
-    assert migrate(db) == ["m003_item_scope_attempts", "m004_submit_log", "m005_item_vars"]  # the real ones still apply
+    assert migrate(db) == ["m003_item_scope_attempts", "m004_submit_log", "m005_object_storage",
+        "m006_secrets", "m007_item_vars"]  # the real ones still apply
     db.close()
 
 

@@ -287,8 +287,8 @@ def test_width_without_height_and_non_http_urls():
     assert code == 2
     assert lines(out) == [
         "m.yaml:4:5: $.inputs[0].height: height is given without width (give both width and height, or neither)",
-        "m.yaml:5:5: $.inputs[1]: 'file:///etc/passwd' is not an http:// or https:// URL "
-        "(quote the whole URL and start it with http:// or https://)",
+        "m.yaml:5:5: $.inputs[1]: 'file:///etc/passwd' is not an http:// or https:// URL, or the path of a local "
+        "image file (quote the whole URL and start it with http:// or https://)",
         "m.yaml:6:10: $.inputs[2].url: 'cdn.example.com/b.png' is not an http:// or https:// URL "
         "(quote the whole URL and start it with http:// or https://)",
     ]
@@ -489,11 +489,16 @@ def test_validate_is_documented():
 def test_the_reference_example_in_the_docs_validates():
     docs = (MANIFESTS.parent / "docs" / "manifest.md").read_text()
     example = docs.split("```yaml\n", 1)[1].split("```", 1)[0]
+    from conftest import make_image
+
     Path("catalog.csv").write_text("url,id\nhttps://cdn.example.com/c/1.png,c1\n")
+    make_image(Path("photos/cover.jpg"), (64, 48))
+    make_image(Path("shoot/s1.jpg"), (64, 48), color=(1, 2, 3))
+    make_image(Path("shoot/day2/s2.jpg"), (48, 64), color=(4, 5, 6))
     code, out = validate(example)
     assert code == 0, out
-    # 3 inputs (a, hero, c1) x (2 colors x 2 seeds) recolors, each upscaled
-    assert "3 inputs, 2 steps, 24 work items (recolor 12, hires 12)" in out
+    # 6 inputs (a, hero, cover, s1, day2_s2, c1) x (2 colors x 2 seeds) recolors, each upscaled
+    assert "6 inputs, 2 steps, 48 work items (recolor 24, hires 24)" in out
 
 
 def test_the_python_example_in_the_docs_is_true():

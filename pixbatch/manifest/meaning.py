@@ -16,7 +16,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from dataclasses import dataclass
+from dataclasses import replace as dc_replace
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -26,7 +28,9 @@ from .model import Manifest, Step
 from .names import name_escapes
 from .problems import IDENT_RE, MAX_ROW_PROBLEMS, Checker, Problem, json_path, short, suggest
 from .shape import param_validator, schema_error
-from .sources import URL_RE, FileSource, Input, default_input_id, iter_file
+from ..storage.local import NotAnImage
+from . import objects
+from .sources import URL_RE, FileSource, Input, default_input_id, iter_file, local_input, looks_like_url
 from .templates import BUILTIN_VARS, DEFAULT_NAMING, template_fields
 
 
@@ -122,11 +126,15 @@ def build(c: Checker, data: dict[str, Any]) -> Manifest | None:
         if st is not None:
             steps.append(st)
 
+    out_uri = objects.output_uri(c, data)
+    up = objects.uploads(c, data, scan.local > 0)
+
     if c.problems:
         return None
     return Manifest(path=c.path.resolve(), name=name, budget_micros=budget, output_dir=output_dir,
                     state_path=state_path, naming=naming, defaults=defaults, steps=tuple(steps),
-                    sources=tuple(sources), display=c.file, located=c.loc, names_checked=False)
+                    sources=tuple(sources), display=c.file, located=c.loc, names_checked=False,
+                    output_uri=out_uri, uploads=up)
 
 
 def _norm(v: Any) -> Any:
@@ -143,6 +151,16 @@ def _build_sources(c: Checker, inputs_raw: list[Any]) -> list[Input | FileSource
         if isinstance(item, str):
             if URL_RE.match(item):
                 sources.append(Input(default_input_id(item), item, origin=origin))
+            elif "://" not in item and item:
+                inp = _local(c, ("inputs", i), item, None, {}, origin)
+                if inp is not None:
+                    sources.append(inp)
+        elif isinstance(item, dict) and "path" in item and "from" not in item:
+            if isinstance(item.get("path"), str) and item["path"]:
+                ident = item.get("id") if isinstance(item.get("id"), str) else None
+                inp = _local(c, ("inputs", i, "path"), item["path"], ident, _params(item), origin)
+                if inp is not None:
+                    sources.append(inp)
         elif isinstance(item, dict) and "from" in item:
             rel = item.get("from")
             if not isinstance(rel, str) or not rel:
@@ -151,8 +169,19 @@ def _build_sources(c: Checker, inputs_raw: list[Any]) -> list[Input | FileSource
                 c.add(("inputs", i, "from"), "the path contains a NUL character", "write a plain file path")
                 continue
             absolute, shown = c.display_path(rel)
-            kind = absolute.suffix.lower().lstrip(".")
-            if kind not in ("csv", "txt"):
+            kind = "dir" if absolute.is_dir() or rel.endswith("/") else absolute.suffix.lower().lstrip(".")
+            if kind == "dir":
+                if not absolute.is_dir():
+                    c.add(("inputs", i, "from"), f"the folder {shown} does not exist",
+                          "the path is relative to the manifest's directory")
+                else:
+                    glob = item.get("glob") if isinstance(item.get("glob"), str) and item.get("glob") else None
+                    sources.append(FileSource(absolute, shown, "dir", glob, item.get("recursive") is True))
+            elif "glob" in item or "recursive" in item:
+                c.add(("inputs", i, "glob" if "glob" in item else "recursive"),
+                      "glob and recursive apply to a folder, and this is a file", "remove them, or name a folder",
+                      key=True)
+            elif kind not in ("csv", "txt"):
                 c.add(("inputs", i, "from"), f"{rel!r} is neither a .csv nor a .txt file",
                       "use a CSV with a header row (url, id, width, height) or a .txt with one URL per line")
             elif not absolute.exists():
@@ -169,13 +198,35 @@ def _build_sources(c: Checker, inputs_raw: list[Any]) -> list[Input | FileSource
             w, h = item.get("width"), item.get("height")
             if not (isinstance(w, int) and isinstance(h, int)) or isinstance(w, bool) or isinstance(h, bool):
                 w = h = None
-            params: dict[str, dict[str, Any]] = {}
-            if isinstance(item.get("params"), dict):
-                for op in contract.OPS:
-                    if isinstance(item["params"].get(op), dict):
-                        params[op] = {k: _norm(v) for k, v in item["params"][op].items()}
-            sources.append(Input(ident, url, w, h, params, {}, origin))
+            sources.append(Input(ident, url, w, h, _params(item), {}, origin))
     return sources
+
+
+def _params(item: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    params: dict[str, dict[str, Any]] = {}
+    if isinstance(item.get("params"), dict):
+        for op in contract.OPS:
+            if isinstance(item["params"].get(op), dict):
+                params[op] = {k: _norm(v) for k, v in item["params"][op].items()}
+    return params
+
+
+def _local(c: Checker, where: tuple[Any, ...], text: str, ident: str | None, params: dict[str, dict[str, Any]],
+           origin: str) -> Input | None:
+    """A local image named in the manifest (relative to it), or None with the problem added."""
+    if "\x00" in text:
+        c.add(where, "the path contains a NUL character", "write a plain file path")
+        return None
+    absolute, shown = c.display_path(str(Path(text).expanduser()))
+    if looks_like_url(text) and not absolute.exists():
+        c.add(where, f"{short(text)} is neither an http:// or https:// URL nor an existing file",
+              "start a URL with https://; a local path is relative to the manifest's directory")
+        return None
+    try:
+        return local_input(absolute, shown, ident, origin, params=params)
+    except NotAnImage as exc:
+        c.add(where, str(exc), exc.hint)
+        return None
 
 
 @dataclass
@@ -188,6 +239,7 @@ class _Scan:
     total: int
     sample_ids: list[str]  # up to a few thousand ids, for "did you mean"
     all_ids: bool  # sample_ids holds every id
+    local: int = 0  # inputs that are local files
 
 
 def _scan_inputs(c: Checker, sources: list[Input | FileSource], wanted: set[str]) -> _Scan:
@@ -198,14 +250,14 @@ def _scan_inputs(c: Checker, sources: list[Input | FileSource], wanted: set[str]
     source_of: dict[str, int] = {}
     source_vars: list[frozenset[str]] = []
     sample: list[str] = []
-    total = 0
+    total = local = 0
     for si, src in enumerate(sources):
         if isinstance(src, Input):
             stream: Iterable[Input] = (src,)
         else:
             header: list[Any] = []
             stream = iter_file(src, c.problems, header_out=header)
-        n = 0
+        n, local0 = 0, local
         for inp in stream:
             n += 1
             h = hash(inp.id)
@@ -218,21 +270,31 @@ def _scan_inputs(c: Checker, sources: list[Input | FileSource], wanted: set[str]
                 source_of[inp.id] = si
             if len(sample) < 5000:
                 sample.append(inp.id)
+            if inp.file is not None:
+                local += 1
         total += n
+        if isinstance(src, FileSource) and (local > local0 or src.kind == "dir"):
+            sources[si] = src = dc_replace(src, local=True)
         if isinstance(src, FileSource):
             cols, extra = header[0] if len(header) > 1 else ({}, [])
             bad_rows = header[-1] if header else 0
             source_vars.append(frozenset(name for _, name in extra if IDENT_RE.match(name)))
             if n == 0 and bad_rows == 0:
                 i = _source_index(c, src)
-                c.add(("inputs", i, "from"), f"{src.display} has no {'rows' if src.kind == 'csv' else 'URLs'}, so it expands to nothing",
-                      "add rows under the header (url,id,width,height)" if src.kind == "csv" else "add one URL per line")
+                if src.kind == "dir":
+                    c.add(("inputs", i, "from"), f"the folder {src.display} has no image files"
+                          + (f" matching {src.glob!r}" if src.glob else " (.jpg, .jpeg, .png, .webp)")
+                          + ("" if src.recursive else " (subfolders are not searched)"),
+                          "add images, change glob, or set recursive: true")
+                else:
+                    c.add(("inputs", i, "from"), f"{src.display} has no {'rows' if src.kind == 'csv' else 'URLs'}, so it expands to nothing",
+                          "add rows under the header (url,id,width,height)" if src.kind == "csv" else "add one URL per line")
         else:
             source_vars.append(frozenset())
     del hashes
     if colliding:
         _report_duplicate_ids(c, sources, colliding)
-    return _Scan(found, source_of, source_vars, total, sample, total <= len(sample))
+    return _Scan(found, source_of, source_vars, total, sample, total <= len(sample), local)
 
 
 def _source_index(c: Checker, src: FileSource) -> int:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import contract
+from ..storage.config import UploadsConfig
 from ..yamlpos import Located
 from .problems import Problem, json_path
 from .sources import FileSource, Input
@@ -66,6 +67,10 @@ class Manifest:
     # the output names were checked (every step expanded once: load_manifest does it).
     # Not in the repr: the resume fingerprint hashes the repr, and the items are the same
     names_checked: bool = field(default=False, repr=False, compare=False)
+    # where outputs go when output_dir is s3://bucket/prefix/ (output_dir is then unused), and
+    # where local inputs are uploaded: neither changes an item, so neither is in the repr
+    output_uri: str | None = field(default=None, repr=False)
+    uploads: UploadsConfig | None = field(default=None, repr=False)
 
     # -- inputs, streamed --------------------------------------------------------
 
@@ -76,6 +81,19 @@ class Manifest:
                 yield src
             else:
                 yield from src.inputs()
+
+    def has_local_inputs(self) -> bool:
+        """Whether any input is a local file (a folder, an inline path, a CSV or text file naming one)."""
+        return any(s.local if isinstance(s, FileSource) else s.file is not None for s in self.sources)
+
+    def iter_local_inputs(self) -> Iterator[Input]:
+        """The inputs that are local files (only the sources that hold some are read)."""
+        for src in self.sources:
+            if isinstance(src, Input):
+                if src.file is not None:
+                    yield src
+            elif src.local:
+                yield from (i for i in src.inputs() if i.file is not None)
 
     def count_inputs(self) -> int:
         return sum(1 for _ in self.iter_inputs())

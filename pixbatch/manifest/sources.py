@@ -1,8 +1,13 @@
 """The source images: an :class:`Input` written in the manifest, or a ``from:`` file of them.
 
-A ``from:`` file (:class:`FileSource`) is a CSV with a header row (``url`` required;
-``id``, ``width``, ``height`` optional; any other column becomes a template variable) or
-a text file (one URL per line, ``#`` comments). Files are never held in memory:
+A ``from:`` file (:class:`FileSource`) is a CSV with a header row (``url`` or ``path``
+required; ``id``, ``width``, ``height`` optional; any other column becomes a template
+variable), a text file (one URL or local path per line, ``#`` comments), or a folder of
+images (``kind == "dir"``: its files matching ``glob``, optionally ``recursive``).
+
+A local file becomes an Input whose ``url`` is ``pixbatch://file/<sha256>`` and whose size
+is read from the file (``storage.local.inspect``: no probe); a file that is missing or not
+a JPEG, PNG or WebP image is a problem located where it is named. Files are never held in memory:
 :func:`iter_file` reads one row at a time, every time it is called. Bad rows are
 :class:`~.problems.Problem` s located at ``FILE:LINE:COLUMN`` (the column of the cell);
 while validating they are collected (at most ``MAX_ROW_PROBLEMS`` per file), after it (a
@@ -11,6 +16,7 @@ file that changed since) the first one raises ManifestError.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import re
 from collections.abc import Callable, Iterator, Mapping
@@ -20,10 +26,12 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from ..errors import ManifestError
+from ..items import file_ref
 from ..sizes import Size
+from ..storage.local import LocalFile, NotAnImage, inspect, list_folder
 from .problems import MAX_ROW_PROBLEMS, Problem, suggest
 
-CSV_COLUMNS = ("url", "id", "width", "height")
+CSV_COLUMNS = ("url", "path", "id", "width", "height")
 
 URL_RE = re.compile(r"^[hH][tT][tT][pP][sS]?://[^/\s?#]+\S*$")
 ID_RE = re.compile(r"^[A-Za-z0-9._-]+$")
@@ -41,6 +49,7 @@ class Input:
     params: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # {"edit": {...}, "upscale": {...}}
     vars: Mapping[str, str] = field(default_factory=dict)  # extra CSV columns: template variables
     origin: str = ""  # "file:line:column" where the input is written
+    file: LocalFile | None = None  # a local file (url is then its pixbatch://file/ placeholder)
 
     @property
     def size(self) -> Size | None:
@@ -54,11 +63,38 @@ class FileSource:
 
     path: Path  # absolute
     display: str  # the path as shown in problems (relative to the working directory when given so)
-    kind: str  # "csv" | "txt"
+    kind: str  # "csv" | "txt" | "dir"
+    glob: str | None = None  # dir: which files (default: *.jpg, *.jpeg, *.png, *.webp, any case)
+    recursive: bool = False  # dir: look in subfolders too
+    local: bool = False  # some rows name local files (found while validating; a folder always does)
 
     def inputs(self) -> Iterator[Input]:
         """The file's inputs, read row by row; a bad row raises ManifestError."""
         return iter_file(self, None)
+
+
+def local_input(path: Path, shown: str, ident: str | None, origin: str,
+                params: Mapping[str, Mapping[str, Any]] | None = None, vars: Mapping[str, str] | None = None) -> Input:
+    """The Input of a local image file (raises NotAnImage when it is missing or not an image)."""
+    f = inspect(path, shown)
+    return Input(ident or file_input_id(path.name), file_ref(f.sha256), f.width, f.height, params or {},
+                 vars or {}, origin, f)
+
+
+def file_input_id(rel: str) -> str:
+    """The id of a local file without one: its path (relative to its folder) without the extension."""
+    if "." in rel.rsplit("/", 1)[-1][1:]:
+        rel = rel.rsplit(".", 1)[0]
+    return _ID_BAD.sub("_", rel).strip("_") or "image"
+
+
+def looks_like_url(text: str) -> bool:
+    """A string that is an http(s) URL, or a URL without its scheme ("cdn.example.com/a.png")
+    rather than a relative path: it is read as a (bad) URL unless such a file exists."""
+    if "://" in text:
+        return True
+    first = text.split("/", 1)[0]
+    return "/" in text and "." in first.strip(".") and not first.startswith(".")
 
 
 def default_input_id(url: str) -> str:
@@ -92,17 +128,23 @@ def iter_file(src: FileSource, problems: list[Problem] | None, *, header_out: He
         if bad <= MAX_ROW_PROBLEMS:
             problems.append(p)
 
-    try:
-        f = open(src.path, encoding="utf-8-sig", newline="" if src.kind == "csv" else None)
-    except OSError as exc:
-        report(1, 1, "(file)", f"cannot read {src.display}: {exc.strerror or exc}",
-               "check that the file exists and is readable")
-        return
-    with f:
+    if src.kind == "dir":
+        if header_out is not None:
+            header_out.append(({}, []))
+        yield from _iter_dir(src, report)
+        f = None
+    else:
+        try:
+            f = open(src.path, encoding="utf-8-sig", newline="" if src.kind == "csv" else None)
+        except OSError as exc:
+            report(1, 1, "(file)", f"cannot read {src.display}: {exc.strerror or exc}",
+                   "check that the file exists and is readable")
+            return
+    with f or contextlib.nullcontext():
         try:
             if src.kind == "txt":
                 yield from _iter_txt(src, f, report)
-            else:
+            elif src.kind == "csv":
                 yield from _iter_csv(src, f, report, header_out)
         except UnicodeDecodeError as exc:
             report(1, 1, "(file)", f"{src.display} is not UTF-8 text ({exc.reason} at byte {exc.start})",
@@ -117,6 +159,29 @@ def iter_file(src: FileSource, problems: list[Problem] | None, *, header_out: He
                                 "fix the rows above and validate again"))
 
 
+def _iter_dir(src: FileSource, report: _Report) -> Iterator[Input]:
+    """A folder's image files, in the order of their relative paths."""
+    try:
+        files = list_folder(src.path, src.glob, src.recursive)
+    except OSError as exc:
+        report(1, 1, "(folder)", f"cannot list {src.display}: {exc.strerror or exc}", "check the path and permissions")
+        return
+    for p in files:
+        rel = p.relative_to(src.path).as_posix()
+        shown = src.display.rstrip("/") + "/" + rel
+        try:
+            yield local_input(p, shown, file_input_id(rel), f"{shown}:1:1")
+        except NotAnImage as exc:
+            report(1, 1, f"file {rel}", str(exc), exc.hint)
+
+
+def _local_row(src: FileSource, text: str, ident: str | None, origin: str, vars: Mapping[str, str] | None = None) -> Input:
+    """A row's local path (relative to the listing file's folder) as an Input; NotAnImage when it is not one."""
+    p = Path(text).expanduser()
+    absolute = p if p.is_absolute() else src.path.parent / p
+    return local_input(absolute, text, ident, origin, vars=vars)
+
+
 def _iter_txt(src: FileSource, f: Any, report: _Report) -> Iterator[Input]:
     for lineno, line in enumerate(f, 1):
         url = line.strip()
@@ -124,8 +189,14 @@ def _iter_txt(src: FileSource, f: Any, report: _Report) -> Iterator[Input]:
             continue
         col = len(line) - len(line.lstrip()) + 1
         if not URL_RE.match(url):
-            report(lineno, col, f"line {lineno}", f"{url!r} is not an http:// or https:// URL",
-                   "write one http(s) URL per line; start comments with #")
+            if looks_like_url(url) and not (src.path.parent / url).exists():
+                report(lineno, col, f"line {lineno}", f"{url!r} is not an http:// or https:// URL",
+                       "write one http(s) URL or local file path per line; start comments with #")
+                continue
+            try:
+                yield _local_row(src, url, None, f"{src.display}:{lineno}:{col}")
+            except NotAnImage as exc:
+                report(lineno, col, f"line {lineno}", str(exc), exc.hint)
             continue
         yield Input(default_input_id(url), url, origin=f"{src.display}:{lineno}:{col}")
 
@@ -191,21 +262,23 @@ def _iter_csv(src: FileSource, f: Any, report: _Report, header_out: Header | Non
         header_out.append((cols, extra))
     if not cols and not extra:
         return  # empty file: reported by the caller as an empty expansion
-    if "url" not in cols:
+    if "url" not in cols and "path" not in cols:
         names = [n for _, n in extra]
-        near = suggest("url", names)
+        near = suggest("url", names) or suggest("path", names)
         report(1, 1, "header", "the header row has no 'url' column",
-               f"did you mean {near!r}? rename it to url" if near else
-               "the first row must name the columns: url (required), id, width, height, and any template variables")
+               f"did you mean {near!r}? rename it to {'url' if suggest('url', names) else 'path'}" if near else
+               "the first row must name the columns: url (or path, for local files), id, width, height, "
+               "and any template variables")
         return
-    iu, ii, iw, ih = cols["url"], cols.get("id"), cols.get("width"), cols.get("height")
+    iu, ii, iw, ih = cols.get("url"), cols.get("id"), cols.get("width"), cols.get("height")
+    ip = cols.get("path")
     ncols = max([*cols.values(), *(i for i, _ in extra)]) + 1
     for row in reader:
         if not row or not any(c.strip() for c in row):
             continue
         lineno = reader.line_num
         try:
-            yield _csv_input(src, row, lineno, iu, ii, iw, ih, extra, ncols)
+            yield _csv_input(src, row, lineno, iu, ii, iw, ih, extra, ncols, ip)
         except _RowError as e:
             starts = _field_starts(lines.last.rstrip("\r\n"))
             if e.column is None:
@@ -215,13 +288,21 @@ def _iter_csv(src: FileSource, f: Any, report: _Report, header_out: Header | Non
             report(lineno, col, f"row {lineno}, column {e.field_name}", e.message, e.hint)
 
 
-def _csv_input(src: FileSource, row: list[str], lineno: int, iu: int, ii: int | None, iw: int | None,
-               ih: int | None, extra: list[tuple[int, str]], ncols: int) -> Input:
+def _csv_input(src: FileSource, row: list[str], lineno: int, iu: int | None, ii: int | None, iw: int | None,
+               ih: int | None, extra: list[tuple[int, str]], ncols: int, ip: int | None = None) -> Input:
     n = len(row)
     if n > ncols:
         raise _RowError(ncols, str(ncols + 1), f"the row has {n} cells but the header names {ncols} columns",
                         "quote cells that contain commas, or add a name for the extra column to the header")
-    url = row[iu].strip() if iu < n else ""
+    local = row[ip].strip() if ip is not None and ip < n else ""
+    url = row[iu].strip() if iu is not None and iu < n else ""
+    if local and url:
+        raise _RowError(ip, "path", "the row has both a url and a path", "give one of them per row")
+    if local:
+        return _csv_local(src, row, lineno, local, ip, ii, iw, ih, extra)
+    if iu is None:
+        raise _RowError(ip if ip is not None and ip < n else None, "path", "the path cell is empty",
+                        "every row needs the path of a local image file")
     if not url:
         raise _RowError(iu if iu < n else None, "url", "the url cell is empty", "every row needs an http(s) URL")
     if not URL_RE.match(url):
@@ -247,3 +328,18 @@ def _csv_input(src: FileSource, row: list[str], lineno: int, iu: int, ii: int | 
         w, h = int(ws), int(hs)
     vars_ = {name: (row[i] if i < n else "") for i, name in extra} if extra else {}
     return Input(ident, url, w, h, {}, vars_, f"{src.display}:{lineno}:1")
+
+
+def _csv_local(src: FileSource, row: list[str], lineno: int, local: str, ip: int | None, ii: int | None,
+               iw: int | None, ih: int | None, extra: list[tuple[int, str]]) -> Input:
+    """A row naming a local file: its size comes from the file (width/height cells are not read)."""
+    n = len(row)
+    ident = row[ii].strip() if ii is not None and ii < n else ""
+    if ident and not ID_RE.match(ident):
+        raise _RowError(ii, "id", f"id {ident!r} has characters other than letters, digits, '.', '_' and '-'",
+                        "use only letters, digits, '.', '_' and '-' in ids")
+    vars_ = {name: (row[i] if i < n else "") for i, name in extra} if extra else {}
+    try:
+        return _local_row(src, local, ident or None, f"{src.display}:{lineno}:1", vars_)
+    except NotAnImage as exc:
+        raise _RowError(ip, "path", str(exc), exc.hint) from None

@@ -236,8 +236,9 @@ def sections(r: Report, *, outputs_limit: int | None = None, narrow: bool = Fals
                      ("sizes learned since the plan (probes, upstream outputs) and items added or reused", "",
                       "", "", signed_usd(t.est_high_micros - r.spend.planned_high_micros))]
     var_rows += [("Estimate (upper bound)", f"{t.items:,}", usd(t.est_high_micros), "", "")]
-    var_rows += [(v.explanation, f"{v.items:,}", usd(v.est_high_micros), usd(v.charged_micros),
-                  signed_usd(v.delta_micros)) for v in r.spend.variance]
+    var_rows += [(v.explanation + ("; e.g. " + "; ".join(v.examples) if v.examples else ""), f"{v.items:,}",
+                  usd(v.est_high_micros), usd(v.charged_micros), signed_usd(v.delta_micros))
+                 for v in r.spend.variance]
     var_rows.append(("Charged", "", "", usd(t.charged_micros), signed_usd(t.delta_micros)))
     out.append(Section("Estimate vs charged, explained", ("Cause", "Items", "Estimated", "Charged", "Difference"),
                        tuple(var_rows) if r.spend.variance else (), numeric=(1, 2, 3, 4)))

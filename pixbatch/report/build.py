@@ -123,11 +123,15 @@ def _build(db, label, *, run_id, all_items, estimate, outputs_limit, issue_limit
     _check_run(db, label, run_id)
     run, q, excluded = _scoped(db, run_id, all_items)
     scope = q.scope
-    spend = queries.spend(q, run, estimate, table or run_price_table(db, run.run_id if run else None))
+    prices = table or run_price_table(db, run.run_id if run else None)
+    spend = queries.spend(q, run, estimate, prices)
     status = queries.status(q, issue_limit, examples)
     timing = queries.timing(q)
     outputs = queries.outputs(q, db, run, outputs_limit, output_dir)
     notes = _notes(run, spend, status)
+    reading = queries.reading_note(q, db, prices)
+    if reading:
+        notes += (reading,)
     if excluded[0]:
         notes += (f"{excluded[0]:,} item(s) of other versions of the manifest are not in this report (charged "
                   f"{format_usd(int(excluded[1]))}); `--all` includes them.",)

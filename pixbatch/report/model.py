@@ -22,7 +22,10 @@ FAILURE_STATES: tuple[str, ...] = tuple(s.value for s in ItemState if s in FAILU
 #: Why an item's spend differs from its estimate. Order is the order shown.
 CAUSES: dict[str, str] = {
     "as_estimated": "completed at the estimated price",
-    "range_resolved": "completed; priced as a range (size unknown), the real size fixed the price",
+    "learned_upstream": "completed; estimated as a range from its upstream's predicted output size, priced by the "
+                        "upstream's real output",
+    "range_resolved": "completed; priced as a range (size unknown, or between the readings of a tier boundary), "
+                      "the real size fixed the price",
     "tier_changed": "completed; the real output size put it in another price tier than estimated",
     "failed_charged": "FAILED: the gateway charges failed requests",
     "sent_again": "sent and charged more than once (a rerun with --force pays again)",
@@ -117,6 +120,7 @@ class Variance:
     est_low_micros: int
     est_high_micros: int
     charged_micros: int
+    examples: tuple[str, ...] = ()  # a few items that moved: name, estimate, charge, and the size that decided it
 
     @property
     def delta_micros(self) -> int:
@@ -190,7 +194,8 @@ class Status:
     counts: tuple[StatusCount, ...]  # per step and state
     steps: tuple[str, ...]  # in manifest order
     by_state: tuple[tuple[str, int], ...]  # totals per state
-    failures: tuple[IssueGroup, ...]  # FAILED, ERROR, FAILED_VALIDATION, AMBIGUOUS; biggest first
+    failures: tuple[IssueGroup, ...]  # FAILED, ERROR, FAILED_VALIDATION, AMBIGUOUS, and COMPLETED items whose
+    # output failed its checks ("output check: ..."); biggest first
     blocked: tuple[IssueGroup, ...]  # BLOCKED, grouped by why
     more_failure_groups: int = 0  # groups not listed (limit)
     more_blocked_groups: int = 0

@@ -31,6 +31,8 @@ CASE
   WHEN state = 'FAILED' THEN 'failed_charged'
   WHEN state = 'COMPLETED' AND est_low_micros = est_high_micros AND charged_micros = est_high_micros
        THEN 'as_estimated'
+  WHEN state = 'COMPLETED' AND upstream IS NOT NULL AND u_width IS NOT NULL AND est_low_micros < est_high_micros
+       AND charged_micros BETWEEN est_low_micros AND est_high_micros THEN 'learned_upstream'
   WHEN state = 'COMPLETED' AND est_low_micros < est_high_micros
        AND charged_micros BETWEEN est_low_micros AND est_high_micros THEN 'range_resolved'
   WHEN state = 'COMPLETED' THEN 'tier_changed'
@@ -130,12 +132,13 @@ def spend(q: Scoped, run: RunInfo | None, estimate, table: PriceTable) -> Spend:
         f"""
         SELECT {_CAUSE_SQL} AS cause, count(*), sum(est_low_micros), sum(est_high_micros),
                coalesce(sum(charged_micros), 0)
-        FROM s LEFT JOIN (SELECT key, count(*) AS sent FROM attempts WHERE request_id IS NOT NULL
-                          GROUP BY key) a USING (key)
+        FROM {_VARIANCE_FROM}
         GROUP BY cause
         """
     ))
-    variance = tuple(Variance(c, text, *(int(x) for x in var_rows[c]))
+    moved = _moved_examples(q)
+    variance = tuple(Variance(c, text, int(var_rows[c][0]), int(var_rows[c][1]), int(var_rows[c][2]),
+                              int(var_rows[c][3]), examples=moved.get(c, ()))
                      for c, text in CAUSES.items() if c in var_rows)
 
     def tot(attr: str) -> int:
@@ -161,6 +164,73 @@ def spend(q: Scoped, run: RunInfo | None, estimate, table: PriceTable) -> Spend:
                                                planned_high_micros=per_step.get(x.step, (0, 0))[1])
                            for x in step_spend)
     return Spend(lines, step_spend, variance, totals, planned_low, planned_high)
+
+
+#: the items in scope with what decides their cause: attempts sent, the upstream's real output size
+_VARIANCE_FROM = """s LEFT JOIN (SELECT key, count(*) AS sent FROM attempts WHERE request_id IS NOT NULL
+                          GROUP BY key) a USING (key)
+         LEFT JOIN (SELECT key AS u_key, output_width AS u_width, output_height AS u_height FROM items) u
+                ON u.u_key = s.upstream"""
+#: causes whose items moved away from a point estimate: a few of them are named, with why
+_MOVED = ("learned_upstream", "range_resolved", "tier_changed", "sent_again")
+
+
+def _moved_examples(q: Scoped, n: int = 3) -> dict[str, tuple[str, ...]]:
+    """cause -> a few items that moved: "name: estimated $a-$b, charged $c (output WxH; upstream WxH)"."""
+    from ..money import format_usd
+
+    rows = q.all(
+        f"""
+        , c AS (SELECT {_CAUSE_SQL} AS cause, * FROM {_VARIANCE_FROM}),
+        r AS (SELECT *, row_number() OVER (PARTITION BY cause ORDER BY _row) AS rn FROM c
+              WHERE list_contains($moved, cause))
+        SELECT cause, coalesce(output_name, key), est_low_micros, est_high_micros, charged_micros, output_width,
+               output_height, u_width, u_height FROM r WHERE rn <= $n ORDER BY cause, rn
+        """, moved=list(_MOVED), n=n)
+    out: dict[str, list[str]] = {}
+    for cause, name, lo, hi, charged, w, h, uw, uh in rows:
+        est = format_usd(hi) if lo == hi else f"{format_usd(lo)}-{format_usd(hi)}"
+        sizes = [f"output {w}x{h}"] if w and h else []
+        if uw and uh:
+            sizes.append(f"upstream output {uw}x{uh}")
+        why = f" ({'; '.join(sizes)})" if sizes else ""
+        out.setdefault(cause, []).append(f"{name}: estimated {est}, charged {format_usd(charged or 0)}{why}")
+    return {k: tuple(v) for k, v in out.items()}
+
+
+def reading_note(q: Scoped, db, table: PriceTable) -> str | None:
+    """A note on charges that rest on the price table's default reading of MP: factor upscales whose
+    real output lies between the readings of a tier boundary, charged at the upper tier."""
+    from ..knowledge import learn, megapixel_text
+    from ..money import format_usd
+    from ..state.plan import size_observations
+
+    rows = q.all(
+        """
+        SELECT output_width, output_height, charged_micros, count(*) FROM s
+        WHERE op = 'upscale' AND json_extract_string(body, '$.upscale_mode') = 'factor'
+          AND state IN ('COMPLETED', 'FAILED') AND charged_micros > 0 AND output_width IS NOT NULL
+        GROUP BY ALL
+        """)
+    n = less = 0
+    for w, h, charged, count in rows:
+        lo, hi = table.tiers_for_size((w, h))
+        if lo != hi and charged == hi.price_micros:
+            n += count
+            less += (hi.price_micros - lo.price_micros) * count
+    if not n:
+        return None
+    known = learn(size_observations(db), table).megapixel
+    default = megapixel_text(table.megapixel)
+    if known is not None and known != table.megapixel:
+        return (f"{n:,} charge(s) were recorded by the price table's default reading of MP ({default}) before a run "
+                f"learned that the gateway reads 1 MP = {megapixel_text(known)}: it charged {format_usd(less)} less "
+                "for them than this report says.")
+    if known is None:
+        return (f"{n:,} charge(s) of factor upscales whose outputs lie between the two readings of a tier boundary "
+                f"were recorded by the price table's default reading (1 MP = {default}); if the gateway reads 2^20 px "
+                f"they cost {format_usd(less)} less. A target-mode upscale in a run tells pixbatch the reading.")
+    return None
 
 
 def planned(estimate) -> tuple[int | None, int | None, dict[str, tuple[int, int]]]:
@@ -194,12 +264,15 @@ def status(q: Scoped, issue_limit: int, examples: int) -> Status:
         by_state[c.state] = by_state.get(c.state, 0) + c.count
     by_state_t = tuple(sorted(by_state.items(), key=lambda kv: (order.get(kv[0], 99), kv[0])))
     failures, more_f = _issues(q, FAILURE_STATES, issue_limit, examples)
+    # a completed output that failed its checks is paid for and counted in the run's summary: listed here too
+    checked, more_c = _issues(q, ("COMPLETED",), issue_limit, examples, error_like="output check:%")
+    failures = tuple(sorted(failures + checked, key=lambda g: -g.count))
     blocked, more_b = _issues(q, ("BLOCKED",), issue_limit, examples)
-    return Status(counts, steps, by_state_t, failures, blocked, more_f, more_b)
+    return Status(counts, steps, by_state_t, failures, blocked, more_f + more_c, more_b)
 
 
 #: what makes otherwise equal messages differ: item keys, request ids, UUIDs, object addresses
-_VARYING = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\b[0-9a-f]{32}\b|0x[0-9a-fA-F]+)"
+_VARYING = r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|\b[0-9a-f]{32}\b|\b0x[0-9a-fA-F]+)"
 
 
 def _normalised(col: str) -> str:
@@ -207,8 +280,9 @@ def _normalised(col: str) -> str:
     return f"regexp_replace({col}, '{_VARYING}', '…', 'g')"
 
 
-def _issues(q: Scoped, states: tuple[str, ...], limit: int, n_examples: int):
-    """Items of ``states`` grouped by message, biggest group first, with a few examples each.
+def _issues(q: Scoped, states: tuple[str, ...], limit: int, n_examples: int, error_like: str = "%"):
+    """Items of ``states`` (whose error is ``LIKE error_like``) grouped by message, biggest group first,
+    with a few examples each.
 
     A BLOCKED item is grouped by what happened to its upstream item (its state and error), and
     its examples name that upstream item.
@@ -221,7 +295,8 @@ def _issues(q: Scoped, states: tuple[str, ...], limit: int, n_examples: int):
         f"""
         , f AS (SELECT s.state, {msg} AS msg, s.key, s.step, s.idx, s.input_id, s.output_name,
                        coalesce(u.output_name, u.key) AS up
-                FROM s LEFT JOIN items u ON u.key = s.upstream WHERE list_contains($states, s.state)),
+                FROM s LEFT JOIN items u ON u.key = s.upstream
+                WHERE list_contains($states, s.state) AND coalesce(s.error, '') LIKE $error_like),
         g AS (SELECT state, msg, count(*) AS n FROM f GROUP BY ALL),
         top AS (SELECT * FROM g ORDER BY n DESC, state, msg LIMIT $limit),
         ex AS (SELECT f.*, row_number() OVER (PARTITION BY f.state, f.msg ORDER BY f.step, f.idx) AS rn
@@ -232,7 +307,7 @@ def _issues(q: Scoped, states: tuple[str, ...], limit: int, n_examples: int):
         WHERE ex.rn <= $examples
         ORDER BY top.n DESC, top.state, top.msg, ex.rn
         """,
-        states=list(states), limit=limit, examples=n_examples,
+        states=list(states), limit=limit, examples=n_examples, error_like=error_like,
     )
     groups: dict[tuple[str, str], tuple[int, list[Example]]] = {}
     total_groups = 0

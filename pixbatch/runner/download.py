@@ -24,7 +24,7 @@ MISSING_PREFIXES = ("output missing", "download failed")
 
 
 class Downloader:
-    def __init__(self, gateway: Gateway, store: st.Store, out: OutputDir, aliases: dict[str, list[str]], *,
+    def __init__(self, gateway: Gateway, store: st.Store, out: OutputDir | Any, aliases: dict[str, list[str]], *,
                  emit: Callable[..., None], timeout: float, concurrency: int):
         self.gw = gateway
         self.store = store
@@ -77,6 +77,9 @@ class Downloader:
 
     async def _download(self, row: st.ItemRow, names: list[str]) -> None:
         assert row.media_url
+        if getattr(self.out, "copies", False):  # a bucket (storage.s3out): it streams the media itself
+            await self.out.copy(row, names, self)
+            return
         part = self.out.part_for(names[0])
         try:
             got = await self.gw.fetch(row.media_url, part)
@@ -126,6 +129,9 @@ class Downloader:
         store = self.store
         for key, error in await store.call(lambda db: st.completed_without_media(db, scope)):
             self.missing.setdefault(key, error or "the gateway reported COMPLETED without a media_url")
+        if getattr(self.out, "copies", False):  # a bucket: one listing instead of reading every file
+            await self.out.verify(self, scope, steps, stopped)
+            return
         for step in steps:
             after = -1
             while not stopped():

@@ -34,6 +34,7 @@ from typing import Any
 from .. import state as st
 from ..errors import BudgetExceeded, ExitCode, require_api_key
 from ..gateway import Gateway, JobStatus
+from ..knowledge import Knowledge, Learner, price_item
 from ..money import format_usd
 from ..pricing import PriceTable
 from ..progress import Progress
@@ -41,11 +42,12 @@ from ..ratelimit import AdaptiveRateLimiter
 from ..sizes import output_size as predicted_output_size
 from .budget import BudgetLedger
 from .options import RunOptions
-from .outcome import RunSummary, StopReason, budget_refusal, conclude, summarize
+from .outcome import RunSummary, StopReason, budget_refusal, conclude, summarize, unreachable
 from .download import Downloader
 from .journal import Journal
-from .outputs import OutputDir
-from .poll import Poller, WebhookReceiver
+from ..storage.phase import open_outputs, upload_inputs
+from .callbacks import Doubts, Receiver, Signer, adopt
+from .poll import Poller
 from .preflight import Preflight
 from .prepare import position, prepare
 from .status import StatusWriter
@@ -148,6 +150,17 @@ class _Tasks:
             self.errors.append(exc)
             self.on_error(exc)
 
+    @contextlib.contextmanager
+    def polling_now(self) -> Iterator[None]:
+        """The current task waits on a job: a stop cancels it (a later run polls again)."""
+        task = asyncio.current_task()
+        assert task is not None
+        self.polling.add(task)
+        try:
+            yield
+        finally:
+            self.polling.discard(task)
+
     def cancel_polling(self) -> None:
         for task in list(self.polling):
             if task is not asyncio.current_task():
@@ -170,16 +183,34 @@ class _Tasks:
         await asyncio.gather(*self.all, return_exceptions=True)
 
 
-def _price(table: PriceTable, row: st.ItemRow, up: st.ItemRow | None) -> tuple[Any, tuple[int, int] | None]:
-    """The item's price and the input size it rests on: a chained item's input is its upstream's
-    output (its real size once downloaded, else the documented one)."""
-    input_size = row.input_size
-    if up is not None:
-        if up.output_width and up.output_height:
-            input_size = (up.output_width, up.output_height)
-        elif input_size is None:
-            input_size = predicted_output_size(up.op, up.body_dict, up.input_size)
-    return table.price(row.op, row.body_dict, input_size), input_size
+def _price(table: PriceTable, knowledge: Knowledge, row: st.ItemRow,
+           up: st.ItemRow | None) -> tuple[Any, tuple[int, int] | None, bool]:
+    """The item's price, the input size it rests on, and whether that size is real: a chained
+    item's input is its upstream's output (its real size once downloaded or measured, else a
+    size learned for edits like it, else the predicted one, as a range)."""
+    if up is None:
+        return price_item(table, knowledge, row.op, row.body_dict, row.input_size)
+    out = (up.output_width, up.output_height) if up.output_width and up.output_height else None
+    predicted = row.input_size or predicted_output_size(up.op, up.body_dict, up.input_size)
+    return price_item(table, knowledge, row.op, row.body_dict, predicted, chained=True, upstream_op=up.op,
+                      upstream_output=out)
+
+
+def _reserve(row: st.ItemRow, up: st.ItemRow | None, price: Any, input_size: tuple[int, int] | None, real: bool,
+             emit: Callable[..., None]) -> None:
+    """Write the item's reservation (its price's upper bound, already taken from the ledger), saying
+    so when it is not the estimate's: something was learned since (an upstream's real output, an
+    edit size, the reading of MP)."""
+    amount = price.high_micros
+    if (amount, price.low_micros) != (row.est_high_micros, row.est_low_micros):
+        emit("price", row.key, event="reserve", estimated=[row.est_low_micros, row.est_high_micros],
+             reserved=amount, exact=price.exact, input_size=list(input_size) if input_size else None,
+             why=("the real output size of its upstream" if up is not None and real
+                  else price.reason or "learned from completed items"))
+    row.reserved_micros = amount
+    row.tier = price.high.name if price.exact else f"{price.low.name} .. {price.high.name}"
+    # the checks and the charge use a real input size only (a prediction would flag correct outputs)
+    row.input_width, row.input_height = input_size if input_size and real else (None, None)
 
 
 @contextlib.contextmanager
@@ -205,7 +236,8 @@ class _Run:
         self.key = _api_key(options, gateway)
         self.table = PriceTable.load(options.pricing_path)
         self.state_path = Path(options.state_path or manifest.state_path)
-        self.out = OutputDir(manifest.output_dir)
+        self.out = open_outputs(manifest)  # a local OutputDir, or a bucket (storage.s3out)
+        self.uploads: Any = None  # storage.uploads.Uploader when pending items name local files
         budget = options.budget_micros if options.budget_micros is not None else manifest.budget_micros
         self.ledger = BudgetLedger(budget)
         self.run_id = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + uuid.uuid4().hex[:8]
@@ -213,12 +245,14 @@ class _Run:
         self.gw: Gateway | None = None
         self.poller: Poller | None = None
         self.dl: Downloader | None = None
-        self.webhooks: WebhookReceiver | None = None
+        self.callbacks: Receiver | None = None  # webhook mode: the endpoint, its signer and wake-ups
+        self.doubts = Doubts()  # AMBIGUOUS items a signed callback may settle
         self.store: st.Store | None = None
         self.log: Journal  # set with the store (main)
+        self.plan: Any = None  # estimate.Estimate of this run's items, printed at the start (main)
+        self.learner: Learner  # what completed items teach about sizes, as they settle (main)
         self.status: StatusWriter  # set with the parts (_build)
         self.scope = ""
-        self.selection: st.Selection | None = None  # --steps/--limit: what this run may send (None: all)
         self.aliases: dict[str, list[str]] = {}
         self.estimate = (0, 0)
         self.slots = asyncio.Semaphore(max(1, options.concurrency))
@@ -228,9 +262,9 @@ class _Run:
         self.done = _Ticker()  # items finished (and stop requests)
         self.stop = _Stop(self.tasks, self.done)
         self.charged_run = self.submits = self.finished_this_run = 0
-        self.left = (0, 0, 0)
         self.t0 = time.monotonic()
-        self.reach = Reachability()
+        self.reach = Reachability(answered=lambda: self.log.answered, on_cause=lambda cause: self.stop.request(
+            StopReason.UNREACHABLE, unreachable(options.base_url, cause)))
         self.steps_order = [s.id for s in manifest.steps]
         self.stream: IngestStream | None = None  # the rest of the expansion, read in while the run sends
 
@@ -258,6 +292,7 @@ class _Run:
         p = await store.call(lambda db: prepare(db, manifest=self.m, options=self.o, run_id=self.run_id,
                                                 budget=self.ledger.cap, table=self.table, expand=self._expand))
         self.scope, self.aliases, self.estimate, self.selection = p.scope, p.aliases, p.estimate, p.selection
+        self.plan, self.learner = p.plan, Learner(self.table, p.knowledge)
         self.ledger = BudgetLedger(self.ledger.cap, p.position.totals.committed_micros)
         if p.ambiguous_now:
             self.log.emit("run", None, message=f"{p.ambiguous_now} item(s) were being submitted when the last run "
@@ -267,12 +302,17 @@ class _Run:
             await self._finish_run("budget")
             raise BudgetExceeded(refusal)
         loop = asyncio.get_running_loop()
+        if self.o.webhook_url:  # callback URLs are signed with the state file's own secret
+            secret = await store.call(lambda db: st.secret(db, "webhook"))
+            self.callbacks = Receiver(Signer(secret, self.o.webhook_url), loop, self._on_callback)
         status_task = self._build(store, loop)
         # the rest of the expansion is read in while the run sends (``stream.py`` says what that changes)
         self.stream, stream_task = streamer.start_for(self, p.ingest) if p.ingest is not None else (None, None)
         try:
             with _signal_handlers(loop, self.stop.on_signal, self.o.handle_signals):
                 try:
+                    self.uploads = await upload_inputs(self.m, store, self.scope, self.log.emit, self.out, p,  # local
+                                                       on_refusal=lambda: self._finish_run("failed"))  # files, first
                     await self._resume_in_flight()
                     if refusal:
                         # items already paid for are collected first; then the budget is looked at again
@@ -283,6 +323,9 @@ class _Run:
                             self.stop.request(StopReason.BUDGET, refusal)
                     await self._feed()
                     await self.tasks.drain()
+                    if self.doubts.open:  # callbacks may still settle what this run left in doubt
+                        await self.doubts.wait(self.o.webhook_grace, lambda: self.stop.stopping)
+                        await self.tasks.drain()
                     if self.o.download and not self.stop.halted():
                         assert self.dl is not None
                         await self.dl.verify(self.scope, self.steps_order, self.stop.halted)
@@ -294,8 +337,8 @@ class _Run:
             status_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await status_task
-            if self.webhooks is not None:
-                await self.webhooks.stop()
+            if self.callbacks is not None:
+                await self.callbacks.stop()
             if self._gateway is None and self.gw is not None:
                 await self.gw.aclose()
         summary = await self._summary()
@@ -316,16 +359,17 @@ class _Run:
             max_connections=max(16, self.o.concurrency * 2))
         if self._gateway is not None and self._gateway.on_exchange is None:
             self._gateway.on_exchange = self.log.on_exchange
-        if self.o.webhook_url:
-            self.webhooks = WebhookReceiver()
-            self.webhooks.start(self.o.webhook_url, self.o.webhook_listen, loop)
+        if self.callbacks is not None:
+            self.callbacks.start(self.o.webhook_listen)
         self.dl = Downloader(self.gw, store, self.out, self.aliases, emit=self.log.emit, timeout=self.o.timeout,
                              concurrency=self.o.concurrency)
         self.poller = Poller(self.gw, initial=self.o.poll_initial, cap=self.o.poll_max_interval, put=self.log.put,
-                             on_stop=self.stop.request, webhooks=self.webhooks)
+                             on_stop=self.stop.request,
+                             webhooks=self.callbacks.wakeups if self.callbacks else None)
         budget = self.ledger.cap
         self.progress.start({"run_id": self.run_id, "state_path": str(self.state_path), "budget_micros": budget,
-                             "estimate_low_micros": self.estimate[0], "estimate_high_micros": self.estimate[1]})
+                             "estimate_low_micros": self.estimate[0], "estimate_high_micros": self.estimate[1],
+                             "plan": self.plan})
         self.log.emit("run", None, event="start", pid=os.getpid(), budget_micros=budget, committed=self.ledger.committed)
         self.status = StatusWriter(store, self.progress, state_path=self.state_path, run_id=self.run_id,
                                    manifest_path=str(self.m.path), scope=self.scope, budget=budget,
@@ -358,8 +402,7 @@ class _Run:
                 after = -1
                 while not self.stop.stopping:
                     page = await store.call(lambda db, s=step, a=after: st.ready_page(
-                        db, self.scope, s, a, PAGE, chained=self.m.step(s).upstream is not None,
-                        until_idx=st.Selection.until_of(self.selection, s)))
+                        db, self.scope, s, a, PAGE, chained=self.m.step(s).upstream is not None, sel=self.selection))
                     if not page:
                         break
                     after = page[-1][0].idx
@@ -386,16 +429,13 @@ class _Run:
         if self.stop.stopping:
             self.slots.release()
             return False
-        price, input_size = _price(self.table, row, up)
+        price, input_size, real = _price(self.learner.table, self.learner.knowledge, row, up)
         amount = price.high_micros
         while not self.ledger.try_reserve(amount):
             if not self.inflight:
                 self.slots.release()
                 self.stop.reason = StopReason.BUDGET
-                await self._left_over()
-                self.stop.message = (
-                    f"the next item would not fit the budget {format_usd(self.ledger.cap or 0)} "
-                    f"(committed {format_usd(self.ledger.committed)}, next {format_usd(amount)}).")
+                self.stop.message = f"the next item ({format_usd(amount)}) would not fit the budget"
                 self.log.emit("budget", row.key, event="stop", committed=self.ledger.committed, budget=self.ledger.cap,
                           next=amount)
                 return False
@@ -403,36 +443,20 @@ class _Run:
             if self.stop.stopping:
                 self.slots.release()
                 return False
-        row.reserved_micros = amount
-        row.tier = price.high.name
-        if input_size:
-            row.input_width, row.input_height = input_size
+        _reserve(row, up, price, input_size, real, self.log.emit)
         self.inflight.add(row.key)
         self.tasks.spawn(self._item(row, up, resumed=False))
         return True
-
-    async def _left_over(self) -> None:
-        assert self.store is not None
-        c = await self.store.call(lambda db: st.pending_cost(db, self.scope, self.selection))
-        self.left = (c.items, c.low_micros, c.high_micros)
 
     # -- one item -------------------------------------------------------------------------------
 
     async def _item(self, row: st.ItemRow, up: st.ItemRow | None, *, resumed: bool) -> None:
         assert self.poller is not None
         try:
-            if not resumed:
-                if not await self._submit(row, up):
-                    return
-                if self.stop.halted():
-                    return
-            task = asyncio.current_task()
-            assert task is not None
-            self.tasks.polling.add(task)
-            try:
+            if not resumed and (not await self._submit(row, up) or self.stop.halted()):
+                return
+            with self.tasks.polling_now():
                 status = await self.poller.until_done(row, resumed=resumed)
-            finally:
-                self.tasks.polling.discard(task)
             if status is not None:
                 await self._settle(row, status)
         except asyncio.CancelledError:
@@ -446,38 +470,47 @@ class _Run:
         """Send the item; True when the gateway accepted it."""
         assert self.gw is not None
         self.submits += 1
-        log = SendLog(row, self.log.put, self.run_id, on_refused=self._refused)
+        log = SendLog(row, self.log.put, self.run_id, on_refused=self.reach.refused)
         task = asyncio.current_task()
         assert task is not None
         self.tasks.sending[task] = log
         try:
             rule = await submit_item(row, up, gateway=self.gw, ledger=self.ledger, put=self.log.put,
-                                     run_id=self.run_id, webhook_url=self.o.webhook_url, log=log)
+                                     run_id=self.run_id, log=log,
+                                     webhook_url=self.callbacks.url_for(row) if self.callbacks else None,
+                                     file_url=self.uploads.url_for if self.uploads is not None else None)
         finally:
             del self.tasks.sending[task]
         if rule.skip:
             self.skip.add(row.key)
-        if rule.state == st.PENDING and not self.log.answered:
-            self._refused(None, row.error or "")
+        if rule.state == st.AMBIGUOUS and self.callbacks is not None:
+            heard = self.doubts.became_ambiguous(row.key)
+            if heard is not None:
+                self.tasks.spawn(self._adopt(row.key, *heard))
+        if rule.state == st.PENDING:
+            self.reach.refused(None, row.error or "")
         if rule.stop is not None:
             self.stop.request(rule.stop, row.error or rule.stop.outcome)
         return rule is ACCEPTED
 
-    def _refused(self, status: int | None, reason: str) -> None:
-        if self.reach.note(status, reason, answered=self.log.answered):
-            asyncio.get_running_loop().call_later(self.reach.after, self._check_reach)
-        self._check_reach()
+    def _on_callback(self, key: str, n: int, request_id: str) -> None:
+        if key in self.inflight:
+            self.doubts.heard_early(key, n, request_id)
+        else:
+            self.tasks.spawn(self._adopt(key, n, request_id))
 
-    def _check_reach(self) -> None:
-        cause = self.reach.cause(answered=self.log.answered)
-        if cause and self.stop.reason is not StopReason.UNREACHABLE:
-            self.stop.request(StopReason.UNREACHABLE, f"cannot reach the gateway at {self.o.base_url} ({cause}). Check "
-                       "--base-url (or PIXBATCH_BASE_URL) and the network; nothing was sent, nothing is in doubt.")
+    async def _adopt(self, key: str, n: int, request_id: str) -> None:
+        row = await adopt(self.store, self.gw, key, n, request_id, put=self.log.put, emit=self.log.emit)
+        if row is not None:
+            self.doubts.open.discard(key)
+            await self.slots.acquire()
+            self.inflight.add(key)
+            await self._item(row, None, resumed=True)
 
     async def _settle(self, row: st.ItemRow, s: JobStatus) -> None:
         assert self.dl is not None
         charge = await settle_item(row, s, downloader=self.dl, download=self.o.download, table=self.table,
-                                   ledger=self.ledger, put=self.log.put)
+                                   ledger=self.ledger, put=self.log.put, learner=self.learner)
         self.charged_run += charge  # after the await: `x += await f()` would read x before it
         self.finished_this_run += 1
 
@@ -485,15 +518,13 @@ class _Run:
 
     async def _summary(self) -> RunSummary:
         assert self.store is not None
-        await self.store.commit()
-        snap = await self.status.snapshot(running=False)
-        await self._left_over()
+        snap = await self.status.snapshot(running=False)  # (a store call: everything queued is committed first)
+        left, unselected = await self.store.call(lambda db: st.left_to_send(db, self.scope, self.selection))
         problems = self.dl.problems if self.dl else 0
-        unselected = await self.store.call(lambda db: st.unselected_count(db, self.scope, self.selection))
-        c = conclude(self.stop.reason, self.stop.message, snap.totals(), left=self.left, budget=self.ledger.cap,
+        c = conclude(self.stop.reason, self.stop.message, snap.totals(), left=left, budget=self.ledger.cap,
                      at_risk=snap.at_risk_micros, output_problems=problems, unselected=unselected,
                      missing_outputs=self.dl.missing if self.dl and self.o.download else None)
         return summarize(c, snap, run_id=self.run_id, output_dir=str(self.out.root), charged_run=self.charged_run,
-                         peak=self.ledger.peak, left=self.left, submits=self.submits,
+                         peak=self.ledger.peak, left=left, submits=self.submits,
                          polls=self.poller.polls if self.poller else 0, downloads=self.dl.downloads if self.dl else 0,
                          output_problems=problems, duration_s=round(time.monotonic() - self.t0, 3), http=self.log.http)

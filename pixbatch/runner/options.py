@@ -51,6 +51,8 @@ class RunOptions:
     status_interval: float = _opt(1.0, TUNING)  # seconds between status-file (and progress) refreshes
     preflight_concurrency: int = _opt(16, TUNING)  # input URLs checked at once
     preflight_timeout: float = _opt(10.0, TUNING)  # seconds allowed per input URL check
+    webhook_grace: float = _opt(30.0, TUNING)  # webhook mode: how long the end of a run waits for callbacks
+    # that can settle the items it left AMBIGUOUS
     # unique items per write while a fresh run streams its expansion in (runner/stream.py); the
     # first batch, written before anything is sent, is at most prepare.FIRST_BATCH
     ingest_batch: int = _opt(25_000, TUNING)

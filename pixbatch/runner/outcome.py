@@ -196,3 +196,9 @@ def summarize(c: Conclusion, snap: Any, *, run_id: str, output_dir: str, charged
         budget_micros=snap.budget_micros, left_items=n_left, left_low_micros=lo, left_high_micros=hi, submits=submits,
         polls=polls, downloads=downloads, output_problems=output_problems, duration_s=duration_s,
         messages=c.messages, http=dict(http))
+
+
+def unreachable(base_url: str, cause: str) -> str:
+    """Why a run stops when the gateway cannot be reached at all."""
+    return (f"cannot reach the gateway at {base_url} ({cause}). Check --base-url (or PIXBATCH_BASE_URL) and "
+            "the network; nothing was sent, nothing is in doubt.")

@@ -2,7 +2,7 @@
 
 - ``check_image``: a pure function from the downloaded bytes and the item's request to the
   image's size, format and the problems found (wrong format, more megapixels than asked,
-  another size than the documented one).
+  another size than any reading of the gateway's rules gives, beyond a pixel a side).
 - ``OutputDir``: resolves output names under the output directory (a name that escapes it
   is refused), writes a file atomically (a ``.part`` file, fsync, rename), and tells which
   recorded outputs are missing or no longer match their checksum.
@@ -20,7 +20,7 @@ from typing import Any
 
 from ..contract import MEDIA_TYPES
 from ..errors import PixbatchError
-from ..sizes import MAX_UPSCALE_MP, MEGAPIXEL, output_size as predicted_output_size
+from ..sizes import MAX_UPSCALE_MP, MEGAPIXEL, MEGAPIXEL_READINGS, fits, possible_output_sizes
 
 PIL_FORMATS = {"jpg": "JPEG", "png": "PNG", "webp": "WEBP"}
 MIME_TO_EXT = {v: k for k, v in MEDIA_TYPES.items()}
@@ -36,7 +36,13 @@ class ImageCheck:
 
 def check_image(data: bytes | Path, op: str, body: dict[str, Any], media_type: str | None,
                 input_size: tuple[int, int] | None) -> ImageCheck:
-    """Read the image header (of the bytes, or of the file) and compare it with what the request asked for."""
+    """Read the image header (of the bytes, or of the file) and compare it with what the request asked for.
+
+    The gateway does not say what one MP is nor how factor-mode sides are rounded, so an
+    upscale is what was asked when each side is within a pixel (``sizes.fits``) of the size
+    any reading gives (``sizes.possible_output_sizes``), and "more than N MP" means more than
+    N x the largest reading. ``input_size`` must be a real size (None: the size is not checked).
+    """
     from PIL import Image
 
     problems: list[str] = []
@@ -58,11 +64,12 @@ def check_image(data: bytes | Path, op: str, body: dict[str, Any], media_type: s
         pixels = width * height
         if op == "upscale":
             cap = (body.get("target", 4) if body.get("upscale_mode", "target") == "target" else MAX_UPSCALE_MP)
-            if pixels > cap * MEGAPIXEL:
+            if pixels > cap * max(MEGAPIXEL_READINGS) + width + height:  # a pixel more a side is rounding
                 problems.append(f"{width}x{height} is more than {cap} MP")
-            exp = predicted_output_size(op, body, input_size)
-            if exp and (width, height) != tuple(exp):
-                problems.append(f"{width}x{height}, expected {exp[0]}x{exp[1]}")
+            expected = possible_output_sizes(op, body, input_size)
+            if expected and not any(fits((width, height), e) for e in expected):
+                shown = " or ".join(f"{w}x{h}" for w, h in sorted(expected))
+                problems.append(f"{width}x{height}, expected {shown}")
         elif pixels > 2 * MEGAPIXEL:
             problems.append(f"{width}x{height} is far more than the ~1 MP an edit produces")
     return ImageCheck(width, height, fmt, tuple(problems))

@@ -13,7 +13,6 @@ In webhook mode the gateway POSTs terminal statuses to the run's callback URL; t
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from collections.abc import Callable
 from typing import Any
@@ -56,14 +55,14 @@ class PollClock:
 
 
 class WebhookReceiver:
-    """Callbacks by request id: ``wait(request_id)`` returns once called back (or timed out)."""
+    """Callbacks by request id: ``wait(request_id)`` returns once called back (or timed out); the
+    HTTP endpoint that verifies them is ``callbacks.Receiver``."""
 
-    MAX_EARLY = 1_000_000
+    MAX_EARLY = 100_000  # only verified callbacks get here
 
     def __init__(self) -> None:
         self.waiting: dict[str, asyncio.Event] = {}
         self.early: set[str] = set()  # callbacks that beat our own record of the 202
-        self.server: Any = None
 
     def wake(self, request_id: str) -> None:
         ev = self.waiting.get(request_id)
@@ -83,39 +82,6 @@ class WebhookReceiver:
             pass  # no callback in time: poll as usual from now on
         finally:
             self.waiting.pop(request_id, None)
-
-    def start(self, url: str, listen: str | None, loop: asyncio.AbstractEventLoop) -> None:
-        """Serve ``POST <url's path>`` on ``listen`` ("host:port"; default: the URL's own) in a thread."""
-        from urllib.parse import urlsplit
-
-        from starlette.applications import Starlette
-        from starlette.requests import Request
-        from starlette.responses import Response
-        from starlette.routing import Route
-
-        from ..serve import serve_in_thread
-
-        u = urlsplit(url)
-        listen = listen or f"{u.hostname}:{u.port or (443 if u.scheme == 'https' else 80)}"
-        host, _, port = listen.rpartition(":")
-
-        async def callback(request: Request) -> Response:
-            try:
-                data = json.loads(await request.body())
-                rid = data["request_id"]
-            except (ValueError, KeyError, TypeError):
-                return Response(status_code=400)
-            if isinstance(rid, str):
-                loop.call_soon_threadsafe(self.wake, rid)
-            return Response(status_code=200)
-
-        app = Starlette(routes=[Route(u.path or "/", callback, methods=["POST"])])
-        self.server = serve_in_thread(app, host=host or "127.0.0.1", port=int(port))
-
-    async def stop(self) -> None:
-        if self.server is not None:
-            await asyncio.to_thread(self.server.stop)
-            self.server = None
 
 
 class Poller:

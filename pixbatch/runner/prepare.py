@@ -96,11 +96,15 @@ def expansion_fingerprint(db: Any, manifest: Any, pricing_path: Path | None) -> 
         h.update(repr(manifest).encode())
         for src in manifest.sources:
             path = getattr(src, "path", None)
-            if path is not None:
+            if path is not None and getattr(src, "kind", None) != "dir":  # a folder's files: below
                 h.update(f"\nfile {path}\n".encode())
                 with open(path, "rb") as f:
                     for chunk in iter(lambda: f.read(1 << 20), b""):
                         h.update(chunk)
+        if manifest.has_local_inputs():  # local files: their content hashes are in the items
+            from ..storage.phase import local_inputs_digest
+
+            h.update(b"\nlocal\n" + local_inputs_digest(manifest))
         for module in expansion_modules():
             h.update(f"\nmodule {module.relative_to(PACKAGE_DIR)}\n".encode() + module.read_bytes())
         if pricing_path is not None:
@@ -136,6 +140,8 @@ class Prepared:
     ingest: st.Ingest | None = None  # the rest of the expansion, to stream in while the run works (None: all in)
     selection: st.Selection | None = None  # the items this run may send (--steps, --limit); None: all
     requeued: st.Requeued | None = None  # what the retry options made PENDING again
+    plan: Any = None  # estimate.Estimate: paid, in flight, at risk, still to pay (what `pixbatch estimate` says)
+    knowledge: Any = None  # knowledge.Knowledge: what completed items taught about sizes
 
 
 #: items ingested before anything can be sent: an expansion that fits is checked (output names,
@@ -220,9 +226,15 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
     st.block_downstream(db, scope, run_id)
     est = st.scope_cost(db, scope)
     st.record_estimate(db, run_id, est.low_micros, est.high_micros)
-    return Prepared(scope=scope, position=position(db, scope, sel), ambiguous_now=ambiguous_now,
+    knowledge, plan = run_plan(db, scope, table, options.state_path or manifest.state_path, partial=streaming)
+    pos = position(db, scope, sel)
+    if sel is None:  # what is left to pay, as the plan prices it (a pilot's selection: its items' estimates)
+        pos = Position(pos.totals, st.Cost(plan.to_pay_count, plan.low_micros, plan.high_micros), pos.in_flight_low,
+                       pos.in_flight)
+    return Prepared(scope=scope, position=pos, ambiguous_now=ambiguous_now,
                     estimate=(est.low_micros, est.high_micros), aliases=st.alias_names(db, steps_order),
-                    ingest=ingest if streaming else None, selection=sel, requeued=requeued)
+                    ingest=ingest if streaming else None, plan=plan, knowledge=knowledge, selection=sel,
+                    requeued=requeued)
 
 
 def selection_of(options: RunOptions, steps_order: list[str]) -> st.Selection | None:
@@ -232,6 +244,25 @@ def selection_of(options: RunOptions, steps_order: list[str]) -> st.Selection | 
         return None
     chosen = [s for s in steps_order if options.steps is None or s in options.steps]
     return st.Selection(tuple((s, None if options.limit is None else options.limit - 1) for s in chosen))
+
+
+def run_plan(db: Any, scope: str, table: PriceTable, state_path: Any, *, partial: bool = False) -> tuple[Any, Any]:
+    """(what completed items taught, the plan of ``scope``): the numbers `pixbatch estimate` gives for it.
+
+    ``partial``: the expansion is still streaming in, so the plan covers what is in the file so far.
+    """
+    from dataclasses import replace
+
+    from ..estimate import plan_from_groups
+    from ..knowledge import learn
+
+    knowledge = learn(st.size_observations(db), table)
+    plan = plan_from_groups(st.plan_groups(db, scope), table, knowledge, state_path=str(state_path))
+    if partial:
+        plan = replace(plan, state_note=f"This plan covers the first {plan.item_count:,} items read; the rest of "
+                                        "the manifest is read in while the run sends (`pixbatch estimate` prices "
+                                        "all of it).")
+    return knowledge, plan
 
 
 def finish_ingest(db: Any, *, run_id: str, scope: str, steps: list[str]) -> tuple[tuple[int, int], dict[str, list[str]]]:

@@ -10,6 +10,7 @@ specific types come first.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -67,30 +68,33 @@ def _durable(fut: Any) -> Any:
 
 class Reachability:
     """Whether the gateway can be reached at all: sends that never connected, while nothing has
-    answered since the run started, for ``after`` seconds, mean a wrong base URL or no network."""
+    answered since the run started, for ``after`` seconds, mean a wrong base URL or no network:
+    ``on_cause`` is then told the latest connection error (once, within a timer's precision)."""
 
-    def __init__(self, after: float = 8.0, clock: Callable[[], float] = time.monotonic):
-        self.after = after
-        self.clock = clock
+    def __init__(self, *, answered: Callable[[], int], on_cause: Callable[[str], None], after: float = 8.0,
+                 clock: Callable[[], float] = time.monotonic):
+        self.answered, self.on_cause, self.after, self.clock = answered, on_cause, after, clock
         self.since: float | None = None  # the first send that could not connect, while none did
         self.reason = ""
+        self.told = False
 
-    def note(self, status: int | None, reason: str, *, answered: int) -> bool:
-        """A refused send; True when it starts a spell of sends that could not connect."""
-        if status is not None or answered:
+    def refused(self, status: int | None, reason: str) -> None:
+        """A refused send (``status`` None: it never connected)."""
+        if status is not None or self.answered():
             self.since = None
-            return False
+            return
         self.reason = reason
         if self.since is None:
             self.since = self.clock()
-            return True
-        return False
+            with contextlib.suppress(RuntimeError):  # no running loop: checked at the next refusal
+                asyncio.get_running_loop().call_later(self.after, self.check)
+        self.check()
 
-    def cause(self, *, answered: int) -> str | None:
-        """Why the run should stop (the latest connection error), or None."""
-        if self.since is None or answered or self.clock() - self.since < self.after:
-            return None
-        return self.reason
+    def check(self) -> None:
+        if self.since is None or self.told or self.answered() or self.clock() - self.since < self.after:
+            return
+        self.told = True
+        self.on_cause(self.reason)
 
 
 class SendLog:
@@ -140,15 +144,15 @@ class SendLog:
 
 async def submit_item(row: st.ItemRow, up: st.ItemRow | None, *, gateway: Gateway, ledger: BudgetLedger,
                       put: Callable[..., Any], run_id: str, webhook_url: str | None,
-                      log: SendLog | None = None) -> SubmitRule:
+                      log: SendLog | None = None, file_url: Callable[[str], str] | None = None) -> SubmitRule:
     """Send the item until accepted or refused for good; returns the rule applied to it
     (``ACCEPTED`` or a row of the table). Each HTTP send has its own intent (``SendLog``); the
     request id after the 202 is queued at once and committed ahead of anything later about
     the item. Cancelled while no send is open (waiting for a token or a retry), the item goes
     back to PENDING with its reservation released."""
     body = row.body_dict
-    if up is not None:
-        body = resolve_urls(body, {up.key: up.media_url or ""})
+    if up is not None or file_url is not None:  # placeholders -> URLs (a local file's: signed now)
+        body = resolve_urls(body, {up.key: up.media_url or ""} if up is not None else {}, file_url)
     log = log or SendLog(row, put, run_id)
     try:
         acc = await gateway.submit(row.op, body, webhook_url=webhook_url, hooks=log)

@@ -32,6 +32,7 @@ Which module holds what
 ``ingest``       an expansion into items and aliases, under its scope
 ``recovery``     replaying the submit log after a crash; blocking downstream items; readers
 ``status_file``  ``StatusSnapshot`` from the database, or from the status file while a run holds it
+``plan``         reads for prices that know what is done: size observations, touched items, plan groups
 
 Everything public is re-exported here: ``from pixbatch import state as st; st.Store, st.recover``.
 """
@@ -70,8 +71,11 @@ from .queries import (
     completed_without_media,
     counts_by_step,
     in_flight_count,
+    item_row,
+    secret,
     in_flight_low_micros,
     last_run,
+    left_to_send,
     open_requests,
     pending_cost,
     pending_count,
@@ -90,6 +94,7 @@ from .queries import (
     unselected_count,
     upstream_blocked,
 )
+from .plan import PlanGroup, plan_groups, size_observations, touched_items
 from .recovery import absorb_crashed_runs, block_downstream, open_for_reading, recover
 from .runs import Requeued, RunStart, finish_run, mark_ingested, record_estimate, requeue, start_run
 from .status_file import StatusSnapshot, read_status, snapshot_from_db, status_file_path, write_status_file
@@ -109,14 +114,15 @@ __all__ = [
     "FAILURES", "INGEST_BATCH", "IN_FLIGHT", "IN_FLIGHT_STATES", "ITEM_STATES", "MIGRATIONS", "MUTABLE_COLUMNS",
     "PENDING", "REMAINING", "ROW_COLUMNS", "SUBMITTED", "SUBMITTING", "TERMINAL", "TERMINAL_STATES",
     "Attempt", "Cost", "Ingest", "IngestBatch", "IngestResult", "Intent", "ItemRow", "ItemState", "LastRun",
-    "OpenRequest", "OutputRow", "Redo", "Requeued", "RunStart", "Selection", "StatusSnapshot", "Store", "Totals",
-    "Waiter",
+    "OpenRequest", "OutputRow", "PlanGroup", "Redo", "Requeued", "RunStart", "Selection", "StatusSnapshot", "Store",
+    "Totals", "Waiter",
     "abandon", "absorb_crashed_runs", "alias_names", "applied", "block_downstream", "bulk_insert_items_for_bench",
     "completed_page", "completed_without_media", "connect", "counts_by_step", "expansion_scope", "finish_run",
-    "in_flight_count", "in_flight_low_micros", "ingest", "insert_log", "iso_utc", "last_run", "log_attempt",
+    "in_flight_count", "in_flight_low_micros", "item_row", "secret", "ingest", "insert_log", "iso_utc", "last_run", "left_to_send", "log_attempt",
     "mark_ingested", "migrate", "open_for_reading", "open_requests",
-    "pending_cost", "pending_count", "probed_sizes", "probes_fingerprint", "read_status", "ready_page",
-    "record_estimate", "recorded_outputs", "recover", "redo_cost", "redo_cost_of_keys", "requeue", "scope_cost", "scope_size", "select_rows",
-    "snapshot_from_db", "sql_in", "start_run", "status_file_path", "submitted_rows", "table_names", "totals",
-    "unselected_count", "upstream_blocked", "utcnow", "write_status_file",
+    "pending_cost", "pending_count", "plan_groups", "probed_sizes", "probes_fingerprint", "read_status", "ready_page",
+    "record_estimate", "recorded_outputs", "recover", "redo_cost", "redo_cost_of_keys", "requeue", "scope_cost",
+    "scope_size", "select_rows", "size_observations", "snapshot_from_db", "sql_in", "start_run", "status_file_path",
+    "submitted_rows", "table_names", "totals", "touched_items", "unselected_count", "upstream_blocked", "utcnow",
+    "write_status_file",
 ]

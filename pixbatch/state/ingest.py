@@ -104,13 +104,15 @@ class Ingest:
 
     def _price(self, it: WorkItem) -> tuple[int, int, str]:
         body = it.body
+        # a chained item's input size is a prediction: its price is a range (pricing.REASON_ASSUMED)
+        assumed = it.upstream is not None
         try:
-            k = (it.op, it.input_size, *[(a, v) for a, v in body.items() if a not in _NOT_PRICED])
+            k = (it.op, it.input_size, assumed, *[(a, v) for a, v in body.items() if a not in _NOT_PRICED])
             hit = self._memo.get(k)
         except TypeError:
-            return _priced(self.table.price(it.op, dict(body), it.input_size))
+            return _priced(self.table.price(it.op, dict(body), it.input_size, assumed=assumed))
         if hit is None:
-            hit = _priced(self.table.price(it.op, dict(body), it.input_size))
+            hit = _priced(self.table.price(it.op, dict(body), it.input_size, assumed=assumed))
             if len(self._memo) < _MEMO_MAX:
                 self._memo[k] = hit
         return hit

@@ -325,7 +325,41 @@ def m004_submit_log(db: duckdb.DuckDBPyConnection) -> None:
 
 
 @migration
-def m005_item_vars(db: duckdb.DuckDBPyConnection) -> None:
+def m005_object_storage(db: duckdb.DuckDBPyConnection) -> None:
+    # Local input files reach the gateway through an S3-compatible bucket (pixbatch.storage):
+    # uploads records each object pixbatch put there (or found already there), named by the
+    # sha256 of the file's bytes, so identical files upload once and a re-run uploads
+    # nothing. No URL is stored: a presigned URL carries a signature (and, with temporary
+    # credentials, a session token), so it is signed again at send time, never persisted.
+    # outputs.etag: the ETag of an output written to a bucket (output_dir: s3://...; then
+    # outputs.path is the object's full s3:// URI); one LIST of the prefix tells a resume
+    # which outputs are missing or changed without reading them. NULL for local files.
+    db.execute(
+        """
+        CREATE TABLE uploads (
+            object      VARCHAR PRIMARY KEY,  -- s3://bucket/<prefix><sha256>.<ext>
+            sha256      VARCHAR NOT NULL,     -- of the file's bytes (the items' pixbatch://file/<sha256>)
+            bytes       BIGINT NOT NULL,
+            media_type  VARCHAR,
+            etag        VARCHAR,
+            how         VARCHAR NOT NULL,     -- put | found (already in the bucket: not uploaded again)
+            uploaded_at TIMESTAMP NOT NULL DEFAULT current_timestamp
+        )
+        """
+    )
+    db.execute("ALTER TABLE outputs ADD COLUMN etag VARCHAR")
+
+
+@migration
+def m006_secrets(db: duckdb.DuckDBPyConnection) -> None:
+    # Secrets of the state file (never exported, printed or logged): "webhook" signs the
+    # callback URL of each submit (runner/callbacks.py), so that a callback can be trusted to
+    # come from a request this state file sent, across runs.
+    db.execute("CREATE TABLE secrets (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
+
+
+@migration
+def m007_item_vars(db: duckdb.DuckDBPyConnection) -> None:
     # items.vars: the matrix values (and inherited template variables) an item was made with, as
     # JSON, so that a report can caption an output with what was asked ("color: red, seed: 2")
     # without the manifest. Items ingested before this migration have none (NULL).

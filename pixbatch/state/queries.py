@@ -199,6 +199,13 @@ def unselected_count(db: duckdb.DuckDBPyConnection, scope: str, sel: Selection |
     return 0 if sel is None else pending_count(db, scope) - pending_count(db, scope, sel)
 
 
+def left_to_send(db: duckdb.DuckDBPyConnection, scope: str,
+                 sel: Selection | None) -> tuple[tuple[int, int, int], int]:
+    """((PENDING items of the selection, their low and high estimate), PENDING items it leaves out)."""
+    c = pending_cost(db, scope, sel)
+    return (c.items, c.low_micros, c.high_micros), unselected_count(db, scope, sel)
+
+
 def redo_cost(db: duckdb.DuckDBPyConnection, scope: str, states: Iterable[str], *, steps: Iterable[str] | None = None,
               sel: Selection | None = None) -> Redo:
     """Items of an expansion in ``states`` (of ``steps``, of the selection) that a retry option would send again."""
@@ -320,9 +327,10 @@ def completed_without_media(db: duckdb.DuckDBPyConnection, scope: str) -> list[t
 
 def ready_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_idx: int, limit: int,
                states: tuple[str, ...] = (ItemState.PENDING,), *,
-               chained: bool = True, until_idx: int | None = None) -> list[tuple[ItemRow, ItemRow | None]]:
+               chained: bool = True, until_idx: int | None = None,
+               sel: Selection | None = None) -> list[tuple[ItemRow, ItemRow | None]]:
     """PENDING items of a step whose upstream (if any) is COMPLETED, with that upstream row
-    (up to index ``until_idx``, when given: ``run --limit``).
+    (up to index ``until_idx``, or the pilot selection's limit for the step: ``run --limit``).
 
     Two light queries instead of one wide join: the page's row ids (joining only the
     upstream's key and state), then those rows. At a million items the wide join took
@@ -331,6 +339,8 @@ def ready_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_idx: 
     """
     where = "i.scope = ? AND i.step = ? AND i.idx > ? AND list_contains(?::VARCHAR[], i.state)"
     params = [scope, step, after_idx, list(states)]
+    if until_idx is None:
+        until_idx = Selection.until_of(sel, step)
     if until_idx is not None:
         where += " AND i.idx <= ?"
         params.append(until_idx)
@@ -380,3 +390,17 @@ def recorded_outputs(db: duckdb.DuckDBPyConnection, keys: list[str]) -> dict[tup
     """(key, path) -> sha256 of the files recorded for these items."""
     return {(k, p): h for k, p, h in db.execute(
         "SELECT key, path, sha256 FROM outputs WHERE list_contains(?::VARCHAR[], key)", [keys]).fetchall()}
+
+
+def secret(db: duckdb.DuckDBPyConnection, name: str) -> str:
+    """The state file's secret ``name``, made (32 random bytes) the first time it is asked for."""
+    import secrets as _secrets
+
+    db.execute("INSERT INTO secrets VALUES (?, ?) ON CONFLICT DO NOTHING", [name, _secrets.token_hex(32)])
+    return str(db.execute("SELECT value FROM secrets WHERE name = ?", [name]).fetchone()[0])
+
+
+def item_row(db: duckdb.DuckDBPyConnection, key: str) -> ItemRow | None:
+    """One item by its key (None when the file has no such item)."""
+    rows = select_rows(db, "i.key = ?", [key], limit=1)
+    return rows[0] if rows else None

@@ -1,0 +1,116 @@
+"""Reads for prices that know what is done: sizes learned from outputs, and the items a plan counts.
+
+- ``size_observations``: the outputs of completed items, grouped (a batch has few distinct
+  sizes), for ``knowledge.learn``;
+- ``touched_items``: every item that is not PENDING, with its money and output size, for the
+  estimate's walk of a manifest (an item of the expansion found here is paid, in flight, at
+  risk or not sent again; a chained item's upstream found COMPLETED gives its real size);
+- ``plan_groups``: the items of one expansion grouped by everything their plan line depends
+  on, so ``estimate.plan_from_groups`` prices a million items as a few hundred groups.
+
+A chained item's input size in ``items`` is the one predicted at ingest; its upstream's real
+output size comes from the upstream's row (``upstream_*``), never from the item's own.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import duckdb
+
+from ..knowledge import Observation
+
+_PARAMS = ("upscale_mode", "target", "factor", "aspect_ratio")
+_PARAM_SQL = ", ".join(f"json_extract_string(i.body, '$.{p}')" for p in _PARAMS)
+# what prices an item: an upscale's mode, target and factor (an edit has one price)
+_UPSCALE_PARAM_SQL = ", ".join(f"CASE WHEN i.op = 'upscale' THEN json_extract_string(i.body, '$.{p}') END"
+                               for p in _PARAMS)
+
+
+def _params(values: tuple) -> dict[str, Any]:
+    """The pricing parameters of a body, from their JSON text (numbers stay int or float)."""
+    out: dict[str, Any] = {}
+    for name, v in zip(_PARAMS, values):
+        if v is not None:
+            out[name] = v if name in ("upscale_mode", "aspect_ratio") else json.loads(v)
+    return out
+
+
+def _size(w: int | None, h: int | None) -> tuple[int, int] | None:
+    return (int(w), int(h)) if w and h else None
+
+
+def size_observations(db: duckdb.DuckDBPyConnection) -> list[Observation]:
+    """Completed items with a recorded output size: one per distinct (parameters, input, output)."""
+    rows = db.execute(
+        f"""
+        SELECT any_value(i.key), i.op, {_PARAM_SQL},
+               CASE WHEN i.upstream IS NULL THEN i.input_width ELSE u.output_width END,
+               CASE WHEN i.upstream IS NULL THEN i.input_height ELSE u.output_height END,
+               i.output_width, i.output_height
+        FROM items i LEFT JOIN items u ON u.key = i.upstream
+        WHERE i.state = 'COMPLETED' AND i.output_width IS NOT NULL AND i.output_height IS NOT NULL
+        GROUP BY ALL ORDER BY 1
+        """).fetchall()
+    return [Observation(r[0], r[1], _params(r[2:6]), _size(r[6], r[7]), (int(r[8]), int(r[9]))) for r in rows]
+
+
+def touched_items(db: duckdb.DuckDBPyConnection,
+                  batch: int = 50_000) -> Iterator[tuple[str, str, bool, int, int, int]]:
+    """(key, state, charged, money, output width, output height) of every item that is not PENDING.
+
+    Money is the charge of a settled item (``charged``), else its reservation (0 when none).
+    """
+    cur = db.execute(
+        "SELECT key, state, charged_micros IS NOT NULL AND state IN ('COMPLETED', 'FAILED') AS charged, "
+        "CASE WHEN charged THEN charged_micros ELSE coalesce(reserved_micros, 0) END, "
+        "coalesce(output_width, 0), coalesce(output_height, 0) FROM items WHERE state <> 'PENDING'")
+    while rows := cur.fetchmany(batch):
+        yield from rows
+
+
+@dataclass(frozen=True, slots=True)
+class PlanGroup:
+    """Items of one expansion that share everything their place in a plan depends on."""
+
+    step: str
+    op: str
+    state: str
+    money: int | None  # the charge of a settled item, else its reservation
+    charged: bool  # money is a recorded charge
+    params: dict[str, Any]
+    input_size: tuple[int, int] | None
+    chained: bool
+    upstream_op: str | None
+    upstream_output: tuple[int, int] | None  # the upstream's real output size, once it COMPLETED
+    count: int
+    example: str | None  # "name (input id)" of the first PENDING item
+
+
+def plan_groups(db: duckdb.DuckDBPyConnection, scope: str) -> list[PlanGroup]:
+    """The items of ``scope`` grouped for a plan, steps in order of their first item."""
+    rows = db.execute(
+        f"""
+        WITH g AS (
+          SELECT i.step, i.op, i.state,
+                 CASE WHEN i.charged_micros IS NOT NULL AND i.state IN ('COMPLETED', 'FAILED')
+                      THEN i.charged_micros ELSE i.reserved_micros END AS money,
+                 i.charged_micros IS NOT NULL AND i.state IN ('COMPLETED', 'FAILED') AS charged,
+                 {_UPSCALE_PARAM_SQL}, i.input_width, i.input_height, i.upstream IS NOT NULL, u.op,
+                 CASE WHEN u.state = 'COMPLETED' THEN u.output_width END,
+                 CASE WHEN u.state = 'COMPLETED' THEN u.output_height END,
+                 count(*),  -- an example is needed only for what is still to pay
+                 arg_min(coalesce(i.output_name, i.key) || ' (input ' || coalesce(i.input_id, '?') || ')', i.idx)
+                   FILTER (WHERE i.state = 'PENDING'),
+                 min(i.rowid) AS first
+          FROM items i LEFT JOIN items u ON u.key = i.upstream
+          WHERE i.scope = ?
+          GROUP BY ALL)
+        SELECT * EXCLUDE (first) FROM g ORDER BY min(first) OVER (PARTITION BY step), first
+        """, [scope]).fetchall()
+    return [PlanGroup(r[0], r[1], r[2], None if r[3] is None else int(r[3]), bool(r[4]), _params(r[5:9]),
+                      _size(r[9], r[10]), bool(r[11]), r[12], _size(r[13], r[14]), int(r[15]), r[16])
+            for r in rows]
