@@ -28,8 +28,8 @@ instead) and says ``Again(...)`` or ``None`` (stop). ``retrying(policy, call, on
 is the one loop that serves all three: it calls, asks the predicate, waits, and returns the
 ``Final`` outcome for the caller to turn into a result or an exception. A 429 on a paced
 call (``Again(throttled=True)``) does not count against ``max_attempts``: it has its own
-allowance (``MAX_THROTTLED_TRIES``) and its wait goes to the rate limiter, which pauses
-every caller, instead of one sleep.
+allowance (``MAX_THROTTLED_TRIES``) and its Retry-After goes to the rate limiter
+(``ratelimit.py``), which decides who waits and how long, instead of one sleep here.
 """
 
 from __future__ import annotations
@@ -68,12 +68,17 @@ class RetryPolicy:
         hi = min(self.cap, self.base * (2 ** max(0, attempt - 1)))
         return (rng or random).uniform(hi / 2, hi)
 
-    def wait_for_retry_after(self, retry_after: float | None, attempt: int) -> float:
+    def cap_retry_after(self, retry_after: float | None) -> float | None:
+        """The server's Retry-After as a wait: clamped to ``[0, max_retry_after]``; None stays None."""
         if INSTANT:
             return 0.0
         if retry_after is None:
-            return self.backoff(attempt)
+            return None
         return min(max(retry_after, 0.0), self.max_retry_after)
+
+    def wait_for_retry_after(self, retry_after: float | None, attempt: int) -> float:
+        capped = self.cap_retry_after(retry_after)
+        return self.backoff(attempt) if capped is None else capped
 
 
 DEFAULT_POLICY = RetryPolicy()
@@ -237,13 +242,15 @@ async def retrying(policy: RetryPolicy, call: Callable[[], Awaitable[R]], *,
                    on: Callable[[R | BaseException], Again | None],
                    errors: tuple[type[BaseException], ...] = (httpx.TransportError,),
                    before: Callable[[], Awaitable[None]] | None = None,
-                   on_throttle: Callable[[float], None] | None = None,
+                   on_throttle: Callable[[float | None], object] | None = None,
                    max_throttles: int = MAX_THROTTLED_TRIES,
                    sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep) -> Final[R]:
     """Call ``call()`` until ``on(outcome)`` says stop or the allowance runs out; never raises ``errors``.
 
-    ``before`` runs before every call (the rate limiter's acquire). A throttled verdict's wait
-    goes to ``on_throttle`` (the limiter pauses every caller) or, without one, is slept here;
+    ``before`` runs before every call (the rate limiter's acquire). A throttled verdict's
+    Retry-After goes to ``on_throttle`` as given (capped; None when there was none: the
+    limiter then backs off on its own) and the limiter makes the next ``before`` wait; without
+    an ``on_throttle`` the wait (Retry-After or backoff) is slept here;
     other waits are ``policy.backoff`` or the server's Retry-After (``wait_for_retry_after``).
     Exceptions other than ``errors`` propagate at once.
     """
@@ -258,13 +265,12 @@ async def retrying(policy: RetryPolicy, call: Callable[[], Awaitable[R]], *,
         again = on(outcome)
         if again is not None and again.throttled:
             throttles += 1
-            wait = policy.wait_for_retry_after(again.retry_after, throttles)
             if on_throttle is not None:
-                on_throttle(wait)
+                on_throttle(policy.cap_retry_after(again.retry_after))
             if throttles >= max_throttles:
                 return Final(outcome, tries, throttles, exhausted=True)
             if on_throttle is None:
-                await sleep(wait)
+                await sleep(policy.wait_for_retry_after(again.retry_after, throttles))
             continue
         tries += 1
         if again is None:

@@ -15,7 +15,7 @@ from pixbatch import sizes
 from pixbatch.emulator import SizeRule
 from pixbatch.estimate import EstimateBuilder, suggestion
 from pixbatch.items import WorkItem, upstream_ref
-from pixbatch.knowledge import Knowledge, Learner, Observation, learn, price_item
+from pixbatch.knowledge import Learner, Observation, learn, price_item
 from pixbatch.money import format_usd, usd_to_micros
 from pixbatch.pricing import REASON_ASSUMED, REASON_ROUNDING, REASON_UNKNOWN, PriceTable
 from pixbatch.runner.outputs import check_image
