@@ -62,7 +62,7 @@ def bench_emulator(**overrides: Any) -> RunningEmulator:
 
 
 def pixbatch_cmd(manifest: Path, emu: RunningEmulator, *args: str) -> list[str]:
-    return [sys.executable, "-m", "pixbatch", "run", str(manifest), "--base-url", emu.url, "--quiet",
+    return [sys.executable, "-m", "pixbatch", "run", str(manifest), "--base-url", emu.url, "--quiet", "--no-preflight",
             "--no-download", *args]
 
 

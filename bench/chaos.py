@@ -136,7 +136,7 @@ def chaos(root: Path, *, kills: int, seed: int, n_inputs: int, window: tuple[flo
     t0 = time.monotonic()
     with start_emulator(faulty_config(seed, **fault_overrides), in_process=in_process) as emu:
         env = pixbatch_env(emu)
-        cmd = [sys.executable, "-m", "pixbatch", "run", str(manifest), "--base-url", emu.url, "--quiet",
+        cmd = [sys.executable, "-m", "pixbatch", "run", str(manifest), "--base-url", emu.url, "--quiet", "--no-preflight",
                "--no-download", "--concurrency", "6", "--first-poll", "0.15", "--budget", str(micros_to_decimal(budget))]
         landed = runs = 0
         while landed < kills:

@@ -102,7 +102,7 @@ def phantom(root: Path, *, kills: int, items: int, seed: int, window: tuple[floa
     with start_emulator(cfg, in_process=in_process) as emu:
         env = pixbatch_env(emu)
         cmd = [sys.executable, "-m", "pixbatch", "run", str(manifest), "--base-url", emu.url, "--quiet",
-               "--no-download", "--concurrency", "32", "--first-poll", "0.3"]
+               "--no-download", "--no-preflight", "--concurrency", "32", "--first-poll", "0.3"]
         while f.kills < kills:
             proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
             try:

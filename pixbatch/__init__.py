@@ -4,13 +4,19 @@ The library behind the ``pixbatch`` command; a notebook can call it directly::
 
     from pixbatch import load_manifest, estimate_manifest, PriceTable, run, RunOptions, build_report
     from pixbatch.render import render
-    m = load_manifest("manifests/example.yaml")
+    m = load_manifest("manifests/example.yaml")   # or a dict, or YAML text
     est = estimate_manifest(m, PriceTable.load())
-    summary = run(m, options=RunOptions(base_url="http://127.0.0.1:8787"))
+    summary = run(m, options=RunOptions(base_url="http://127.0.0.1:8787", limit=10))  # a pilot
     print(render(build_report(m.state_path), "md"))
+
+Inside a running event loop (Jupyter, an async app) await the coroutine forms instead:
+``await run_async(m, options=...)``, ``await reconcile_async(...)``,
+``await probe_sizes_report_async(urls, cache_path=...)``; the sync ``run`` and ``reconcile``
+say so if called there (``estimate_manifest`` works in both).
 
 Names are imported lazily, so ``import pixbatch`` stays cheap. (``expand``, ``reconcile``
 and ``render`` are both modules and functions: import those functions from their modules.)
+The package is typed (``py.typed``).
 """
 
 from __future__ import annotations
@@ -18,7 +24,7 @@ from __future__ import annotations
 from importlib import import_module
 from typing import Any
 
-__version__ = "0.1.0"
+__version__ = "0.1.0"  # the one version: pyproject.toml reads it from here
 
 _EXPORTS = {
     "Estimate": "estimate",
@@ -34,10 +40,17 @@ _EXPORTS = {
     "check_manifest": "manifest",
     "estimate_manifest": "estimate",
     "export_state": "export",
+    "list_failures": "report",
+    "list_runs": "report",
     "load_manifest": "manifest",
     "load_manifest_shallow": "manifest",
+    "probe_sizes": "probe",
+    "probe_sizes_async": "probe",
+    "probe_sizes_report_async": "probe",
     "read_status": "state",
+    "reconcile_async": "reconcile",
     "run": "runner",
+    "run_async": "runner",
     "start_emulator": "emulator",
 }
 

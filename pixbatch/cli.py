@@ -8,20 +8,21 @@ Defaults that the library defines (the gateway's base URL, concurrency, the firs
 delay, probe limits, the outputs listed) are read from the library's own signatures
 (``LibraryDefault``), not restated here. Every amount of dollars is parsed by one
 parameter type, ``USD`` (a bad or negative amount is a usage error: exit 2). Options that
-several commands share are decorators (``state_source``, ``pricing_option``, ...).
+several commands share are decorators (``state_source``, ``pricing_option``, ...). Those live in
+``cli_options``; the commands that report on a state file (``report``, ``failures``, ``runs``)
+in ``cli_reports``, added to the group here.
 """
 
 from __future__ import annotations
-
-import importlib
-import inspect
-from collections.abc import Callable
-from typing import Any
 
 import click
 
 from . import __version__
 from .cli_params import USD, HostPort, HttpUrl, Number, PathArg
+from .cli_options import (RUN_OPTIONS, LibraryDefault, base_url_option, budget_option, json_option,
+                          pricing_option, state_source)
+from .cli_options import resolve_state as _resolve_state
+from .cli_reports import failures_command, report_command, runs_command
 from .errors import ExitCode, PixbatchError, redact
 
 
@@ -52,73 +53,6 @@ def cli(ctx: click.Context, debug: bool) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-
-
-# -- parameter types and shared options ---------------------------------------------------
-
-
-class LibraryDefault:
-    """The default of keyword ``name`` of the library's ``target`` ("module:callable"), read when
-    first needed (importing the runner takes ~0.4 s: too slow for every command's start-up).
-
-    click calls it for the value and prints ``str()`` of it in ``--help``.
-    """
-
-    def __init__(self, target: str, name: str):
-        self.target, self.name = target, name
-
-    def __call__(self) -> Any:
-        module, _, attr = self.target.partition(":")
-        default = inspect.signature(getattr(importlib.import_module(module), attr)).parameters[self.name].default
-        assert default is not inspect.Parameter.empty, f"{self.target} has no default for {self.name}"
-        return default
-
-    def __str__(self) -> str:
-        return str(self())
-
-
-#: the run's options (``RunOptions`` keeps these flat keyword names)
-RUN_OPTIONS = "pixbatch.runner:RunOptions"
-
-
-def state_source(f: Callable) -> Callable:
-    """[MANIFEST] or --state FILE: which state file a command reads."""
-    f = click.option("--state", "state_path", type=PathArg(dir_okay=False), default=None,
-                     help="State file (instead of MANIFEST).")(f)
-    return click.argument("manifest_path", metavar="[MANIFEST]", required=False,
-                          type=PathArg(dir_okay=False))(f)
-
-
-def pricing_option(help: str) -> Callable[[Callable], Callable]:
-    return click.option("--pricing", "pricing_path", type=PathArg(dir_okay=False), default=None, help=help)
-
-
-def base_url_option(f: Callable) -> Callable:
-    return click.option("--base-url", type=HttpUrl("base URL"), default=LibraryDefault(RUN_OPTIONS, "base_url"),
-                        show_default=True,
-                        envvar="PIXBATCH_BASE_URL", help="Gateway base URL (the emulator's URL for local runs).")(f)
-
-
-def budget_option(help: str) -> Callable[[Callable], Callable]:
-    return click.option("--budget", "budget_micros", type=USD(), default=None, metavar="USD", help=help)
-
-
-def json_option(help: str) -> Callable[[Callable], Callable]:
-    return click.option("--json", "as_json", is_flag=True, help=help)
-
-
-def _resolve_state(manifest_path: str | None, state_path: str | None):
-    """(state path, manifest or None). The manifest's own state file unless --state is given."""
-    from pathlib import Path
-
-    from .manifest import load_manifest_shallow
-
-    manifest = load_manifest_shallow(manifest_path) if manifest_path else None
-    if state_path is not None:
-        return Path(state_path), manifest
-    if manifest is None:
-        raise click.UsageError("give a MANIFEST or --state FILE")
-    return manifest.state_path, manifest
 
 
 # -- commands are registered below, one block each ------------------------------------
@@ -342,9 +276,20 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
 @base_url_option
 @click.option("--retry-ambiguous", is_flag=True,
               help="Resubmit AMBIGUOUS items (they may already have been charged once).")
+@click.option("--retry-failed", is_flag=True,
+              help="Resubmit items that ended FAILED (charged: only they are paid again) and what they blocked.")
 @click.option("--retry-errors", is_flag=True,
               help="Resubmit items that ended ERROR (not charged by the gateway) and what they blocked.")
-@click.option("--force", is_flag=True, help="Redo items already finished in this state file (pays again).")
+@click.option("--force", "force", is_flag=False, flag_value="", default=None, metavar="[STEPS]",
+              help="Redo finished items, paying again: every step, or only STEPS (comma-separated, e.g. "
+                   "--force hires). Says how many items and dollars first; asks above $1.00 or 100 items.")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before --force pays again.")
+@click.option("--steps", "steps", default=None, metavar="A,B",
+              help="Pilot: send only these steps' items (comma-separated).")
+@click.option("--limit", type=click.IntRange(1), default=None, metavar="N",
+              help="Pilot: send only the first N items of each (selected) step.")
+@click.option("--no-preflight", is_flag=True,
+              help="Send without first checking that every input URL answers with an image.")
 @click.option("--no-download", is_flag=True, help="Do not download outputs (benchmarks).")
 @click.option("--quiet", is_flag=True, help="No progress display; only the summary on stderr.")
 @json_option("One JSON line per event on stdout, then the summary.")
@@ -355,14 +300,21 @@ def validate_command(ctx: click.Context, manifest_path: str, as_json: bool) -> N
               help="Ask the gateway to call URL when a job ends (https for the real gateway); polls only confirm.")
 @click.option("--webhook-listen", type=HostPort(), default=None, metavar="HOST:PORT",
               help="Where to receive the callbacks [default: the --webhook-url host and port].")
+@click.option("--progress-interval", type=click.FloatRange(0.1), default=10.0, show_default=True, metavar="SECONDS",
+              help="When stderr is not a terminal: seconds between progress lines.")
 @click.pass_context
 def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, budget_micros: int | None,
-                concurrency: int, max_rps: float | None, base_url: str, retry_ambiguous: bool, retry_errors: bool,
-                force: bool, no_download: bool, quiet: bool, as_json: bool, pricing_path: str | None,
-                first_poll: float, webhook_url: str | None, webhook_listen: str | None) -> None:
+                concurrency: int, max_rps: float | None, base_url: str, retry_ambiguous: bool, retry_failed: bool,
+                retry_errors: bool, force: str | None, yes: bool, steps: str | None, limit: int | None,
+                no_preflight: bool, no_download: bool, quiet: bool, as_json: bool, pricing_path: str | None,
+                first_poll: float, webhook_url: str | None, webhook_listen: str | None,
+                progress_interval: float) -> None:
     """Run (or resume) MANIFEST against the gateway; the key comes from PIXAZO_API_KEY.
 
     Running the same command again resumes: submitted items are polled, never resent.
+    Before an item is first sent, its input URLs are checked (a small ranged GET, cached
+    in the state file); an input that cannot be fetched or is not an image leaves its
+    items BAD_INPUT, unsent and not charged. Try a pilot first: --limit 10 (and --steps).
     Exit codes: 0 all completed, 1 some items (or outputs) did not complete, 2 invalid
     manifest or options, 3 budget, 4 key refused or missing, 5 wallet balance (402), 6 state
     file in use, 7 call quota used up, 8 gateway unreachable, 130 interrupted.
@@ -373,7 +325,7 @@ def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, 
 
     from .errors import require_api_key
     from .manifest import load_manifest_shallow
-    from .progress import JsonLinesProgress, NullProgress, RichProgress, render_summary
+    from .progress import JsonLinesProgress, NullProgress, PlainProgress, RichProgress, render_summary
     from .runner import RunOptions, run
 
     key = require_api_key()
@@ -382,15 +334,41 @@ def run_command(ctx: click.Context, manifest_path: str, state_path: str | None, 
     manifest = load_manifest_shallow(manifest_path)
     options = RunOptions(
         state_path=Path(state_path) if state_path else None, budget_micros=budget_micros, concurrency=concurrency,
-        max_rps=max_rps, base_url=base_url, api_key=key, retry_ambiguous=retry_ambiguous, retry_errors=retry_errors,
-        force=force, download=not no_download, pricing_path=Path(pricing_path) if pricing_path else None,
+        max_rps=max_rps, base_url=base_url, api_key=key, retry_ambiguous=retry_ambiguous, retry_failed=retry_failed,
+        retry_errors=retry_errors, force=_step_list(force) if force else force == "",
+        steps=_step_list(steps) if steps is not None else None, limit=limit, preflight=not no_preflight,
+        download=not no_download, pricing_path=Path(pricing_path) if pricing_path else None,
         handle_signals=True, poll_initial=first_poll, webhook_url=webhook_url, webhook_listen=webhook_listen)
+    options.check(manifest)
     err = Console(stderr=True)
-    progress = JsonLinesProgress() if as_json else NullProgress() if quiet else RichProgress(err)
+    _confirm_resends(ctx, manifest, options, yes=yes, out=err)
+    progress = (JsonLinesProgress() if as_json else NullProgress() if quiet
+                else RichProgress(err) if err.is_terminal else PlainProgress(err.file, interval=progress_interval))
     summary = run(manifest, options=options, progress=progress)
     if quiet:
         render_summary(summary, err)
     ctx.exit(summary.exit_code)
+
+
+def _step_list(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+def _confirm_resends(ctx: click.Context, manifest, options, *, yes: bool, out) -> None:
+    """Say what the retry options will send again, before anything is sent; ask before --force pays a lot again."""
+    from .runner.plan import resends
+
+    for r in resends(manifest, options):
+        out.print(r.text(), highlight=False, soft_wrap=True)
+        if r.needs_confirmation and not yes:
+            try:
+                ok = click.confirm(r.question(), default=False, err=True)
+            except click.Abort:
+                raise click.UsageError(f"{r.option} pays again and there is no one to ask (stdin is not a "
+                                       "terminal): pass --yes to go ahead.") from None
+            if not ok:
+                click.echo("Nothing was sent.", err=True)
+                ctx.exit(ExitCode.ERROR)
 
 
 # -- status ----------------------------------------------------------------------------
@@ -413,7 +391,8 @@ def status_command(manifest_path: str | None, state_path: str | None, as_json: b
         return
     out = Console()
     live = "running" if snap.running else (snap.outcome or "no run yet")
-    out.print(status_table(snap, title=f"{path} ({live}, from the {snap.source})"))
+    out.print(f"{path} ({live}, from the {snap.source})", soft_wrap=True, highlight=False)  # the path whole
+    out.print(status_table(snap))
     out.print(money_line(snap))
     amb = snap.totals().get(AMBIGUOUS, 0)
     if amb:
@@ -424,56 +403,6 @@ def status_command(manifest_path: str | None, state_path: str | None, as_json: b
 
 
 # -- report, reconcile, export ----------------------------------------------------------
-
-
-@cli.command("report")
-@state_source
-@click.option("--run", "run_id", default=None, metavar="ID", help="Only the items this run touched.")
-@click.option("--all", "all_items", is_flag=True,
-              help="Every item in the state file, including those of earlier versions of the manifest.")
-@click.option("--format", "fmt", type=click.Choice(["table", "json", "csv", "md", "html"]), default="table",
-              show_default=True, help="Output format (html: one self-contained file with charts).")
-@click.option("-o", "--output", "output", type=PathArg(dir_okay=False, writable=True), default=None,
-              help="Write the report to this file instead of stdout.")
-@click.option("--limit", type=click.IntRange(0, 10_000_000), default=LibraryDefault("pixbatch.report:build_report", "outputs_limit"),
-              show_default=True,
-              help="Output files listed in table/md/html (json and csv list them all).")
-def report_command(manifest_path: str | None, state_path: str | None, run_id: str | None, all_items: bool,
-                   fmt: str, output: str | None, limit: int) -> None:
-    """What a run cost and did: spend, status, timing and outputs, from the state file.
-
-    Spend is estimated vs charged per step, operation and price tier, with the difference
-    explained; then charged, not charged (ERROR, FAILED_VALIDATION), at risk (AMBIGUOUS)
-    and reserved (in flight). Status counts per step and state, failures grouped by
-    message, blocked items and why. Queue and processing p50/p95 per step, completions
-    over time, and where each output file is with its SHA-256. Works on the state of an
-    interrupted run, and (with live totals only) while a run holds the state file.
-    """
-    from pathlib import Path
-
-    from .render import render
-    from .report import build_report
-
-    path, manifest = _resolve_state(manifest_path, state_path)
-    rep = build_report(path, run_id=run_id, all_items=all_items,
-                       outputs_limit=None if fmt in ("json", "csv") else limit,
-                       output_dir=manifest.output_dir if manifest else None)
-    kw = {"outputs_limit": limit} if fmt in ("table", "md", "html") else {}
-    if fmt == "table" and output is None:
-        import shutil
-        import sys
-
-        kw["color"] = sys.stdout.isatty()
-        kw["width"] = max(100, min(shutil.get_terminal_size().columns, 160)) if kw["color"] else 120
-    text = render(rep, fmt, **kw)
-    if output is None:
-        click.echo(text, nl=False)
-    else:
-        try:
-            Path(output).write_text(text, "utf-8")
-        except OSError as exc:
-            raise click.FileError(output, hint=f"{exc.strerror or exc}; choose another -o file") from None
-        click.echo(f"wrote {fmt} report to {output}", err=True)
 
 
 @cli.command("reconcile")
@@ -547,48 +476,23 @@ def demo_command(ctx: click.Context, directory: str | None, keep: bool) -> None:
     Starts the gateway emulator and an image server on loopback, writes a manifest (3
     inputs, one of them not an image; an edit with 2 colors; an upscale of every edit),
     estimates it, runs it into a DuckDB state file and prints the report, then checks the
-    report's charged total against the emulator's ledger (exit 1 if they differ).
+    report's charged total against the emulator's ledger (exit 1 if they differ). Without
+    --dir or --keep it works in a temporary directory that it deletes at the end, and
+    prints no path in it.
     """
-    import shutil
-    import tempfile
+    import sys
     from pathlib import Path
 
-    from rich.console import Console
+    from .demo import demo
 
-    from .demo import run_demo
-    from .money import format_usd
-    from .render import render
+    if directory is not None and Path(directory).exists() and any(Path(directory).iterdir()):
+        raise click.BadParameter(f"{directory} is not empty; give a new or empty directory", param_hint="--dir")
+    if not demo(directory, keep=keep, color=sys.stdout.isatty()):
+        ctx.exit(ExitCode.ERROR)
 
-    if directory is not None:
-        root = Path(directory)
-        if root.exists() and any(root.iterdir()):
-            raise click.BadParameter(f"{root} is not empty; give a new or empty directory", param_hint="--dir")
-        kept = True
-    else:
-        root = Path(tempfile.mkdtemp(prefix="pixbatch-demo-"))
-        kept = keep
-    console = Console(highlight=False)
-    try:
-        result = run_demo(root, console=console)
-        console.print("\n[bold]3. report[/]")
-        import sys
 
-        click.echo(render(result.report, "table", color=sys.stdout.isatty(), width=120), nl=False)
-        (root / "report.html").write_text(render(result.report, "html"), "utf-8")
-        charged, ledger = result.report.spend.totals.charged_micros, result.ledger.charged_micros
-        if charged != ledger:
-            console.print(f"[bold red]The report says {format_usd(charged)} was charged but the emulator's "
-                          f"ledger says {format_usd(ledger)}.[/]")
-            ctx.exit(ExitCode.ERROR)
-        console.print(f"\nThe report's charged total, {format_usd(charged)}, equals the emulator's ledger "
-                      f"({len(result.ledger.entries)} settlements) to the micro-dollar.")
-    finally:
-        if not kept:
-            shutil.rmtree(root, ignore_errors=True)
-    if kept:
-        console.print(f"Kept {root}: {result.manifest_path.name}, {result.state_path.name}, out/, report.html, "
-                      f"ledger.json. Try: pixbatch report {result.manifest_path} --format html -o report.html")
-
+for _command in (report_command, failures_command, runs_command):
+    cli.add_command(_command)
 
 from .cli_init import init_command  # noqa: E402  (wired beside this module, which is at its size limit)
 

@@ -7,8 +7,9 @@ one file that is *not* an image, from a second loopback server; writes a small m
 it (``estimate_manifest``, which probes the images over loopback); runs it
 (``runner.run``); and builds the report from the DuckDB state file in ``directory``.
 
-The non-image makes its two edits FAILED (charged, as the gateway charges failures) and
-their two upscales BLOCKED, so the report has a failure to explain. The emulator's ledger
+The non-image is caught by the run's preflight check of its input URLs: its two edits are
+left BAD_INPUT (never sent, so not charged, where the gateway would have charged them as
+FAILED) and their two upscales BLOCKED, so the report has failures to explain. The emulator's ledger
 is written next to the state file (``ledger.json``) and compared with the report's charged
 total: the demo is also a check that the report is exact.
 """
@@ -23,6 +24,7 @@ from typing import Any
 from .emulator import Dist, EmulatorConfig, Ledger, start_emulator
 from .estimate import Estimate
 from .report import Report
+from .report.gallery import DEFAULT_LIMIT
 from .runner import RunSummary
 
 MANIFEST_NAME = "demo.yaml"
@@ -38,7 +40,7 @@ inputs:
     url: {base}/mug.png
   - id: lamp
     url: {base}/lamp.jpg
-  - id: notes                       # not an image: its edits fail, its upscales are blocked
+  - id: notes                       # not an image: its edits are never sent (BAD_INPUT), its upscales BLOCKED
     url: {base}/notes.png
 steps:
   - id: recolor                     # 3 inputs x 2 colors = 6 edits
@@ -92,9 +94,29 @@ def draw_images(directory: Path) -> None:
     (directory / "notes.png").write_text("shopping list: milk, eggs, a new lamp\n", "utf-8")
 
 
-def run_demo(directory: str | Path, *, console: Any = None,
-             emulator_config: EmulatorConfig | None = None) -> DemoResult:
-    """Run the demo in ``directory`` (created; must not hold an earlier demo) and return what it did."""
+def relative_report(report: Report, root: Path) -> Report:
+    """``report`` with its paths under ``root`` made relative to it (for a directory that is then deleted)."""
+    from dataclasses import replace
+
+    def rel(p: str | None) -> str | None:
+        if p is None:
+            return None
+        try:
+            return str(Path(p).relative_to(root))
+        except ValueError:
+            return p
+
+    run = replace(report.run, manifest_path=rel(report.run.manifest_path)) if report.run else None
+    return replace(report, state_path=rel(report.state_path) or report.state_path, run=run,
+                   outputs=replace(report.outputs, output_dir=rel(report.outputs.output_dir)))
+
+
+def run_demo(directory: str | Path, *, console: Any = None, emulator_config: EmulatorConfig | None = None,
+             where: str | None = None) -> DemoResult:
+    """Run the demo in ``directory`` (created; must not hold an earlier demo) and return what it did.
+
+    ``where`` says where that is in the first line printed (default: the directory's path).
+    """
     from rich.console import Console
     from starlette.applications import Starlette
     from starlette.routing import Mount
@@ -119,7 +141,7 @@ def run_demo(directory: str | Path, *, console: Any = None,
     served = serve_in_thread(Starlette(routes=[Mount("/", app=StaticFiles(directory=images))]))
     try:
         with start_emulator(emulator_config or demo_emulator_config()) as emu:
-            console.print(f"[bold]pixbatch demo[/] in {root}\n"
+            console.print(f"[bold]pixbatch demo[/] in {where or root}\n"
                           f"  gateway emulator  {emu.url} (wallet {format_usd(emu.ledger().balance_micros)}, "
                           f"its own key: PIXAZO_API_KEY is not needed)\n"
                           f"  input images      {served.url}/ (2 images, 1 file that is not an image)")
@@ -138,5 +160,48 @@ def run_demo(directory: str | Path, *, console: Any = None,
             (root / "ledger.json").write_text(json.dumps(ledger_data, indent=2), "utf-8")
     finally:
         served.stop()
-    report = build_report(manifest.state_path, estimate=est, output_dir=manifest.output_dir, table=table)
+    report = build_report(manifest.state_path, estimate=est, output_dir=manifest.output_dir, table=table,
+                          gallery=DEFAULT_LIMIT)
     return DemoResult(root, manifest_path, manifest.state_path, est, summary, report, ledger)
+
+
+def demo(directory: str | Path | None, *, keep: bool = False, console: Any = None, color: bool = False) -> bool:
+    """``pixbatch demo``: run the demo, print the report and check it against the emulator's ledger.
+
+    ``directory`` None: a temporary directory, deleted at the end unless ``keep``; then no path in
+    it is printed (the report's paths are shown relative to it). True when the report's charged
+    total equals the ledger's.
+    """
+    import shutil
+    import tempfile
+
+    from rich.console import Console
+
+    from .money import format_usd
+    from .render import render
+
+    console = console or Console(highlight=False)
+    root = Path(directory) if directory is not None else Path(tempfile.mkdtemp(prefix="pixbatch-demo-"))
+    kept = directory is not None or keep
+    try:
+        result = run_demo(root, console=console,
+                          where=None if kept else "a temporary directory (deleted at the end; --keep keeps it)")
+        console.print("\n[bold]3. report[/]")
+        shown = result.report if kept else relative_report(result.report, root)
+        console.file.write(render(shown, "table", color=color))
+        (root / "report.html").write_text(render(result.report, "html", base_dir=root), "utf-8")
+        charged, ledger = result.report.spend.totals.charged_micros, result.ledger.charged_micros
+        if charged != ledger:
+            console.print(f"[bold red]The report says {format_usd(charged)} was charged but the emulator's "
+                          f"ledger says {format_usd(ledger)}.[/]")
+            return False
+        console.print(f"\nThe report's charged total, {format_usd(charged)}, equals the emulator's ledger "
+                      f"({len(result.ledger.entries)} settlements) to the micro-dollar.")
+    finally:
+        if not kept:
+            shutil.rmtree(root, ignore_errors=True)
+    if kept:
+        console.print(f"Kept {root}: {result.manifest_path.name}, {result.state_path.name}, out/, report.html "
+                      f"(open it in a browser: a gallery of the outputs), ledger.json. Try: pixbatch report "
+                      f"{result.manifest_path} --format html -o report.html")
+    return True

@@ -4,7 +4,7 @@
     ├── ManifestError                  exit 2   the manifest is invalid (carries every Problem)
     ├── UsageError                     exit 2   an option's value cannot work (e.g. a base URL that is no URL)
     ├── PricingError                   exit 2   the price table file is missing or invalid
-    ├── OptionError                    exit 2   an option's value cannot be used (a port in use, a directory not writable)
+    ├── OptionError                    exit 2   an option cannot be used (a port in use, an unknown step, a directory not writable)
     ├── ProbeError                     exit 1   an image URL could not be sized
     ├── BudgetExceeded                 exit 3   the estimate or the next item does not fit the budget
     ├── StateError                     exit 1   the DuckDB state file is unusable

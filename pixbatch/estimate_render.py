@@ -128,7 +128,9 @@ def render_estimate(est: Estimate, console: Any, *, budget_micros: int | None = 
                 console.print(f"      e.g. {ex}", markup=False, highlight=False)
     if est.sizes is not None and est.sizes.failures:
         fails = est.sizes.failures
-        console.print(f"\nProbe errors ({len(fails):,} URLs; these items are priced as a range):")
+        console.print(f"\nBad inputs ({len(fails):,} URLs cannot be fetched or are not images):", highlight=False)
+        console.print("  priced as a range here; `run` checks them again before sending, and leaves their items "
+                      "BAD_INPUT (not sent, not charged) unless they are fixed.", markup=False, highlight=False)
         for f in fails[:max_errors]:
             ids = ", ".join(f.input_ids)
             console.print(f"  input {ids}: {f.url}: {f.error}", markup=False, highlight=False)

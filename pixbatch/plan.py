@@ -2,8 +2,8 @@
 
 An item already in the state file is *paid* (COMPLETED or FAILED with a charge: reused, not
 charged again), *in flight* (sent and not settled: its reservation), *at risk* (AMBIGUOUS:
-it may have been charged) or *not sent again* (ERROR, FAILED_VALIDATION, BLOCKED, or waiting
-on an upstream that ended so); only a PENDING item, or one not there at all, is still to pay
+it may have been charged) or *not sent again* (ERROR, FAILED_VALIDATION, BAD_INPUT, BLOCKED, or
+waiting on an upstream that ended so); only a PENDING item, or one not there at all, is still to pay
 (``category``). ``StateView`` is the lookup by key the estimate's walk of a manifest asks
 per item; ``read_state`` opens a state file for it, with what its completed items taught
 (``knowledge.learn``). The run builds the same plan from the state file alone
@@ -25,12 +25,13 @@ CATEGORIES: dict[str, str] = {
     PAID: "already paid (reused, not charged again)",
     IN_FLIGHT: "in flight (sent, not settled: reserved)",
     AT_RISK: "AMBIGUOUS (may have been charged: at risk; --retry-ambiguous resends them)",
-    NOT_SENT: "not sent again: ended ERROR, FAILED_VALIDATION or BLOCKED (not charged; --retry-errors, --force)",
+    NOT_SENT: "not sent again: ended ERROR, FAILED_VALIDATION, BAD_INPUT or BLOCKED (not charged; --retry-errors, "
+              "--force; a BAD_INPUT input is checked again by every run)",
 }
 _STATES = ("PENDING", "SUBMITTING", "SUBMITTED", "COMPLETED", "FAILED", "ERROR", "AMBIGUOUS", "FAILED_VALIDATION",
-           "BLOCKED")
+           "BAD_INPUT", "BLOCKED")
 #: an upstream in one of these states blocks its downstream items (``state.BLOCKING``, kept equal by a test)
-BLOCKING = frozenset({"FAILED", "ERROR", "FAILED_VALIDATION", "BLOCKED", "AMBIGUOUS"})
+BLOCKING = frozenset({"FAILED", "ERROR", "FAILED_VALIDATION", "BAD_INPUT", "BLOCKED", "AMBIGUOUS"})
 
 
 def category(state: str, charged: bool) -> str | None:

@@ -31,10 +31,12 @@ import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import httpx
 from PIL import Image, UnidentifiedImageError
 
+from .aio import run_sync
 from .errors import StateLocked
 from .state.migrations import connect, reading
 from .sizes import Size
@@ -233,26 +235,55 @@ async def probe_sizes_async(urls: Iterable[str], *, concurrency: int = DEFAULT_C
 # -- the cache ------------------------------------------------------------------------
 
 
+def read_cache_db(db: Any, urls: Iterable[str]) -> dict[str, ProbeResult]:
+    """Cached probes for ``urls`` (successful and failed) from an open state file connection."""
+    wanted = list(dict.fromkeys(urls))
+    out: dict[str, ProbeResult] = {}
+    for i in range(0, len(wanted), _CACHE_CHUNK):
+        rows = db.execute(
+            "SELECT url, width, height, format, bytes_read, error FROM probes"
+            " WHERE url IN (SELECT unnest(?::VARCHAR[]))",
+            [wanted[i:i + _CACHE_CHUNK]],
+        ).fetchall()
+        for url, w, h, fmt, n, err in rows:
+            out[url] = ProbeResult(url, w, h, fmt, n or 0, err, cached=True)
+    return out
+
+
+def write_cache_db(db: Any, results: Iterable[ProbeResult]) -> int:
+    """Store (or replace) probe results in an open state file connection, in one transaction."""
+    rows = [r for r in results if not r.cached]
+    if not rows:
+        return 0
+    db.execute("BEGIN TRANSACTION")
+    try:
+        for i in range(0, len(rows), _CACHE_CHUNK):
+            part = rows[i:i + _CACHE_CHUNK]
+            db.execute(
+                "INSERT OR REPLACE INTO probes (url, width, height, format, bytes_read, error, probed_at)"
+                " SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::INTEGER[]),"
+                " unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]), current_timestamp",
+                [[r.url for r in part], [r.width for r in part], [r.height for r in part],
+                 [r.format for r in part], [r.bytes_read for r in part], [r.error for r in part]],
+            )
+        db.execute("COMMIT")
+    except BaseException:
+        db.execute("ROLLBACK")
+        raise
+    return len(rows)
+
+
 def read_cache(cache_path: str | Path, urls: Iterable[str]) -> dict[str, ProbeResult]:
     """Cached probes for ``urls`` (successful and failed). Raises StateLocked/StateError."""
     wanted = list(dict.fromkeys(urls))
-    out: dict[str, ProbeResult] = {}
     if not wanted:
-        return out
+        return {}
     db = connect(cache_path)
     try:
         with reading(cache_path):
-            for i in range(0, len(wanted), _CACHE_CHUNK):
-                rows = db.execute(
-                    "SELECT url, width, height, format, bytes_read, error FROM probes"
-                    " WHERE url IN (SELECT unnest(?::VARCHAR[]))",
-                    [wanted[i:i + _CACHE_CHUNK]],
-                ).fetchall()
-                for url, w, h, fmt, n, err in rows:
-                    out[url] = ProbeResult(url, w, h, fmt, n or 0, err, cached=True)
+            return read_cache_db(db, wanted)
     finally:
         db.close()
-    return out
 
 
 def write_cache(cache_path: str | Path, results: Iterable[ProbeResult]) -> int:
@@ -263,20 +294,9 @@ def write_cache(cache_path: str | Path, results: Iterable[ProbeResult]) -> int:
     db = connect(cache_path)
     try:
         with reading(cache_path):
-            db.execute("BEGIN TRANSACTION")
-            for i in range(0, len(rows), _CACHE_CHUNK):
-                part = rows[i:i + _CACHE_CHUNK]
-                db.execute(
-                    "INSERT OR REPLACE INTO probes (url, width, height, format, bytes_read, error, probed_at)"
-                    " SELECT unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::INTEGER[]),"
-                    " unnest(?::VARCHAR[]), unnest(?::INTEGER[]), unnest(?::VARCHAR[]), current_timestamp",
-                    [[r.url for r in part], [r.width for r in part], [r.height for r in part],
-                     [r.format for r in part], [r.bytes_read for r in part], [r.error for r in part]],
-                )
-            db.execute("COMMIT")
+            return write_cache_db(db, rows)
     finally:
         db.close()
-    return len(rows)
 
 
 @dataclass(frozen=True, slots=True)
@@ -310,7 +330,19 @@ def probe_sizes_report(urls: Iterable[str], *, cache_path: str | Path | None = N
                        transport: httpx.AsyncBaseTransport | None = None,
                        locked_ok: bool = True) -> ProbeReport:
     """``probe_sizes`` with an account of the cache; with ``locked_ok`` a locked cache file
-    is skipped (noted in ``cache_note``) instead of raising ``StateLocked``."""
+    is skipped (noted in ``cache_note``) instead of raising ``StateLocked``. Inside a running
+    event loop (Jupyter) the probes run on a thread of their own."""
+    return run_sync(lambda: probe_sizes_report_async(
+        urls, cache_path=cache_path, concurrency=concurrency, timeout=timeout, refresh=refresh, fetch=fetch,
+        max_bytes=max_bytes, transport=transport, locked_ok=locked_ok), name="probe_sizes", in_thread=True)
+
+
+async def probe_sizes_report_async(urls: Iterable[str], *, cache_path: str | Path | None = None,
+                                   concurrency: int = DEFAULT_CONCURRENCY, timeout: float = DEFAULT_TIMEOUT,
+                                   refresh: bool = False, fetch: bool = True, max_bytes: int = MAX_HEADER_BYTES,
+                                   transport: httpx.AsyncBaseTransport | None = None,
+                                   locked_ok: bool = True) -> ProbeReport:
+    """The coroutine form of ``probe_sizes_report`` (the cache is read before and written after the fetches)."""
     wanted = list(dict.fromkeys(urls))
     cached: dict[str, ProbeResult] = {}
     note: str | None = None
@@ -323,11 +355,13 @@ def probe_sizes_report(urls: Iterable[str], *, cache_path: str | Path | None = N
             cache_path, note = None, f"probe cache not used: {exc}"
     if refresh:
         cached = {u: r for u, r in cached.items() if r.ok}
+    # a run's preflight caches that a URL answers with an image, not its size: probe those for the size
+    cached = {u: r for u, r in cached.items() if not (r.ok and r.size is None)}
     missing = [u for u in wanted if u not in cached]
     fresh: dict[str, ProbeResult] = {}
     if fetch and missing:
-        fresh = asyncio.run(probe_sizes_async(missing, concurrency=concurrency, timeout=timeout,
-                                              max_bytes=max_bytes, transport=transport))
+        fresh = await probe_sizes_async(missing, concurrency=concurrency, timeout=timeout, max_bytes=max_bytes,
+                                        transport=transport)
         if cache_path is not None:
             try:
                 write_cache(cache_path, fresh.values())

@@ -3,11 +3,16 @@
 The runner talks to a ``Progress``: ``start(info)`` once, ``event(kind, key, detail)`` for
 every event it records (state changes, HTTP exchanges, downloads, budget), ``update(snapshot)``
 about every second with a ``StatusSnapshot`` (the same one written to the status file), and
-``stop(summary)`` at the end. Three renderers:
+``stop(summary)`` at the end. Four renderers:
 
-- ``RichProgress``: the run's plan first (paid, in flight, at risk, still to pay: what
-  ``pixbatch estimate`` says), then a live table (done / failed / in flight / waiting per
-  step), spend so far against the estimate and the budget, rate and ETA; then the summary.
+- ``RichProgress`` (stderr is a terminal): the run's plan first (paid, in flight, at risk,
+  still to pay: what ``pixbatch estimate`` says), then a live table (done / failed / in flight
+  / waiting per step, in manifest order), a progress bar with the percentage finished and the
+  elapsed time, spend so far against the estimate and the budget, rate and ETA; then the
+  summary. It fits 80 columns.
+- ``PlainProgress`` (stderr is not a terminal: CI, nohup, a log file): the plan, then one plain
+  line every ``interval`` seconds (elapsed, percentage, counts, spend, rate, ETA); then the
+  summary, each message on its own line.
 - ``JsonLinesProgress`` (``--json``): one JSON object per line per event, then the summary.
 - ``NullProgress`` (``--quiet``, library use): nothing.
 """
@@ -23,7 +28,7 @@ from .money import format_usd
 from .state import StatusSnapshot
 
 DONE = ("COMPLETED",)
-FAILED = ("FAILED", "ERROR", "FAILED_VALIDATION", "BLOCKED", "AMBIGUOUS")
+FAILED = ("FAILED", "ERROR", "FAILED_VALIDATION", "BAD_INPUT", "BLOCKED", "AMBIGUOUS")
 IN_FLIGHT = ("SUBMITTING", "SUBMITTED")
 
 
@@ -79,12 +84,33 @@ def step_columns(counts: dict[str, int]) -> tuple[int, int, int, int]:
     return done, failed, flying, waiting
 
 
+def clock(seconds: float | None) -> str:
+    """``1:02:03`` (hours:minutes:seconds), ``2:03`` under an hour."""
+    if seconds is None:
+        return "-"
+    s = int(seconds)
+    h, rem = divmod(s, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def finished_fraction(snap: StatusSnapshot) -> tuple[int, int]:
+    """(items finished, all items): finished is everything not PENDING or in flight."""
+    t = snap.totals()
+    total = sum(t.values())
+    left = t.get("PENDING", 0) + sum(t.get(s, 0) for s in IN_FLIGHT)
+    return total - left, total
+
+
 def status_table(snap: StatusSnapshot, title: str | None = None) -> Any:
-    """A rich Table of a snapshot (shared by the live display and ``pixbatch status``)."""
+    """A rich Table of a snapshot, steps in manifest order (the live display and ``pixbatch status``); fits 80 columns."""
+    from rich import box
     from rich.table import Table
 
-    t = Table(title=title, show_footer=True)
-    t.add_column("step", footer="total")
+    t = Table(title=title, show_footer=True, box=box.SIMPLE_HEAD, title_justify="left", pad_edge=False,
+              show_edge=False)
+    longest = max((len(s) for s in snap.steps), default=5)
+    t.add_column("step", footer="total", overflow="fold", width=min(longest, 30))  # names whole up to 30
     totals = [0, 0, 0, 0]
     rows = []
     for step, counts in snap.steps.items():
@@ -92,16 +118,19 @@ def status_table(snap: StatusSnapshot, title: str | None = None) -> Any:
         totals = [a + b for a, b in zip(totals, cols)]
         rows.append((step, cols, counts))
     for i, name in enumerate(("done", "failed", "in flight", "waiting")):
-        t.add_column(name, justify="right", footer=str(totals[i]))
-    t.add_column("detail")
+        t.add_column(name, justify="right", footer=f"{totals[i]:,}", no_wrap=True)
+    t.add_column("detail", overflow="fold", min_width=12)
+    order = {s: i for i, s in enumerate(FAILED + IN_FLIGHT)}
     for step, cols, counts in rows:
-        detail = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()) if s not in ("COMPLETED", "PENDING") and n)
-        t.add_row(step, *map(str, cols), detail)
+        detail = ", ".join(f"{n:,} {s}" for s, n in sorted(counts.items(), key=lambda kv: order.get(kv[0], 99))
+                           if s not in ("COMPLETED", "PENDING") and n)
+        t.add_row(step, *(f"{c:,}" for c in cols), detail)
     return t
 
 
 def money_line(snap: StatusSnapshot) -> str:
-    parts = [f"spent {format_usd(snap.charged_micros)}"]
+    parts = [f"spent {format_usd(snap.charged_micros)}"
+             + (f" of {format_usd(snap.budget_micros)}" if snap.budget_micros is not None else " (no budget)")]
     if snap.reserved_micros:
         parts.append(f"reserved {format_usd(snap.reserved_micros)}")
     if snap.at_risk_micros:
@@ -109,12 +138,21 @@ def money_line(snap: StatusSnapshot) -> str:
     if snap.estimate_high_micros is not None:
         lo, hi = snap.estimate_low_micros or 0, snap.estimate_high_micros
         parts.append("estimate " + (format_usd(hi) if lo == hi else f"{format_usd(lo)}-{format_usd(hi)}"))
-    parts.append(f"budget {format_usd(snap.budget_micros)}" if snap.budget_micros is not None else "no budget")
     if snap.rate_per_s:
         parts.append(f"{snap.rate_per_s:.1f} items/s")
     if snap.eta_s is not None and snap.running:
-        parts.append(f"ETA {int(snap.eta_s // 60)}m{int(snap.eta_s % 60):02d}s")
+        parts.append(f"ETA {clock(snap.eta_s)}")
     return " | ".join(parts)
+
+
+def progress_line(snap: StatusSnapshot, elapsed: float) -> str:
+    """One plain line (PlainProgress): elapsed, percentage, counts, spend, rate, ETA."""
+    done, total = finished_fraction(snap)
+    t = snap.totals()
+    pct = f"{100 * done // total}%" if total else "-"
+    counts = (f"{t.get('COMPLETED', 0):,} completed, {sum(t.get(s, 0) for s in FAILED):,} failed, "
+              f"{sum(t.get(s, 0) for s in IN_FLIGHT):,} in flight, {t.get('PENDING', 0):,} waiting")
+    return f"[{clock(elapsed)}] {pct} of {total:,} | {counts} | {money_line(snap)}"
 
 
 def ingest_line(snap: StatusSnapshot) -> str | None:
@@ -129,20 +167,32 @@ def ingest_line(snap: StatusSnapshot) -> str | None:
 
 
 class RichProgress(NullProgress):
+    """The live display on a terminal (see the module docstring)."""
+
     def __init__(self, console: Any = None):
         from rich.console import Console
 
         self.console = console or Console(stderr=True)
         self._live: Any = None
         self._snap: StatusSnapshot | None = None
+        self._t0 = time.monotonic()
 
     def _render(self) -> Any:
         from rich.console import Group
+        from rich.progress_bar import ProgressBar
+        from rich.table import Table
         from rich.text import Text
 
         if self._snap is None:
             return Text("starting...")
-        lines = [status_table(self._snap), Text(money_line(self._snap))]
+        done, total = finished_fraction(self._snap)
+        bar = Table.grid(padding=(0, 1), expand=True)
+        bar.add_column(ratio=1)
+        bar.add_column(no_wrap=True)
+        pct = f"{100 * done // total:>3}%" if total else "  -"
+        bar.add_row(ProgressBar(total=max(total, 1), completed=done),
+                    f"{pct} {done:,}/{total:,}  {clock(time.monotonic() - self._t0)} elapsed")
+        lines = [status_table(self._snap), bar, Text(money_line(self._snap))]
         reading = ingest_line(self._snap)
         if reading:
             lines.append(Text(reading))
@@ -151,6 +201,7 @@ class RichProgress(NullProgress):
     def start(self, info: dict[str, Any]) -> None:
         from rich.live import Live
 
+        self._t0 = time.monotonic()
         if info.get("plan") is not None:  # what `pixbatch estimate` says of the same items, before anything is sent
             from .estimate_render import render_estimate
 
@@ -174,14 +225,68 @@ class RichProgress(NullProgress):
         render_summary(summary, self.console)
 
 
-def render_summary(summary: Any, console: Any) -> None:
+class PlainProgress(NullProgress):
+    """Plain lines for a log (see the module docstring): the first update, then one every ``interval`` seconds."""
+
+    def __init__(self, stream: TextIO | None = None, *, interval: float = 10.0):
+        self.stream = stream or sys.stderr
+        self.interval = interval
+        self._t0 = time.monotonic()
+        self._next = 0.0
+
+    def _write(self, line: str) -> None:
+        self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def start(self, info: dict[str, Any]) -> None:
+        self._t0 = time.monotonic()
+        self._next = self._t0
+        budget = info.get("budget_micros")
+        self._write(f"run {info.get('run_id')}: state {info.get('state_path')}, "
+                    + (f"budget {format_usd(budget)}" if budget is not None else "no budget"))
+        if info.get("plan") is not None:  # the plan, as on a terminal
+            from rich.console import Console
+
+            from .estimate_render import render_estimate
+
+            render_estimate(info["plan"], Console(file=self.stream, highlight=False, width=100),
+                            budget_micros=budget, title="Plan")
+
+    def event(self, kind: str, key: str | None, detail: dict[str, Any]) -> None:
+        if kind == "budget" or (kind == "run" and "message" in detail):
+            self._write(str(detail.get("message") or "budget reached"))
+
+    def update(self, snapshot: StatusSnapshot) -> None:
+        now = time.monotonic()
+        if snapshot.running and now >= self._next:
+            self._next = now + self.interval
+            self._write(progress_line(snapshot, now - self._t0))
+            reading = ingest_line(snapshot)
+            if reading:
+                self._write(reading)
+
+    def stop(self, summary: Any) -> None:
+        for line in summary_lines(summary):
+            self._write(line)
+
+
+def summary_lines(summary: Any) -> list[str]:
+    """The run's summary: the outcome with counts and money, then one line per message."""
     c = summary.counts
-    console.print(
-        f"[bold]{summary.outcome}[/]: {c.get('COMPLETED', 0)} completed, "
-        f"{sum(c.get(s, 0) for s in FAILED)} not completed, {sum(c.get(s, 0) for s in IN_FLIGHT)} in flight, "
-        f"{c.get('PENDING', 0)} waiting | charged this run {format_usd(summary.charged_run_micros)}, "
-        f"total {format_usd(summary.charged_total_micros)}"
-        + (f" of {format_usd(summary.budget_micros)}" if summary.budget_micros is not None else "")
-        + f" | {summary.duration_s:.1f}s")
-    for m in summary.messages:
-        console.print(f"- {m}")
+    head = (f"{summary.outcome}: {c.get('COMPLETED', 0):,} completed, "
+            f"{sum(c.get(s, 0) for s in FAILED):,} not completed, {sum(c.get(s, 0) for s in IN_FLIGHT):,} in flight, "
+            f"{c.get('PENDING', 0):,} waiting | charged this run {format_usd(summary.charged_run_micros)}, "
+            f"total {format_usd(summary.charged_total_micros)}"
+            + (f" of {format_usd(summary.budget_micros)}" if summary.budget_micros is not None else "")
+            + " | took " + (f"{summary.duration_s:.1f}s" if summary.duration_s < 60 else clock(summary.duration_s)))
+    return [head, *(f"- {m}" for m in summary.messages)]
+
+
+def render_summary(summary: Any, console: Any) -> None:
+    lines = summary_lines(summary)
+    outcome, _, rest = lines[0].partition(":")
+    wrap = not console.is_terminal  # a log keeps each line whole; a terminal wraps at words
+    console.print()
+    console.print(f"[bold]{outcome}[/]:{rest}", highlight=False, soft_wrap=wrap)
+    for line in lines[1:]:
+        console.print(line, markup=False, highlight=False, soft_wrap=wrap)

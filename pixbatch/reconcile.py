@@ -35,6 +35,7 @@ from typing import Any, Protocol
 
 import duckdb
 
+from .aio import run_sync
 from .contract import TERMINAL_STATUSES
 from .errors import AuthError, GatewayError, NotFound, StateLocked
 from .state import ItemState, absorb_crashed_runs, connect, open_requests, utcnow
@@ -251,21 +252,14 @@ async def reconcile_db(db: duckdb.DuckDBPyConnection, gateway: StatusSource, tab
     return ReconcileResult(tuple(final.values()))
 
 
-def reconcile(state_path: str | Path, gateway_factory: Callable[[], Any], table: PriceTable | None = None, *,
-              wait: float = 0.0, poll_interval: float = 1.0, concurrency: int = 16) -> ReconcileResult:
-    """Open the state file read-write and reconcile it; ``gateway_factory()`` makes the (async) gateway.
-
-    ``table`` None: the price table the last run used (``report.run_price_table``).
-
-    Raises ``StateLocked`` while a run holds the file: that run settles its own items. When
-    nothing is open, the gateway is not made (no key needed).
-    """
+async def reconcile_async(state_path: str | Path, gateway_factory: Callable[[], Any], table: PriceTable | None = None,
+                          *, wait: float = 0.0, poll_interval: float = 1.0, concurrency: int = 16) -> ReconcileResult:
+    """The coroutine form of ``reconcile``, for callers that already have an event loop."""
     try:
         db = connect(state_path)
     except StateLocked as exc:
         raise StateLocked(f"{exc} A running `pixbatch run` settles its own items; reconcile after it ends.") from None
-
-    async def go() -> ReconcileResult:
+    try:
         absorb_crashed_runs(db)  # a killed run's last item rows may lag its submit log
         pending = open_items(db)
         if not pending:
@@ -281,9 +275,21 @@ def reconcile(state_path: str | Path, gateway_factory: Callable[[], Any], table:
             close = getattr(gw, "aclose", None)
             if close is not None:
                 await close()
-
-    try:
-        with reading(state_path):
-            return asyncio.run(go())
     finally:
         db.close()
+
+
+def reconcile(state_path: str | Path, gateway_factory: Callable[[], Any], table: PriceTable | None = None, *,
+              wait: float = 0.0, poll_interval: float = 1.0, concurrency: int = 16) -> ReconcileResult:
+    """Open the state file read-write and reconcile it; ``gateway_factory()`` makes the (async) gateway.
+
+    ``table`` None: the price table the last run used (``report.run_price_table``).
+
+    Raises ``StateLocked`` while a run holds the file: that run settles its own items. When
+    nothing is open, the gateway is not made (no key needed). Inside a running event loop,
+    ``await reconcile_async(...)`` instead.
+    """
+    with reading(state_path):  # a file that is damaged past its header: a StateError, not a traceback
+        return run_sync(lambda: reconcile_async(state_path, gateway_factory, table, wait=wait,
+                                                poll_interval=poll_interval, concurrency=concurrency),
+                        name="reconcile", instead="reconcile_async")

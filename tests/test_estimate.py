@@ -299,7 +299,7 @@ def test_probe_failures_are_per_item_errors_cached_and_refreshable(tmp_path, ima
     assert d["total"]["low"]["micros"] == 6 * 5_000 and d["total"]["high"]["micros"] == 5_000 + 5 * 10_000
     assert d["sizes"]["unknown"] == 5 and d["sizes"]["probed"] == 1
     out = run_cli("estimate", m, "--probe-timeout", "0.5").stdout
-    assert "Probe errors (5 URLs" in out and "HTTP 404 Not Found" in out and urls["nf"] in out
+    assert "Bad inputs (5 URLs" in out and "HTTP 404 Not Found" in out and urls["nf"] in out and "BAD_INPUT" in out
 
     image_server.add("later.png", (1200, 1200))  # fixed at the source; the failure is cached
     assert len(run_json(m, "--no-probe")["sizes"]["probe_errors"]) == 5

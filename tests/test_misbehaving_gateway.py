@@ -31,8 +31,9 @@ def manifest(tmp_path, n=1, step="  - id: t\n    op: upscale\n    target: 1\n"):
 
 
 def opts(emu, **kw):
+    # preflight=False: the lazy emulator does not fetch inputs, and these URLs are not real
     return RunOptions(base_url=emu.url, api_key=emu.api_key, concurrency=4, poll_initial=0.05,
-                      poll_max_interval=0.2, status_interval=0.2, **kw)
+                      poll_max_interval=0.2, status_interval=0.2, preflight=False, **kw)
 
 
 def rows(m, sql):

@@ -226,9 +226,10 @@ def test_status_counts_failures_and_blocked(state):
         ("FAILED_VALIDATION", "400: 'images[0]' is not an image", 1),
     ]
     assert [(e.key, e.input_id) for e in st.failures[0].examples] == [(keys["r4"], "d"), (keys["r5"], "e")]
-    assert sorted((g.message, g.count, g.examples[0].key) for g in st.blocked) == [
-        ("upstream item ERROR: upstream timeout", 1, keys["h4"]),
-        ("upstream item FAILED: content policy violation", 1, keys["h3"]),
+    # a BLOCKED item is grouped by what its upstream item did, and its example names that item
+    assert sorted((g.message, g.count, g.examples[0].key, g.examples[0].upstream) for g in st.blocked) == [
+        ("upstream recolor ended ERROR: upstream timeout", 1, keys["h4"], "recolor/d.jpg"),
+        ("upstream recolor ended FAILED: content policy violation", 1, keys["h3"], "recolor/c.jpg"),
     ]
 
 
@@ -294,9 +295,10 @@ def test_outputs_listing_is_limited_but_counted(state, tmp_path):
 def test_interrupted_run_says_to_reconcile(state):
     path, _ = state
     r = build_report(path)
-    assert r.run.run_id == "run-2" and r.run.outcome == "running" and r.runs == 2
+    # no process holds the file, so the run that recorded no end was killed: it says so, here and everywhere
+    assert r.run.run_id == "run-2" and r.run.outcome == "killed" and r.runs == 2
     assert r.run.charged_micros is None  # its events recorded no settlement
-    assert any("did not record an end" in n and "pixbatch reconcile" in n and "$0.015" in n for n in r.notes)
+    assert any("was killed" in n and "pixbatch reconcile" in n and "$0.015" in n for n in r.notes)
     assert any("AMBIGUOUS" in n and "$0.01 at risk" in n for n in r.notes)
     assert any("no recorded charge" in n for n in r.notes)
     assert any(n.startswith("1 item(s) were being sent when the run stopped") for n in r.notes)  # t2
@@ -424,11 +426,13 @@ def test_tiers_follow_the_charge_and_messages_group_without_ids(state):
                "est_low_micros = 5000, est_high_micros = 10000 WHERE key = ?", [keys["h1"]])
     db.execute("UPDATE items SET error = 'cannot identify image file <_io.BytesIO object at 0x7f' || "
                "right(key, 6) || '>' WHERE state = 'ERROR'")
-    db.execute("UPDATE items SET error = 'upstream item ' || upstream || ' ended FAILED' WHERE state = 'BLOCKED'")
+    db.execute("UPDATE items SET error = 'request ' || key || ' violates the policy' WHERE state = 'FAILED'")
     db.close()
     r = build_report(path)
     hires = {ln.tier: (ln.items, ln.charged_micros) for ln in r.spend.lines if ln.step == "hires"}
     assert hires == {UP_LOW: (4, 5000), UP_HIGH: (1, 10000)}
     (err,) = [g for g in r.status.failures if g.state == "ERROR"]
     assert (err.message, err.count) == ("cannot identify image file <_io.BytesIO object at …>", 2)
-    assert [(g.message, g.count) for g in r.status.blocked] == [("upstream item … ended FAILED", 2)]
+    # a blocked item's group is its upstream's error, without the ids in it
+    assert ("upstream recolor ended FAILED: request … violates the policy", 1) in [
+        (g.message, g.count) for g in r.status.blocked]

@@ -33,7 +33,11 @@ from pixbatch.state import status_file_path
 
 
 def write_manifest(tmp_path: Path, image_server) -> Path:
-    """3 real images and one that is not an image; 2 recolors each, then a factor-2 upscale of every edit."""
+    """3 real images and one that is not an image; 2 recolors each, then a factor-2 upscale of every edit.
+
+    The runs below send the non-image anyway (``preflight=False``, ``--no-preflight``), so that the
+    gateway fails and charges its edits: the report must account for charged failures.
+    """
     urls = [image_server.add("a.png", (640, 480)), image_server.add("b.png", (800, 600)),
             image_server.add("c.jpg", (500, 500)), image_server.add_bytes("notes.png", b"not an image at all")]
     lines = "\n".join(f"  - {u}" for u in urls)
@@ -79,7 +83,8 @@ def report_json(*args: str) -> dict:
 def test_report_matches_the_emulator_ledger(tmp_path, image_server, emulator):
     manifest = write_manifest(tmp_path, image_server)
     summary = run(load_manifest(manifest), options=RunOptions(base_url=emulator.url, api_key=emulator.api_key,
-                                                               poll_initial=0.05, poll_max_interval=0.2))
+                                                               poll_initial=0.05, poll_max_interval=0.2,
+                                                               preflight=False))
     assert summary.outcome == "incomplete"  # the non-image fails its edits, which blocks their upscales
     state = load_manifest(manifest).state_path
     ledger = emulator.ledger()
@@ -127,7 +132,7 @@ def test_report_matches_the_emulator_ledger(tmp_path, image_server, emulator):
 def test_every_format_from_the_cli(tmp_path, image_server, emulator):
     manifest = write_manifest(tmp_path, image_server)
     run(load_manifest(manifest), options=RunOptions(base_url=emulator.url, api_key=emulator.api_key,
-                                                    poll_initial=0.05, poll_max_interval=0.2))
+                                                    poll_initial=0.05, poll_max_interval=0.2, preflight=False))
     charged = emulator.ledger().charged_micros
     runner = CliRunner()
     res = runner.invoke(cli, ["report", str(manifest), "--format", "csv"], catch_exceptions=False)
@@ -152,7 +157,7 @@ def test_every_format_from_the_cli(tmp_path, image_server, emulator):
 def test_export_from_the_cli(tmp_path, image_server, emulator):
     manifest = write_manifest(tmp_path, image_server)
     run(load_manifest(manifest), options=RunOptions(base_url=emulator.url, api_key=emulator.api_key,
-                                                    poll_initial=0.05, poll_max_interval=0.2))
+                                                    poll_initial=0.05, poll_max_interval=0.2, preflight=False))
     res = CliRunner().invoke(cli, ["export", str(manifest), "-o", str(tmp_path / "x")], catch_exceptions=False)
     assert res.exit_code == 0, res.output
     db = duckdb.connect()
@@ -175,7 +180,7 @@ def test_a_killed_run_then_reconcile_gives_the_ledger_to_the_micro(tmp_path, ima
         state = load_manifest(manifest).state_path
         env = dict(os.environ, PIXAZO_API_KEY=emu.api_key)
         proc = subprocess.Popen([sys.executable, "-m", "pixbatch", "run", str(manifest), "--base-url", emu.url,
-                                 "--quiet"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+                                 "--quiet", "--no-preflight"], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         try:
             deadline = time.monotonic() + 40
             while True:  # the runner's status file says when all 8 edits have their request id
@@ -204,7 +209,10 @@ def test_a_killed_run_then_reconcile_gives_the_ledger_to_the_micro(tmp_path, ima
         t = data["spend"]["totals"]
         assert (t["in_flight_items"], t["charged_micros"], t["reserved_micros"]) == (8, 0, 80000)
         assert any("pixbatch reconcile" in n for n in data["notes"])
-        assert data["run"]["outcome"] == "running"
+        assert data["run"]["outcome"] == "killed"  # no run holds the file: the one that started it was killed
+        status = json.loads(CliRunner().invoke(cli, ["status", str(manifest), "--json"]).output)
+        assert (status["outcome"], status["running"]) == ("killed", False)
+        assert "(killed, from the database)" in CliRunner().invoke(cli, ["status", str(manifest)]).output
 
         res = CliRunner(env={"PIXAZO_API_KEY": emu.api_key}).invoke(
             cli, ["reconcile", str(manifest), "--base-url", emu.url, "--wait", "30", "--poll-interval", "0.2"],
@@ -214,6 +222,7 @@ def test_a_killed_run_then_reconcile_gives_the_ledger_to_the_micro(tmp_path, ima
 
         ledger = emu.ledger()
         data = report_json(str(manifest))
+        assert data["run"]["outcome"] == "killed"  # reconcile settled its items; the run was still killed
         assert data["spend"]["totals"]["charged_micros"] == ledger.charged_micros == 80000  # 6 + 2 FAILED edits
         assert data["spend"]["totals"]["in_flight_items"] == 0
         by_req = ledger_by_request(emu)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import html
 import io
 import json
 import os
+import re
 import shutil
 import subprocess
 from decimal import Decimal
@@ -92,8 +94,8 @@ def test_csv_round_trip(report):
 def test_markdown_tables_and_audit_sql_that_runs(report):
     r, keys, path = report
     md = render(r, "md")
-    assert "| recolor | edit | edit | 8 | $0.08 | $0.03 | 3 | $0.01 | $0.01 | 0 |" in md
-    assert "| Total |  |  | 16 | $0.12–$0.14 | $0.055 |" in md
+    assert "| recolor | edit | 8 | $0.08 | $0.03 | 3 | $0.01 | $0.01 | 0 |" in md
+    assert "| Total |  | 16 | $0.12–$0.14 | $0.055 |" in md
     assert "## Audit trail" in md and "```sql" in md
     # every example query in the footer runs on the state file
     db = duckdb.connect(str(path), read_only=True)
@@ -105,13 +107,23 @@ def test_markdown_tables_and_audit_sql_that_runs(report):
         db.close()
 
 
-def test_table_fits_and_shows_the_numbers(report):
-    r, _, _ = report
-    text = render(r, "table", width=120)
-    assert all(len(line) <= 120 for line in text.splitlines())
-    for needle in ("Spend by step", "$0.055", "Estimate vs charged", "upstream timeout", "Queue p50", "27.3 s",
-                   "hires/a.jpg", "pixbatch reconcile"):
-        assert needle in text, needle
+def test_the_terminal_table_fits_80_columns_and_breaks_no_number_hash_or_name(report):
+    r, keys, _ = report
+    text = render(r, "table")  # 80 columns: the default
+    lines = text.splitlines()
+    assert max(len(line) for line in lines) <= 80 and all(line == line.rstrip() for line in lines)
+    whole = [  # each of these on one line, never cut
+        "$0.055", "$0.12–$0.14", "-$0.085", "27.3s", "Spend by step", "Estimate vs charged", "upstream timeout",
+        "pixbatch reconcile", "hires/a.jpg", "2026-05-22 10:00:03", "recolor · edit", "<=4MP", "4-8MP",
+        "recolor/d.jpg (input d)",  # a failure example: its output name and its input
+        "hires/c.jpg <- recolor/c.jpg",  # a blocked item and the upstream item that blocked it
+        "upstream recolor ended FAILED: content policy violation",
+        *(f.sha256[:12] for f in r.outputs.files),
+    ]
+    for needle in whole:
+        assert any(needle in line for line in lines), needle
+    assert not any(f.sha256 in text for f in r.outputs.files)  # a 12-character prefix, not the whole hash
+    assert text.index("recolor") < text.index("hires") < text.index("thumbs")  # manifest order
 
 
 def test_big_runs_list_the_first_outputs_only(tmp_path):
@@ -173,7 +185,7 @@ def test_html_is_self_contained_and_renders_its_charts_in_chromium(tmp_path, chr
     db.close()
     page = render(build_report(path), "html")
     assert "<script" not in page and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
-    assert "https://" not in page and " src=" not in page and "<link" not in page
+    assert "https://" not in page and " src=" not in page and "<link" not in page  # no gallery: no image at all
     html_file = tmp_path / "report.html"
     html_file.write_text(page, "utf-8")
 
@@ -183,7 +195,7 @@ def test_html_is_self_contained_and_renders_its_charts_in_chromium(tmp_path, chr
     for chart in ("chart-spend", "chart-status", "chart-throughput"):
         assert f'id="{chart}"' in dom, chart
     assert dom.count("<svg") == 3 and dom.count('class="bar"') >= 3 * 3 + 9
-    assert "<title>pixbatch report — run-2</title>" in dom  # the injected script did not run
+    assert "<title>pixbatch report: m.yaml (run-2)</title>" in dom  # the injected script did not run
     assert "&lt;script&gt;" in dom
 
     shot = tmp_path / "shot.png"
@@ -193,6 +205,52 @@ def test_html_is_self_contained_and_renders_its_charts_in_chromium(tmp_path, chr
         assert img.size == (1200, 1600)
         colors = img.convert("RGB").getcolors(maxcolors=1 << 20)
     assert len(colors) > 50  # text and charts, not a blank page
+
+
+_CHECK = """<script>
+window.addEventListener("load", () => {
+  const imgs = [...document.querySelectorAll(".pic img")];
+  const charts = ["chart-spend", "chart-status", "chart-throughput"].filter(
+    id => { const e = document.getElementById(id); return e && e.getBoundingClientRect().width > 0; });
+  document.body.setAttribute("data-check", JSON.stringify({
+    images: imgs.length, loaded: imgs.filter(i => i.complete && i.naturalWidth > 0).length,
+    charts: charts.length, labels: document.querySelectorAll("svg .value").length,
+    links: [...document.querySelectorAll(".pic a")].map(a => a.getAttribute("href"))}));
+});
+</script>"""
+
+
+def test_html_gallery_loads_its_images_in_chromium(tmp_path, chromium):
+    path = tmp_path / "m.pixbatch.duckdb"
+    out = tmp_path / "out"
+    build_state(path, out)
+    for i, f in enumerate(build_report(path, outputs_limit=None).outputs.files):  # real pictures this time
+        Image.new("RGB", (320 + 40 * i, 240), (40 * i, 120, 200)).save(out / f.path, "JPEG")
+    page = render(build_report(path, gallery=50), "html", base_dir=tmp_path)
+    srcs = re.findall(r' src="([^"]*)"', page)
+    assert len(srcs) == 6 + 2  # 6 outputs; the 2 upscales show their input (an edit's output) beside them
+    assert all(s.startswith("data:image/jpeg;base64,") for s in srcs)  # embedded: the page stands alone
+    assert "<script" not in page and "<link" not in page
+    assert "pixbatch report: m.yaml" in page and "What was asked" in page
+    for needle in ("input a", "$0.01", "content policy violation", "BLOCKED", "hires/a.jpg"):
+        assert needle in page, needle
+    html_file = tmp_path / "report.html"
+    html_file.write_text(page.replace("</body>", _CHECK + "</body>"), "utf-8")
+
+    proc = _chromium(chromium, tmp_path, "--virtual-time-budget=5000", "--dump-dom", html_file.as_uri())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    m = re.search(r'data-check="([^"]*)"', proc.stdout)
+    assert m, proc.stdout[-2000:]
+    check = json.loads(html.unescape(m.group(1)))
+    assert check["images"] == check["loaded"] == 8
+    assert check["charts"] == 3 and check["labels"] >= 6
+    assert all((tmp_path / link).is_file() for link in check["links"])  # relative to the page, and there
+
+    shot = tmp_path / "gallery.png"
+    proc = _chromium(chromium, tmp_path, f"--screenshot={shot}", "--window-size=1200,1400", html_file.as_uri())
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    with Image.open(shot) as img:
+        assert len(img.convert("RGB").getcolors(maxcolors=1 << 20)) > 200  # pictures, not just text
 
 
 def test_readme_lists_the_audit_sql_of_the_report():

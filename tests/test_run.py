@@ -152,7 +152,8 @@ def test_budget_is_never_exceeded_at_concurrency_32(tmp_path):
     m = load_manifest(write_manifest(tmp_path, urls, steps))
     # unknown input size: each item is $0.005-$0.01, reserved at $0.01; 1024x1024 x2 costs $0.01
     with start_emulator(fast_test_config(render="lazy")) as emu:
-        s = run(m, options=opts(emu, concurrency=32, budget_micros=455_000, download=False))
+        s = run(m, options=opts(emu, concurrency=32, budget_micros=455_000, download=False,
+                                preflight=False))
         ledger = emu.ledger()
     assert s.outcome == "budget" and s.exit_code == 3
     assert s.peak_committed_micros <= 455_000 and ledger.charged_micros <= 455_000

@@ -35,8 +35,9 @@ def test_sigkill_at_random_moments_then_resume(tmp_path):
     cfg = fast_test_config(render="lazy", queue_time=(0.05, 0.2), processing_time=(0.1, 0.4))
     with start_emulator(cfg) as emu:
         env = {**os.environ, "PIXAZO_API_KEY": emu.api_key}
+        # --no-preflight: the lazy emulator does not fetch inputs, and these URLs are not real
         cmd = [sys.executable, "-m", "pixbatch", "run", str(mp), "--base-url", emu.url, "--quiet", "--no-download",
-               "--first-poll", "0.15", "--concurrency"]
+               "--no-preflight", "--first-poll", "0.15", "--concurrency"]
         kills = 0
         finished_early = 0
         while kills < KILLS:

@@ -311,10 +311,20 @@ def test_the_conclusion_names_the_narrowest_next_step():
     assert (c.outcome, c.exit_code) == ("budget", 3)
     assert c.messages[0].startswith("Stopped at the budget ($0.02): 2 item(s) left, which would cost $0.005 to $0.01")
     assert any("--retry-ambiguous" in m and "$0.01 at risk" in m for m in c.messages)
-    assert c.messages[-1] == "1 output(s) failed their checks: see `pixbatch report`."
+    assert c.messages[-1] == "1 output(s) failed their checks: `pixbatch failures` lists them."
     c = conclude(None, None, {st.COMPLETED: 1, st.ERROR: 1}, left=(0, 0, 0), budget=None, at_risk=0,
                  output_problems=0)
     assert (c.outcome, c.exit_code) == ("incomplete", 1) and any("--retry-errors" in m for m in c.messages)
+    # FAILED items are charged: the hint is --retry-failed (those only), never --force (everything again)
+    c = conclude(None, None, {st.COMPLETED: 5, st.FAILED: 2, st.BLOCKED: 2, st.BAD_INPUT: 1}, left=(0, 0, 0),
+                 budget=None, at_risk=0, output_problems=0)
+    text = "\n".join(c.messages)
+    assert "--retry-failed" in text and "--force" not in text and "--no-preflight" in text
+    assert "pixbatch failures" in text
+    # a pilot run (--limit) is complete when what it selected is
+    c = conclude(None, None, {st.COMPLETED: 2, st.PENDING: 8}, left=(0, 0, 0), budget=None, at_risk=0,
+                 output_problems=0, unselected=8)
+    assert (c.outcome, c.exit_code) == ("completed", 0) and "Pilot run: 8 item(s)" in c.messages[-1]
 
 
 # -- options ------------------------------------------------------------------------------------
@@ -328,7 +338,8 @@ def test_every_option_belongs_to_a_group_and_is_recorded_unless_marked_private()
     assert rec["budget_micros"] == 5 and rec["pricing_path"] == "p.json"
     private = {f.name for f in fields(RunOptions) if not f.metadata.get("record", True)}
     assert set(rec) == set(groups) - private
-    assert o.group(SPENDING) == {"budget_micros": 5, "retry_ambiguous": False, "retry_errors": False, "force": False}
+    assert o.group(SPENDING) == {"budget_micros": 5, "retry_ambiguous": False, "retry_errors": False,
+                                 "retry_failed": False, "force": False, "steps": None, "limit": None, "preflight": True}
     assert default("concurrency") == 16
 
 
@@ -351,4 +362,4 @@ def test_items_left_unsent_name_the_latest_gateway_error():
     c = conclude(None, None, {st.COMPLETED: 1, st.PENDING: 2}, left=(2, 0, 0), budget=None, at_risk=0,
                  output_problems=0, last_error="POST /v1/edit: HTTP 503")
     assert c.outcome == "incomplete" and any(
-        "2 item(s) not submitted (gateway errors (the latest: POST /v1/edit: HTTP 503))" in m for m in c.messages)
+        "the latest gateway error: POST /v1/edit: HTTP 503" in m for m in c.messages)

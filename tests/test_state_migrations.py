@@ -20,7 +20,7 @@ SCHEMA = {
              "error VARCHAR, reserved_micros BIGINT, charged_micros BIGINT, media_url VARCHAR, media_type VARCHAR, "
              "output_width INTEGER, output_height INTEGER, polls INTEGER, submitted_at TIMESTAMP, "
              "started_at TIMESTAMP, finished_at TIMESTAMP, updated_at TIMESTAMP, run_id VARCHAR, scope VARCHAR, "
-             "attempts INTEGER, polling_path VARCHAR",
+             "attempts INTEGER, polling_path VARCHAR, vars JSON",
     "outputs": "key VARCHAR, path VARCHAR, sha256 VARCHAR, bytes BIGINT, width INTEGER, height INTEGER, "
                "media_type VARCHAR, downloaded_at TIMESTAMP, etag VARCHAR",
     "probes": "url VARCHAR, width INTEGER, height INTEGER, format VARCHAR, bytes_read INTEGER, error VARCHAR, "
@@ -50,7 +50,7 @@ def test_an_empty_file_gets_the_whole_schema_once(tmp_path):
     assert schema(db) == SCHEMA
     assert applied(db) == [name for name, _ in MIGRATIONS] == [
         "m001_probe_cache", "m002_run_state", "m003_item_scope_attempts", "m004_submit_log", "m005_object_storage",
-        "m006_secrets"]
+        "m006_secrets", "m007_item_vars"]
     assert db.execute("SELECT table_name FROM information_schema.tables WHERE table_type = 'VIEW'").fetchall() == [
         ("attempts",)]
     assert db.execute("SELECT index_name FROM duckdb_indexes()").fetchall() == [("items_step",)]
@@ -73,7 +73,7 @@ def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path):
                                      "WHERE table_name = 'items'").fetchall()}
     assert "half_done" not in cols
     assert migrate(db) == ["m003_item_scope_attempts", "m004_submit_log", "m005_object_storage",
-        "m006_secrets"]  # the real ones still apply
+        "m006_secrets", "m007_item_vars"]  # the real ones still apply
     db.close()
 
 

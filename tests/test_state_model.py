@@ -13,7 +13,7 @@ from pixbatch.state.migrations import connect
 
 def test_item_states_are_the_strings_stored_in_the_file():
     assert [s.value for s in ItemState] == ["PENDING", "SUBMITTING", "SUBMITTED", "COMPLETED", "FAILED", "ERROR",
-                                            "AMBIGUOUS", "FAILED_VALIDATION", "BLOCKED"]
+                                            "AMBIGUOUS", "FAILED_VALIDATION", "BAD_INPUT", "BLOCKED"]
     assert ItemState.PENDING == "PENDING" and {"PENDING": 1}[ItemState.PENDING] == 1
     assert f"{ItemState.AMBIGUOUS}" == "AMBIGUOUS" and json.dumps({ItemState.ERROR: ItemState.ERROR}) == \
         '{"ERROR": "ERROR"}'
@@ -24,10 +24,10 @@ def test_item_states_are_the_strings_stored_in_the_file():
 
 
 def test_the_state_sets_partition_the_lifecycle():
-    assert st.BLOCKING == {"FAILED", "ERROR", "FAILED_VALIDATION", "BLOCKED", "AMBIGUOUS"}
-    assert st.TERMINAL == {"COMPLETED", "FAILED", "ERROR", "FAILED_VALIDATION", "BLOCKED"}
+    assert st.BLOCKING == {"FAILED", "ERROR", "FAILED_VALIDATION", "BAD_INPUT", "BLOCKED", "AMBIGUOUS"}
+    assert st.TERMINAL == {"COMPLETED", "FAILED", "ERROR", "FAILED_VALIDATION", "BAD_INPUT", "BLOCKED"}
     assert st.IN_FLIGHT == {"SUBMITTING", "SUBMITTED"}
-    assert st.FAILURES == {"FAILED", "ERROR", "FAILED_VALIDATION", "AMBIGUOUS"}
+    assert st.FAILURES == {"FAILED", "ERROR", "FAILED_VALIDATION", "BAD_INPUT", "AMBIGUOUS"}
     assert st.REMAINING == {"PENDING", "SUBMITTING", "SUBMITTED"}
     # every state is exactly one of: not sent, in flight, at risk, settled
     parts = [{ItemState.PENDING}, st.IN_FLIGHT, {ItemState.AMBIGUOUS}, st.TERMINAL]

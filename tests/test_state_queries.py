@@ -176,42 +176,62 @@ def _states(db) -> dict[str, str]:
 
 @pytest.fixture
 def finished(db):
-    """A scope with one item in each state after a run, and an item of another scope."""
+    """A scope with one item in each state after a run (the BLOCKED one waits on the FAILED one), and an
+    item of another scope."""
     for i, s in enumerate(st.ItemState):
         add(db, s.lower(), idx=i, state=s, request_id=f"r{i}", media_url=f"https://cdn.test/{i}.jpg",
-            error="why" if s in st.BLOCKING else None, reserved_micros=10_000 if s == "AMBIGUOUS" else 0)
+            error="why" if s in st.BLOCKING else None, reserved_micros=10_000 if s == "AMBIGUOUS" else 0,
+            upstream="failed" if s == "BLOCKED" else None)
     add(db, "other", idx=0, state="ERROR", scope="s2")
     st.log_attempt(db, st.Attempt("ambiguous", 1, "run1", T0, 10_000, outcome="ambiguous"))
     return db
 
 
-def test_requeue_with_no_option_changes_nothing(finished):
+def test_requeue_with_no_option_only_checks_bad_inputs_again(finished):
     before = _states(finished)
-    assert runs.requeue(finished, "s1", "run2") == runs.Requeued()
-    assert _states(finished) == before
+    assert runs.requeue(finished, "s1", "run2") == runs.Requeued(bad_input=1)
+    assert _states(finished) == {**before, "bad_input": "PENDING"}
 
 
 def test_requeue_force_sends_every_terminal_item_again(finished):
     r = runs.requeue(finished, "s1", "run2", force=True)
-    assert r == runs.Requeued(forced=5) and r.total == 5
+    assert r == runs.Requeued(forced=6) and r.total == 6
     s = _states(finished)
     assert {k for k, v in s.items() if v == "PENDING"} == {"pending", "completed", "failed", "error",
-                                                           "failed_validation", "blocked"}
+                                                           "failed_validation", "bad_input", "blocked"}
     assert (s["submitting"], s["submitted"], s["ambiguous"], s["other"]) == (
         "SUBMITTING", "SUBMITTED", "AMBIGUOUS", "ERROR")  # in flight, at risk, another scope: untouched
     assert finished.execute("SELECT request_id, media_url, error, run_id FROM items WHERE key = 'completed'"
                             ).fetchone() == (None, None, None, "run2")
 
 
-def test_requeue_retry_errors_sends_errors_and_unblocks(finished):
-    assert runs.requeue(finished, "s1", "run2", retry_errors=True) == runs.Requeued(errors=1, unblocked=1)
+def test_requeue_force_steps_and_a_selection_touch_only_those_items(finished):
+    add(finished, "hires-done", step="u", idx=0, state="COMPLETED")
+    add(finished, "hires-done-2", step="u", idx=1, state="COMPLETED")
+    assert runs.requeue(finished, "s1", "run2", force=("u",)) == runs.Requeued(forced=2, bad_input=1)
+    assert _states(finished)["completed"] == "COMPLETED"
+    finished.execute("UPDATE items SET state = 'COMPLETED' WHERE step = 'u'")
+    sel = q.Selection((("u", 0),))  # --steps u --limit 1: the first place of step u
+    assert runs.requeue(finished, "s1", "run3", force=True, sel=sel) == runs.Requeued(forced=1)
+    assert (_states(finished)["hires-done"], _states(finished)["hires-done-2"]) == ("PENDING", "COMPLETED")
+
+
+def test_requeue_retry_errors_sends_errors_only(finished):
+    assert runs.requeue(finished, "s1", "run2", retry_errors=True) == runs.Requeued(errors=1, bad_input=1)
     s = _states(finished)
-    assert (s["error"], s["blocked"], s["failed"], s["other"]) == ("PENDING", "PENDING", "FAILED", "ERROR")
+    assert (s["error"], s["blocked"], s["failed"], s["other"]) == ("PENDING", "BLOCKED", "FAILED", "ERROR")
+
+
+def test_requeue_retry_failed_sends_failed_items_and_unblocks_what_they_blocked(finished):
+    assert runs.requeue(finished, "s1", "run2", retry_failed=True) == runs.Requeued(failed=1, unblocked=1,
+                                                                                     bad_input=1)
+    s = _states(finished)
+    assert (s["failed"], s["blocked"], s["error"], s["completed"]) == ("PENDING", "PENDING", "ERROR", "COMPLETED")
 
 
 def test_requeue_retry_ambiguous_abandons_the_attempt_and_keeps_its_money_counted(finished):
     before = q.totals(finished)
-    assert runs.requeue(finished, "s1", "run2", retry_ambiguous=True) == runs.Requeued(unblocked=1, ambiguous=1)
+    assert runs.requeue(finished, "s1", "run2", retry_ambiguous=True) == runs.Requeued(ambiguous=1, bad_input=1)
     assert _states(finished)["ambiguous"] == "PENDING"
     assert finished.execute("SELECT reserved_micros FROM items WHERE key = 'ambiguous'").fetchone()[0] == 0
     assert finished.execute("SELECT outcome FROM attempts WHERE key = 'ambiguous'").fetchone()[0] == "abandoned"

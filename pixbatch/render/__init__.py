@@ -8,7 +8,7 @@ as integer micro-dollars (``*_micros``) and as a decimal string (``*_usd``), and
 no floats at all (durations are integer milliseconds). CSV is one long, tidy table
 (``section, step, op, tier, state, group, metric, value, usd, ...``) that a spreadsheet
 can pivot (``data.py``: json and csv). HTML is one self-contained file: inline CSS and SVG
-charts, no script, no network.
+charts, no script, no network. ``lists.py`` renders the failure list and the runs list.
 """
 
 from __future__ import annotations
@@ -19,10 +19,11 @@ from typing import Any
 from ..report import Report
 from .data import CSV_COLUMNS, render_csv, render_json, to_jsonable
 from .html_page import render_html
+from .lists import render_failures, render_runs
 from .text import render_md, render_table
 
-__all__ = ["CSV_COLUMNS", "FORMATS", "RENDERERS", "render", "render_csv", "render_html", "render_json", "render_md",
-           "render_table", "to_jsonable"]
+__all__ = ["CSV_COLUMNS", "FORMATS", "RENDERERS", "render", "render_csv", "render_failures", "render_html",
+           "render_json", "render_md", "render_runs", "render_table", "to_jsonable"]
 
 FORMATS = ("table", "json", "csv", "md", "html")
 

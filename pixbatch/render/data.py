@@ -44,6 +44,8 @@ def to_jsonable(obj: Any) -> Any:
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         out: dict[str, Any] = {}
         for name in _names(type(obj)):
+            if name == "gallery":  # thumbnails for the HTML page, not data
+                continue
             value = getattr(obj, name)
             if name == "by_state":
                 out[name] = dict(value)

@@ -33,15 +33,15 @@ state only (``Report.live``), and ``StateLocked`` if there is no status file yet
 
 from __future__ import annotations
 
-from .build import build_report, run_price_table
-from .model import (AUDIT_SQL, CAUSES, FAILURE_STATES, IN_FLIGHT_STATES, STATE_ORDER, Example, IssueGroup, OutputFile,
-                    Outputs, Report, RunInfo, Spend, SpendLine, SpendTotals, Status, StatusCount, StepSpend,
-                    StepTiming, ThroughputBucket, Timing, Variance)
+from .build import build_report, list_failures, list_runs, run_price_table
+from .model import (AUDIT_SQL, CAUSES, FAILURE_STATES, IN_FLIGHT_STATES, STATE_ORDER, Example, FailedItem, IssueGroup,
+                    OutputFile, Outputs, Report, RunInfo, RunRow, Spend, SpendLine, SpendTotals, Status, StatusCount,
+                    StepSpend, StepTiming, ThroughputBucket, Timing, Variance)
 from .queries import actual_tier_sql
 
 __all__ = [
-    "AUDIT_SQL", "CAUSES", "FAILURE_STATES", "IN_FLIGHT_STATES", "STATE_ORDER", "Example", "IssueGroup",
-    "OutputFile", "Outputs", "Report", "RunInfo", "Spend", "SpendLine", "SpendTotals", "Status", "StatusCount",
-    "StepSpend", "StepTiming", "ThroughputBucket", "Timing", "Variance", "actual_tier_sql", "build_report",
-    "run_price_table",
+    "AUDIT_SQL", "CAUSES", "FAILURE_STATES", "IN_FLIGHT_STATES", "STATE_ORDER", "Example", "FailedItem", "IssueGroup",
+    "OutputFile", "Outputs", "Report", "RunInfo", "RunRow", "Spend", "SpendLine", "SpendTotals", "Status",
+    "StatusCount", "StepSpend", "StepTiming", "ThroughputBucket", "Timing", "Variance", "actual_tier_sql",
+    "build_report", "list_failures", "list_runs", "run_price_table",
 ]

@@ -18,12 +18,15 @@ from ..pricing import PriceTable
 from ..state import open_for_reading
 from ..state.migrations import reading
 from . import queries
-from .model import IN_FLIGHT_STATES, STATE_ORDER, Outputs, Report, RunInfo, Spend, SpendTotals, Status, StatusCount, Timing
+from .gallery import build_gallery
+from .model import (IN_FLIGHT_STATES, STATE_ORDER, FailedItem, Outputs, Report, RunInfo, RunRow, Spend, SpendTotals,
+                    Status, StatusCount, Timing)
 
 def build_report(state: str | Path | duckdb.DuckDBPyConnection, *, run_id: str | None = None,
                  all_items: bool = False, estimate: object | None = None, outputs_limit: int | None = 20,
                  issue_limit: int = 20, examples: int = 3, table: PriceTable | None = None,
-                 output_dir: str | Path | None = None, now: dt.datetime | None = None) -> Report:
+                 output_dir: str | Path | None = None, now: dt.datetime | None = None,
+                 gallery: int = 0) -> Report:
     """Build the report from a state file (path, opened read-only) or an open connection.
 
     By default it covers the items of the manifest version the latest run worked on (a
@@ -32,14 +35,15 @@ def build_report(state: str | Path | duckdb.DuckDBPyConnection, *, run_id: str |
     adds the plan's totals next to the state's own estimates. ``outputs_limit=None`` lists
     every output file. ``table`` names the price tiers (default: the run's ``--pricing``
     table if it recorded one, else the built-in table). ``output_dir`` is where output
-    paths are relative to (the manifest's ``output_dir``), when known.
+    paths are relative to (the manifest's ``output_dir``), when known. ``gallery``: embed up to
+    that many thumbnails of the outputs (``gallery.py``; 0: no gallery), for the HTML page.
 
     While a run holds the state file's lock, the report is built from the run's status
     file (``state.read_status``): live totals and counts only, ``Report.live`` is true.
     """
     opts = dict(run_id=run_id, all_items=all_items, estimate=estimate, outputs_limit=outputs_limit,
                 issue_limit=issue_limit, examples=examples, table=table,
-                output_dir=None if output_dir is None else str(output_dir), now=now)
+                output_dir=None if output_dir is None else str(output_dir), now=now, gallery=gallery)
     if isinstance(state, duckdb.DuckDBPyConnection):
         return _build(state, "<connection>", **opts)
     path = Path(state)
@@ -81,7 +85,8 @@ def _live_report(path: Path, locked: str, now: dt.datetime | None) -> Report:
         not_charged_items=by_state.get("ERROR", 0) + by_state.get("FAILED_VALIDATION", 0), not_charged_est_micros=0,
         at_risk_items=at_risk, at_risk_micros=snap.at_risk_micros, in_flight_items=in_flight,
         reserved_micros=snap.reserved_micros - snap.at_risk_micros,
-        unspent_items=by_state.get("PENDING", 0) + by_state.get("BLOCKED", 0), unspent_est_micros=0,
+        unspent_items=by_state.get("PENDING", 0) + by_state.get("BLOCKED", 0) + by_state.get("BAD_INPUT", 0),
+        unspent_est_micros=0,
         unsettled_items=0, budget_micros=snap.budget_micros)
     run = RunInfo(snap.run_id, None, None, snap.outcome or "running", snap.manifest_path, None, snap.budget_micros,
                   snap.estimate_low_micros, snap.estimate_high_micros) if snap.run_id else None
@@ -114,31 +119,12 @@ def run_price_table(db: duckdb.DuckDBPyConnection, run_id: str | None = None) ->
 
 
 def _build(db, label, *, run_id, all_items, estimate, outputs_limit, issue_limit, examples, table, output_dir,
-           now) -> Report:
-    tables = {r[0] for r in db.execute(
-        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
-    if not {"items", "runs", "outputs", "submit_log"} <= tables:
-        raise StateError(f"{label} holds no run yet (no items table); run `pixbatch run` first, "
-                         "or pass the --state file of a run.")
+           now, gallery) -> Report:
+    _check_tables(db, label)
     runs = db.execute("SELECT count(*) FROM runs").fetchone()[0]
-    if run_id is not None:
-        if not db.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
-            known = [r[0] for r in db.execute(
-                "SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 5").fetchall()]
-            raise StateError(f"run {run_id!r} is not in {label}; recent runs: "
-                             f"{', '.join(known) or '(none)'}. Drop --run for the whole state file.")
-    run = queries.run_info(db, run_id)
-    scope = None
-    excluded = (0, 0)
-    has_scope = db.execute("SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'main' "
-                           "AND table_name = 'items' AND column_name = 'scope'").fetchone()[0]
-    if has_scope and run_id is None and not all_items and run is not None:
-        scope = db.execute("SELECT json_extract_string(options, '$.scope') FROM runs WHERE run_id = ?",
-                           [run.run_id]).fetchone()[0]
-        if scope is not None:
-            excluded = db.execute("SELECT count(*), coalesce(sum(charged_micros), 0) FROM items "
-                                  "WHERE scope IS DISTINCT FROM ?", [scope]).fetchone()
-    q = queries.Scoped(db, run_id, scope)
+    _check_run(db, label, run_id)
+    run, q, excluded = _scoped(db, run_id, all_items)
+    scope = q.scope
     prices = table or run_price_table(db, run.run_id if run else None)
     spend = queries.spend(q, run, estimate, prices)
     status = queries.status(q, issue_limit, examples)
@@ -157,6 +143,7 @@ def _build(db, label, *, run_id, all_items, estimate, outputs_limit, issue_limit
         scope_run_id=run_id, run=run, runs=runs, spend=spend, status=status, timing=timing,
         outputs=outputs, notes=notes, scope=scope, excluded_items=excluded[0],
         excluded_charged_micros=int(excluded[1]),
+        gallery=build_gallery(q, outputs.output_dir, limit=gallery) if gallery else None,
     )
 
 
@@ -166,8 +153,8 @@ def _notes(run: RunInfo | None, spend: Spend, status: Status) -> tuple[str, ...]
     notes: list[str] = []
     if run is None:
         notes.append("No run is recorded in this state file yet.")
-    elif run.outcome in (None, "running") and t.in_flight_items:
-        notes.append(f"Run {run.run_id} did not record an end (interrupted?): {t.in_flight_items} item(s) were "
+    elif run.outcome in (None, "running", "killed") and t.in_flight_items:
+        notes.append(f"Run {run.run_id} was killed (it recorded no end): {t.in_flight_items} item(s) were "
                      f"in flight, up to {format_usd(t.reserved_micros)} reserved. Run `pixbatch reconcile` to "
                      "settle their final status and cost, then report again.")
     elif t.in_flight_items:
@@ -193,3 +180,67 @@ def _notes(run: RunInfo | None, spend: Spend, status: Status) -> tuple[str, ...]
     if status.more_failure_groups:
         notes.append(f"{status.more_failure_groups} more failure message(s) not listed; see the audit SQL.")
     return tuple(notes)
+
+
+def _check_tables(db, label: str) -> None:
+    tables = {r[0] for r in db.execute(
+        "SELECT table_name FROM duckdb_tables() WHERE schema_name = 'main'").fetchall()}
+    if not {"items", "runs", "outputs", "submit_log"} <= tables:
+        raise StateError(f"{label} holds no run yet (no items table); run `pixbatch run` first, "
+                         "or pass the --state file of a run.")
+
+
+def _check_run(db, label: str, run_id: str | None) -> None:
+    if run_id is not None and not db.execute("SELECT 1 FROM runs WHERE run_id = ?", [run_id]).fetchone():
+        known = [r[0] for r in db.execute("SELECT run_id FROM runs ORDER BY started_at DESC LIMIT 5").fetchall()]
+        raise StateError(f"run {run_id!r} is not in {label}; recent runs: "
+                         f"{', '.join(known) or '(none)'}. Drop --run for the whole state file.")
+
+
+def _scoped(db, run_id: str | None, all_items: bool) -> tuple[RunInfo | None, queries.Scoped, tuple[int, int]]:
+    """The run reported on, the items in scope, and (count, charged) of the items of other manifest versions."""
+    run = queries.run_info(db, run_id)
+    scope = None
+    excluded = (0, 0)
+    has_scope = db.execute("SELECT count(*) FROM duckdb_columns() WHERE schema_name = 'main' "
+                           "AND table_name = 'items' AND column_name = 'scope'").fetchone()[0]
+    if has_scope and run_id is None and not all_items and run is not None:
+        scope = db.execute("SELECT json_extract_string(options, '$.scope') FROM runs WHERE run_id = ?",
+                           [run.run_id]).fetchone()[0]
+        if scope is not None:
+            excluded = db.execute("SELECT count(*), coalesce(sum(charged_micros), 0) FROM items "
+                                  "WHERE scope IS DISTINCT FROM ?", [scope]).fetchone()
+    return run, queries.Scoped(db, run_id, scope), excluded
+
+
+def _open(state: str | Path | duckdb.DuckDBPyConnection):
+    if isinstance(state, duckdb.DuckDBPyConnection):
+        return state, "<connection>", False
+    return open_for_reading(Path(state)), str(state), True
+
+
+def list_failures(state: str | Path | duckdb.DuckDBPyConnection, *, run_id: str | None = None,
+                  all_items: bool = False) -> list[FailedItem]:
+    """Every item that did not complete (failed, blocked, unsent BAD_INPUT, AMBIGUOUS) or whose output
+    failed its checks, with its output name, input and error: ``pixbatch failures``. Same scope as
+    ``build_report``. ``StateLocked`` while a run holds the state file."""
+    db, label, close = _open(state)
+    try:
+        _check_tables(db, label)
+        _check_run(db, label, run_id)
+        _, q, _ = _scoped(db, run_id, all_items)
+        return queries.failed_items(q)
+    finally:
+        if close:
+            db.close()
+
+
+def list_runs(state: str | Path | duckdb.DuckDBPyConnection) -> list[RunRow]:
+    """The runs of a state file, oldest first: ``pixbatch runs``."""
+    db, label, close = _open(state)
+    try:
+        _check_tables(db, label)
+        return queries.runs_list(db)
+    finally:
+        if close:
+            db.close()

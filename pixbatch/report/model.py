@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 from dataclasses import dataclass
+from typing import Any
 
 from ..state.model import FAILURES, IN_FLIGHT, ItemState
 
@@ -30,6 +31,7 @@ CAUSES: dict[str, str] = {
     "sent_again": "sent and charged more than once (a rerun with --force pays again)",
     "error_not_charged": "ERROR: system error, not charged",
     "rejected_not_charged": "FAILED_VALIDATION: rejected by the gateway (400), not charged",
+    "bad_input_not_sent": "BAD_INPUT: an input could not be fetched or is not an image; never sent",
     "blocked_not_spent": "BLOCKED: an upstream item did not complete; never sent",
     "pending_not_spent": "PENDING: not sent yet",
     "in_flight": "SUBMITTING/SUBMITTED: in flight, charge not settled yet (reserved)",
@@ -90,7 +92,7 @@ class SpendLine:
     at_risk_micros: int  # their reservation, else their estimate (high)
     in_flight_items: int  # SUBMITTING, SUBMITTED
     reserved_micros: int  # their reservation, else their estimate (high)
-    unspent_items: int  # PENDING, BLOCKED
+    unspent_items: int  # PENDING, BLOCKED, BAD_INPUT
     unspent_est_micros: int  # their estimate (high)
     unsettled_items: int  # terminal without a recorded charge
 
@@ -174,6 +176,7 @@ class Example:
     step: str
     input_id: str | None
     output_name: str | None
+    upstream: str | None = None  # a BLOCKED item's upstream: its output name (else its key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +207,13 @@ class Status:
 
 @dataclass(frozen=True, slots=True)
 class StepTiming:
-    """Milliseconds. queue: submitted -> started; processing: started -> finished."""
+    """Milliseconds.
+
+    queue (submitted -> first seen PROCESSING) and processing (first seen PROCESSING -> terminal
+    status seen) are what polls saw: only items a poll caught PROCESSING count (``*_n``), and a
+    figure is as coarse as the polling. gateway: created_at -> completed_at of the status
+    payload (queue and processing together, as the gateway measured them), when it carried both.
+    """
 
     step: str
     finished: int  # items with a terminal status seen
@@ -214,6 +223,9 @@ class StepTiming:
     processing_n: int
     processing_p50_ms: int | None
     processing_p95_ms: int | None
+    gateway_n: int = 0
+    gateway_p50_ms: int | None = None
+    gateway_p95_ms: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,6 +270,37 @@ class Outputs:
 
 
 @dataclass(frozen=True, slots=True)
+class FailedItem:
+    """One item that did not complete (or whose output failed its checks): ``pixbatch failures``."""
+
+    kind: str  # failed | blocked | unsent | check-failed | at-risk
+    state: str
+    step: str
+    output_name: str | None
+    input_id: str | None
+    input_url: str | None  # the item's own input URL (None: it feeds on an upstream item)
+    upstream: str | None  # the upstream item's output name (a chained step)
+    upstream_state: str | None
+    error: str | None
+    charged_micros: int | None
+    key: str
+    upstream_error: str | None = None  # why the upstream item did not complete (a BLOCKED item)
+
+
+@dataclass(frozen=True, slots=True)
+class RunRow:
+    """One run of a state file (``pixbatch runs``)."""
+
+    run_id: str
+    started_at: dt.datetime | None
+    ended_at: dt.datetime | None  # finished_at, else (a killed run) its last recorded activity
+    outcome: str | None
+    items: int  # items it sent (submit attempts' distinct items)
+    charged_micros: int  # what its settlements charged
+    manifest_path: str | None
+
+
+@dataclass(frozen=True, slots=True)
 class Report:
     state_path: str
     generated_at: dt.datetime
@@ -274,3 +317,4 @@ class Report:
     scope: str | None = None  # the expansion (manifest version) reported on; None: every item
     excluded_items: int = 0  # items of other manifest versions, not in this report (see all_items)
     excluded_charged_micros: int = 0
+    gallery: Any = None  # a ``gallery.Gallery`` when asked for (the HTML page shows it)

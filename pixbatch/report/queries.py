@@ -13,9 +13,9 @@ import datetime as dt
 import duckdb
 
 from ..pricing import PriceTable
-from .model import (CAUSES, FAILURE_STATES, STATE_ORDER, Example, IssueGroup, OutputFile, Outputs, RunInfo, Spend,
-                    SpendLine, SpendTotals, Status, StatusCount, StepSpend, StepTiming, ThroughputBucket, Timing,
-                    Variance)
+from .model import (CAUSES, FAILURE_STATES, STATE_ORDER, Example, FailedItem, IssueGroup, OutputFile, Outputs, RunInfo,
+                    RunRow, Spend, SpendLine, SpendTotals, Status, StatusCount, StepSpend, StepTiming,
+                    ThroughputBucket, Timing, Variance)
 
 _CAUSE_SQL = """
 CASE
@@ -23,6 +23,7 @@ CASE
   WHEN state = 'AMBIGUOUS' THEN 'ambiguous_at_risk'
   WHEN state = 'PENDING' THEN 'pending_not_spent'
   WHEN state = 'BLOCKED' THEN 'blocked_not_spent'
+  WHEN state = 'BAD_INPUT' THEN 'bad_input_not_sent'
   WHEN state = 'FAILED_VALIDATION' THEN 'rejected_not_charged'
   WHEN state = 'ERROR' THEN 'error_not_charged'
   WHEN state IN ('COMPLETED', 'FAILED') AND charged_micros IS NULL THEN 'unsettled'
@@ -113,8 +114,8 @@ def spend(q: Scoped, run: RunInfo | None, estimate, table: PriceTable) -> Spend:
           coalesce(sum({_exposure()}) FILTER (WHERE state = 'AMBIGUOUS'), 0),
           count(*) FILTER (WHERE state IN ('SUBMITTING', 'SUBMITTED')),
           coalesce(sum({_exposure()}) FILTER (WHERE state IN ('SUBMITTING', 'SUBMITTED')), 0),
-          count(*) FILTER (WHERE state IN ('PENDING', 'BLOCKED')),
-          coalesce(sum(est_high_micros) FILTER (WHERE state IN ('PENDING', 'BLOCKED')), 0),
+          count(*) FILTER (WHERE state IN ('PENDING', 'BLOCKED', 'BAD_INPUT')),
+          coalesce(sum(est_high_micros) FILTER (WHERE state IN ('PENDING', 'BLOCKED', 'BAD_INPUT')), 0),
           count(*) FILTER (WHERE state IN ('COMPLETED', 'FAILED') AND charged_micros IS NULL),
           min(_row) AS first
         FROM s GROUP BY ALL ORDER BY first, op, tier
@@ -280,16 +281,27 @@ def _normalised(col: str) -> str:
 
 
 def _issues(q: Scoped, states: tuple[str, ...], limit: int, n_examples: int, error_like: str = "%"):
+    """Items of ``states`` (whose error is ``LIKE error_like``) grouped by message, biggest group first,
+    with a few examples each.
+
+    A BLOCKED item is grouped by what happened to its upstream item (its state and error), and
+    its examples name that upstream item.
+    """
+    blocked = states == ("BLOCKED",)
+    msg = (f"'upstream ' || coalesce(u.step, '?') || ' ended ' || coalesce(u.state, '?') || "
+           f"coalesce(': ' || {_normalised('u.error')}, '')" if blocked
+           else f"coalesce({_normalised('s.error')}, '(no message recorded)')")
     rows = q.all(
         f"""
-        , f AS (SELECT state, coalesce({_normalised('error')}, '(no message recorded)') AS msg, key, step, idx,
-                       input_id, output_name FROM s
-                WHERE list_contains($states, state) AND coalesce(error, '') LIKE $error_like),
+        , f AS (SELECT s.state, {msg} AS msg, s.key, s.step, s.idx, s.input_id, s.output_name,
+                       coalesce(u.output_name, u.key) AS up
+                FROM s LEFT JOIN items u ON u.key = s.upstream
+                WHERE list_contains($states, s.state) AND coalesce(s.error, '') LIKE $error_like),
         g AS (SELECT state, msg, count(*) AS n FROM f GROUP BY ALL),
         top AS (SELECT * FROM g ORDER BY n DESC, state, msg LIMIT $limit),
         ex AS (SELECT f.*, row_number() OVER (PARTITION BY f.state, f.msg ORDER BY f.step, f.idx) AS rn
                FROM f SEMI JOIN top USING (state, msg))
-        SELECT top.state, top.msg, top.n, ex.key, ex.step, ex.input_id, ex.output_name,
+        SELECT top.state, top.msg, top.n, ex.key, ex.step, ex.input_id, ex.output_name, ex.up,
                (SELECT count(*) FROM g) AS groups
         FROM top JOIN ex USING (state, msg)
         WHERE ex.rn <= $examples
@@ -299,34 +311,92 @@ def _issues(q: Scoped, states: tuple[str, ...], limit: int, n_examples: int, err
     )
     groups: dict[tuple[str, str], tuple[int, list[Example]]] = {}
     total_groups = 0
-    for state, msg, n, key, step, input_id, output_name, ngroups in rows:
+    for state, m, n, key, step, input_id, output_name, up, ngroups in rows:
         total_groups = ngroups
-        groups.setdefault((state, msg), (n, []))[1].append(Example(key, step, input_id, output_name))
+        groups.setdefault((state, m), (n, []))[1].append(
+            Example(key, step, input_id, output_name, up if blocked else None))
     out = tuple(IssueGroup(s, m, n, tuple(ex)) for (s, m), (n, ex) in groups.items())
     return out, max(0, total_groups - len(out))
+
+
+#: what ``pixbatch failures`` lists, by kind
+FAILED_KINDS = {"FAILED": "failed", "ERROR": "failed", "FAILED_VALIDATION": "failed", "AMBIGUOUS": "at-risk",
+                "BAD_INPUT": "unsent", "BLOCKED": "blocked"}
+
+
+def failed_items(q: Scoped) -> list[FailedItem]:
+    """Every item in scope that did not complete, and every completed one whose output failed its checks
+    (or its download), in step and index order."""
+    states = list(FAILED_KINDS)
+    rows = q.all(
+        """
+        SELECT s.state, s.step, s.output_name, s.input_id,
+               coalesce(json_extract_string(s.body, '$.image'), json_extract_string(s.body, '$.images[0]')) AS url,
+               coalesce(u.output_name, u.key), u.state, s.error, s.charged_micros, s.key, u.error
+        FROM s LEFT JOIN items u ON u.key = s.upstream
+        WHERE list_contains($states, s.state) OR (s.state = 'COMPLETED' AND s.error IS NOT NULL)
+        ORDER BY s._row
+        """, states=states)
+    out = []
+    for state, step, name, input_id, url, up, up_state, error, charged, key, up_error in rows:
+        kind = FAILED_KINDS.get(state, "check-failed")
+        if url is not None and not url.startswith(("http://", "https://")):
+            url = None  # an upstream placeholder: the input is the upstream item's output
+        out.append(FailedItem(kind, state, step, name, input_id, url, up, up_state, error, charged, key,
+                              up_error if state == "BLOCKED" else None))
+    return out
+
+
+def runs_list(db: duckdb.DuckDBPyConnection) -> list[RunRow]:
+    """Every run of the file, oldest first: when, how it ended, what it sent and what it was charged."""
+    rows = db.execute(
+        """
+        SELECT r.run_id, r.started_at,
+               coalesce(r.finished_at, (SELECT max(e.ts) FROM events e WHERE e.run_id = r.run_id)),
+               r.outcome,
+               (SELECT count(DISTINCT l.key) FROM submit_log l WHERE l.run_id = r.run_id AND l.event = 'intent'),
+               coalesce((SELECT sum(TRY_CAST(e.detail->>'charged' AS BIGINT)) FROM events e
+                         WHERE e.run_id = r.run_id AND e.kind = 'state'), 0),
+               r.manifest_path
+        FROM runs r ORDER BY r.started_at, r.run_id
+        """).fetchall()
+    return [RunRow(a, b, c, d, int(n), int(ch), m) for a, b, c, d, n, ch, m in rows]
 
 
 _BUCKETS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 21600, 43200, 86400)
 
 
 def timing(q: Scoped) -> Timing:
+    # queue and processing only where a poll saw the item PROCESSING before it finished
+    # (an item first seen finished has started_at = finished_at: it says nothing about either)
     per = """
         SELECT {name} AS step,
           count(finished_at),
           count(qms), quantile_cont(qms, 0.5), quantile_cont(qms, 0.95),
           count(pms), quantile_cont(pms, 0.5), quantile_cont(pms, 0.95)
           {first}
-        FROM (SELECT *, date_diff('millisecond', submitted_at, started_at) AS qms,
-                        date_diff('millisecond', started_at, finished_at) AS pms FROM s)
+        FROM (SELECT *, CASE WHEN started_at < finished_at
+                             THEN date_diff('millisecond', submitted_at, started_at) END AS qms,
+                        CASE WHEN started_at < finished_at
+                             THEN date_diff('millisecond', started_at, finished_at) END AS pms FROM s)
         {group}
     """
     rows = q.all(per.format(name="step", first=", min(_row) AS first", group="GROUP BY step ORDER BY first"))
     rows += q.all(per.format(name="'(all)'", first="", group=""))
+    gw = {r[0]: r[1:] for r in q.all(
+        """
+        , g AS (SELECT s.step, TRY_CAST(e.detail->>'gateway_ms' AS BIGINT) AS ms FROM events e JOIN s USING (key)
+                WHERE e.kind = 'state' AND e.detail->>'gateway_ms' IS NOT NULL)
+        SELECT step, count(ms), quantile_cont(ms, 0.5), quantile_cont(ms, 0.95) FROM g GROUP BY step
+        UNION ALL SELECT '(all)', count(ms), quantile_cont(ms, 0.5), quantile_cont(ms, 0.95) FROM g
+        """)}
 
     def ms(v):
         return None if v is None else int(round(v))
 
-    steps = tuple(StepTiming(r[0], r[1], r[2], ms(r[3]), ms(r[4]), r[5], ms(r[6]), ms(r[7])) for r in rows)
+    steps = tuple(StepTiming(r[0], r[1], r[2], ms(r[3]), ms(r[4]), r[5], ms(r[6]), ms(r[7]),
+                             int(gw.get(r[0], (0,))[0]), *(ms(v) for v in gw.get(r[0], (0, None, None))[1:]))
+                  for r in rows)
     first, last = q.all(
         "SELECT min(finished_at), max(finished_at) FROM s "
         "WHERE state IN ('COMPLETED', 'FAILED', 'ERROR') AND finished_at IS NOT NULL")[0]

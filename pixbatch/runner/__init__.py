@@ -14,9 +14,9 @@ The package, one job per module:
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
+from ..aio import run_sync
 from ..gateway import Gateway
 from ..progress import NullProgress, Progress
 from .options import RunOptions
@@ -27,9 +27,11 @@ __all__ = ["RunOptions", "RunSummary", "StopReason", "run", "run_async"]
 
 async def run_async(manifest: Any, *, options: RunOptions, gateway: Gateway | None = None,
                     progress: Progress | None = None) -> RunSummary:
-    """The coroutine form of ``run``, for callers that already have an event loop (e.g. Jupyter)."""
+    """The coroutine form of ``run``, for callers that already have an event loop (e.g. Jupyter:
+    ``summary = await run_async(m, options=...)``)."""
     from .engine import _Run
 
+    options.check(manifest)
     return await _Run(manifest, options, gateway, progress or NullProgress()).main()
 
 
@@ -41,5 +43,9 @@ def run(manifest: Any, *, options: RunOptions, gateway: Gateway | None = None,
     ``StateLocked`` when another process runs the same state file, ``AuthError`` without a
     key, ``BudgetExceeded`` when the budget cannot cover the remaining work; every other
     outcome (402, budget reached, interruption, failures) is in the returned summary.
+
+    Inside a running event loop (Jupyter, an async application) use ``await run_async(...)``:
+    this function says so (``RuntimeError``) instead of failing deep inside asyncio.
     """
-    return asyncio.run(run_async(manifest, options=options, gateway=gateway, progress=progress))
+    return run_sync(lambda: run_async(manifest, options=options, gateway=gateway, progress=progress),
+                    name="run", instead="run_async")

@@ -27,7 +27,6 @@ import os
 import signal
 import time
 import uuid
-from dataclasses import astuple
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -49,6 +48,7 @@ from .journal import Journal
 from ..storage.phase import open_outputs, upload_inputs
 from .callbacks import Doubts, Receiver, Signer, adopt
 from .poll import Poller
+from .preflight import Preflight
 from .prepare import position, prepare
 from .status import StatusWriter
 from .settle import settle_item
@@ -279,6 +279,7 @@ class _Run:
         self.store = st.Store.open(self.state_path, wait=self.o.lock_wait)
         self.store.bind_loop(asyncio.get_running_loop())
         self.log = Journal(self.store, self.progress, self.run_id, lambda: self.ledger.committed)
+        self.preflight: Preflight = Preflight.of(self.store, self.log.put, self.o)  # input URLs, before sending
         try:
             return await self._main()
         finally:
@@ -290,7 +291,7 @@ class _Run:
         assert store is not None
         p = await store.call(lambda db: prepare(db, manifest=self.m, options=self.o, run_id=self.run_id,
                                                 budget=self.ledger.cap, table=self.table, expand=self._expand))
-        self.scope, self.aliases, self.estimate = p.scope, p.aliases, p.estimate
+        self.scope, self.aliases, self.estimate, self.selection = p.scope, p.aliases, p.estimate, p.selection
         self.plan, self.learner = p.plan, Learner(self.table, p.knowledge)
         self.ledger = BudgetLedger(self.ledger.cap, p.position.totals.committed_micros)
         if p.ambiguous_now:
@@ -316,7 +317,8 @@ class _Run:
                     if refusal:
                         # items already paid for are collected first; then the budget is looked at again
                         await self.tasks.drain()
-                        refusal = budget_refusal(self.ledger.cap, await store.call(lambda db: position(db, self.scope)))
+                        refusal = budget_refusal(self.ledger.cap, await store.call(
+                            lambda db: position(db, self.scope, self.selection)))
                         if refusal:
                             self.stop.request(StopReason.BUDGET, refusal)
                     await self._feed()
@@ -396,15 +398,15 @@ class _Run:
         store = self.store
         while not self.stop.stopping:
             seq0 = self.done.seq
-            for step in self.steps_order:
+            for step in st.Selection.steps_of(self.selection, self.steps_order):
                 after = -1
                 while not self.stop.stopping:
                     page = await store.call(lambda db, s=step, a=after: st.ready_page(
-                        db, self.scope, s, a, PAGE, chained=self.m.step(s).upstream is not None))
+                        db, self.scope, s, a, PAGE, chained=self.m.step(s).upstream is not None, sel=self.selection))
                     if not page:
                         break
                     after = page[-1][0].idx
-                    for row, up in page:
+                    async for row, up in self.preflight.admit(page):
                         if row.key in self.inflight or row.key in self.skip:
                             continue
                         if not await self._start(row, up):
@@ -412,7 +414,7 @@ class _Run:
             if self.stop.stopping:
                 return
             await store.call(lambda db: st.block_downstream(db, self.scope, self.run_id))
-            pending = await store.call(lambda db: st.pending_count(db, self.scope))
+            pending = await store.call(lambda db: st.pending_count(db, self.scope, self.selection))
             if pending - len(self.skip) <= 0 and not self._reading():
                 return
             if self.done.seq != seq0:
@@ -517,12 +519,11 @@ class _Run:
     async def _summary(self) -> RunSummary:
         assert self.store is not None
         snap = await self.status.snapshot(running=False)  # (a store call: everything queued is committed first)
-        left = await self.store.call(lambda db: astuple(st.pending_cost(db, self.scope)))
-        problems = self.dl.problems if self.dl else 0
+        left, unselected = await self.store.call(lambda db: st.left_to_send(db, self.scope, self.selection))
+        problems, missing = (self.dl.problems, self.dl.missing if self.o.download else None) if self.dl else (0, None)
         c = conclude(self.stop.reason, self.stop.message, snap.totals(), left=left, budget=self.ledger.cap,
-                     at_risk=snap.at_risk_micros, output_problems=problems,
-                     missing_outputs=self.dl.missing if self.dl and self.o.download else None,
-                     last_error=self.log.last_error)
+                     at_risk=snap.at_risk_micros, output_problems=problems, unselected=unselected,
+                     missing_outputs=missing, last_error=self.log.last_error)
         return summarize(c, snap, run_id=self.run_id, output_dir=str(self.out.root), charged_run=self.charged_run,
                          peak=self.ledger.peak, left=left, submits=self.submits,
                          polls=self.poller.polls if self.poller else 0, downloads=self.dl.downloads if self.dl else 0,

@@ -3,7 +3,8 @@
 The fields are flat (``RunOptions(budget_micros=..., concurrency=...)``) and each one says in
 its metadata which group it belongs to:
 
-- ``spending``: what may be paid and resent (budget, retries of doubtful or failed items);
+- ``spending``: what may be paid and resent (budget, retries of doubtful or failed items, the
+  pilot selection ``steps``/``limit``, the preflight check of input URLs);
 - ``tuning``: how hard and how fast to drive the gateway (concurrency, rate, polling, timeouts);
 - ``process``: where things live and how this process behaves (state file, key, signals).
 
@@ -33,7 +34,14 @@ class RunOptions:
     budget_micros: int | None = _opt(None, SPENDING)  # default: the manifest's budget (None: no cap)
     retry_ambiguous: bool = _opt(False, SPENDING)  # resend items whose outcome is unknown (may pay twice)
     retry_errors: bool = _opt(False, SPENDING)  # resend items that ended ERROR (the gateway did not charge them)
-    force: bool = _opt(False, SPENDING)  # redo finished items (pays again)
+    retry_failed: bool = _opt(False, SPENDING)  # resend items that ended FAILED (charged: pays again for those only)
+    # redo finished items (pays again): True for every step, or the ids of the steps to redo
+    force: bool | tuple[str, ...] = _opt(False, SPENDING)
+    steps: tuple[str, ...] | None = _opt(None, SPENDING)  # send only these steps' items (None: every step)
+    limit: int | None = _opt(None, SPENDING)  # send only the first N items of each (selected) step
+    # check every input URL (a small ranged GET, cached in the state file) before an item's first
+    # send: an unreachable or non-image input leaves its items BAD_INPUT, unsent and not charged
+    preflight: bool = _opt(True, SPENDING)
     # -- tuning
     concurrency: int = _opt(16, TUNING)  # items in flight
     max_rps: float | None = _opt(None, TUNING)
@@ -41,6 +49,8 @@ class RunOptions:
     poll_initial: float = _opt(2.0, TUNING)  # first poll delay before anything has been learned
     poll_max_interval: float = _opt(10.0, TUNING)
     status_interval: float = _opt(1.0, TUNING)  # seconds between status-file (and progress) refreshes
+    preflight_concurrency: int = _opt(16, TUNING)  # input URLs checked at once
+    preflight_timeout: float = _opt(10.0, TUNING)  # seconds allowed per input URL check
     webhook_grace: float = _opt(30.0, TUNING)  # webhook mode: how long the end of a run waits for callbacks
     # that can settle the items it left AMBIGUOUS
     # unique items per write while a fresh run streams its expansion in (runner/stream.py); the
@@ -62,6 +72,25 @@ class RunOptions:
     # seconds to wait for the state file while another process holds it: a `status` or a
     # `report` holds it for a moment; another run holds it to the end (then StateLocked)
     lock_wait: float = _opt(3.0, PROCESS, record=False)
+
+    def check(self, manifest: Any) -> None:
+        """``OptionError`` when an option does not fit ``manifest`` (an unknown step, a negative limit)."""
+        from ..errors import OptionError
+        from ..manifest.problems import suggest
+
+        known = [s.id for s in manifest.steps]
+        for flag, names in (("--force", self.force if isinstance(self.force, tuple) else ()),
+                            ("--steps", self.steps or ())):
+            for name in names:
+                if name not in known:
+                    hint = suggest(name, known)
+                    raise OptionError(f"{flag}: the manifest has no step {name!r}"
+                                      + (f" (did you mean {hint!r}?)" if hint else "")
+                                      + f"; its steps are {', '.join(known)}.")
+        if self.steps is not None and not self.steps:
+            raise OptionError("--steps: name at least one step.")
+        if self.limit is not None and self.limit < 1:
+            raise OptionError(f"--limit must be at least 1 (got {self.limit}).")
 
     def group(self, name: str) -> dict[str, Any]:
         """The fields of one group (``spending``, ``tuning``, ``process``) as a dict."""

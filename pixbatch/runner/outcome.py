@@ -87,8 +87,16 @@ class Conclusion:
 
 def conclude(stop: StopReason | None, stop_message: str | None, counts: dict[str, int], *,
              left: tuple[int, int, int], budget: int | None, at_risk: int, output_problems: int,
-             missing_outputs: dict[str, str] | None = None, last_error: str | None = None) -> Conclusion:
-    """The outcome, exit code and messages of a run that stopped for ``stop`` (None: it ran out of work)."""
+             missing_outputs: dict[str, str] | None = None, unselected: int = 0,
+             last_error: str | None = None) -> Conclusion:
+    """The outcome, exit code and messages of a run that stopped for ``stop`` (None: it ran out of work).
+
+    Every hint names the narrowest option that does what it says: ``--retry-failed`` pays again
+    for the FAILED items only, ``--retry-errors`` resends what the gateway did not charge,
+    ``--force STEPS`` redoes whole steps. ``unselected``: PENDING items outside a pilot run's
+    ``--steps``/``--limit`` (the run is complete when everything it selected is). ``last_error``:
+    the latest failed exchange with the gateway, named when items were left unsent.
+    """
     n_left, lo, hi = left
     msgs: list[str] = []
     if stop is StopReason.AUTH:
@@ -109,32 +117,59 @@ def conclude(stop: StopReason | None, stop_message: str | None, counts: dict[str
         outcome, code = stop.outcome, stop.exit_code
     else:
         # COMPLETED is not done when its output is not on disk: the user asked for files
-        done = counts.get(st.COMPLETED, 0) == sum(counts.values()) and not missing_outputs
+        done = counts.get(st.COMPLETED, 0) == sum(counts.values()) - unselected and not missing_outputs
         outcome, code = ("completed", int(ExitCode.OK)) if done else ("incomplete", int(ExitCode.INCOMPLETE))
     amb = counts.get(st.AMBIGUOUS, 0)
     if amb:
         msgs.append(f"{amb} AMBIGUOUS item(s) ({format_usd(at_risk)} at risk): the gateway may have "
                     "accepted and charged them. Re-run with --retry-ambiguous to resubmit them.")
-    bad = {s: counts.get(s, 0) for s in (st.FAILED, st.ERROR, st.FAILED_VALIDATION, st.BLOCKED) if counts.get(s)}
-    if bad:
-        msgs.append(", ".join(f"{n} {s}" for s, n in bad.items()) +
-                    ": see `pixbatch report` for the errors; --force resubmits them (and pays again).")
-    if counts.get(st.ERROR):
-        msgs.append(f"{counts[st.ERROR]} ERROR item(s) were not charged: re-run with --retry-errors to resubmit "
-                    "them (and what they blocked).")
+    msgs += _failure_hints(counts)
     inflight = counts.get(st.SUBMITTED, 0)
     if inflight and outcome != "interrupted":
         msgs.append(f"{inflight} submitted item(s) not finished yet: run again to collect them.")
     if n_left and outcome in ("completed", "incomplete"):
-        latest = f" (the latest: {last_error[:200]})" if last_error else ""
-        msgs.append(f"{n_left} item(s) not submitted (gateway errors{latest}): run again to retry them.")
+        latest = f"; the latest gateway error: {last_error[:200]}" if last_error else ""
+        msgs.append(f"{n_left} item(s) not submitted (gateway errors, or waiting on items this run did not "
+                    f"send{latest}): run again to retry them.")
+    if unselected:
+        msgs.append(f"Pilot run: {unselected} item(s) outside --steps/--limit were not sent; run without them "
+                    "to do the rest.")
     if missing_outputs:
         example = next(iter(missing_outputs.values()))
         msgs.append(f"{len(missing_outputs)} completed item(s) have no output on disk (e.g. {example[:160]}): they "
                     "are paid; run the same command again to fetch them (never resent); `pixbatch report` lists them.")
     if output_problems:
-        msgs.append(f"{output_problems} output(s) failed their checks: see `pixbatch report`.")
+        msgs.append(f"{output_problems} output(s) failed their checks: `pixbatch failures` lists them.")
     return Conclusion(outcome, code, tuple(msgs))
+
+
+def _failure_hints(counts: dict[str, int]) -> list[str]:
+    """What to do about each kind of failure, naming the narrowest option."""
+    out: list[str] = []
+    n = counts.get(st.FAILED, 0)
+    if n:
+        out.append(f"{n} FAILED item(s) (the gateway charges failures): re-run with --retry-failed to send "
+                   "those again (and the items they blocked); only they are paid again.")
+    n = counts.get(st.ERROR, 0)
+    if n:
+        out.append(f"{n} ERROR item(s) were not charged: re-run with --retry-errors to resubmit them (and what "
+                   "they blocked).")
+    n = counts.get(st.FAILED_VALIDATION, 0)
+    if n:
+        out.append(f"{n} FAILED_VALIDATION item(s): the gateway refused the request (not charged); fix the "
+                   "step's parameters in the manifest and run again.")
+    n = counts.get(st.BAD_INPUT, 0)
+    if n:
+        out.append(f"{n} BAD_INPUT item(s): an input URL could not be fetched or is not an image, so they were "
+                   "not sent (not charged). Fix the URLs and run again (every run checks them again); "
+                   "--no-preflight sends them unchecked.")
+    n = counts.get(st.BLOCKED, 0)
+    if n:
+        out.append(f"{n} BLOCKED item(s) wait on an upstream item that did not complete; they go with the option "
+                   "that retries it.")
+    if out:
+        out.append("`pixbatch failures MANIFEST` lists every item that did not complete, with its input and error.")
+    return out
 
 
 def budget_refusal(budget: int | None, position: Any) -> str | None:

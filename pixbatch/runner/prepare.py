@@ -4,8 +4,9 @@
 the state file is this manifest's (the *fingerprint*: a digest of the manifest, its input
 files, the probed sizes, the pricing file and the code that expands), ingests the items when
 it is not, records the run, recovers what a killed run left in flight, applies the spending
-options that reset items (``force``, ``retry_errors``, ``retry_ambiguous``), blocks what
-waits on failures, and returns what the run loop needs to start.
+options that reset items (``force``, ``retry_failed``, ``retry_errors``, ``retry_ambiguous``;
+within the pilot selection of ``steps``/``limit`` when given), blocks what waits on failures,
+and returns what the run loop needs to start.
 
 The fingerprint hashes the source of every pixbatch module the expansion can reach
 (``expansion_modules``: the import closure of the expansion's roots, found by reading the
@@ -124,8 +125,9 @@ class Position:
     in_flight: int  # how many there are (paid for, or being paid for)
 
 
-def position(db: Any, scope: str) -> Position:
-    return Position(st.totals(db), st.pending_cost(db, scope), st.in_flight_low_micros(db), st.in_flight_count(db))
+def position(db: Any, scope: str, sel: st.Selection | None = None) -> Position:
+    """The money position before sending; ``sel`` (``--steps``/``--limit``): only the selected items are to send."""
+    return Position(st.totals(db), st.pending_cost(db, scope, sel), st.in_flight_low_micros(db), st.in_flight_count(db))
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,8 @@ class Prepared:
     estimate: tuple[int, int]  # low, high of the expansion (of what is in the file so far, while ``ingest`` goes on)
     aliases: dict[str, list[str]]  # key -> further output names of identical requests
     ingest: st.Ingest | None = None  # the rest of the expansion, to stream in while the run works (None: all in)
+    selection: st.Selection | None = None  # the items this run may send (--steps, --limit); None: all
+    requeued: st.Requeued | None = None  # what the retry options made PENDING again
     plan: Any = None  # estimate.Estimate: paid, in flight, at risk, still to pay (what `pixbatch estimate` says)
     knowledge: Any = None  # knowledge.Knowledge: what completed items taught about sizes
 
@@ -153,13 +157,14 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
     Streaming: a fresh state file (no run yet), or a run whose expansion was not all read in
     when it stopped (same fingerprint, ``ingest`` "partial"), ingests the first ``FIRST_BATCH``
     unique items here and hands the rest back (``Prepared.ingest``) to be streamed while the
-    run sends. Options that reset items (``force``, ``retry_errors``, ``retry_ambiguous``)
-    read the whole expansion in first, so the reset sees every item it applies to.
+    run sends. Options that reset items (``force``, ``retry_failed``, ``retry_errors``,
+    ``retry_ambiguous``) read the whole expansion in first, so the reset sees every item it
+    applies to; within the pilot selection of ``steps``/``limit`` when given.
     """
     steps_order = [s.id for s in manifest.steps]
     fingerprint = expansion_fingerprint(db, manifest, options.pricing_path)
     last = st.last_run(db)
-    resets = options.force or options.retry_errors or options.retry_ambiguous
+    resets = options.force or options.retry_failed or options.retry_errors or options.retry_ambiguous
     scope = None
     ingest: st.Ingest | None = None
     if fingerprint is not None and last and last.scope and last.fingerprint == fingerprint:
@@ -215,18 +220,30 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
                                  {**options.recorded(), "scope": scope, "fingerprint": fingerprint,
                                   "ingest": "partial" if streaming else "complete"}))
     ambiguous_now = st.recover(db, run_id)
-    st.requeue(db, scope, run_id, force=options.force, retry_errors=options.retry_errors,
-               retry_ambiguous=options.retry_ambiguous)
+    sel = selection_of(options, steps_order)
+    requeued = st.requeue(db, scope, run_id, force=options.force, retry_failed=options.retry_failed,
+                          retry_errors=options.retry_errors, retry_ambiguous=options.retry_ambiguous, sel=sel)
     st.block_downstream(db, scope, run_id)
     est = st.scope_cost(db, scope)
     st.record_estimate(db, run_id, est.low_micros, est.high_micros)
     knowledge, plan = run_plan(db, scope, table, options.state_path or manifest.state_path, partial=streaming)
-    pos = position(db, scope)
-    pos = Position(pos.totals, st.Cost(plan.to_pay_count, plan.low_micros, plan.high_micros), pos.in_flight_low,
-                   pos.in_flight)
+    pos = position(db, scope, sel)
+    if sel is None:  # what is left to pay, as the plan prices it (a pilot's selection: its items' estimates)
+        pos = Position(pos.totals, st.Cost(plan.to_pay_count, plan.low_micros, plan.high_micros), pos.in_flight_low,
+                       pos.in_flight)
     return Prepared(scope=scope, position=pos, ambiguous_now=ambiguous_now,
                     estimate=(est.low_micros, est.high_micros), aliases=st.alias_names(db, steps_order),
-                    ingest=ingest if streaming else None, plan=plan, knowledge=knowledge)
+                    ingest=ingest if streaming else None, plan=plan, knowledge=knowledge, selection=sel,
+                    requeued=requeued)
+
+
+def selection_of(options: RunOptions, steps_order: list[str]) -> st.Selection | None:
+    """The pilot selection of ``--steps``/``--limit``: the first ``limit`` places of each selected
+    step's expansion (an item's ``idx``), so it is known before the expansion is all read in."""
+    if options.steps is None and options.limit is None:
+        return None
+    chosen = [s for s in steps_order if options.steps is None or s in options.steps]
+    return st.Selection(tuple((s, None if options.limit is None else options.limit - 1) for s in chosen))
 
 
 def run_plan(db: Any, scope: str, table: PriceTable, state_path: Any, *, partial: bool = False) -> tuple[Any, Any]:

@@ -69,7 +69,9 @@ async def settle_item(row: st.ItemRow, s: JobStatus, *, downloader: Downloader, 
     row.reserved_micros = 0
     row.charged_micros = (row.charged_micros or 0) + charge
     row.state = s.status
-    put(row, charged=charge, released=reserved)
+    # the gateway's own measure of the job (created -> completed): what the report's timing can trust
+    gateway_ms = None if s.server_seconds is None else round(s.server_seconds * 1000)
+    put(row, charged=charge, released=reserved, gateway_ms=gateway_ms)
     if learner is not None:
         if table.charge_uncertain(row.op, s.status, out_size, body, input_size):
             learner.provisional[row.key] = (row, charge, out_size, input_size)

@@ -64,6 +64,8 @@ from .queries import (
     Cost,
     LastRun,
     OpenRequest,
+    Redo,
+    Selection,
     alias_names,
     completed_page,
     completed_without_media,
@@ -73,6 +75,7 @@ from .queries import (
     secret,
     in_flight_low_micros,
     last_run,
+    left_to_send,
     open_requests,
     pending_cost,
     pending_count,
@@ -80,12 +83,16 @@ from .queries import (
     probes_fingerprint,
     ready_page,
     recorded_outputs,
+    redo_cost,
+    redo_cost_of_keys,
     scope_cost,
     scope_size,
     select_rows,
     submitted_rows,
     table_names,
     totals,
+    unselected_count,
+    upstream_blocked,
 )
 from .plan import PlanGroup, plan_groups, size_observations, touched_items
 from .recovery import absorb_crashed_runs, block_downstream, open_for_reading, recover
@@ -98,21 +105,24 @@ from .writes import abandon, insert_log, log_attempt
 PENDING, SUBMITTING, SUBMITTED = ItemState.PENDING, ItemState.SUBMITTING, ItemState.SUBMITTED
 COMPLETED, FAILED, ERROR = ItemState.COMPLETED, ItemState.FAILED, ItemState.ERROR
 AMBIGUOUS, FAILED_VALIDATION, BLOCKED = ItemState.AMBIGUOUS, ItemState.FAILED_VALIDATION, ItemState.BLOCKED
+BAD_INPUT = ItemState.BAD_INPUT
 ITEM_STATES: tuple[ItemState, ...] = tuple(ItemState)
 BLOCKING_STATES, TERMINAL_STATES, IN_FLIGHT_STATES = BLOCKING, TERMINAL, IN_FLIGHT
 
 __all__ = [
-    "AMBIGUOUS", "BLOCKED", "BLOCKING", "BLOCKING_STATES", "COMPLETED", "ERROR", "FAILED", "FAILED_VALIDATION",
+    "AMBIGUOUS", "BAD_INPUT", "BLOCKED", "BLOCKING", "BLOCKING_STATES", "COMPLETED", "ERROR", "FAILED", "FAILED_VALIDATION",
     "FAILURES", "INGEST_BATCH", "IN_FLIGHT", "IN_FLIGHT_STATES", "ITEM_STATES", "MIGRATIONS", "MUTABLE_COLUMNS",
     "PENDING", "REMAINING", "ROW_COLUMNS", "SUBMITTED", "SUBMITTING", "TERMINAL", "TERMINAL_STATES",
-    "Attempt", "Cost", "Ingest", "IngestBatch", "IngestResult", "Intent", "ItemRow", "ItemState", "LastRun", "OpenRequest", "OutputRow",
-    "PlanGroup", "Requeued", "RunStart", "StatusSnapshot", "Store", "Totals", "Waiter",
+    "Attempt", "Cost", "Ingest", "IngestBatch", "IngestResult", "Intent", "ItemRow", "ItemState", "LastRun",
+    "OpenRequest", "OutputRow", "PlanGroup", "Redo", "Requeued", "RunStart", "Selection", "StatusSnapshot", "Store",
+    "Totals", "Waiter",
     "abandon", "absorb_crashed_runs", "alias_names", "applied", "block_downstream", "bulk_insert_items_for_bench",
     "completed_page", "completed_without_media", "connect", "counts_by_step", "expansion_scope", "finish_run",
-    "in_flight_count", "in_flight_low_micros", "item_row", "secret", "ingest", "insert_log", "iso_utc", "last_run", "log_attempt",
+    "in_flight_count", "in_flight_low_micros", "item_row", "secret", "ingest", "insert_log", "iso_utc", "last_run", "left_to_send", "log_attempt",
     "mark_ingested", "migrate", "open_for_reading", "open_requests",
     "pending_cost", "pending_count", "plan_groups", "probed_sizes", "probes_fingerprint", "read_status", "ready_page",
-    "record_estimate", "recorded_outputs", "recover", "requeue", "scope_cost", "scope_size", "select_rows",
-    "size_observations", "snapshot_from_db", "sql_in", "start_run", "status_file_path", "submitted_rows", "table_names", "totals",
-    "touched_items", "utcnow", "write_status_file",
+    "record_estimate", "recorded_outputs", "recover", "redo_cost", "redo_cost_of_keys", "requeue", "scope_cost",
+    "scope_size", "select_rows", "size_observations", "snapshot_from_db", "sql_in", "start_run", "status_file_path",
+    "submitted_rows", "table_names", "totals", "touched_items", "unselected_count", "upstream_blocked", "utcnow",
+    "write_status_file",
 ]

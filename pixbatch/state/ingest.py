@@ -25,6 +25,7 @@ that must keep nothing on failure).
 from __future__ import annotations
 
 import hashlib
+import json
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -39,7 +40,7 @@ CHECKPOINT_ROWS = 100_000
 _NOT_PRICED = frozenset({"image", "images", "prompt"})
 _MEMO_MAX = 10_000
 _COLUMNS = ("key", "step", "op", "idx", "body", "input_id", "output_name", "upstream", "input_width",
-            "input_height", "est_low_micros", "est_high_micros", "tier")
+            "input_height", "est_low_micros", "est_high_micros", "tier", "vars")
 _INT64 = ("idx", "est_low_micros", "est_high_micros")
 _INT32 = ("input_width", "input_height")
 
@@ -89,6 +90,7 @@ class Ingest:
         self._it: Iterator[WorkItem] = iter(items)
         self._seen: set[int] = set()
         self._memo: dict[tuple[Any, ...], tuple[int, int, str]] = {}
+        self._vars_memo: dict[tuple[Any, ...], str] = {}
         self._append_only: bool | None = None
         self._unflushed = 0  # rows written since the last checkpoint  # the items table was empty when the ingest began
         self.walked = 0  # items walked (repeats included)
@@ -115,6 +117,19 @@ class Ingest:
                 self._memo[k] = hit
         return hit
 
+    def _vars(self, v: Any) -> str:
+        """An item's matrix values as JSON (``items.vars``), memoised: a manifest has few combinations."""
+        try:
+            k = tuple(v.items())
+            hit = self._vars_memo.get(k)
+        except TypeError:  # an unhashable value
+            return json.dumps(dict(v), ensure_ascii=False, default=str)
+        if hit is None:
+            hit = json.dumps(dict(v), ensure_ascii=False, default=str)
+            if len(self._vars_memo) < _MEMO_MAX:
+                self._vars_memo[k] = hit
+        return hit
+
     def batch(self) -> IngestBatch:
         """An empty batch to ``take`` into."""
         return IngestBatch(first=self.batches == 0)
@@ -125,7 +140,7 @@ class Ingest:
         responsive takes a few hundred at a time into the same batch."""
         batch = into if into is not None else self.batch()
         c = batch.cols
-        key_, step_, op_, idx_, body_, input_, name_, up_, w_, h_, lo_, hi_, tier_ = (c[x] for x in _COLUMNS)
+        key_, step_, op_, idx_, body_, input_, name_, up_, w_, h_, lo_, hi_, tier_, vars_ = (c[x] for x in _COLUMNS)
         seen, names = self._seen, self.names
         aliases = batch.aliases
         count = 0
@@ -154,6 +169,7 @@ class Ingest:
             lo_.append(lo)
             hi_.append(hi)
             tier_.append(tier)
+            vars_.append(self._vars(it.vars) if it.vars else None)
             count += 1
             if count >= n:
                 break

@@ -484,3 +484,11 @@ def m006_secrets(db: duckdb.DuckDBPyConnection) -> None:
     # callback URL of each submit (runner/callbacks.py), so that a callback can be trusted to
     # come from a request this state file sent, across runs.
     db.execute("CREATE TABLE secrets (name VARCHAR PRIMARY KEY, value VARCHAR NOT NULL)")
+
+
+@migration
+def m007_item_vars(db: duckdb.DuckDBPyConnection) -> None:
+    # items.vars: the matrix values (and inherited template variables) an item was made with, as
+    # JSON, so that a report can caption an output with what was asked ("color: red, seed: 2")
+    # without the manifest. Items ingested before this migration have none (NULL).
+    db.execute("ALTER TABLE items ADD COLUMN vars JSON")

@@ -27,15 +27,17 @@ class ItemState(StrEnum):
     ERROR = "ERROR"
     AMBIGUOUS = "AMBIGUOUS"  # the POST may have been accepted (and charged): resent only on request
     FAILED_VALIDATION = "FAILED_VALIDATION"  # the gateway refused it (400/404): not charged
+    BAD_INPUT = "BAD_INPUT"  # an input URL is unreachable or not an image (preflight): never sent, not charged
     BLOCKED = "BLOCKED"  # its upstream item ended in a blocking state
 
 
 #: an upstream item in one of these states blocks its downstream items
-BLOCKING = frozenset({ItemState.FAILED, ItemState.ERROR, ItemState.FAILED_VALIDATION, ItemState.BLOCKED,
-                      ItemState.AMBIGUOUS})
-#: settled for good: a run changes them only when told to (--force, --retry-errors)
+BLOCKING = frozenset({ItemState.FAILED, ItemState.ERROR, ItemState.FAILED_VALIDATION, ItemState.BAD_INPUT,
+                      ItemState.BLOCKED, ItemState.AMBIGUOUS})
+#: settled for good: a run changes them only when told to (--force, --retry-failed, --retry-errors);
+#: BAD_INPUT items are checked again by every run (their inputs may have been fixed)
 TERMINAL = frozenset({ItemState.COMPLETED, ItemState.FAILED, ItemState.ERROR, ItemState.FAILED_VALIDATION,
-                      ItemState.BLOCKED})
+                      ItemState.BAD_INPUT, ItemState.BLOCKED})
 #: sent (or being sent) and not settled: their reservation is committed money
 IN_FLIGHT = frozenset({ItemState.SUBMITTING, ItemState.SUBMITTED})
 #: failed by themselves (BLOCKED items failed because of another one)

@@ -55,6 +55,65 @@ class Cost:
 
 
 @dataclass(frozen=True, slots=True)
+class Redo:
+    """Finished items a retry option would send again: how many, what they were charged, what they cost again."""
+
+    items: int
+    charged_micros: int  # what they were charged so far
+    est_high_micros: int  # what sending them again costs at most
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    """The items of an expansion a run may send (``run --steps``, ``--limit``).
+
+    ``last_idx``: (step, the highest ``idx`` of that step it may send, None: all of them), in
+    manifest order; a step not listed is not sent at all.
+    """
+
+    last_idx: tuple[tuple[str, int | None], ...]
+
+    @property
+    def steps(self) -> tuple[str, ...]:
+        return tuple(s for s, _ in self.last_idx)
+
+    def until(self, step: str) -> int | None:
+        """The highest idx of ``step`` to send (None: no limit); -1 for a step not selected."""
+        return dict(self.last_idx).get(step, -1)
+
+    @staticmethod
+    def steps_of(sel: Selection | None, order: list[str]) -> list[str] | tuple[str, ...]:
+        """The steps to send: the selection's, else every step (``order``)."""
+        return order if sel is None else sel.steps
+
+    @staticmethod
+    def until_of(sel: Selection | None, step: str) -> int | None:
+        """The highest idx of ``step`` to send (None: no limit, or no selection)."""
+        return None if sel is None else sel.until(step)
+
+    def where(self, alias: str = "items") -> tuple[str, list]:
+        """An SQL condition on ``alias`` (a row of ``items``) and its parameters."""
+        if not self.last_idx:
+            return "false", []
+        parts, params = [], []
+        for step, last in self.last_idx:
+            if last is None:
+                parts.append(f"{alias}.step = ?")
+                params.append(step)
+            else:
+                parts.append(f"({alias}.step = ? AND {alias}.idx <= ?)")
+                params += [step, last]
+        return "(" + " OR ".join(parts) + ")", params
+
+
+def _selected(sel: Selection | None, alias: str = "items") -> tuple[str, list]:
+    if sel is None:
+        return "", []
+    cond, params = sel.where(alias)
+    return f" AND {cond}", params
+
+
+@dataclass(frozen=True, slots=True)
 class OpenRequest:
     """An item whose final status or charge is unknown and that has a request id to poll."""
 
@@ -129,9 +188,73 @@ def scope_cost(db: duckdb.DuckDBPyConnection, scope: str) -> Cost:
     return _cost(db, "scope = ?", [scope])
 
 
-def pending_cost(db: duckdb.DuckDBPyConnection, scope: str) -> Cost:
-    """What is left to send of an expansion: its PENDING items."""
-    return _cost(db, "scope = ? AND state = 'PENDING'", [scope])
+def pending_cost(db: duckdb.DuckDBPyConnection, scope: str, sel: Selection | None = None) -> Cost:
+    """What is left to send of an expansion: its PENDING items (of the selection, when one is given)."""
+    cond, params = _selected(sel)
+    return _cost(db, "scope = ? AND state = 'PENDING'" + cond, [scope, *params])
+
+
+def unselected_count(db: duckdb.DuckDBPyConnection, scope: str, sel: Selection | None) -> int:
+    """PENDING items of an expansion that a pilot run's selection leaves out (0 without one)."""
+    return 0 if sel is None else pending_count(db, scope) - pending_count(db, scope, sel)
+
+
+def left_to_send(db: duckdb.DuckDBPyConnection, scope: str,
+                 sel: Selection | None) -> tuple[tuple[int, int, int], int]:
+    """((PENDING items of the selection, their low and high estimate), PENDING items it leaves out)."""
+    c = pending_cost(db, scope, sel)
+    return (c.items, c.low_micros, c.high_micros), unselected_count(db, scope, sel)
+
+
+def redo_cost(db: duckdb.DuckDBPyConnection, scope: str, states: Iterable[str], *, steps: Iterable[str] | None = None,
+              sel: Selection | None = None) -> Redo:
+    """Items of an expansion in ``states`` (of ``steps``, of the selection) that a retry option would send again."""
+    cond, params = _selected(sel)
+    if steps is not None:
+        cond += " AND list_contains(?::VARCHAR[], step)"
+        params.append(list(steps))
+    n, charged, high = one(db, "SELECT count(*), coalesce(sum(charged_micros), 0), coalesce(sum(est_high_micros), 0) "
+                           f"FROM items WHERE scope = ? AND list_contains(?::VARCHAR[], state){cond}",
+                           [scope, [str(s) for s in states], *params])
+    return Redo(int(n), int(charged), int(high))
+
+
+def redo_cost_of_keys(db: duckdb.DuckDBPyConnection, keys: list[str], states: Iterable[str]) -> tuple[Redo, int]:
+    """``redo_cost`` and ``upstream_blocked`` for the items with these keys (an expansion not ingested yet)."""
+    items = charged = high = blocked = 0
+    states = [str(s) for s in states]
+    for i in range(0, len(keys), 50_000):
+        part = keys[i:i + 50_000]
+        n, c, h = one(db, "SELECT count(*), coalesce(sum(charged_micros), 0), coalesce(sum(est_high_micros), 0) "
+                      "FROM items WHERE list_contains(?::VARCHAR[], state) AND key IN (SELECT unnest(?::VARCHAR[]))",
+                      [states, part])
+        b, = one(db, """
+            WITH RECURSIVE down(key) AS (
+                SELECT i.key FROM items i JOIN items u ON u.key = i.upstream
+                WHERE i.state = 'BLOCKED' AND list_contains(?::VARCHAR[], u.state)
+                  AND u.key IN (SELECT unnest(?::VARCHAR[]))
+                UNION
+                SELECT i.key FROM items i JOIN down d ON i.upstream = d.key WHERE i.state = 'BLOCKED')
+            SELECT count(DISTINCT key) FROM down""", [states, part])
+        items, charged, high, blocked = items + int(n), charged + int(c), high + int(h), blocked + int(b)
+    return Redo(items, charged, high), blocked
+
+
+def upstream_blocked(db: duckdb.DuckDBPyConnection, scope: str, states: Iterable[str], *,
+                     steps: Iterable[str] | None = None, sel: Selection | None = None) -> int:
+    """BLOCKED items (transitively) downstream of the items ``redo_cost`` counts: sending those again unblocks them."""
+    cond, params = _selected(sel, "u")
+    if steps is not None:
+        cond += " AND list_contains(?::VARCHAR[], u.step)"
+        params.append(list(steps))
+    n, = one(db, f"""
+        WITH RECURSIVE down(key) AS (
+            SELECT i.key FROM items i JOIN items u ON u.key = i.upstream
+            WHERE i.scope = ? AND i.state = 'BLOCKED' AND list_contains(?::VARCHAR[], u.state){cond}
+            UNION
+            SELECT i.key FROM items i JOIN down d ON i.upstream = d.key WHERE i.state = 'BLOCKED')
+        SELECT count(DISTINCT key) FROM down""", [scope, [str(s) for s in states], *params])
+    return int(n)
 
 
 def in_flight_low_micros(db: duckdb.DuckDBPyConnection) -> int:
@@ -152,8 +275,10 @@ def scope_size(db: duckdb.DuckDBPyConnection, scope: str) -> int:
     return int(one(db, "SELECT count(*) FROM items WHERE scope = ?", [scope])[0])
 
 
-def pending_count(db: duckdb.DuckDBPyConnection, scope: str) -> int:
-    return int(one(db, "SELECT count(*) FROM items WHERE scope = ? AND state = 'PENDING'", [scope])[0])
+def pending_count(db: duckdb.DuckDBPyConnection, scope: str, sel: Selection | None = None) -> int:
+    cond, params = _selected(sel)
+    return int(one(db, "SELECT count(*) FROM items WHERE scope = ? AND state = 'PENDING'" + cond,
+                   [scope, *params])[0])
 
 
 def counts_by_step(db: duckdb.DuckDBPyConnection, scope: str | None) -> dict[str, dict[str, int]]:
@@ -202,8 +327,10 @@ def completed_without_media(db: duckdb.DuckDBPyConnection, scope: str) -> list[t
 
 def ready_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_idx: int, limit: int,
                states: tuple[str, ...] = (ItemState.PENDING,), *,
-               chained: bool = True) -> list[tuple[ItemRow, ItemRow | None]]:
-    """PENDING items of a step whose upstream (if any) is COMPLETED, with that upstream row.
+               chained: bool = True, until_idx: int | None = None,
+               sel: Selection | None = None) -> list[tuple[ItemRow, ItemRow | None]]:
+    """PENDING items of a step whose upstream (if any) is COMPLETED, with that upstream row
+    (up to index ``until_idx``, or the pilot selection's limit for the step: ``run --limit``).
 
     Two light queries instead of one wide join: the page's row ids (joining only the
     upstream's key and state), then those rows. At a million items the wide join took
@@ -212,6 +339,11 @@ def ready_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_idx: 
     """
     where = "i.scope = ? AND i.step = ? AND i.idx > ? AND list_contains(?::VARCHAR[], i.state)"
     params = [scope, step, after_idx, list(states)]
+    if until_idx is None:
+        until_idx = Selection.until_of(sel, step)
+    if until_idx is not None:
+        where += " AND i.idx <= ?"
+        params.append(until_idx)
     if not chained:
         rows = db.execute(f"SELECT {_COLS} FROM items i WHERE {where} ORDER BY i.idx LIMIT ?", [*params, limit]).fetchall()
         return [(ItemRow.from_db(r), None) for r in rows]

@@ -96,9 +96,18 @@ def recover(db: duckdb.DuckDBPyConnection, run_id: str, *, decide: bool = True) 
 
 def absorb_crashed_runs(db: duckdb.DuckDBPyConnection) -> int:
     """``recover(decide=False)`` on behalf of a run that was killed (no ``finished_at``):
-    called by readers that open the file read-write when no run holds it."""
+    called by readers that open the file read-write when no run holds it.
+
+    Such a run is over (no process holds the file), so its outcome becomes ``killed`` at once,
+    for ``status``, ``report``, ``runs`` and their JSON alike; its ``finished_at`` stays empty,
+    so that the next run still replays its submit log (``recover``). A run of this very
+    process is left alone: it may be running in another thread.
+    """
     row = db.execute("SELECT run_id FROM runs WHERE finished_at IS NULL ORDER BY started_at DESC LIMIT 1").fetchone()
-    return recover(db, row[0], decide=False) if row else 0
+    n = recover(db, row[0], decide=False) if row else 0
+    db.execute("UPDATE runs SET outcome = 'killed' WHERE finished_at IS NULL AND outcome = 'running' "
+               "AND pid IS DISTINCT FROM ?", [os.getpid()])
+    return n
 
 
 def open_for_reading(path: str | Path) -> duckdb.DuckDBPyConnection:
@@ -130,12 +139,14 @@ def block_downstream(db: duckdb.DuckDBPyConnection, scope: str, run_id: str) -> 
     total = 0
     while True:
         rows = db.execute(
-            "SELECT i.key, u.key, u.state FROM items i JOIN items u ON u.key = i.upstream "
+            "SELECT i.key, u.key, u.state, u.step, u.output_name, u.error FROM items i JOIN items u ON u.key = i.upstream "
             f"WHERE i.scope = ? AND i.state = 'PENDING' AND u.state IN {sql_in(BLOCKING)}", [scope]).fetchall()
         if not rows:
             return total
         keys = [r[0] for r in rows]
-        reasons = [f"upstream item {r[1]} ended {r[2]}" for r in rows]
+        # the upstream item by name and key, and why it failed: what the user needs to act on it
+        reasons = [f"upstream item {name or key} (step {step}) ended {state}" + (f": {error}" if error else "")
+                   for _, key, state, step, name, error in rows]
         db.execute("BEGIN TRANSACTION")
         try:
             db.execute("UPDATE items SET state = 'BLOCKED', error = u.reason, run_id = ?, updated_at = now()::TIMESTAMP "

@@ -65,7 +65,7 @@ class StatusSnapshot:
         return self.totals().get(ItemState.AMBIGUOUS, 0)
 
     def to_json(self) -> str:
-        return json.dumps({"version": 1, **asdict(self)}, sort_keys=True)
+        return json.dumps({"version": 1, **asdict(self)})  # steps stay in manifest order
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> StatusSnapshot:
