@@ -22,10 +22,10 @@ from .cli_options import resolve_state as _resolve_state
               show_default=True, help="Output format (html: one self-contained file with charts).")
 @click.option("-o", "--output", "output", type=PathArg(dir_okay=False, writable=True), default=None,
               help="Write the report to this file instead of stdout.")
-@click.option("--limit", type=click.IntRange(0), default=LibraryDefault("pixbatch.report:build_report", "outputs_limit"),
+@click.option("--limit", type=click.IntRange(0, 10_000_000), default=LibraryDefault("pixbatch.report:build_report", "outputs_limit"),
               show_default=True,
               help="Output files listed in table/md/html (json and csv list them all).")
-@click.option("--gallery", type=click.IntRange(0), default=LibraryDefault("pixbatch.report.gallery:build_gallery",
+@click.option("--gallery", type=click.IntRange(0, 100_000), default=LibraryDefault("pixbatch.report.gallery:build_gallery",
                                                                           "limit"),
               show_default=True, metavar="N", help="html: thumbnails embedded in the gallery (0: no gallery).")
 def report_command(manifest_path: str | None, state_path: str | None, run_id: str | None, all_items: bool,
@@ -72,7 +72,10 @@ def _write_or_echo(text: str, output: str | None, what: str) -> None:
     if output is None:
         click.echo(text, nl=False)
     else:
-        Path(output).write_text(text, "utf-8")
+        try:
+            Path(output).write_text(text, "utf-8")
+        except OSError as exc:
+            raise click.FileError(output, hint=f"{exc.strerror or exc}; choose another -o file") from None
         click.echo(f"wrote {what} to {output}", err=True)
 
 
