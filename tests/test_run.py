@@ -430,6 +430,10 @@ def test_a_gateway_that_cannot_be_reached_stops_the_run_soon_with_its_url_and_er
     assert took < 15
     states = db_rows(tmp_path / "m.pixbatch.duckdb", "SELECT state, count(*) FROM items GROUP BY 1")
     assert states == [("PENDING", 3)]  # nothing AMBIGUOUS: nothing was sent
+    listed = CliRunner().invoke(cli, ["failures", str(m), "--format", "json"])
+    unsent = json.loads(listed.output)
+    unsent = unsent["items"] if isinstance(unsent, dict) else unsent
+    assert len(unsent) == 3 and all(i["kind"] == "unsent" and "ConnectError" in i["error"] for i in unsent), unsent
 
 
 def test_failed_factor_upscales_are_charged_by_the_size_the_gateway_saw(tmp_path, emulator, image_server):

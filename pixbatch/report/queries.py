@@ -334,12 +334,13 @@ def failed_items(q: Scoped) -> list[FailedItem]:
                coalesce(json_extract_string(s.body, '$.image'), json_extract_string(s.body, '$.images[0]')) AS url,
                coalesce(u.output_name, u.key), u.state, s.error, s.charged_micros, s.key, u.error
         FROM s LEFT JOIN items u ON u.key = s.upstream
-        WHERE list_contains($states, s.state) OR (s.state = 'COMPLETED' AND s.error IS NOT NULL)
+        WHERE list_contains($states, s.state) OR (s.state IN ('COMPLETED', 'PENDING') AND s.error IS NOT NULL)
         ORDER BY s._row
         """, states=states)
     out = []
     for state, step, name, input_id, url, up, up_state, error, charged, key, up_error in rows:
-        kind = FAILED_KINDS.get(state, "check-failed")
+        # a PENDING item with an error was refused or never reached the gateway: left unsent, and why
+        kind = FAILED_KINDS.get(state, "unsent" if state == "PENDING" else "check-failed")
         if url is not None and not url.startswith(("http://", "https://")):
             url = None  # an upstream placeholder: the input is the upstream item's output
         out.append(FailedItem(kind, state, step, name, input_id, url, up, up_state, error, charged, key,

@@ -128,6 +128,7 @@ class SendLog:
         if self.on_refused is not None:
             self.on_refused(status, reason)
         if not self.in_flight or self.intent is None:
+            self.row.error = f"not sent ({status or 'no connection'}): {reason}"  # kept if the item stays unsent
             return  # no connection was ever made for this try: no intent, nothing to close
         self.in_flight = False
         self.row.state = st.PENDING
