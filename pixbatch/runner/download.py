@@ -10,7 +10,7 @@ downloads them again (never resubmits them).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from .. import state as st
@@ -123,6 +123,21 @@ class Downloader:
         if self.names(row):
             self.missing[row.key] = row.error
 
+    async def completed_pages(self, scope: str, steps: list[str],
+                              stopped: Callable[[], bool]) -> AsyncIterator[list[st.ItemRow]]:
+        """Pages of COMPLETED items with a media URL and output names that this run has not
+        downloaded, step by step in manifest order, until ``stopped()``."""
+        for step in steps:
+            after = -1
+            while not stopped():
+                rows = await self.store.call(lambda db, s=step, a=after: st.completed_page(db, scope, s, a, PAGE))
+                if not rows:
+                    break
+                after = rows[-1].idx
+                todo = [r for r in rows if r.key not in self.done and self.names(r)]
+                if todo:
+                    yield todo
+
     async def verify(self, scope: str, steps: list[str], stopped: Callable[[], bool]) -> None:
         """Completed items whose files are missing or corrupt are downloaded again (never resubmitted);
         what still has no good output is in ``missing``."""
@@ -132,32 +147,23 @@ class Downloader:
         if getattr(self.out, "copies", False):  # a bucket: one listing instead of reading every file
             await self.out.verify(self, scope, steps, stopped)
             return
-        for step in steps:
-            after = -1
-            while not stopped():
-                rows = await store.call(lambda db, s=step, a=after: st.completed_page(db, scope, s, a, PAGE))
-                if not rows:
-                    break
-                after = rows[-1].idx
-                todo = [r for r in rows if r.key not in self.done]
-                if not todo:
-                    continue
-                keys = [r.key for r in todo]
-                recorded = await store.call(lambda db: st.recorded_outputs(db, keys))
-                by_key: dict[str, dict[str, str]] = {}
-                for (k, path), sha in recorded.items():
-                    by_key.setdefault(k, {})[path] = sha
-                stale = await asyncio.to_thread(
-                    lambda: [r for r in todo if self.out.is_stale(self.names(r), by_key.get(r.key, {}))])
-                sem = asyncio.Semaphore(self.concurrency)
+        async for todo in self.completed_pages(scope, steps, stopped):
+            keys = [r.key for r in todo]
+            recorded = await store.call(lambda db: st.recorded_outputs(db, keys))
+            by_key: dict[str, dict[str, str]] = {}
+            for (k, path), sha in recorded.items():
+                by_key.setdefault(k, {})[path] = sha
+            stale = await asyncio.to_thread(
+                lambda: [r for r in todo if self.out.is_stale(self.names(r), by_key.get(r.key, {}))])
+            sem = asyncio.Semaphore(self.concurrency)
 
-                async def refetch(r: st.ItemRow) -> None:
-                    async with sem:
-                        try:
-                            await self.download(r)
-                        except (PixbatchError, OSError) as exc:
-                            self.emit("download", r.key, ok=False, error=str(exc))
-                            r.error = f"{MISSING_PREFIXES[0]}: {exc}"
-                        store.put_item(r)
+            async def refetch(r: st.ItemRow) -> None:
+                async with sem:
+                    try:
+                        await self.download(r)
+                    except (PixbatchError, OSError) as exc:
+                        self.emit("download", r.key, ok=False, error=str(exc))
+                        r.error = f"{MISSING_PREFIXES[0]}: {exc}"
+                    store.put_item(r)
 
-                await asyncio.gather(*(refetch(r) for r in stale))
+            await asyncio.gather(*(refetch(r) for r in stale))

@@ -34,7 +34,6 @@ HEAD_BYTES = 256 * 1024  # what the image check reads
 MAX_OUTPUT_BYTES = 200 * 1024 * 1024  # as gateway.MAX_MEDIA_BYTES: more is not an image the gateway made
 DEADLINE = 300.0  # seconds for one output's copy (as gateway.DOWNLOAD_DEADLINE)
 TRIES = 3
-PAGE = 2000
 
 
 class _Sink:
@@ -232,50 +231,39 @@ class S3Outputs:
 
     async def verify(self, dl: Any, scope: str, steps: list[str], stopped: Callable[[], bool]) -> None:
         """Completed items whose objects are missing or differ from the record are copied again."""
-        from .. import state as st
-
         store = dl.store
-        for step in steps:
-            after = -1
-            while not stopped():
-                rows = await store.call(lambda db, s=step, a=after: st.completed_page(db, scope, s, a, PAGE))
-                if not rows:
-                    break
-                after = rows[-1].idx
-                todo = [r for r in rows if r.key not in dl.done and dl.names(r)]
-                if not todo:
-                    continue
-                keys = [r.key for r in todo]
-                recorded = await store.call(lambda db: recorded_object_outputs(db, keys))
-                listing = await self._list()
-                work: list[tuple[Any, dict[str, str]]] = []
-                for r in todo:
-                    replace: dict[str, str] = {}
-                    stale = False
-                    for name in dl.names(r):
-                        rec = recorded.get((r.key, self.uri(name)))
-                        got = listing.get(self.loc.key(name))
-                        if rec is not None and got is not None and got.size == rec.bytes and (
-                                rec.etag is None or got.etag == rec.etag):
-                            continue
-                        stale = True
-                        if got is not None and rec is not None:
-                            replace[name] = str(got.etag)  # ours, and damaged: replace exactly what was listed
-                    if stale:
-                        work.append((r, replace))
-                sem = asyncio.Semaphore(dl.concurrency)
+        async for todo in dl.completed_pages(scope, steps, stopped):
+            keys = [r.key for r in todo]
+            recorded = await store.call(lambda db: recorded_object_outputs(db, keys))
+            listing = await self._list()
+            work: list[tuple[Any, dict[str, str]]] = []
+            for r in todo:
+                replace: dict[str, str] = {}
+                stale = False
+                for name in dl.names(r):
+                    rec = recorded.get((r.key, self.uri(name)))
+                    got = listing.get(self.loc.key(name))
+                    if rec is not None and got is not None and got.size == rec.bytes and (
+                            rec.etag is None or got.etag == rec.etag):
+                        continue
+                    stale = True
+                    if got is not None and rec is not None:
+                        replace[name] = str(got.etag)  # ours, and damaged: replace exactly what was listed
+                if stale:
+                    work.append((r, replace))
+            sem = asyncio.Semaphore(dl.concurrency)
 
-                async def recopy(r: Any, replace: dict[str, str]) -> None:
-                    async with sem:
-                        self._replace[r.key] = replace
-                        try:
-                            await dl.download(r)  # the downloader's bookkeeping (missing outputs), then copy()
-                        except (PixbatchError, OSError) as exc:
-                            dl.emit("download", r.key, ok=False, error=str(exc))
-                        else:
-                            store.put_item(r)
+            async def recopy(r: Any, replace: dict[str, str]) -> None:
+                async with sem:
+                    self._replace[r.key] = replace
+                    try:
+                        await dl.download(r)  # the downloader's bookkeeping (missing outputs), then copy()
+                    except (PixbatchError, OSError) as exc:
+                        dl.emit("download", r.key, ok=False, error=str(exc))
+                    else:
+                        store.put_item(r)
 
-                await asyncio.gather(*(recopy(r, rep) for r, rep in work))
+            await asyncio.gather(*(recopy(r, rep) for r, rep in work))
 
     async def _list(self) -> dict[str, ObjectInfo]:
         if self._listing is None:
