@@ -143,30 +143,25 @@ def conclude(stop: StopReason | None, stop_message: str | None, counts: dict[str
     return Conclusion(outcome, code, tuple(msgs))
 
 
+#: what to do about each kind of failure, naming the narrowest option ({n}: how many items)
+FAILURE_HINTS: tuple[tuple[str, str], ...] = (
+    (st.FAILED, "{n} FAILED item(s) (the gateway charges failures): re-run with --retry-failed to send those "
+                "again (and the items they blocked); only they are paid again."),
+    (st.ERROR, "{n} ERROR item(s) were not charged: re-run with --retry-errors to resubmit them (and what they "
+               "blocked)."),
+    (st.FAILED_VALIDATION, "{n} FAILED_VALIDATION item(s): the gateway refused the request (not charged); fix the "
+                           "step's parameters in the manifest and run again."),
+    (st.BAD_INPUT, "{n} BAD_INPUT item(s): an input URL could not be fetched or is not an image, so they were not "
+                   "sent (not charged). Fix the URLs and run again (every run checks them again); --no-preflight "
+                   "sends them unchecked."),
+    (st.BLOCKED, "{n} BLOCKED item(s) wait on an upstream item that did not complete; they go with the option "
+                 "that retries it."),
+)
+
+
 def _failure_hints(counts: dict[str, int]) -> list[str]:
-    """What to do about each kind of failure, naming the narrowest option."""
-    out: list[str] = []
-    n = counts.get(st.FAILED, 0)
-    if n:
-        out.append(f"{n} FAILED item(s) (the gateway charges failures): re-run with --retry-failed to send "
-                   "those again (and the items they blocked); only they are paid again.")
-    n = counts.get(st.ERROR, 0)
-    if n:
-        out.append(f"{n} ERROR item(s) were not charged: re-run with --retry-errors to resubmit them (and what "
-                   "they blocked).")
-    n = counts.get(st.FAILED_VALIDATION, 0)
-    if n:
-        out.append(f"{n} FAILED_VALIDATION item(s): the gateway refused the request (not charged); fix the "
-                   "step's parameters in the manifest and run again.")
-    n = counts.get(st.BAD_INPUT, 0)
-    if n:
-        out.append(f"{n} BAD_INPUT item(s): an input URL could not be fetched or is not an image, so they were "
-                   "not sent (not charged). Fix the URLs and run again (every run checks them again); "
-                   "--no-preflight sends them unchecked.")
-    n = counts.get(st.BLOCKED, 0)
-    if n:
-        out.append(f"{n} BLOCKED item(s) wait on an upstream item that did not complete; they go with the option "
-                   "that retries it.")
+    """What to do about each kind of failure (``FAILURE_HINTS``), then where to see them all."""
+    out = [hint.format(n=counts[state]) for state, hint in FAILURE_HINTS if counts.get(state)]
     if out:
         out.append("`pixbatch failures MANIFEST` lists every item that did not complete, with its input and error.")
     return out
