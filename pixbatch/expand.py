@@ -339,10 +339,10 @@ def expand_step(manifest: Manifest, step_id: str, *, sizes: SizeLookup | None = 
         yield row[0]
 
 
-def count_items(manifest: Manifest) -> dict[str, int]:
-    """Items per step, in step order, without expanding (reads ``from:`` files once)."""
+def count_items(manifest: Manifest, *, n_inputs: int | None = None) -> dict[str, int]:
+    """Items per step, in step order, without expanding (reads ``from:`` files once, unless
+    ``n_inputs`` says how many inputs there are)."""
     counts: dict[str, int] = {}
-    n_inputs: int | None = None
     for step in manifest.steps:
         if step.upstream is not None:
             sources = counts[step.upstream]

@@ -141,7 +141,7 @@ def build(c: Checker, data: dict[str, Any]) -> Manifest | None:
     return Manifest(path=c.path.resolve(), name=name, budget_micros=budget, output_dir=output_dir,
                     state_path=state_path, naming=naming, defaults=defaults, steps=tuple(steps),
                     sources=tuple(sources), display=c.file, located=c.loc, names_checked=False,
-                    output_uri=out_uri, uploads=up)
+                    output_uri=out_uri, uploads=up, input_count=scan.total)
 
 
 def _norm(v: Any) -> Any:

@@ -71,6 +71,9 @@ class Manifest:
     # where local inputs are uploaded: neither changes an item, so neither is in the repr
     output_uri: str | None = field(default=None, repr=False)
     uploads: UploadsConfig | None = field(default=None, repr=False)
+    # how many inputs validation counted on its pass over the sources (None: not counted), so a
+    # count needs no second pass over a million-row file; not in the repr, like the fields above
+    input_count: int | None = field(default=None, repr=False, compare=False)
 
     # -- inputs, streamed --------------------------------------------------------
 

@@ -47,6 +47,10 @@ from .prepare import Position, finish_ingest, position
 BATCH = 25_000
 #: unique items walked between two turns of the event loop (a few milliseconds of CPU)
 SLICE = 256
+#: the walk starts once the first answers are in (``started()``), or after this many seconds:
+#: the first batch is in the file, and the feeder's first page and sends should not queue
+#: behind a batch being walked and written
+START_WAIT = 1.0
 
 
 @dataclass
@@ -67,7 +71,8 @@ class IngestProgress:
 class IngestStream:
     def __init__(self, ingest: st.Ingest, store: st.Store, *, manifest: Any, run_id: str, scope: str,
                  steps: list[str], on_batch: Callable[[Position], None],
-                 on_done: Callable[[tuple[int, int], dict[str, list[str]]], None], batch: int = BATCH):
+                 on_done: Callable[[tuple[int, int], dict[str, list[str]]], None], batch: int = BATCH,
+                 started: Callable[[], bool] = lambda: True):
         self.ingest = ingest
         self.store = store
         self.manifest = manifest
@@ -77,6 +82,7 @@ class IngestStream:
         self.on_batch = on_batch
         self.on_done = on_done
         self.batch = batch
+        self.started = started
         self.progress = IngestProgress(walked=ingest.walked, items=ingest.items)
         self.t0 = time.monotonic()
 
@@ -84,7 +90,8 @@ class IngestStream:
         from ..expand import count_items
 
         try:
-            self.progress.expected = sum(count_items(self.manifest).values())
+            n = getattr(self.manifest, "input_count", None)  # validation counted them
+            self.progress.expected = sum(count_items(self.manifest, n_inputs=n).values())
         except Exception:  # noqa: BLE001 - a count is only for the display; the walk says what is there
             self.progress.expected = None
 
@@ -97,7 +104,13 @@ class IngestStream:
         the store's writer thread (DuckDB works without the GIL) while the next one is walked.
         """
         ing, store, p = self.ingest, self.store, self.progress
-        await asyncio.to_thread(self._count)
+        if getattr(self.manifest, "input_count", None) is not None:
+            self._count()  # from validation's count: no second pass over the files
+        else:
+            await asyncio.to_thread(self._count)
+        wait_until = time.monotonic() + START_WAIT
+        while not self.started() and time.monotonic() < wait_until:
+            await asyncio.sleep(0.01)
         writing: asyncio.Future | None = None
         while not ing.done:
             batch = ing.batch()
@@ -149,7 +162,8 @@ class streamer:  # noqa: N801 - a namespace of the engine's hooks around a strea
 
         stream = IngestStream(ingest, run.store, manifest=run.m, run_id=run.run_id, scope=run.scope,
                               steps=run.steps_order, on_batch=on_batch, on_done=on_done,
-                              batch=max(1, run.o.ingest_batch))
+                              batch=max(1, run.o.ingest_batch),
+                              started=lambda: bool(run.log.http) or run.stop.stopping)
         run.status.ingest = stream.progress
         return stream, streamer.start(stream, on_error=on_error)
 

@@ -138,9 +138,12 @@ def block_downstream(db: duckdb.DuckDBPyConnection, scope: str, run_id: str) -> 
     """PENDING items whose upstream ended in a blocking state become BLOCKED (transitively)."""
     total = 0
     while True:
+        # the few items that block (a scan of one column) on the hash join's build side: a join of
+        # the whole table with itself builds a million-row hash table, more than the buffer pool
         rows = db.execute(
-            "SELECT i.key, u.key, u.state, u.step, u.output_name, u.error FROM items i JOIN items u ON u.key = i.upstream "
-            f"WHERE i.scope = ? AND i.state = 'PENDING' AND u.state IN {sql_in(BLOCKING)}", [scope]).fetchall()
+            f"WITH u AS (SELECT key, state, step, output_name, error FROM items WHERE state IN {sql_in(BLOCKING)}) "
+            "SELECT i.key, u.key, u.state, u.step, u.output_name, u.error FROM items i JOIN u ON u.key = i.upstream "
+            "WHERE i.scope = ? AND i.state = 'PENDING' AND i.upstream IN (SELECT key FROM u)", [scope]).fetchall()
         if not rows:
             return total
         keys = [r[0] for r in rows]
