@@ -47,6 +47,7 @@ from typing import Any
 
 from .errors import BudgetExceeded
 from .items import WorkItem
+from .keyset import KeySet
 from .knowledge import Knowledge, megapixel_text, price_item
 from .money import format_usd
 from .plan import BLOCKING, NOT_SENT, StateView, category, read_state
@@ -209,7 +210,7 @@ class EstimateBuilder:
         self._lines: dict[tuple[str, str, str, str, str | None], list[int]] = {}
         self._plan: dict[tuple[str, str, str, str], list[int]] = {}
         self._uncertain: dict[tuple[str, str], list[Any]] = {}
-        self._seen: set[int] = set()
+        self._seen = KeySet()  # ~20 bytes a key (a set of ints: ~80)
         self._blocked: set[int] = set()  # keys of items a run would block (their upstream ended in failure)
         self._memo: dict[tuple[Any, ...], tuple[Price, str | None, tuple]] = {}
         self.unknown_inputs: set[str] = set()  # input ids of items still to pay whose input size is unknown
@@ -218,12 +219,9 @@ class EstimateBuilder:
 
     def add(self, item: WorkItem) -> Price | None:
         """Price and count one item; None (not counted) when it repeats an earlier request."""
-        if self.dedupe:
-            k = int(item.key, 16)
-            if k in self._seen:
-                self.duplicates += 1
-                return None
-            self._seen.add(k)
+        if self.dedupe and not self._seen.add(bytes.fromhex(item.key)):
+            self.duplicates += 1
+            return None
         state = self.state
         chained = item.upstream is not None
         up_out = state.output_of(item.upstream) if chained and state is not None else None  # type: ignore[arg-type]

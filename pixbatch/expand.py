@@ -277,8 +277,9 @@ def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None, light: bool 
                 if uses_key:
                     tv["key"] = key[:12]
                     name = naming.format_map(tv)
+                # the combination's own vars (shared, not copied: an item's vars are read only)
                 item = new_item(key, sid, op, body, inp.id, name, upkey, size,
-                                {**ivars, **combo.vars} if ivars else dict(combo.vars), index, text)
+                                {**ivars, **combo.vars} if ivars else combo.vars, index, text)
                 index += 1
                 yield item, inp, stem, tv
                 continue

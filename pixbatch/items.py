@@ -94,9 +94,12 @@ def _key_of_canonical(op: str, canon: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:32]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class WorkItem:
-    """One request, ready to send (but for upstream placeholders)."""
+    """One request, ready to send (but for upstream placeholders). Treat it as immutable
+    (``dataclasses.replace`` makes a changed copy): it is not frozen only because a frozen
+    dataclass's ``__init__`` costs 7x as much (1.45 us against 0.2 us), and an expansion
+    makes one per item, millions of them."""
 
     key: str
     step: str  # the manifest step id

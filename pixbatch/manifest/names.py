@@ -14,14 +14,19 @@
 from __future__ import annotations
 
 import re
+import struct
 from collections.abc import Iterable, Iterator
 from typing import Any
 
 from ..errors import ManifestError
 from ..expand import expand_step
 from ..items import WorkItem
+from ..keyset import KeySet
 from .model import Manifest, Step
 from .problems import MAX_ROW_PROBLEMS, Problem, manifest_error
+
+
+_pack = struct.Struct("<q").pack  # a str hash (a C ssize_t) as 8 bytes
 
 
 def name_escapes(name: str) -> str | None:
@@ -91,15 +96,13 @@ class NameCheck:
 
     def wrap(self, items: Iterable[WorkItem]) -> Iterator[WorkItem]:
         step: str | None = None
-        seen: set[int] = set()
+        add: Any = None
         for it in items:
             if it.step != step:
-                step, seen = it.step, set()
+                step, add = it.step, KeySet(8).add  # 8 bytes of each name's hash (~14 bytes a name)
             name = it.output_name
-            h = hash(name)
-            if h in seen or name_escapes(name):
-                self.suspect = True
-            seen.add(h)
+            if not add(_pack(hash(name))) or name_escapes(name):
+                self.suspect = True  # a repeat, or two names whose hashes share 64 bits: looked at exactly
             yield it
 
     def problems(self) -> list[Problem]:

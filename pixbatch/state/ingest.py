@@ -15,7 +15,7 @@ items while the rest are still being read:
   already in the file keep their row and state (completed results are reused) and only
   get the new ``scope``.
 
-Memory: one 128-bit integer per unique key (to tell a repeat from a new request, as the
+Memory: ~20 bytes per unique key (a ``KeySet``: to tell a repeat from a new request, as the
 estimate does), the price memo, and one batch of columns.
 
 ``ingest(db, items, ...)`` is the whole expansion at once, in one transaction (a caller
@@ -32,12 +32,12 @@ from typing import Any
 import duckdb
 
 from ..items import WorkItem
+from ..keyset import KeySet
 from ..pricing import Price, PriceTable
 from .model import IngestResult
 
 INGEST_BATCH = 20_000
-CHECKPOINT_ROWS = 100_000
-_NOT_PRICED = frozenset({"image", "images", "prompt"})
+CHECKPOINT_ROWS = 50_000
 _MEMO_MAX = 10_000
 _COLUMNS = ("key", "step", "op", "idx", "body", "input_id", "output_name", "upstream", "input_width",
             "input_height", "est_low_micros", "est_high_micros", "tier", "vars")
@@ -88,9 +88,10 @@ class Ingest:
         self.steps = list(steps)
         self.names = names  # a NameCheck whose wrap() the items already passed through, or None
         self._it: Iterator[WorkItem] = iter(items)
-        self._seen: set[int] = set()
+        self._seen = KeySet()
         self._memo: dict[tuple[Any, ...], tuple[int, int, str]] = {}
         self._vars_memo: dict[tuple[Any, ...], str] = {}
+        self._vars_by_id: dict[int, tuple[Any, str]] = {}
         self._append_only: bool | None = None
         self._unflushed = 0  # rows written since the last checkpoint  # the items table was empty when the ingest began
         self.walked = 0  # items walked (repeats included)
@@ -106,10 +107,12 @@ class Ingest:
         body = it.body
         # a chained item's input size is a prediction: its price is a range (pricing.REASON_ASSUMED)
         assumed = it.upstream is not None
+        # what a price depends on (PriceTable.price): the operation, an upscale's mode, target
+        # and factor, the input size and whether it is a prediction; nothing else of the body
+        k = (it.op, body.get("upscale_mode"), body.get("target"), body.get("factor"), it.input_size, assumed)
         try:
-            k = (it.op, it.input_size, assumed, *[(a, v) for a, v in body.items() if a not in _NOT_PRICED])
             hit = self._memo.get(k)
-        except TypeError:
+        except TypeError:  # an unhashable value where a number belongs (the price says what is wrong)
             return _priced(self.table.price(it.op, dict(body), it.input_size, assumed=assumed))
         if hit is None:
             hit = _priced(self.table.price(it.op, dict(body), it.input_size, assumed=assumed))
@@ -118,17 +121,23 @@ class Ingest:
         return hit
 
     def _vars(self, v: Any) -> str:
-        """An item's matrix values as JSON (``items.vars``), memoised: a manifest has few combinations."""
+        """An item's matrix values as JSON (``items.vars``), memoised: a manifest has few combinations,
+        and items of one combination share its dict (looked up by identity first)."""
+        hit = self._vars_by_id.get(id(v))
+        if hit is not None and hit[0] is v:
+            return hit[1]
         try:
             k = tuple(v.items())
-            hit = self._vars_memo.get(k)
+            text = self._vars_memo.get(k)
         except TypeError:  # an unhashable value
             return json.dumps(dict(v), ensure_ascii=False, default=str)
-        if hit is None:
-            hit = json.dumps(dict(v), ensure_ascii=False, default=str)
+        if text is None:
+            text = json.dumps(dict(v), ensure_ascii=False, default=str)
             if len(self._vars_memo) < _MEMO_MAX:
-                self._vars_memo[k] = hit
-        return hit
+                self._vars_memo[k] = text
+        if len(self._vars_by_id) < _MEMO_MAX:
+            self._vars_by_id[id(v)] = (v, text)  # holds v: its id stays its own
+        return text
 
     def batch(self) -> IngestBatch:
         """An empty batch to ``take`` into."""
@@ -141,7 +150,7 @@ class Ingest:
         batch = into if into is not None else self.batch()
         c = batch.cols
         key_, step_, op_, idx_, body_, input_, name_, up_, w_, h_, lo_, hi_, tier_, vars_ = (c[x] for x in _COLUMNS)
-        seen, names = self._seen, self.names
+        add, fromhex, names = self._seen.add, bytes.fromhex, self.names
         aliases = batch.aliases
         count = 0
         for it in self._it:
@@ -149,11 +158,9 @@ class Ingest:
             if names is not None and names.suspect:
                 names.verify()  # raises ManifestError (nothing of this batch is written)
                 names.suspect = False  # a hash collision of two different names
-            k = int(it.key, 16)
-            if k in seen:
+            if not add(fromhex(it.key)):
                 aliases.append((it.key, it.step, it.index, it.output_name))
                 continue
-            seen.add(k)
             lo, hi, tier = self._price(it)
             size = it.input_size
             key_.append(it.key)

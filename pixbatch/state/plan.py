@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,8 +27,8 @@ from ..knowledge import Observation
 _PARAMS = ("upscale_mode", "target", "factor", "aspect_ratio")
 _PARAM_SQL = ", ".join(f"json_extract_string(i.body, '$.{p}')" for p in _PARAMS)
 # what prices an item: an upscale's mode, target and factor (an edit has one price)
-_UPSCALE_PARAM_SQL = ", ".join(f"CASE WHEN i.op = 'upscale' THEN json_extract_string(i.body, '$.{p}') END"
-                               for p in _PARAMS)
+_UPSCALE_PARAM_SQL = ", ".join(f"CASE WHEN op = 'upscale' THEN json_extract_string(body, '$.{p}') END AS p{n}"
+                               for n, p in enumerate(_PARAMS))
 
 
 def _params(values: tuple) -> dict[str, Any]:
@@ -90,27 +91,71 @@ class PlanGroup:
     example: str | None  # "name (input id)" of the first PENDING item
 
 
+#: the buffer pool ``plan_groups`` may use (a run's is ``store.STORE_MEMORY_LIMIT``)
+PLAN_MEMORY_LIMIT = "1GB"
+
+
+@contextmanager
+def roomier(db: duckdb.DuckDBPyConnection, limit: str) -> Iterator[None]:
+    """DuckDB's memory limit raised to ``limit`` (never lowered) for one query, then put back."""
+    before = db.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
+    if _bytes(before) >= _bytes(limit):
+        yield
+        return
+    db.execute(f"SET memory_limit = '{limit}'")
+    try:
+        yield
+    finally:
+        db.execute(f"SET memory_limit = '{before}'")
+
+
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
+          "TIB": 2**40}
+
+
+def _bytes(setting: str) -> float:
+    """'122.0 MiB', '1GB' -> bytes (DuckDB's memory_limit as it prints it, or as it is set)."""
+    text = setting.strip().upper().replace(" ", "")
+    num = text.rstrip("KMGTIB")
+    return float(num) * _UNITS.get(text[len(num):] or "B", 1)
+
+
 def plan_groups(db: duckdb.DuckDBPyConnection, scope: str) -> list[PlanGroup]:
     """The items of ``scope`` grouped for a plan, steps in order of their first item."""
-    rows = db.execute(
+    # Narrow rows into the join (the body's parameters read below it, the example's text looked
+    # up afterwards for the few groups); at a million items the join still needs ~150 MB, more
+    # than a run's buffer pool (store.STORE_MEMORY_LIMIT): the pool grows for this query only
+    with roomier(db, PLAN_MEMORY_LIMIT):
+        rows = _plan_rows(db, scope)
+    wanted = [r[16] for r in rows if r[16] is not None]
+    text = dict(db.execute(
+        "SELECT rowid, coalesce(output_name, key) || ' (input ' || coalesce(input_id, '?') || ')' FROM items "
+        "SEMI JOIN (SELECT unnest(?::BIGINT[]) AS r) w ON items.rowid = w.r", [wanted]).fetchall()) if wanted else {}
+    rows = [(*r[:16], text.get(r[16])) for r in rows]
+    return [PlanGroup(r[0], r[1], r[2], None if r[3] is None else int(r[3]), bool(r[4]), _params(r[5:9]),
+                      _size(r[9], r[10]), bool(r[11]), r[12], _size(r[13], r[14]), int(r[15]), r[16])
+            for r in rows]
+
+
+def _plan_rows(db: duckdb.DuckDBPyConnection, scope: str) -> list[tuple]:
+    return db.execute(
         f"""
-        WITH g AS (
+        WITH i AS (
+          SELECT step, op, state, charged_micros, reserved_micros, {_UPSCALE_PARAM_SQL},
+                 input_width, input_height, upstream, idx, rowid AS rid
+          FROM items WHERE scope = ?),
+        g AS (
           SELECT i.step, i.op, i.state,
                  CASE WHEN i.charged_micros IS NOT NULL AND i.state IN ('COMPLETED', 'FAILED')
                       THEN i.charged_micros ELSE i.reserved_micros END AS money,
                  i.charged_micros IS NOT NULL AND i.state IN ('COMPLETED', 'FAILED') AS charged,
-                 {_UPSCALE_PARAM_SQL}, i.input_width, i.input_height, i.upstream IS NOT NULL, u.op,
+                 i.p0, i.p1, i.p2, i.p3, i.input_width, i.input_height, i.upstream IS NOT NULL, u.op,
                  CASE WHEN u.state = 'COMPLETED' THEN u.output_width END,
                  CASE WHEN u.state = 'COMPLETED' THEN u.output_height END,
                  count(*),  -- an example is needed only for what is still to pay
-                 arg_min(coalesce(i.output_name, i.key) || ' (input ' || coalesce(i.input_id, '?') || ')', i.idx)
-                   FILTER (WHERE i.state = 'PENDING'),
-                 min(i.rowid) AS first
-          FROM items i LEFT JOIN items u ON u.key = i.upstream
-          WHERE i.scope = ?
+                 arg_min(i.rid, i.idx) FILTER (WHERE i.state = 'PENDING') AS example,
+                 min(i.rid) AS first
+          FROM i LEFT JOIN (SELECT key, op, state, output_width, output_height FROM items) u ON u.key = i.upstream
           GROUP BY ALL)
         SELECT * EXCLUDE (first) FROM g ORDER BY min(first) OVER (PARTITION BY step), first
         """, [scope]).fetchall()
-    return [PlanGroup(r[0], r[1], r[2], None if r[3] is None else int(r[3]), bool(r[4]), _params(r[5:9]),
-                      _size(r[9], r[10]), bool(r[11]), r[12], _size(r[13], r[14]), int(r[15]), r[16])
-            for r in rows]
