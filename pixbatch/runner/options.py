@@ -55,7 +55,7 @@ class RunOptions:
     # that can settle the items it left AMBIGUOUS
     # unique items per write while a fresh run streams its expansion in (runner/stream.py); the
     # first batch, written before anything is sent, is at most prepare.FIRST_BATCH
-    ingest_batch: int = _opt(25_000, TUNING)
+    ingest_batch: int = _opt(10_000, TUNING)
     # -- process
     state_path: Path | None = _opt(None, PROCESS, record=False)  # default: the manifest's state path
     base_url: str = _opt(DEFAULT_BASE_URL, PROCESS)

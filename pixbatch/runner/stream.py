@@ -8,8 +8,9 @@ batch the feeder is woken (``on_batch``): the new items are sendable at once.
 
 What streaming changes, and what it keeps:
 
-- **Budget.** The total is not known before the walk ends. After every batch the pre-check
-  runs again on what is in the file so far (charged + the least the in-flight and the
+- **Budget.** The total is not known before the walk ends. After a batch (at most every
+  ``POSITION_EVERY`` seconds, and only when there is a budget) the pre-check runs again on
+  what is in the file so far (charged + the least the in-flight and the
   PENDING items of the expansion read so far can cost): a lower bound of the final figure,
   so a refusal is never wrong, and it comes as soon as the items read prove it. Items sent
   before that point fitted the budget (the ledger never lets charged + reserved pass it)
@@ -45,7 +46,7 @@ from .prepare import Position, finish_ingest, position
 #: unique items per batch after the first: big enough to keep DuckDB's per-statement cost
 #: small, small enough that a write does not hold the writer thread (and the intents queued
 #: behind it) for long
-BATCH = 25_000
+BATCH = 10_000
 #: unique items walked between two looks at the clock (about 2.5 ms of CPU)
 SLICE = 256
 #: seconds of walking between two turns of the event loop. The walk holds the GIL meanwhile, so
@@ -56,6 +57,8 @@ TURN = float(os.environ.get("PIXBATCH_INGEST_TURN", "0.02"))
 #: the first batch is in the file, and the feeder's first page and sends should not queue
 #: behind a batch being walked and written
 START_WAIT = 1.0
+#: seconds between two reads of the money position while the stream goes on (``_write``)
+POSITION_EVERY = 2.0
 
 
 @dataclass
@@ -75,9 +78,9 @@ class IngestProgress:
 
 class IngestStream:
     def __init__(self, ingest: st.Ingest, store: st.Store, *, manifest: Any, run_id: str, scope: str,
-                 steps: list[str], on_batch: Callable[[Position], None],
+                 steps: list[str], on_batch: Callable[[Position | None], None],
                  on_done: Callable[[tuple[int, int], dict[str, list[str]]], None], batch: int = BATCH,
-                 started: Callable[[], bool] = lambda: True):
+                 started: Callable[[], bool] = lambda: True, budgeted: bool = True):
         self.ingest = ingest
         self.store = store
         self.manifest = manifest
@@ -88,6 +91,8 @@ class IngestStream:
         self.on_done = on_done
         self.batch = batch
         self.started = started
+        self.budgeted = budgeted  # the budget pre-check wants the money position after the batches
+        self._next_position = 0.0
         self.progress = IngestProgress(walked=ingest.walked, items=ingest.items)
         self.t0 = time.monotonic()
 
@@ -127,8 +132,7 @@ class IngestStream:
                     turn = time.monotonic() + TURN
             if writing is not None:
                 self._written(await writing)
-            writing = asyncio.ensure_future(store.call(
-                lambda db, b=batch: (ing.write(db, b), position(db, self.scope))[1]))
+            writing = asyncio.ensure_future(store.call(lambda db, b=batch: self._write(db, b)))
         if writing is not None:
             self._written(await writing)
         est, aliases = await store.call(lambda db: finish_ingest(db, run_id=self.run_id, scope=self.scope,
@@ -136,7 +140,19 @@ class IngestStream:
         p.done, p.seconds = True, time.monotonic() - self.t0
         self.on_done(est, aliases)
 
-    def _written(self, pos: Position) -> None:
+    def _write(self, db: Any, batch: st.IngestBatch) -> Position | None:
+        """One batch into the file; the money position after it when the budget check wants it, at most
+        every ``POSITION_EVERY`` seconds and after the last (it reads every PENDING item: after every batch of a million-item
+        expansion that grows quadratic). Items sent meanwhile are held by the ledger, which never lets
+        charged + reserved pass the budget; the position only makes the refusal come early."""
+        self.ingest.write(db, batch)
+        now = time.monotonic()
+        if not self.budgeted or now < self._next_position and not self.ingest.done:
+            return None  # (the last batch always looks: the figure is then exact)
+        self._next_position = now + POSITION_EVERY
+        return position(db, self.scope)
+
+    def _written(self, pos: Position | None) -> None:
         p, ing = self.progress, self.ingest
         p.walked, p.items, p.seconds = ing.walked, ing.items, time.monotonic() - self.t0
         self.on_batch(pos)
@@ -152,8 +168,8 @@ class streamer:  # noqa: N801 - a namespace of the engine's hooks around a strea
         a failure (a bad output name: ManifestError) stops the run and is raised at its end."""
         from .outcome import StopReason, budget_refusal
 
-        def on_batch(pos: Position) -> None:
-            refusal = budget_refusal(run.ledger.cap, pos)
+        def on_batch(pos: Position | None) -> None:
+            refusal = budget_refusal(run.ledger.cap, pos) if pos is not None else None
             if refusal and not run.stop.stopping:
                 run.log.emit("budget", None, event="refused", message=refusal)
                 run.stop.request(StopReason.BUDGET, refusal)
@@ -171,7 +187,8 @@ class streamer:  # noqa: N801 - a namespace of the engine's hooks around a strea
         stream = IngestStream(ingest, run.store, manifest=run.m, run_id=run.run_id, scope=run.scope,
                               steps=run.steps_order, on_batch=on_batch, on_done=on_done,
                               batch=max(1, run.o.ingest_batch),
-                              started=lambda: bool(run.log.http) or run.stop.stopping)
+                              started=lambda: bool(run.log.http) or run.stop.stopping,
+                              budgeted=run.ledger.cap is not None)
         run.status.ingest = stream.progress
         return stream, streamer.start(stream, on_error=on_error)
 

@@ -1,0 +1,34 @@
+"""A budget that the first batch of a streamed expansion fits but the whole expansion does not.
+
+The refusal must come from the stream (the money position after a batch), stop the run
+with exit 3 before the rest is sent, and keep what was charged within the budget: a real
+run against the emulator on loopback, a real DuckDB file, a first batch of 5 items.
+"""
+
+from __future__ import annotations
+
+from pixbatch.emulator import fast_test_config, start_emulator
+from pixbatch.errors import ExitCode
+from pixbatch.manifest import load_manifest
+from pixbatch.runner import RunOptions, prepare, run
+
+
+def test_a_budget_the_rest_of_the_stream_breaks_is_refused_within_budget(tmp_path, monkeypatch):
+    monkeypatch.setattr(prepare, "FIRST_BATCH", 5)  # 5 items checked before sending; 60 more streamed
+    rows = "".join(f"i{i},https://img.test/b/{i}.png,800,600\n" for i in range(65))
+    (tmp_path / "in.csv").write_text("id,url,width,height\n" + rows)
+    m = tmp_path / "b.yaml"
+    m.write_text("version: 1\ninputs:\n  - from: in.csv\nsteps:\n  - id: e\n    op: edit\n"
+                 "    prompt: make it blue\n", "utf-8")
+    cfg = fast_test_config(render="lazy", queue_time=(0.2, 0.3), processing_time=(0.2, 0.3))
+    with start_emulator(cfg) as emu:
+        summary = run(load_manifest(m), options=RunOptions(
+            base_url=emu.url, api_key=emu.api_key, concurrency=2, poll_initial=0.05, download=False,
+            preflight=False, ingest_batch=20, budget_micros=200_000))  # $0.20: 20 edits of 65
+        charged = emu.wait_idle().charged_micros
+        submits = emu.stats()["submits"]
+    assert summary.exit_code == ExitCode.BUDGET
+    assert charged <= 200_000
+    # refused once the stream proved it (5 + 20 items read cost at least $0.25): not after the 20
+    # sends the ledger would allow on its own
+    assert submits <= 10
