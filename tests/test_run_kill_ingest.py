@@ -107,11 +107,13 @@ def test_sigkill_during_the_streaming_ingest_then_resume_loses_nothing_and_sends
         blocked_ok = db.execute("SELECT count(*) FROM items i JOIN items u ON u.key = i.upstream "
                                 "WHERE i.state = 'BLOCKED' AND u.state = 'AMBIGUOUS'").fetchone()[0]
         scopes = db.execute("SELECT count(DISTINCT scope) FROM items").fetchone()[0]
+        rows, keys = db.execute("SELECT count(*), count(DISTINCT key) FROM items").fetchone()
     finally:
         db.close()
     # two killed runs that were still reading in, then one that read the rest in and finished
     assert runs[:2] == [("killed", "partial"), ("killed", "partial")] and runs[-1][1] == "complete", runs
     assert scopes == 1
+    assert rows == keys  # one row per key: the re-walks after the kills wrote no key twice (no index enforces it)
     assert sum(states.values()) == total, states  # nothing lost: the whole expansion is in the file
     assert states["COMPLETED"] + states["AMBIGUOUS"] + states["BLOCKED"] == total, states
     assert blocked_ok == states["BLOCKED"]

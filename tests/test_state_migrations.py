@@ -50,10 +50,10 @@ def test_an_empty_file_gets_the_whole_schema_once(tmp_path):
     assert schema(db) == SCHEMA
     assert applied(db) == [name for name, _ in MIGRATIONS] == [
         "m001_probe_cache", "m002_run_state", "m003_item_scope_attempts", "m004_submit_log", "m005_object_storage",
-        "m006_secrets", "m007_item_vars"]
+        "m006_secrets", "m007_item_vars", "m008_items_unindexed"]
     assert db.execute("SELECT table_name FROM information_schema.tables WHERE table_type = 'VIEW'").fetchall() == [
         ("attempts",)]
-    assert db.execute("SELECT index_name FROM duckdb_indexes()").fetchall() == [("items_step",)]
+    assert db.execute("SELECT index_name FROM duckdb_indexes()").fetchall() == []  # m008: items has none
     assert migrate(db) == []  # nothing left to apply
     db.close()
 
@@ -73,7 +73,22 @@ def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path):
                                      "WHERE table_name = 'items'").fetchall()}
     assert "half_done" not in cols
     assert migrate(db) == ["m003_item_scope_attempts", "m004_submit_log", "m005_object_storage",
-        "m006_secrets", "m007_item_vars"]  # the real ones still apply
+        "m006_secrets", "m007_item_vars", "m008_items_unindexed"]  # the real ones still apply
+    db.close()
+
+
+def test_m008_keeps_every_item_row_in_order_and_drops_the_items_indexes(tmp_path):
+    db = duckdb.connect(str(tmp_path / "s.duckdb"))
+    migrate(db, MIGRATIONS[:7])
+    db.execute("INSERT INTO items (key, step, op, idx, body, est_low_micros, est_high_micros, state, scope, vars) "
+               "SELECT printf('%032x', 99 - i), 's', 'edit', i, '{}', 10000, 10000, 'COMPLETED', 'x', '{\"c\": 1}' "
+               "FROM range(100) t(i)")
+    before = db.execute("SELECT * FROM items ORDER BY rowid").fetchall()
+    assert migrate(db) == ["m008_items_unindexed"]
+    assert db.execute("SELECT * FROM items ORDER BY rowid").fetchall() == before
+    assert db.execute("SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'items' "
+                      "AND constraint_type = 'PRIMARY KEY'").fetchone()[0] == 0
+    assert db.execute("SELECT count(*) FROM duckdb_indexes() WHERE table_name = 'items'").fetchone()[0] == 0
     db.close()
 
 

@@ -492,3 +492,24 @@ def m007_item_vars(db: duckdb.DuckDBPyConnection) -> None:
     # JSON, so that a report can caption an output with what was asked ("color: red, seed: 2")
     # without the manifest. Items ingested before this migration have none (NULL).
     db.execute("ALTER TABLE items ADD COLUMN vars JSON")
+
+
+@migration
+def m008_items_unindexed(db: duckdb.DuckDBPyConnection) -> None:
+    # items loses its two ART indexes: the primary key on key, and items_step. An ART index
+    # lives in memory whenever rows go in (about 70 bytes a key: 69 MB at a million items, more
+    # than half of a run's 128 MB buffer pool, ~700 MB at ten million), and it cost a third of
+    # the ingest's write time (1M rows in batches of 25,000: 70,000 rows/s with it, 106,000
+    # without). Nothing needs it: every write goes by rowid or by a join (a hash join on the
+    # few rows written); keys are unique because the ingest writes each one once (a KeySet of
+    # the keys walked, or an ANTI JOIN against the file; the kill-during-ingest test checks it).
+    # items_step indexed a column with a handful of values (a scan with zonemaps does better).
+    sql = db.execute("SELECT sql FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = 'items'").fetchone()
+    pk = '"key" VARCHAR PRIMARY KEY'
+    if sql is None or pk not in sql[0]:
+        raise StateError(f"the items table has an unexpected shape: {sql[0] if sql else 'missing'}")
+    db.execute("DROP INDEX IF EXISTS items_step")
+    db.execute(sql[0].replace("CREATE TABLE items(", "CREATE TABLE items_m008(", 1).replace(pk, '"key" VARCHAR NOT NULL', 1))
+    db.execute("INSERT INTO items_m008 SELECT * FROM items ORDER BY rowid")
+    db.execute("DROP TABLE items")
+    db.execute("ALTER TABLE items_m008 RENAME TO items")
