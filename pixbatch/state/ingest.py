@@ -37,7 +37,7 @@ from ..pricing import Price, PriceTable
 from .model import IngestResult
 
 INGEST_BATCH = 20_000
-CHECKPOINT_ROWS = 200_000
+CHECKPOINT_ROWS = 60_000
 _MEMO_MAX = 10_000
 _COLUMNS = ("key", "step", "op", "idx", "body", "input_id", "output_name", "upstream", "input_width",
             "input_height", "est_low_micros", "est_high_micros", "tier", "vars")

@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import duckdb
 
 from ..knowledge import Observation
+from .memory import roomier
 
 _PARAMS = ("upscale_mode", "target", "factor", "aspect_ratio")
 _PARAM_SQL = ", ".join(f"json_extract_string(i.body, '$.{p}')" for p in _PARAMS)
@@ -93,31 +93,6 @@ class PlanGroup:
 
 #: the buffer pool ``plan_groups`` may use (a run's is ``store.STORE_MEMORY_LIMIT``)
 PLAN_MEMORY_LIMIT = "1GB"
-
-
-@contextmanager
-def roomier(db: duckdb.DuckDBPyConnection, limit: str) -> Iterator[None]:
-    """DuckDB's memory limit raised to ``limit`` (never lowered) for one query, then put back."""
-    before = db.execute("SELECT current_setting('memory_limit')").fetchall()[0][0]
-    if _bytes(before) >= _bytes(limit):
-        yield
-        return
-    db.execute(f"SET memory_limit = '{limit}'")
-    try:
-        yield
-    finally:
-        db.execute(f"SET memory_limit = '{before}'")
-
-
-_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
-          "TIB": 2**40}
-
-
-def _bytes(setting: str) -> float:
-    """'122.0 MiB', '1GB' -> bytes (DuckDB's memory_limit as it prints it, or as it is set)."""
-    text = setting.strip().upper().replace(" ", "")
-    num = text.rstrip("KMGTIB")
-    return float(num) * _UNITS.get(text[len(num):] or "B", 1)
 
 
 def plan_groups(db: duckdb.DuckDBPyConnection, scope: str) -> list[PlanGroup]:

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 import duckdb
 
 from ..errors import StateError
+from .memory import retry_roomier
 from .migrations import connect, damaged, is_damage
 from .model import Attempt, Intent, ItemRow, OutputRow, utcnow
 from .writes import insert_events, insert_log, update_items, upsert_output
@@ -38,7 +39,7 @@ T = TypeVar("T")
 _STOP = object()
 
 #: DuckDB's buffer pool for a run's state file (see ``Store.__init__``)
-STORE_MEMORY_LIMIT = "128MB"
+STORE_MEMORY_LIMIT = "64MB"
 
 
 def _resolve(f: concurrent.futures.Future | None, exc: BaseException | None = None, result: Any = None) -> None:
@@ -141,8 +142,10 @@ class Store:
         db.execute("SET checkpoint_threshold = '32MB'")
         # DuckDB keeps every block it has read or written cached up to its memory limit (80 % of
         # the machine by default): a run that writes a million items would grow by gigabytes.
-        # A bounded buffer pool evicts them (they are in the file, or spill to a temp file);
-        # the queries a run makes need far less
+        # A bounded buffer pool evicts them (they are in the file, or spill to a temp file).
+        # 64 MB: a checkpoint fills whatever pool it gets (at a million items, 128 MB put a
+        # run's peak RSS at ~345 MB, 64 MB at ~290); a commit that runs out is tried again
+        # with a roomier pool (memory.retry_roomier), and so is the plan's self-join
         db.execute(f"SET memory_limit = '{STORE_MEMORY_LIMIT}'")
         wal = Path(f"{path}.wal")
         if wal.exists() and wal.stat().st_size > 1 << 20:
@@ -355,7 +358,7 @@ class Store:
         if self._error is not None:
             raise StateError(f"state file {self.path} is not writable: {self._error}")
         intents, outcomes, waiters = pend.intents, pend.outcomes, pend.log_waiters
-        insert_log(self._db, intents, outcomes)
+        retry_roomier(lambda: insert_log(self._db, intents, outcomes), self._db)  # one INSERT: all or nothing
         self.commits += 1
         pend.intents, pend.outcomes, pend.log_waiters = [], [], []
         self.rows_committed += len(intents) + len(outcomes)
@@ -379,7 +382,8 @@ class Store:
                 db.execute(sql, params)
 
         if pend.ops:
-            self._transaction(body)
+            # one transaction, rolled back on failure: all or nothing, so it can be tried again
+            retry_roomier(lambda: self._transaction(body), self._db)
         self._pending = _Pending()
         self.rows_committed += len(pend.items) + len(pend.events)
         self._release(pend.waiters)
