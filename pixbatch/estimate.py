@@ -6,10 +6,8 @@ Three layers:
 - **Aggregation (pure).** ``EstimateBuilder`` takes work items one at a time (the stream
   ``expand()`` yields), prices each with ``knowledge.price_item`` and adds it to a line per
   (step, price tier). It keeps counters, never the items, plus a few examples of items
-  whose price is a range, so a million-item manifest is estimated in constant memory
-  (apart from one 128-bit integer per distinct item key, to count a request that appears
-  twice once: identical requests are sent once). ``estimate_items`` and ``estimate`` are
-  thin wrappers.
+  whose price is a range, in constant memory but for ~20 bytes per distinct key (a
+  ``KeySet``: a request that appears twice is sent, and counted, once).
 
 - **The plan (state-aware).** Given what a state file holds (``plan.StateView``), an item
   already there is counted where it stands (``plan.category``: paid, in flight, at risk, not
@@ -31,9 +29,8 @@ size, an output size predicted for an upstream step that has not run, an output 
 two readings of a tier boundary, factor-mode rounding. Each uncertain group says why and,
 where one exists, the manifest change that makes its price exact (``Uncertain.suggestion``).
 
-The estimate assumes every item is charged exactly once: the price table says which
-terminal statuses are charged (FAILED is, ERROR is not); retries of uncharged failures
-cost nothing and charged failures are not retried.
+Every item is assumed charged once: the price table says which terminal statuses are
+charged (FAILED is, ERROR is not); charged failures are not retried.
 
 Every amount is integer micro-dollars; ``estimate_render`` shows an estimate (JSON, tables).
 """
@@ -227,6 +224,14 @@ class EstimateBuilder:
         up_out = state.output_of(item.upstream) if chained and state is not None else None  # type: ignore[arg-type]
         price, reason, lk = self._price(item.step, item.op, item.body, item.input_size, chained,
                                         self.upstream_ops.get(item.step), up_out)
+        if state is None and reason is None and price.reason != REASON_UNKNOWN:  # the common case, as
+            self.item_count += 1  # _count does it (no example needed), without its per-call allocations
+            line = self._lines.get(lk)
+            if line is None:
+                self._lines[lk] = [1, price.low_micros, price.high_micros]
+            else:
+                line[0] += 1
+            return price
         if state is not None:
             touched = state.of(item.key)
             if touched is not None:
@@ -394,9 +399,6 @@ def estimate_items(items: Iterable[WorkItem], table: PriceTable, *, cause: Cause
 def upstream_ops(manifest: Any) -> dict[str, str]:
     """step id -> the operation of the step it feeds on, for the chained steps of ``manifest``."""
     return {s.id: manifest.step(s.upstream).op for s in manifest.steps if s.upstream is not None}
-
-
-# -- the plan from a state file alone ------------------------------------------------------
 
 
 def plan_from_groups(groups: Iterable[Any], table: PriceTable, knowledge: Knowledge, *,

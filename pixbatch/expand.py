@@ -247,19 +247,17 @@ def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None, light: bool 
             tv["stem"] = stem
             fast = combo.fast
             if fast is not None and not override:
-                # the common case: the combination's canonical body with this item's URL (and prompt)
-                body = dict(fast.body)
+                # the common case: the combination's canonical JSON around this item's URL (and prompt)
+                p = None
                 try:
                     if is_edit:
-                        body["images"] = [url, *refs] if refs else [url]
                         tv["ext"] = "jpg"
                         if fast.tail is not None:
-                            body["prompt"] = p = combo.prompt.format_map(tv)  # type: ignore[union-attr]
+                            p = combo.prompt.format_map(tv)  # type: ignore[union-attr]
                             text = fast.head + enc_url + fast.mid + _encode_str(p) + fast.tail
                         else:
                             text = fast.head + enc_url + fast.mid
                     else:
-                        body["image"] = url
                         tv["ext"] = combo.body["output_format"]
                         text = fast.head + enc_url + fast.mid
                     name = "" if uses_key or light else naming.format_map(tv)
@@ -269,11 +267,20 @@ def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None, light: bool 
                 h.update(text.encode())
                 key = h.hexdigest()[:32]
                 if light:
+                    # a chained step needs the upstream body only for its output size, which the
+                    # combination's parameters decide (not the image URLs or the prompt)
                     if uses_key:
                         tv["key"] = key[:12]
                     index += 1
-                    yield (key, body, size, {**ivars, **combo.vars} if ivars else combo.vars), inp, stem, tv
+                    yield (key, fast.body, size, {**ivars, **combo.vars} if ivars else combo.vars), inp, stem, tv
                     continue
+                body = dict(fast.body)
+                if is_edit:
+                    body["images"] = [url, *refs] if refs else [url]
+                    if p is not None:
+                        body["prompt"] = p
+                else:
+                    body["image"] = url
                 if uses_key:
                     tv["key"] = key[:12]
                     name = naming.format_map(tv)

@@ -207,7 +207,9 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
             scope, _n = st.expansion_scope(first_walk)
             check()
             if not (last and last.scope == scope and st.scope_size(db, scope)):
-                st.ingest(db, expand(sizes), scope, table, steps_order)
+                # one transaction (rolled back whole on failure): at a million items it can outgrow
+                # the small buffer pool, and is then walked again with a roomier one
+                st.retry_roomier(lambda: st.ingest(db, expand(sizes), scope, table, steps_order), db)
     if ingest is not None:
         # the first batch: checked whole (names, as each passes) before it is written
         ingest.write(db, ingest.take(max(1, min(FIRST_BATCH, options.ingest_batch))))

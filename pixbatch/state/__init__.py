@@ -94,6 +94,7 @@ from .queries import (
     unselected_count,
     upstream_blocked,
 )
+from .memory import retry_roomier
 from .plan import PlanGroup, plan_groups, size_observations, touched_items
 from .recovery import absorb_crashed_runs, block_downstream, open_for_reading, recover
 from .runs import Requeued, RunStart, finish_run, mark_ingested, record_estimate, requeue, start_run
@@ -121,7 +122,8 @@ __all__ = [
     "in_flight_count", "in_flight_low_micros", "item_row", "secret", "ingest", "insert_log", "iso_utc", "last_run", "left_to_send", "log_attempt",
     "mark_ingested", "migrate", "open_for_reading", "open_requests",
     "pending_cost", "pending_count", "plan_groups", "probed_sizes", "probes_fingerprint", "read_status", "ready_page",
-    "record_estimate", "recorded_outputs", "recover", "redo_cost", "redo_cost_of_keys", "requeue", "scope_cost",
+    "record_estimate", "recorded_outputs", "recover",
+    "retry_roomier", "redo_cost", "redo_cost_of_keys", "requeue", "scope_cost",
     "scope_size", "select_rows", "size_observations", "snapshot_from_db", "sql_in", "start_run", "status_file_path",
     "submitted_rows", "table_names", "totals", "touched_items", "unselected_count", "upstream_blocked", "utcnow",
     "write_status_file",

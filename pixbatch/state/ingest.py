@@ -24,6 +24,7 @@ that must keep nothing on failure).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
@@ -231,7 +232,8 @@ class Ingest:
                                f"(SELECT {cols} FROM _ingest_batch) n ANTI JOIN items USING (key)", [self.scope]).fetchall()
                     added = db.execute("SELECT count(*) FROM items").fetchall()[0][0] - before  # type: ignore[index]
             finally:
-                db.unregister("_ingest_batch")
+                with contextlib.suppress(duckdb.Error):  # an aborted transaction refuses it: the cause is raised
+                    db.unregister("_ingest_batch")
         if batch.aliases:
             db.execute("INSERT OR REPLACE INTO aliases (key, step, idx, output_name) SELECT unnest(?::VARCHAR[]), "
                        "unnest(?::VARCHAR[]), unnest(?::BIGINT[]), unnest(?::VARCHAR[])",

@@ -8,6 +8,7 @@ pool (the plan's self-join); :func:`roomier` raises the limit for them and puts 
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import TypeVar
@@ -31,7 +32,13 @@ def roomier(db: duckdb.DuckDBPyConnection, limit: str) -> Iterator[None]:
     try:
         yield
     finally:
-        db.execute(f"SET memory_limit = '{before}'")
+        try:
+            db.execute(f"SET memory_limit = '{before}'")
+        except duckdb.OutOfMemoryException:  # what the statement wrote is still in memory: into the file
+            with contextlib.suppress(duckdb.Error):
+                db.execute("CHECKPOINT")
+            with contextlib.suppress(duckdb.OutOfMemoryException):  # else the pool stays roomier
+                db.execute(f"SET memory_limit = '{before}'")
 
 
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30,
