@@ -33,6 +33,7 @@ What streaming changes, and what it keeps:
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import os
 import time
@@ -57,6 +58,9 @@ TURN = float(os.environ.get("PIXBATCH_INGEST_TURN", "0.02"))
 #: the first batch is in the file, and the feeder's first page and sends should not queue
 #: behind a batch being walked and written
 START_WAIT = 1.0
+#: batches handed to the writer thread and not written yet, at most: the walk goes on while they
+#: are written (a walk and a write take about as long), and waits only when the writer is behind
+WRITES_QUEUED = 2
 #: seconds between two reads of the money position while the stream goes on (``_write``)
 POSITION_EVERY = 2.0
 
@@ -121,7 +125,7 @@ class IngestStream:
         wait_until = time.monotonic() + START_WAIT
         while not self.started() and time.monotonic() < wait_until:
             await asyncio.sleep(0.01)
-        writing: asyncio.Future | None = None
+        writing: collections.deque[asyncio.Future] = collections.deque()
         while not ing.done:
             batch = ing.batch()
             turn = time.monotonic() + TURN
@@ -130,11 +134,11 @@ class IngestStream:
                 if time.monotonic() >= turn:
                     await asyncio.sleep(0)
                     turn = time.monotonic() + TURN
-            if writing is not None:
-                self._written(await writing)
-            writing = asyncio.ensure_future(store.call(lambda db, b=batch: self._write(db, b)))
-        if writing is not None:
-            self._written(await writing)
+            while len(writing) >= WRITES_QUEUED:
+                self._written(await writing.popleft())
+            writing.append(asyncio.ensure_future(store.call(lambda db, b=batch: self._write(db, b))))
+        while writing:
+            self._written(await writing.popleft())
         est, aliases = await store.call(lambda db: finish_ingest(db, run_id=self.run_id, scope=self.scope,
                                                                  steps=self.steps))
         p.done, p.seconds = True, time.monotonic() - self.t0
