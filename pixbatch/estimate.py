@@ -460,9 +460,9 @@ def estimate_manifest(manifest: Any, table: PriceTable, *, state_path: str | Pat
         names.verify()
     need = first.unknown_inputs
 
-    declared = 0
+    declared = 0 if need or manifest.sized_count is None else manifest.sized_count  # counted by validation
     url_of: dict[str, str] = {}
-    for inp in manifest.iter_inputs():
+    for inp in manifest.iter_inputs() if need or manifest.sized_count is None else ():
         if inp.size is not None:
             declared += 1
         if inp.id in need:

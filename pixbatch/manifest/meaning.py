@@ -141,7 +141,7 @@ def build(c: Checker, data: dict[str, Any]) -> Manifest | None:
     return Manifest(path=c.path.resolve(), name=name, budget_micros=budget, output_dir=output_dir,
                     state_path=state_path, naming=naming, defaults=defaults, steps=tuple(steps),
                     sources=tuple(sources), display=c.file, located=c.loc, names_checked=False,
-                    output_uri=out_uri, uploads=up, input_count=scan.total)
+                    output_uri=out_uri, uploads=up, input_count=scan.total, sized_count=scan.sized)
 
 
 def _norm(v: Any) -> Any:
@@ -247,6 +247,7 @@ class _Scan:
     sample_ids: list[str]  # up to a few thousand ids, for "did you mean"
     all_ids: bool  # sample_ids holds every id
     local: int = 0  # inputs that are local files
+    sized: int = 0  # inputs whose width and height are known (declared, or read from a local file)
 
 
 def _scan_inputs(c: Checker, sources: list[Input | FileSource], wanted: set[str]) -> _Scan:
@@ -257,7 +258,7 @@ def _scan_inputs(c: Checker, sources: list[Input | FileSource], wanted: set[str]
     source_of: dict[str, int] = {}
     source_vars: list[frozenset[str]] = []
     sample: list[str] = []
-    total = local = 0
+    total = local = sized = 0
     for si, src in enumerate(sources):
         if isinstance(src, Input):
             stream: Iterable[Input] = (src,)
@@ -279,6 +280,8 @@ def _scan_inputs(c: Checker, sources: list[Input | FileSource], wanted: set[str]
                 sample.append(inp.id)
             if inp.file is not None:
                 local += 1
+            if inp.width is not None and inp.height is not None:
+                sized += 1
         total += n
         if isinstance(src, FileSource) and (local > local0 or src.kind == "dir"):
             sources[si] = src = dc_replace(src, local=True)
@@ -301,7 +304,7 @@ def _scan_inputs(c: Checker, sources: list[Input | FileSource], wanted: set[str]
     del hashes
     if colliding:
         _report_duplicate_ids(c, sources, colliding)
-    return _Scan(found, source_of, source_vars, total, sample, total <= len(sample), local)
+    return _Scan(found, source_of, source_vars, total, sample, total <= len(sample), local, sized)
 
 
 def _source_index(c: Checker, src: FileSource) -> int:

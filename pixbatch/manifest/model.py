@@ -74,6 +74,7 @@ class Manifest:
     # how many inputs validation counted on its pass over the sources (None: not counted), so a
     # count needs no second pass over a million-row file; not in the repr, like the fields above
     input_count: int | None = field(default=None, repr=False, compare=False)
+    sized_count: int | None = field(default=None, repr=False, compare=False)  # of those, with a known size
 
     # -- inputs, streamed --------------------------------------------------------
 
