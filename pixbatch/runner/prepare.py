@@ -154,8 +154,9 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
     """On the writer thread, before anything is sent: ingest (or its first batch), record the run,
     recover, reset, totals.
 
-    Streaming: a fresh state file (no run yet), or a run whose expansion was not all read in
-    when it stopped (same fingerprint, ``ingest`` "partial"), ingests the first ``FIRST_BATCH``
+    Streaming: a fresh state file (no run yet), a changed expansion (another fingerprint), or a
+    run whose expansion was not all read in when it stopped (same fingerprint, ``ingest``
+    "partial"), ingests the first ``FIRST_BATCH``
     unique items here and hands the rest back (``Prepared.ingest``) to be streamed while the
     run sends. Options that reset items (``force``, ``retry_failed``, ``retry_errors``,
     ``retry_ambiguous``) read the whole expansion in first, so the reset sees every item it
@@ -197,13 +198,15 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
             if names:
                 names.verify()
 
-        if last is None and fingerprint is not None:
-            # a fresh state file: one walk (ingest), streamed. The fingerprint names the expansion
-            # as well as its digest would (equal fingerprints, equal expansions); a later run
-            # whose fingerprint differs computes the digest, which differs, and ingests again
+        if fingerprint is not None:
+            # a fresh state file, or a manifest (its files, the code) changed since the last run:
+            # one walk (ingest), streamed. The fingerprint names the expansion as well as its
+            # digest would (equal fingerprints, equal expansions). Keys already in the file keep
+            # their row and state and take this scope as the walk passes them: at a million items
+            # the run sends within seconds instead of after two walks and a one-transaction ingest
             scope = "f" + fingerprint[:31]
             ingest = st.Ingest(first_walk, scope, table, steps_order, names=names)
-        else:
+        else:  # the fingerprint could not be computed (a file unreadable): the expansion's digest
             scope, _n = st.expansion_scope(first_walk)
             check()
             if not (last and last.scope == scope and st.scope_size(db, scope)):
