@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import operator
 import json
 import os
 import re
@@ -199,6 +200,7 @@ def _output_size(op: str, body: Mapping[str, Any], size: Size | None) -> Size | 
 
 # (item, input it descends from, stem, template variables)
 _Row = tuple[WorkItem, Input, str, dict[str, Any]]
+_first = operator.itemgetter(0)
 
 
 def _sources(manifest: Manifest, step: Step, sizes: SizeLookup | None
@@ -337,14 +339,12 @@ def expand(manifest: Manifest, *, sizes: SizeLookup | None = None) -> Iterator[W
     may return None); chained items get the size their upstream will produce.
     """
     for step in manifest.steps:
-        for row in _rows(manifest, step, sizes):
-            yield row[0]
+        yield from map(_first, _rows(manifest, step, sizes))  # (map: no Python frame per item)
 
 
 def expand_step(manifest: Manifest, step_id: str, *, sizes: SizeLookup | None = None) -> Iterator[WorkItem]:
     """The work items of one step (its upstream steps are re-generated, not yielded)."""
-    for row in _rows(manifest, manifest.step(step_id), sizes):
-        yield row[0]
+    yield from map(_first, _rows(manifest, manifest.step(step_id), sizes))
 
 
 def count_items(manifest: Manifest, *, n_inputs: int | None = None) -> dict[str, int]:

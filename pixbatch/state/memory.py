@@ -18,7 +18,7 @@ import duckdb
 T = TypeVar("T")
 
 #: how far the pool grows, once, for a commit that ran out of the small one (``retry_roomier``)
-RETRY_MEMORY_LIMIT = "1GB"
+RETRY_MEMORY_LIMIT = "2GB"
 
 
 @contextmanager

@@ -22,7 +22,7 @@ from typing import Any
 import duckdb
 
 from ..knowledge import Observation
-from .memory import roomier
+from .memory import retry_roomier, roomier
 
 _PARAMS = ("upscale_mode", "target", "factor", "aspect_ratio")
 _PARAM_SQL = ", ".join(f"json_extract_string(i.body, '$.{p}')" for p in _PARAMS)
@@ -92,7 +92,7 @@ class PlanGroup:
 
 
 #: the buffer pool ``plan_groups`` may use (a run's is ``store.STORE_MEMORY_LIMIT``)
-PLAN_MEMORY_LIMIT = "1GB"
+PLAN_MEMORY_LIMIT = "256MB"
 
 
 def plan_groups(db: duckdb.DuckDBPyConnection, scope: str) -> list[PlanGroup]:
@@ -100,8 +100,8 @@ def plan_groups(db: duckdb.DuckDBPyConnection, scope: str) -> list[PlanGroup]:
     # Narrow rows into the join (the body's parameters read below it, the example's text looked
     # up afterwards for the few groups); at a million items the join still needs ~150 MB, more
     # than a run's buffer pool (store.STORE_MEMORY_LIMIT): the pool grows for this query only
-    with roomier(db, PLAN_MEMORY_LIMIT):
-        rows = _plan_rows(db, scope)
+    with roomier(db, PLAN_MEMORY_LIMIT):  # read only: tried again with more room if that is not enough
+        rows = retry_roomier(lambda: _plan_rows(db, scope), db)
     wanted = [r[16] for r in rows if r[16] is not None]
     text = dict(db.execute(
         "SELECT rowid, coalesce(output_name, key) || ' (input ' || coalesce(input_id, '?') || ')' FROM items "
