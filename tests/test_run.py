@@ -376,7 +376,8 @@ def test_webhook_mode_wakes_items_up_instead_of_polling(tmp_path, emulator, imag
     assert emulator.ledger().charged_micros == s.charged_total_micros
 
 
-def test_a_resume_over_budget_collects_paid_items_before_refusing_new_ones(tmp_path, image_server):
+@pytest.mark.parametrize("budget", [40_000 - 1, 0])  # 0: below what the items in flight already committed
+def test_a_resume_over_budget_collects_paid_items_before_refusing_new_ones(tmp_path, image_server, budget):
     urls = [image_server.add(f"b{i}.png", (320, 240)) for i in range(4)]
     m = load_manifest(write_manifest(tmp_path, urls, "  - id: e\n    op: edit\n    prompt: p\n"))
     with start_emulator(fast_test_config(poll_500_rate=1.0, balance_micros=20_000)) as emu:
@@ -387,7 +388,7 @@ def test_a_resume_over_budget_collects_paid_items_before_refusing_new_ones(tmp_p
         emu.topup(1_000_000)
         emu.wait_idle()
         # the budget no longer covers the PENDING items, but the SUBMITTED ones are paid for: collected first
-        again = run(m, options=opts(emu, budget_micros=40_000 - 1))
+        again = run(m, options=opts(emu, budget_micros=budget))
         ledger = emu.ledger()
     assert again.outcome == "budget" and again.exit_code == 3
     assert again.counts["COMPLETED"] == 2 and again.counts["PENDING"] == 2 and again.submits == 0

@@ -54,6 +54,16 @@ def test_a_charge_above_the_reservation_that_breaks_the_cap_is_a_bug():
         ledger.settle(reserved=10_000, charge=10_001)
 
 
+def test_a_budget_lowered_below_what_is_committed_lets_the_items_in_flight_settle_and_fits_nothing():
+    ledger = BudgetLedger(cap=0, committed=320_000)  # a resume with --budget 0 and 32 items in flight
+    ledger.settle(reserved=10_000, charge=10_000)  # charged what was reserved: no new money
+    ledger.settle(reserved=10_000, charge=5_000)
+    ledger.release(10_000)
+    assert ledger.committed == 305_000 and not ledger.try_reserve(1) and not ledger.try_reserve(0)
+    with pytest.raises(AssertionError, match="budget invariant"):
+        ledger.settle(reserved=10_000, charge=10_001)  # above its reservation, over the cap: a bug
+
+
 @given(hs.integers(0, 50_000), hs.lists(hs.tuples(hs.sampled_from("rRs"), hs.integers(0, 10_000),
                                                    hs.integers(0, 100)), max_size=80))
 def test_interleaved_reserve_release_settle_never_go_over_the_cap(cap, ops):

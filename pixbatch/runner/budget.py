@@ -10,8 +10,12 @@ because each reservation is committed with the item's submit intent, neither can
 - ``release(amount)``: the request was definitely not accepted: give the reservation back.
 - ``settle(reserved, charge)``: the gateway's final answer: the reservation becomes the charge.
 
-The invariant ``committed <= cap`` is checked on every change: breaking it is a bug in
-pixbatch, never a user error, so it raises ``AssertionError``.
+The invariant: nothing this ledger adds takes ``committed`` over the cap. It is checked on
+every increase (a reservation, a charge above its reservation): breaking it is a bug in
+pixbatch, never a user error, so it raises ``AssertionError``. ``committed`` may start above
+the cap (a resume with a budget lowered below what earlier runs committed): the items in
+flight then settle and release as usual (each only lowers it or keeps it), and nothing new
+fits.
 """
 
 from __future__ import annotations
@@ -41,5 +45,5 @@ class BudgetLedger:
     def _change(self, delta: int) -> None:
         self.committed += delta
         self.peak = max(self.peak, self.committed)
-        if self.cap is not None and self.committed > self.cap:
+        if delta > 0 and self.cap is not None and self.committed > self.cap:
             raise AssertionError(f"budget invariant broken: committed {self.committed} > budget {self.cap}")
