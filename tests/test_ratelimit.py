@@ -143,7 +143,7 @@ class Seen:
 
 
 async def drive(rl: AdaptiveRateLimiter, gateway, *, items: int, concurrency: int, job: float = 0.0,
-                latency: float = 0.005, seed: int = 1) -> Seen:
+                latency: float = 0.005, seed: int = 1, jitter: int | None = None) -> Seen:
     """``items`` submits through ``retrying`` and ``rl``; each accepted item holds its slot ``job`` s."""
     loop = asyncio.get_running_loop()
     rng = random.Random(seed)
@@ -169,13 +169,16 @@ async def drive(rl: AdaptiveRateLimiter, gateway, *, items: int, concurrency: in
             if job:
                 await asyncio.sleep(job * rng.uniform(0.5, 1.5))
 
-    # HTTP dates are read against the wall clock: make it follow the virtual one (deterministic runs)
-    real_time = time.time
+    # HTTP dates are read against the wall clock: make it follow the virtual one; and the backoff's
+    # jitter comes from the random module: seed it (deterministic runs, whatever ran before)
+    real_time, state = time.time, random.getstate()
     time.time = lambda: 1_800_000_000.0 + loop.time()
+    random.seed(jitter if jitter is not None else seed)
     try:
         await asyncio.gather(*(worker() for _ in range(concurrency)))
     finally:
         time.time = real_time
+        random.setstate(state)
     seen.end = loop.time()
     return seen
 
@@ -185,10 +188,10 @@ def share(seen: Seen) -> float:
 
 
 def run_scenario(gateway, *, items: int, concurrency: int = 64, job: float = 0.0, max_rps=None, seed: int = 1,
-                 **kw) -> tuple[AdaptiveRateLimiter, Seen]:
+                 jitter: int | None = None, **kw) -> tuple[AdaptiveRateLimiter, Seen]:
     async def main():
         rl = limiter(max_rps, **kw)
-        return rl, await drive(rl, gateway, items=items, concurrency=concurrency, job=job, seed=seed)
+        return rl, await drive(rl, gateway, items=items, concurrency=concurrency, job=job, seed=seed, jitter=jitter)
 
     return virtual_run(main())
 
@@ -347,6 +350,15 @@ def test_throttling_whatever_the_rate_does_not_ratchet_the_rate_down(seed):
     rl, seen = run_scenario(Throttle(0.15), items=1000, job=2.0, seed=seed)
     assert free.end / seen.end >= 0.8  # items/s against the same run without throttling
     assert rl.learned is None and 0.08 <= rl.budget <= 0.25  # no limit confirmed; the budget near the share
+
+
+@pytest.mark.xfail(strict=True, reason="known defect: under a 15 % background of 429s, a check sample at the lower "
+                   "rate that happens to see few of them confirms a limit that is not there; 6 of 300 jitter seeds "
+                   "learn ~20/s and go at 0.63x")
+def test_throttling_never_confirms_a_limit_that_is_not_there():
+    _, free = run_scenario(Throttle(0.0), items=1000, job=2.0, seed=3, jitter=38)
+    rl, seen = run_scenario(Throttle(0.15), items=1000, job=2.0, seed=3, jitter=38)
+    assert rl.learned is None and free.end / seen.end >= 0.8
 
 
 def test_throttling_under_a_ceiling_keeps_the_ceiling():
