@@ -12,6 +12,7 @@ from datetime import datetime
 
 import duckdb
 
+from .memory import retry_roomier
 from .model import IN_FLIGHT, ROW_COLUMNS, ItemRow, ItemState, Totals, sql_in
 
 _COLS = ", ".join(f"i.{c}" for c in (*ROW_COLUMNS, "rowid"))
@@ -347,10 +348,12 @@ def ready_page(db: duckdb.DuckDBPyConnection, scope: str, step: str, after_idx: 
     if not chained:
         rows = db.execute(f"SELECT {_COLS} FROM items i WHERE {where} ORDER BY i.idx LIMIT ?", [*params, limit]).fetchall()
         return [(ItemRow.from_db(r), None) for r in rows]
-    ids = db.execute(
+    # (a join of the table with itself: at a million items it can outgrow a run's small pool, and
+    # is a read, so it is tried again with a roomier one)
+    ids = retry_roomier(lambda: db.execute(
         f"SELECT i.rowid, u.rowid FROM items i LEFT JOIN (SELECT key, state, rowid FROM items) u ON u.key = i.upstream "
         f"WHERE {where} AND (i.upstream IS NULL OR u.state = 'COMPLETED') ORDER BY i.idx LIMIT ?",
-        [*params, limit]).fetchall()
+        [*params, limit]).fetchall(), db)
     if not ids:
         return []
     want = [a for a, _ in ids] + [b for _, b in ids if b is not None]

@@ -138,12 +138,15 @@ def block_downstream(db: duckdb.DuckDBPyConnection, scope: str, run_id: str) -> 
     """PENDING items whose upstream ended in a blocking state become BLOCKED (transitively)."""
     total = 0
     while True:
-        # the few items that block (a scan of one column) on the hash join's build side: a join of
-        # the whole table with itself builds a million-row hash table, more than the buffer pool
-        rows = db.execute(
-            f"WITH u AS (SELECT key, state, step, output_name, error FROM items WHERE state IN {sql_in(BLOCKING)}) "
-            "SELECT i.key, u.key, u.state, u.step, u.output_name, u.error FROM items i JOIN u ON u.key = i.upstream "
-            "WHERE i.scope = ? AND i.state = 'PENDING' AND i.upstream IN (SELECT key FROM u)", [scope]).fetchall()
+        # two narrow steps (a semi-join on the blocking keys, then those few upstream rows): a join
+        # of the table with itself built a hash table of every PENDING item, more than the pool holds
+        pairs = db.execute(
+            "SELECT i.key, i.upstream FROM items i WHERE i.scope = ? AND i.state = 'PENDING' AND i.upstream IN "
+            f"(SELECT key FROM items WHERE state IN {sql_in(BLOCKING)})", [scope]).fetchall()
+        ups = {u[0]: u for u in db.execute(
+            "SELECT key, state, step, output_name, error FROM items WHERE key IN (SELECT unnest(?::VARCHAR[]))",
+            [list({up for _, up in pairs})]).fetchall()} if pairs else {}
+        rows = [(key, *ups[up]) for key, up in pairs if up in ups]
         if not rows:
             return total
         keys = [r[0] for r in rows]
