@@ -274,6 +274,7 @@ def finish_ingest(db: Any, *, run_id: str, scope: str, steps: list[str]) -> tupl
     """The streamed expansion is all in: record it (a resume reuses it), block what waits on
     failures, and return the expansion's estimate and aliases."""
     st.mark_ingested(db, run_id)
+    db.execute("CHECKPOINT")  # the last batches, out of the small pool: the queries below need room
     st.block_downstream(db, scope, run_id)
     est = st.scope_cost(db, scope)
     st.record_estimate(db, run_id, est.low_micros, est.high_micros)

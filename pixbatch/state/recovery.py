@@ -13,6 +13,7 @@ import duckdb
 
 from ..errors import StateError, StateLocked
 from .migrations import connect, reading
+from .memory import retry_roomier
 from .model import BLOCKING, sql_in
 
 _AMBIGUOUS_ERROR = ("the run stopped between sending this request and recording its answer: it may have been "
@@ -140,9 +141,13 @@ def block_downstream(db: duckdb.DuckDBPyConnection, scope: str, run_id: str) -> 
     while True:
         # two narrow steps (a semi-join on the blocking keys, then those few upstream rows): a join
         # of the table with itself built a hash table of every PENDING item, more than the pool holds
-        pairs = db.execute(
+        # (most often nothing has failed: one scan of a column says so; the join is a read, tried
+        # again with a roomier pool if the run's small one is full)
+        if not db.execute(f"SELECT count(*) FROM items WHERE state IN {sql_in(BLOCKING)}").fetchall()[0][0]:
+            return total
+        pairs = retry_roomier(lambda: db.execute(
             "SELECT i.key, i.upstream FROM items i WHERE i.scope = ? AND i.state = 'PENDING' AND i.upstream IN "
-            f"(SELECT key FROM items WHERE state IN {sql_in(BLOCKING)})", [scope]).fetchall()
+            f"(SELECT key FROM items WHERE state IN {sql_in(BLOCKING)})", [scope]).fetchall(), db)
         ups = {u[0]: u for u in db.execute(
             "SELECT key, state, step, output_name, error FROM items WHERE key IN (SELECT unnest(?::VARCHAR[]))",
             [list({up for _, up in pairs})]).fetchall()} if pairs else {}
