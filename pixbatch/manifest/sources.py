@@ -235,19 +235,26 @@ class _RowError(Exception):
 
 
 class _LastLine:
-    """Line iterator that remembers the last raw line (for column numbers in CSV problems)."""
+    """``_lines(f)`` that remembers the last raw line (for column numbers in CSV problems); one
+    frame per line instead of a generator's and an iterator's (a million-row file, read per walk)."""
 
-    __slots__ = ("f", "last")
+    __slots__ = ("readline", "last", "lineno")
 
     def __init__(self, f: Any):
-        self.f, self.last = _lines(f), ""
+        self.readline, self.last, self.lineno = f.readline, "", 0
 
     def __iter__(self) -> _LastLine:
         return self
 
     def __next__(self) -> str:
-        self.last = next(self.f)
-        return self.last
+        line = self.readline(MAX_LINE + 1)
+        if not line:
+            raise StopIteration
+        self.lineno += 1
+        if len(line) > MAX_LINE:
+            raise _LongLine(self.lineno)
+        self.last = line
+        return line
 
 
 def _field_starts(line: str) -> list[int]:
@@ -342,7 +349,10 @@ def _csv_input(src: FileSource, row: list[str], lineno: int, iu: int | None, ii:
     w = h = None
     ws = row[iw].strip() if iw is not None and iw < n else ""
     hs = row[ih].strip() if ih is not None and ih < n else ""
-    if ws or hs:
+    if (ws and hs and ws.isascii() and hs.isascii() and ws.isdigit() and hs.isdigit() and ws[0] != "0" != hs[0]
+            and len(ws) < 9 and len(hs) < 9 and int(ws) <= MAX_SIDE and int(hs) <= MAX_SIDE):
+        w, h = int(ws), int(hs)  # the common case: both plain numbers (the checks below, passed at once)
+    elif ws or hs:
         if not ws:
             raise _RowError(iw, "width", "height is given without width", "give both width and height, or neither")
         if not hs:
