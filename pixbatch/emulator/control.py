@@ -52,7 +52,12 @@ class RunningEmulator:
         return {"Ocp-Apim-Subscription-Key": self.api_key, "Content-Type": "application/json"}
 
     def _get(self, path: str, **params: Any) -> Any:
-        r = self._client.get(self.url + path, params=params)
+        try:
+            r = self._client.get(self.url + path, params=params)
+        except (httpx.ReadError, httpx.RemoteProtocolError):
+            # a kept-alive connection the server closed (uvicorn: after 5 s idle) just as it was
+            # reused: a GET of the control API is safe to send again, once, on a new connection
+            r = self._client.get(self.url + path, params=params)
         r.raise_for_status()
         return r.json()
 
