@@ -460,9 +460,10 @@ def estimate_manifest(manifest: Any, table: PriceTable, *, state_path: str | Pat
         names.verify()
     need = first.unknown_inputs
 
-    declared = 0 if need or manifest.sized_count is None else manifest.sized_count  # counted by validation
+    counted = not need and manifest.sized_count is not None  # validation counted the sized inputs
+    declared = manifest.sized_count if counted else 0
     url_of: dict[str, str] = {}
-    for inp in manifest.iter_inputs() if need or manifest.sized_count is None else ():
+    for inp in () if counted else manifest.iter_inputs():
         if inp.size is not None:
             declared += 1
         if inp.id in need:

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import hashlib
 import itertools
-import operator
 import json
+import operator
 import os
 import re
 from collections.abc import Callable, Iterator, Mapping

@@ -235,26 +235,19 @@ class _RowError(Exception):
 
 
 class _LastLine:
-    """``_lines(f)`` that remembers the last raw line (for column numbers in CSV problems); one
-    frame per line instead of a generator's and an iterator's (a million-row file, read per walk)."""
+    """Line iterator that remembers the last raw line (for column numbers in CSV problems)."""
 
-    __slots__ = ("readline", "last", "lineno")
+    __slots__ = ("f", "last")
 
     def __init__(self, f: Any):
-        self.readline, self.last, self.lineno = f.readline, "", 0
+        self.f, self.last = _lines(f), ""
 
     def __iter__(self) -> _LastLine:
         return self
 
     def __next__(self) -> str:
-        line = self.readline(MAX_LINE + 1)
-        if not line:
-            raise StopIteration
-        self.lineno += 1
-        if len(line) > MAX_LINE:
-            raise _LongLine(self.lineno)
-        self.last = line
-        return line
+        self.last = next(self.f)
+        return self.last
 
 
 def _field_starts(line: str) -> list[int]:

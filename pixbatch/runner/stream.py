@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -53,7 +52,7 @@ SLICE = 256
 #: seconds of walking between two turns of the event loop. The walk holds the GIL meanwhile, so
 #: the sends wait up to this long; in exchange the expansion is all in (the budget check exact,
 #: the total known) in a fraction of the time it takes when the walk yields every slice
-TURN = float(os.environ.get("PIXBATCH_INGEST_TURN", "0.02"))
+TURN = 0.02
 #: the walk starts once the first answers are in (``started()``), or after this many seconds:
 #: the first batch is in the file, and the feeder's first page and sends should not queue
 #: behind a batch being walked and written
