@@ -216,8 +216,8 @@ class EstimateBuilder:
 
     def add(self, item: WorkItem) -> Price | None:
         """Price and count one item; None (not counted) when it repeats an earlier request."""
-        if self.dedupe and not self._seen.add(bytes.fromhex(item.key)):
-            self.duplicates += 1
+        if self.dedupe and not (self._seen.add(bytes.fromhex(item.key)) if item.first is None else item.first):
+            self.duplicates += 1  # a repeat (the walk knows, expand(..., unique=True), or the KeySet tells)
             return None
         state = self.state
         chained = item.upstream is not None
@@ -425,7 +425,7 @@ def estimate(manifest: Any, table: PriceTable, *, sizes: Callable[[str], Size | 
     from .expand import expand
 
     b = EstimateBuilder(table, cause=cause, knowledge=knowledge, state=state, upstream_ops=upstream_ops(manifest))
-    for item in expand(manifest, sizes=sizes):
+    for item in expand(manifest, sizes=sizes, unique=True):
         b.add(item)
     return _finish(b, size_summary)
 
@@ -454,7 +454,7 @@ def estimate_manifest(manifest: Any, table: PriceTable, *, state_path: str | Pat
     ops = upstream_ops(manifest)
     first = EstimateBuilder(table, knowledge=knowledge, state=view, upstream_ops=ops)
     names = NameCheck(manifest) if check_names or not manifest.names_checked else None
-    for item in names.wrap(expand(manifest)) if names else expand(manifest):
+    for item in names.wrap(expand(manifest, unique=True)) if names else expand(manifest, unique=True):
         first.add(item)
     if names:
         names.verify()

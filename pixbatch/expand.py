@@ -15,7 +15,8 @@ template variables of each combination, the stem suffix. Per item only the input
 
 Items are yielded source-major: for every source image, every matrix combination, in the
 order written (the last matrix key varies fastest). Identical requests yield identical
-keys; both are yielded (the runner deduplicates).
+keys; both are yielded, and ``expand(..., unique=True)`` marks which one came first
+(``WorkItem.first``; usually known per source image, without a lookup per item).
 
 Layering: this module reads the lower modules of :mod:`pixbatch.manifest` (``model``,
 ``sources``, ``templates``, ``problems``); the output-name check that walks the expansion
@@ -39,10 +40,11 @@ from . import contract
 from .errors import ManifestError
 from .contract import ENDPOINTS
 from .items import WorkItem, canonical_body, canonical_json, upstream_ref
+from .keyset import KeySet
 from .manifest.model import Manifest, Step
 from .manifest.problems import Problem
 from .manifest.sources import Input
-from .manifest.templates import template_fields, template_value
+from .manifest.templates import BUILTIN_VARS, template_fields, template_value
 from .sizes import Size, output_size
 
 SizeLookup = Callable[[str], "Size | None"]
@@ -145,7 +147,12 @@ def _plan(manifest: Manifest, step: Step) -> _Plan:
                 body[k] = v
             mvars[k] = v
         prompt = body.get("prompt") if step.op == "edit" else None
-        prompt = prompt if _has_fields(prompt) else None
+        if _has_fields(prompt):
+            rendered = _combo_prompt(prompt, mvars)
+            if rendered is not None:  # the same for every item of the combination: in its canonical JSON
+                body["prompt"], prompt = rendered, None
+        else:
+            prompt = None
         combos.append(_Combo(
             body=body, vars=mvars, tvars={k: template_value(v) for k, v in mvars.items()},
             suffix="".join("-" + stem_part(v) for v in values), prompt=prompt,
@@ -155,6 +162,21 @@ def _plan(manifest: Manifest, step: Step) -> _Plan:
                  any(n == "key" for n, _ in template_fields(step.naming)))
 
 
+def _combo_prompt(prompt: str, mvars: Mapping[str, Any]) -> str | None:
+    """A prompt whose placeholders are all matrix values, rendered once for its combination (as each
+    item would render it: a matrix value outranks an input's variable of that name); None when it
+    names anything else (an input's variable, a built-in), or fails (rendered per item, which says
+    which input)."""
+    try:
+        names = {n for n, _ in template_fields(prompt)}
+        if not names <= mvars.keys() or names & _BUILTINS:
+            return None
+        return prompt.format_map({k: template_value(v) for k, v in mvars.items()})
+    except (KeyError, ValueError, IndexError):
+        return None
+
+
+_BUILTINS = frozenset(BUILTIN_VARS)
 _URL_MARK, _PROMPT_MARK = "\x00pixbatch-url\x00", "\x00pixbatch-prompt\x00"
 
 
@@ -203,32 +225,42 @@ _Row = tuple[WorkItem, Input, str, dict[str, Any]]
 _first = operator.itemgetter(0)
 
 
-def _sources(manifest: Manifest, step: Step, sizes: SizeLookup | None
-             ) -> Iterator[tuple[Input, str, str | None, Size | None, Mapping[str, Any], Mapping[str, Any], str]]:
-    """(input, main image URL, upstream key, input size, inherited vars, inherited template vars, stem)."""
+def _sources(manifest: Manifest, step: Step, sizes: SizeLookup | None, unique: bool = False
+             ) -> Iterator[tuple[Input, str, str | None, Size | None, Mapping[str, Any], Mapping[str, Any], str,
+                                 bool | None]]:
+    """(input, main image URL, upstream key, input size, inherited vars, inherited template vars, stem,
+    first). ``first`` (``unique`` only, else None): whether no earlier source of the step had this main
+    image (a root input's URL, or an upstream item's key: a repeated upstream item repeats its URL)."""
     up = step.upstream
     if up is not None:
         upstep = manifest.step(up)
         upop = upstep.op
-        for (key, body, in_size, ivars), inp, stem, tv in _rows(manifest, upstep, sizes, light=True):
+        for (key, body, in_size, ivars, first), inp, stem, tv in _rows(manifest, upstep, sizes, light=True,
+                                                                       unique=unique):
             size = _output_size(upop, body, in_size)
-            yield inp, upstream_ref(key), key, size, ivars, tv, stem
+            yield inp, upstream_ref(key), key, size, ivars, tv, stem, first
         return
     if step.input_ids is not None:
         found = manifest.find_inputs(step.input_ids)
         inputs: Any = (found[i] for i in step.input_ids if i in found)
     else:
         inputs = manifest.iter_inputs()
+    urls = KeySet() if unique else None
+    first = None
     for inp in inputs:
         size = inp.size
         if size is None and sizes is not None:
             size = sizes(inp.url)
-        yield inp, inp.url, None, size, inp.vars, inp.vars, inp.id
+        if urls is not None:
+            first = urls.add(_sha256(inp.url.encode()).digest()[:16])
+        yield inp, inp.url, None, size, inp.vars, inp.vars, inp.id, first
 
 
-def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None, light: bool = False) -> Iterator[Any]:
+def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None, light: bool = False,
+          unique: bool = False) -> Iterator[Any]:
     """The step's rows (``_Row``). ``light``: for a step chained on this one, which needs only
-    (key, body, input size, vars) of each item: no WorkItem, no output name."""
+    (key, body, input size, vars, first) of each item: no WorkItem, no output name. ``unique``:
+    the expansion passed ``_repeats_follow_sources`` (each item's ``first`` is its source's)."""
     plan = _plan(manifest, step)
     sid, op, refs, naming = step.id, step.op, list(plan.refs), plan.naming
     is_edit = op == "edit"
@@ -236,7 +268,7 @@ def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None, light: bool 
     build = WorkItem.build
     new_item = WorkItem
     index = 0
-    for inp, url, upkey, size, ivars, itvars, stem0 in _sources(manifest, step, sizes):
+    for inp, url, upkey, size, ivars, itvars, stem0, first in _sources(manifest, step, sizes, unique):
         override = inp.params.get(op) if inp.params else None
         oprompt = override.get("prompt") if override else None
         enc_url = _encode_str(url)
@@ -274,7 +306,7 @@ def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None, light: bool 
                     if uses_key:
                         tv["key"] = key[:12]
                     index += 1
-                    yield (key, fast.body, size, {**ivars, **combo.vars} if ivars else combo.vars), inp, stem, tv
+                    yield (key, fast.body, size, {**ivars, **combo.vars} if ivars else combo.vars, first), inp, stem, tv
                     continue
                 body = dict(fast.body)
                 if is_edit:
@@ -288,7 +320,7 @@ def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None, light: bool 
                     name = naming.format_map(tv)
                 # the combination's own vars (shared, not copied: an item's vars are read only)
                 item = new_item(key, sid, op, body, inp.id, name, upkey, size,
-                                {**ivars, **combo.vars} if ivars else combo.vars, index, text)
+                                {**ivars, **combo.vars} if ivars else combo.vars, index, text, first)
                 index += 1
                 yield item, inp, stem, tv
                 continue
@@ -315,7 +347,9 @@ def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None, light: bool 
                 tv["key"] = item.key[:12]
                 item = replace(item, output_name=naming.format_map(tv))
             index += 1
-            yield ((item.key, item.body, item.input_size, item.vars) if light else item), inp, stem, tv
+            if unique:  # (the checks of _repeats_follow_sources let no item come this way)
+                raise AssertionError(f"step {sid!r}: an item off the fast path in a walk that relies on it")
+            yield ((item.key, item.body, item.input_size, item.vars, None) if light else item), inp, stem, tv
 
 
 def _render_problem(manifest: Manifest, step: Step, inp: Input, exc: Exception) -> Problem:
@@ -332,14 +366,54 @@ def _render_problem(manifest: Manifest, step: Step, inp: Input, exc: Exception) 
     return Problem(f, int(line), int(col), f"input {inp.id!r}", message, hint)
 
 
-def expand(manifest: Manifest, *, sizes: SizeLookup | None = None) -> Iterator[WorkItem]:
+def expand(manifest: Manifest, *, sizes: SizeLookup | None = None, unique: bool = False) -> Iterator[WorkItem]:
     """Every work item of the manifest, step by step, streamed.
 
     ``sizes(url)`` is asked for the size of root inputs whose size is not declared (it
     may return None); chained items get the size their upstream will produce.
+
+    ``unique``: each item's ``first`` says whether it is the first of the walk with its key (a
+    repeat is the same request again: sent once). When ``_repeats_follow_sources`` holds (the
+    common case) that is known per source image, at the cost of one lookup per input of a root
+    step; otherwise every key goes through a ``KeySet`` (~20 bytes a key).
     """
+    if unique and not _repeats_follow_sources(manifest):
+        seen = KeySet().add
+        fromhex = bytes.fromhex
+        for step in manifest.steps:
+            for item in map(_first, _rows(manifest, step, sizes)):
+                item.first = seen(fromhex(item.key))
+                yield item
+        return
     for step in manifest.steps:
-        yield from map(_first, _rows(manifest, step, sizes))  # (map: no Python frame per item)
+        yield from map(_first, _rows(manifest, step, sizes, unique=unique))  # (map: no Python frame per item)
+
+
+def _repeats_follow_sources(manifest: Manifest) -> bool:
+    """Whether two items of the expansion can share a key only by sharing their step, their
+    combination and their source's main image. Then a repeat is known per source: the items of a
+    source whose main image came earlier in the step repeat, all others are new.
+
+    It holds when every combination of every step takes the fast path with its prompt fixed
+    (its canonical JSON is ``head + URL + mid``), no two combinations anywhere share their
+    ``(operation, head, mid)``, and no input overrides a step's parameters. Then equal keys
+    mean equal JSON (sha256), equal JSON means the same template (the URL's place in canonical
+    JSON is fixed by the keys around it) and the same URL. A chained step's URL names its
+    upstream item: a repeated upstream item is the only way two sources share it.
+    """
+    if any(isinstance(src, Input) and any(src.params.values()) for src in manifest.sources):
+        return False
+    templates: set[tuple[str, str, str]] = set()
+    for step in manifest.steps:
+        for combo in _plan(manifest, step).combos:
+            fast = combo.fast
+            if fast is None or fast.tail is not None:
+                return False
+            sig = (step.op, fast.head, fast.mid)
+            if sig in templates:
+                return False
+            templates.add(sig)
+    return True
 
 
 def expand_step(manifest: Manifest, step_id: str, *, sizes: SizeLookup | None = None) -> Iterator[WorkItem]:

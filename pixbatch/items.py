@@ -113,6 +113,9 @@ class WorkItem:
     index: int = 0  # position of the item in its step's expansion
     # canonical_json(body) when the expansion already made it (it hashed it for the key)
     json: str | None = field(default=None, compare=False, repr=False)
+    # whether this is the first item of its walk with this key (``expand(..., unique=True)``);
+    # None: the walk was not asked (the consumer tells repeats apart itself)
+    first: bool | None = field(default=None, compare=False, repr=False)
 
     @property
     def endpoint(self) -> str:

@@ -324,3 +324,63 @@ def test_expansion_streams_without_growing_memory():
     finally:
         tracemalloc.stop()
     assert peak < 20_000 * per_item / 20, (peak, per_item)  # a list of them would need 20x more
+
+
+# -- repeats: expand(..., unique=True) tells the first item of each key ---------------------
+
+PROMPTS = ("p", "p {color}", "p {input}", "p {v}", "p {color} {seed}")
+
+
+def _repeats_manifest(urls: list[int], prompt: str, matrix: dict[str, tuple], twin: bool, chain: int,
+                      override: bool) -> Manifest:
+    inputs = tuple(Input(f"in{i}", f"https://cdn.example.com/{u}.png", 100 + u, 100,
+                         {"edit": {"seed": 7}} if override and i == 0 else {}, {"v": f"v{u % 2}"})
+                   for i, u in enumerate(urls))
+    naming = "{step}/{input}" + "".join(f"-{{{k}}}" for k in matrix) + ".{ext}"
+    steps = [Step("ed", "edit", "inputs", {"prompt": prompt}, matrix, (), naming, 0)]
+    if twin:  # the same requests under another step
+        steps.append(Step("twin", "edit", "inputs", {"prompt": prompt}, matrix, (), naming, 1))
+    for n in range(chain):
+        steps.append(Step(f"up{n}", "upscale", steps[-1].id, {}, {"target": (2, 4)} if n == 0 else {"target": (6,)},
+                          (), "{step}/{stem}.{ext}", len(steps)))
+    return Manifest(path=Path("/m.yaml"), name="m", budget_micros=None, output_dir=Path("/out"),
+                    state_path=Path("/m.duckdb"), naming="{step}/{stem}.{ext}", defaults={}, steps=tuple(steps),
+                    sources=inputs)
+
+
+@settings(max_examples=150, deadline=None)
+@given(urls=st.lists(st.integers(0, 3), min_size=1, max_size=5), prompt=st.sampled_from(PROMPTS),
+       matrix=st.fixed_dictionaries({}, optional={"color": st.sampled_from([("red",), ("red", "blue")]),
+                                                  "seed": st.sampled_from([(1,), (1, 2)]),
+                                                  "tag": st.sampled_from([("a",), ("a", "b")])}),
+       twin=st.booleans(), chain=st.integers(0, 2), override=st.booleans())
+def test_unique_walk_marks_exactly_the_first_item_of_each_key(urls, prompt, matrix, twin, chain, override):
+    # repeated URLs, twin steps, matrix values only the names use ("tag"), prompts per combination or
+    # per input, overrides, chains on steps with repeats: by source image or by KeySet, the same answer
+    if "{color}" in prompt and "color" not in matrix or "{seed}" in prompt and "seed" not in matrix:
+        matrix = {**matrix, "color": ("red",), "seed": (1,)}
+    m = _repeats_manifest(urls, prompt, matrix, twin, chain, override)
+    seen: set[str] = set()
+    items = list(expand(m, unique=True))
+    for it in items:
+        assert it.first == (it.key not in seen), (it.step, it.input_id, it.vars)
+        seen.add(it.key)
+        assert it.key == item_key(it.op, it.body)  # a prompt rendered per combination hashes the same
+    assert [(i.key, i.output_name, i.body) for i in items] == [(i.key, i.output_name, i.body) for i in expand(m)]
+    assert all(i.first is None for i in expand(m))  # not asked: the consumer tells
+
+
+def test_a_plain_manifest_is_told_repeats_per_source_image():
+    from pixbatch.expand import _repeats_follow_sources
+
+    m = _repeats_manifest([0, 1, 0, 2], "p {color}", {"color": ("red", "blue")}, twin=False, chain=2, override=False)
+    assert _repeats_follow_sources(m)  # the prompt is the same for all items of a combination
+    firsts = [(i.step, i.input_id, i.first) for i in expand(m, unique=True)]
+    assert [f for s, i, f in firsts if s == "ed"] == [True, True, True, True, False, False, True, True]
+    assert [f for s, i, f in firsts if s == "up1"].count(False) == 4  # repeats of repeats
+    # what makes it fall back to the KeySet: a prompt per input, a matrix value only the name uses,
+    # twin steps, an input's own parameters
+    assert not _repeats_follow_sources(_repeats_manifest([0], "p {input}", {}, False, 0, False))
+    assert not _repeats_follow_sources(_repeats_manifest([0], "p", {"tag": ("a", "b")}, False, 0, False))
+    assert not _repeats_follow_sources(_repeats_manifest([0], "p", {}, True, 0, False))
+    assert not _repeats_follow_sources(_repeats_manifest([0], "p", {}, False, 0, True))

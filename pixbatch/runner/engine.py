@@ -273,7 +273,7 @@ class _Run:
     def _expand(self, sizes: Callable[[str], Any] | None):
         from ..expand import expand
 
-        return expand(self.m, sizes=sizes)
+        return expand(self.m, sizes=sizes, unique=True)
 
     async def main(self) -> RunSummary:
         self.store = st.Store.open(self.state_path, wait=self.o.lock_wait)

@@ -116,11 +116,9 @@ def _by_keys(db: Any, manifest: Any, options: RunOptions, asked: list) -> Iterab
     from ..expand import expand
 
     keys: list[tuple[str, str]] = []  # (key, step) of the items the run may send, first occurrence only
-    seen: set[str] = set()
-    for it in expand(manifest):
-        if it.key in seen or (options.steps is not None and it.step not in options.steps):
+    for it in expand(manifest, unique=True):
+        if not it.first or (options.steps is not None and it.step not in options.steps):
             continue
-        seen.add(it.key)
         if options.limit is None or it.index < options.limit:  # the first places of the step (selection_of)
             keys.append((it.key, it.step))
     for option, states, steps in asked:

@@ -159,7 +159,8 @@ class Ingest:
             if names is not None and names.suspect:
                 names.verify()  # raises ManifestError (nothing of this batch is written)
                 names.suspect = False  # a hash collision of two different names
-            if not add(fromhex(it.key)):
+            first = it.first  # the walk knows (expand(..., unique=True)), or the KeySet tells
+            if not (add(fromhex(it.key)) if first is None else first):
                 aliases.append((it.key, it.step, it.index, it.output_name))
                 continue
             lo, hi, tier = self._price(it)
