@@ -381,7 +381,7 @@ def status_command(manifest_path: str | None, state_path: str | None, as_json: b
     """Progress per step and state of a run, without the gateway; works while a run is going."""
     from rich.console import Console
 
-    from .progress import money_line, status_table
+    from .progress import error_line, money_line, status_table
     from .state import AMBIGUOUS, read_status
 
     path, _ = _resolve_state(manifest_path, state_path)
@@ -394,6 +394,9 @@ def status_command(manifest_path: str | None, state_path: str | None, as_json: b
     out.print(f"{path} ({live}, from the {snap.source})", soft_wrap=True, highlight=False)  # the path whole
     out.print(status_table(snap))
     out.print(money_line(snap))
+    error = error_line(snap) if snap.running else None
+    if error:
+        out.print(error, soft_wrap=True, highlight=False)
     amb = snap.totals().get(AMBIGUOUS, 0)
     if amb:
         from .money import format_usd

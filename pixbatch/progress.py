@@ -166,6 +166,14 @@ def ingest_line(snap: StatusSnapshot) -> str | None:
     return f"reading the manifest: {walked:,}{of} items read, {ing.get('items', 0):,} unique in the state file{rate}"
 
 
+def error_line(snap: StatusSnapshot) -> str | None:
+    """The latest exchange with the gateway that went wrong, and when (None: none yet)."""
+    if not snap.last_error:
+        return None
+    at = f" at {snap.last_error_at[11:19]} UTC" if snap.last_error_at and len(snap.last_error_at) >= 19 else ""
+    return f"latest gateway error{at}: {snap.last_error[:200]}"
+
+
 class RichProgress(NullProgress):
     """The live display on a terminal (see the module docstring)."""
 
@@ -196,6 +204,9 @@ class RichProgress(NullProgress):
         reading = ingest_line(self._snap)
         if reading:
             lines.append(Text(reading))
+        error = error_line(self._snap)
+        if error:
+            lines.append(Text(error, style="yellow"))
         return Group(*lines)
 
     def start(self, info: dict[str, Any]) -> None:
@@ -233,6 +244,7 @@ class PlainProgress(NullProgress):
         self.interval = interval
         self._t0 = time.monotonic()
         self._next = 0.0
+        self._error: str | None = None  # the latest gateway error written
 
     def _write(self, line: str) -> None:
         self.stream.write(line + "\n")
@@ -264,6 +276,9 @@ class PlainProgress(NullProgress):
             reading = ingest_line(snapshot)
             if reading:
                 self._write(reading)
+            if snapshot.last_error and snapshot.last_error_at != self._error:  # each new one once
+                self._error = snapshot.last_error_at
+                self._write(error_line(snapshot) or "")
 
     def stop(self, summary: Any) -> None:
         for line in summary_lines(summary):

@@ -293,6 +293,25 @@ def test_a_second_runner_is_refused_and_status_works_during_the_run(tmp_path, im
     assert done.source == "database" and done.totals()["COMPLETED"] == 4 and not done.running
 
 
+def test_the_log_and_the_status_file_show_the_latest_gateway_error(tmp_path, image_server):
+    # half the polls answer 500: the run rides them out, and whoever watches sees why it is slow
+    url = image_server.add("a.png", (320, 240))
+    mp = write_manifest(tmp_path, [url], "  - id: e\n    op: edit\n    prompt: \"v{n}\"\n    matrix:\n      n: [1, 2]\n")
+    m = load_manifest(mp)
+    with start_emulator(fast_test_config(queue_time=2.5, processing_time=0.2, poll_500_rate=0.5)) as emu:
+        proc = subprocess.run([sys.executable, "-m", "pixbatch", "run", str(mp), "--base-url", emu.url,
+                               "--first-poll", "0.1", "--progress-interval", "0.1"],
+                              env={**os.environ, "PIXAZO_API_KEY": emu.api_key}, capture_output=True, timeout=60)
+    err = proc.stderr.decode()
+    assert proc.returncode == 0, err
+    lines = [x for x in err.splitlines() if x.startswith("latest gateway error at ")]
+    assert lines and re.fullmatch(r"latest gateway error at \d\d:\d\d:\d\d UTC: GET /v2/requests/status/\S+: HTTP 500",
+                                  lines[0]), lines
+    snap = json.loads(Path(str(m.state_path) + ".status.json").read_text())
+    assert snap["last_error"].endswith("HTTP 500") and snap["last_error_at"].endswith("Z")
+    assert emu.api_key not in err
+
+
 def test_json_lines_progress(tmp_path, emulator, image_server):
     url = image_server.add("a.png", (320, 240))
     mp = write_manifest(tmp_path, [url], "  - id: e\n    op: edit\n    prompt: p\n")

@@ -24,6 +24,7 @@ class Journal:
         self.http: dict[str, int] = {}
         self.answered = 0  # exchanges the gateway answered (any status): it can be reached
         self.last_error: str | None = None  # the latest failed exchange, as the user should see it
+        self.last_error_at: str | None = None  # when (ISO 8601 UTC)
 
     def emit(self, kind: str, key: str | None, **detail: Any) -> None:
         self.store.put_event(self.run_id, key, kind, detail)
@@ -49,4 +50,5 @@ class Journal:
             self.store.put_event(self.run_id, None, "http", d)
             self.last_error = f"{ex.method} {ex.path}: " + (f"HTTP {ex.status}" if ex.status is not None else
                                                             ex.error or "no answer")
+            self.last_error_at = st.iso_utc(st.utcnow())
         self.progress.event("http", None, d)

@@ -18,7 +18,8 @@ from ..progress import Progress
 
 class StatusWriter:
     def __init__(self, store: st.Store, progress: Progress, *, state_path: Path, run_id: str, manifest_path: str,
-                 scope: str, budget: int | None, estimate: tuple[int, int], finished: Callable[[], int]):
+                 scope: str, budget: int | None, estimate: tuple[int, int], finished: Callable[[], int],
+                 last_error: Callable[[], tuple[str | None, str | None]] = lambda: (None, None)):
         self.store = store
         self.progress = progress
         self.state_path = state_path
@@ -28,6 +29,7 @@ class StatusWriter:
         self.budget = budget
         self.estimate = estimate
         self.finished = finished  # items finished by this run so far
+        self.last_error = last_error  # (the latest failed exchange with the gateway, when)
         self.ingest: Any = None  # stream.IngestProgress while the expansion is read in (as_dict())
         self.t0 = time.monotonic()
 
@@ -37,13 +39,15 @@ class StatusWriter:
         rate = self.finished() / elapsed if running else None
         remaining = sum(n for c in steps.values() for s, n in c.items() if s in st.REMAINING)
         eta = remaining / rate if rate else None
+        error, error_at = self.last_error()
         return st.StatusSnapshot(
             state_path=str(self.state_path), source="runner", running=running, updated_at=st.iso_utc(st.utcnow()),
             run_id=self.run_id, pid=os.getpid(), outcome=outcome or "running", manifest_path=self.manifest_path,
             steps=steps, charged_micros=t.charged_micros, reserved_micros=t.reserved_micros,
             at_risk_micros=t.at_risk_micros, budget_micros=self.budget, estimate_low_micros=int(self.estimate[0]),
             estimate_high_micros=int(self.estimate[1]), rate_per_s=rate, eta_s=eta,
-            ingest=self.ingest.as_dict() if self.ingest is not None else None)
+            ingest=self.ingest.as_dict() if self.ingest is not None else None, last_error=error,
+            last_error_at=error_at)
 
     async def write(self, *, running: bool, outcome: str | None = None) -> None:
         snap = await self.snapshot(running=running, outcome=outcome)

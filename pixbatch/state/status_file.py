@@ -51,6 +51,9 @@ class StatusSnapshot:
     eta_s: float | None = None
     # while a run reads its expansion in: {"walked", "expected", "items", "done", "seconds"}
     ingest: dict[str, Any] | None = None
+    # the latest exchange with the gateway that went wrong ("POST /v2/...: HTTP 500"), and when (ISO 8601 UTC)
+    last_error: str | None = None
+    last_error_at: str | None = None
 
     def totals(self) -> dict[str, int]:
         """state -> count over all steps; every state present, in ``ItemState`` order."""
