@@ -247,6 +247,19 @@ def test_failed_and_rejected_items_block_their_downstream(tmp_path, emulator, im
     assert all("upstream item" in r for r in reasons)
 
 
+def test_a_new_output_dir_gets_every_output_without_a_new_request(tmp_path, emulator, image_server):
+    # the resume fingerprint leaves output_dir out (no item holds it): the outputs still follow it
+    urls = [image_server.add(f"o{i}.png", (320, 240)) for i in range(2)]
+    mp = write_manifest(tmp_path, urls, "  - id: t\n    op: upscale\n    target: 1\n")
+    assert run(load_manifest(mp), options=opts(emulator)).exit_code == 0
+    mp.write_text(mp.read_text().replace("version: 1\n", "version: 1\noutput_dir: moved\n"))
+    m = load_manifest(mp)
+    again = run(m, options=opts(emulator))
+    assert again.submits == 0 and again.downloads == 2 and again.exit_code == 0
+    assert m.output_dir.name == "moved" and len(list((m.output_dir / "t").iterdir())) == 2
+    assert len(emulator.ledger().entries) == 2
+
+
 def test_corrupt_or_missing_outputs_are_fetched_again_not_resubmitted(tmp_path, emulator, image_server):
     urls = [image_server.add(f"c{i}.png", (320, 240)) for i in range(3)]
     m = load_manifest(write_manifest(tmp_path, urls, "  - id: t\n    op: upscale\n    target: 1\n"))

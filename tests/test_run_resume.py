@@ -86,6 +86,16 @@ def test_a_changed_input_file_is_expanded_and_ingested_again(tmp_path, expansion
     assert len(expansions) == 2
 
 
+def test_a_new_budget_or_output_dir_in_the_manifest_does_not_expand_again(tmp_path, expansions):
+    # a run stopped at its budget; the user raises it (or moves the outputs) and runs again:
+    # no item changes, so the million items are not walked again
+    m = write(tmp_path, 3)
+    set_up(m)
+    m.write_text(m.read_text().replace("version: 1\n", "version: 1\nbudget_usd: \"0.50\"\noutput_dir: elsewhere\n"))
+    set_up(m)
+    assert len(expansions) == 1
+
+
 def test_a_changed_manifest_or_new_probed_sizes_expand_again(tmp_path, expansions):
     m = write(tmp_path, 3)
     set_up(m)

@@ -16,6 +16,7 @@ package), so moving or adding a module can never leave a stale scope in use.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Iterable, Iterator
@@ -86,14 +87,16 @@ def expansion_modules(roots: tuple[str, ...] = EXPANSION_ROOTS) -> tuple[Path, .
 def expansion_fingerprint(db: Any, manifest: Any, pricing_path: Path | None) -> str | None:
     """A digest of everything the expansion depends on, or None when it cannot be known.
 
-    The manifest as loaded (its repr: steps, defaults, inline inputs, paths), the bytes of
-    its ``from:`` files, the probed sizes in the state file, the pricing file and the code
-    that expands. Equal fingerprints give equal expansions, so a resume of an unchanged
-    manifest reuses the last run's scope instead of walking a million items again.
+    The manifest as loaded (its repr: steps, defaults, inline inputs, paths; not its budget or
+    output directory, which no item holds: raising the budget after a run stopped at it must
+    not walk a million items again), the bytes of its ``from:`` files, the probed sizes in the
+    state file, the pricing file and the code that expands. Equal fingerprints give equal
+    expansions, so a resume of an unchanged manifest reuses the last run's scope instead of
+    walking a million items again.
     """
     h = hashlib.sha256(b"pixbatch-expansion-1\n")
     try:
-        h.update(repr(manifest).encode())
+        h.update(repr(dataclasses.replace(manifest, budget_micros=None, output_dir=Path("/"))).encode())
         for src in manifest.sources:
             path = getattr(src, "path", None)
             if path is not None and getattr(src, "kind", None) != "dir":  # a folder's files: below
