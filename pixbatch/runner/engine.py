@@ -373,8 +373,7 @@ class _Run:
         self.log.emit("run", None, event="start", pid=os.getpid(), budget_micros=budget, committed=self.ledger.committed)
         self.status = StatusWriter(store, self.progress, state_path=self.state_path, run_id=self.run_id,
                                    manifest_path=str(self.m.path), scope=self.scope, budget=budget,
-                                   estimate=self.estimate, finished=lambda: self.finished_this_run,
-                                   last_error=lambda: (self.log.last_error, self.log.last_error_at))
+                                   estimate=self.estimate, finished=lambda: self.finished_this_run, errors=self.log)
         return asyncio.create_task(self.status.loop(self.o.status_interval))
 
     def _reading(self) -> bool:  # the expansion is still being read into the state file

@@ -19,7 +19,7 @@ from ..progress import Progress
 class StatusWriter:
     def __init__(self, store: st.Store, progress: Progress, *, state_path: Path, run_id: str, manifest_path: str,
                  scope: str, budget: int | None, estimate: tuple[int, int], finished: Callable[[], int],
-                 last_error: Callable[[], tuple[str | None, str | None]] = lambda: (None, None)):
+                 errors: Any = None):
         self.store = store
         self.progress = progress
         self.state_path = state_path
@@ -29,7 +29,7 @@ class StatusWriter:
         self.budget = budget
         self.estimate = estimate
         self.finished = finished  # items finished by this run so far
-        self.last_error = last_error  # (the latest failed exchange with the gateway, when)
+        self.errors = errors  # its last_error and last_error_at: the latest failed exchange (a Journal)
         self.ingest: Any = None  # stream.IngestProgress while the expansion is read in (as_dict())
         self.t0 = time.monotonic()
 
@@ -39,7 +39,7 @@ class StatusWriter:
         rate = self.finished() / elapsed if running else None
         remaining = sum(n for c in steps.values() for s, n in c.items() if s in st.REMAINING)
         eta = remaining / rate if rate else None
-        error, error_at = self.last_error()
+        error, error_at = (self.errors.last_error, self.errors.last_error_at) if self.errors else (None, None)
         return st.StatusSnapshot(
             state_path=str(self.state_path), source="runner", running=running, updated_at=st.iso_utc(st.utcnow()),
             run_id=self.run_id, pid=os.getpid(), outcome=outcome or "running", manifest_path=self.manifest_path,
