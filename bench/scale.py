@@ -73,6 +73,12 @@ def estimate(manifest: Path, n: int) -> dict:
     return {"seconds": t, "rate": n / t, "rss": rss, "total": f"${total['low']['usd']} - ${total['high']['usd']}"}
 
 
+def where(ing: dict) -> str:
+    """Where the stream's seconds went (its status): walking, waiting for the writer, writing."""
+    return (f"walk {ing.get('walk_s', float('nan')):.1f} s, waited for the writer {ing.get('wait_s', float('nan')):.1f} s, "
+            f"writes {ing.get('write_s', float('nan')):.1f} s")
+
+
 def run_once(cmd: list[str], env: dict, emu, status: Path, *, until_ingested: bool, work_s: float,
              timeout: float = 1800.0) -> dict:
     """Start ``cmd``: seconds to the emulator's next request; then wait for the ingest to end
@@ -141,8 +147,8 @@ def main(argv: list[str] | None = None) -> int:
                 items, secs = ing.get("items", 0), ing.get("seconds") or float("nan")
                 r["ingest_rate"] = items / secs if ing.get("done") else float("nan")
                 size_mb = sum(p.stat().st_size for p in d.glob(state.name + "*")) / 2**20
-                how = (f"ingest {items:,} items in {secs:.1f} s = {r['ingest_rate']:,.0f} items/s (done: {ing.get('done')})"
-                       if ing else "the whole expansion fitted in the first batch (no stream)")
+                how = (f"ingest {items:,} items in {secs:.1f} s = {r['ingest_rate']:,.0f} items/s (done: {ing.get('done')};"
+                       f" {where(ing)})" if ing else "the whole expansion fitted in the first batch (no stream)")
                 print(f"N={n:>10,}  fresh run: first request {f['first']:5.2f} s; {how}; peak RSS "
                       f"{f['rss']:.0f} MB; {f['requests']:,} requests meanwhile; state file + WAL {size_mb:.0f} MB",
                       flush=True)
@@ -161,7 +167,7 @@ def main(argv: list[str] | None = None) -> int:
                 r["slow_rate"] = ing.get("items", 0) / ing["seconds"] if ing.get("done") else float("nan")
                 print(f"N={n:>10,}  fresh run, 1-3 s jobs: first request {f['first']:5.2f} s; ingest "
                       f"{ing.get('items', 0):,} items in {ing.get('seconds', float('nan')):.1f} s = {r['slow_rate']:,.0f} "
-                      f"items/s; peak RSS {f['rss']:.0f} MB; {f['requests']:,} requests meanwhile", flush=True)
+                      f"items/s ({where(ing)}); peak RSS {f['rss']:.0f} MB; {f['requests']:,} requests meanwhile", flush=True)
     print("side by side (N: estimate s / MB | fresh: first request s, ingest items/s, peak MB | resume s / MB"
           " | fresh against 1-3 s jobs):")
     for n, r in res.items():

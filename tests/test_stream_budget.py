@@ -1,4 +1,5 @@
-"""A budget that the first batch of a streamed expansion fits but the whole expansion does not.
+"""A streamed expansion: a budget that its first batch fits but the whole does not, and what the
+status file says of the stream.
 
 The refusal must come from the stream (the money position after a batch), stop the run
 with exit 3 before the rest is sent, and keep what was charged within the budget: a real
@@ -32,3 +33,23 @@ def test_a_budget_the_rest_of_the_stream_breaks_is_refused_within_budget(tmp_pat
     # refused once the stream proved it (5 + 20 items read cost at least $0.25): not after the 20
     # sends the ledger would allow on its own
     assert submits <= 10
+
+
+def test_the_status_file_says_where_the_stream_spent_its_time(tmp_path, monkeypatch):
+    # walking, waiting for the writer, writing: what bench/scale.py prints of a million-item ingest
+    import json
+
+    monkeypatch.setattr(prepare, "FIRST_BATCH", 5)
+    rows = "".join(f"i{i},https://img.test/w/{i}.png,800,600\n" for i in range(200))
+    (tmp_path / "in.csv").write_text("id,url,width,height\n" + rows)
+    m = tmp_path / "w.yaml"
+    m.write_text("version: 1\ninputs:\n  - from: in.csv\nsteps:\n  - id: u\n    op: upscale\n    target: 1\n", "utf-8")
+    with start_emulator(fast_test_config(render="lazy")) as emu:
+        summary = run(load_manifest(m), options=RunOptions(
+            base_url=emu.url, api_key=emu.api_key, concurrency=64, poll_initial=0.05, download=False,
+            preflight=False, ingest_batch=25))
+    assert summary.exit_code == 0 and summary.counts["COMPLETED"] == 200
+    ing = json.loads((tmp_path / "w.pixbatch.duckdb.status.json").read_text())["ingest"]
+    assert ing["done"] and ing["items"] == 200
+    assert ing["walk_s"] > 0 and ing["write_s"] > 0 and ing["wait_s"] >= 0
+    assert ing["walk_s"] + ing["wait_s"] <= ing["seconds"] + 0.01  # both on the loop's thread, one after the other

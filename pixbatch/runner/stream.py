@@ -73,10 +73,16 @@ class IngestProgress:
     items: int = 0  # unique items in the file
     done: bool = False
     seconds: float = 0.0
+    # where the seconds went: walking (the event loop's thread), waiting for the writer to take the
+    # next batch, and writing (the writer thread, alongside the walk)
+    walk_s: float = 0.0
+    wait_s: float = 0.0
+    write_s: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {"walked": self.walked, "expected": self.expected, "items": self.items, "done": self.done,
-                "seconds": round(self.seconds, 3)}
+                "seconds": round(self.seconds, 3), "walk_s": round(self.walk_s, 3), "wait_s": round(self.wait_s, 3),
+                "write_s": round(self.write_s, 3)}
 
 
 class IngestStream:
@@ -129,15 +135,21 @@ class IngestStream:
             batch = ing.batch()
             turn = time.monotonic() + TURN
             while len(batch) < self.batch and not ing.done:
+                t = time.monotonic()
                 ing.take(min(SLICE, self.batch - len(batch)), into=batch)
+                p.walk_s += time.monotonic() - t
                 if time.monotonic() >= turn:
                     await asyncio.sleep(0)
                     turn = time.monotonic() + TURN
+            t = time.monotonic()
             while len(writing) >= WRITES_QUEUED:
                 self._written(await writing.popleft())
+            p.wait_s += time.monotonic() - t
             writing.append(asyncio.ensure_future(store.call(lambda db, b=batch: self._write(db, b))))
+        t = time.monotonic()
         while writing:
             self._written(await writing.popleft())
+        p.wait_s += time.monotonic() - t
         est, aliases = await store.call(lambda db: finish_ingest(db, run_id=self.run_id, scope=self.scope,
                                                                  steps=self.steps))
         p.done, p.seconds = True, time.monotonic() - self.t0
@@ -148,7 +160,9 @@ class IngestStream:
         every ``POSITION_EVERY`` seconds and after the last (it reads every PENDING item: after every batch of a million-item
         expansion that grows quadratic). Items sent meanwhile are held by the ledger, which never lets
         charged + reserved pass the budget; the position only makes the refusal come early."""
+        t = time.monotonic()
         self.ingest.write(db, batch)
+        self.progress.write_s += time.monotonic() - t
         now = time.monotonic()
         if not self.budgeted or now < self._next_position and not self.ingest.done:
             return None  # (the last batch always looks: the figure is then exact)
