@@ -170,8 +170,17 @@ def _above(sample: _Tally, share: float) -> bool:
     n, k = sample.answers, sample.refused
     if k == 0 or share >= 1.0:
         return False
-    below = sum(math.comb(n, i) * share ** i * (1 - share) ** (n - i) for i in range(k))
-    return 1.0 - below < ABOVE_P
+    if share <= 0.0:
+        return True
+    # P(X >= k), summed from k up in logs (a sample of thousands: no float overflow, no 1 - sum)
+    lp, lq, ln = math.log(share), math.log1p(-share), math.lgamma(n + 1)
+    tail = 0.0
+    for i in range(k, n + 1):
+        term = math.exp(ln - math.lgamma(i + 1) - math.lgamma(n - i + 1) + i * lp + (n - i) * lq)
+        tail += term
+        if tail >= ABOVE_P or i > n * share and term < 1e-12 * tail:
+            break
+    return tail < ABOVE_P
 
 
 @dataclass(slots=True)

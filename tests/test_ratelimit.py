@@ -476,3 +476,17 @@ def test_additive_increase_back_to_the_ceiling_after_a_kept_decrease():
     rates, took = virtual_run(main())
     steps = {round(b - a, 6) for a, b in zip(rates, rates[1:]) if b != a}
     assert rates[-1] == 50 and took < 30 and len(steps) <= 3  # constant steps (two speeds) up to the ceiling
+
+
+def test_more_refused_than_a_background_explains_is_a_binomial_tail_even_for_long_samples():
+    from pixbatch.ratelimit import _above, _Tally
+
+    def sample(answers, refused):
+        t = _Tally(0.0)
+        t.answers, t.refused = answers, refused
+        return t
+
+    assert not _above(sample(27, 9), 0.133)  # 0.5 % likely under the background: not beyond chance
+    assert _above(sample(30, 12), 0.15) and not _above(sample(30, 0), 0.15)
+    assert _above(sample(5000, 900), 0.15) and not _above(sample(5000, 800), 0.15)  # 6 and 2 sigma: no overflow
+    assert _above(sample(20000, 3200), 0.15)
