@@ -77,6 +77,19 @@ def wait_child(proc: subprocess.Popen) -> tuple[int, float]:
     return proc.returncode, usage.ru_maxrss / 1024
 
 
+def run_or_kill(cmd: list[str], env: dict[str, str], seconds: float) -> tuple[bool, int, bytes]:
+    """Run ``cmd`` (stdout discarded); SIGKILL it if it is still running after ``seconds``.
+    (killed, exit code, stderr): a killed run's stderr is dropped."""
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        _, err = proc.communicate(timeout=seconds)  # (reads stderr meanwhile: a full pipe never blocks it)
+    except subprocess.TimeoutExpired:
+        proc.kill()  # SIGKILL
+        proc.communicate()
+        return True, proc.returncode, b""
+    return False, proc.returncode, err
+
+
 def query(state_path: Path | str, sql: str, params: list | tuple = ()) -> list[tuple]:
     db = duckdb.connect(str(state_path), read_only=True)
     try:

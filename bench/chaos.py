@@ -37,7 +37,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIG_WALLET, machine, pixbatch_env, query, verdict  # noqa: E402
+from _common import BIG_WALLET, machine, pixbatch_env, query, run_or_kill, verdict  # noqa: E402
 
 from pixbatch.emulator import Dist, EmulatorConfig, start_emulator  # noqa: E402
 from pixbatch.money import format_usd, micros_to_decimal  # noqa: E402
@@ -141,18 +141,13 @@ def chaos(root: Path, *, kills: int, seed: int, n_inputs: int, window: tuple[flo
         landed = runs = 0
         while landed < kills:
             runs += 1
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            try:
-                proc.wait(timeout=rng.uniform(*window))
-            except subprocess.TimeoutExpired:
-                proc.kill()  # SIGKILL
-                proc.communicate()
+            killed, code, err = run_or_kill(cmd, env, rng.uniform(*window))
+            if killed:
                 landed += 1
                 log(f"kill {landed}")
                 continue
-            _, err = proc.communicate()
-            if proc.returncode not in (0, 1):
-                raise RuntimeError(f"run exited {proc.returncode}: {err.decode()[-2000:]}")
+            if code not in (0, 1):
+                raise RuntimeError(f"run exited {code}: {err.decode()[-2000:]}")
             break  # the work ran out before the kills did
         runs += 1
         final = subprocess.run(cmd + ["--retry-ambiguous"], env=env, capture_output=True, timeout=300)

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import BIG_WALLET, machine, pixbatch_env, query, verdict  # noqa: E402
+from _common import BIG_WALLET, machine, pixbatch_env, query, run_or_kill, verdict  # noqa: E402
 
 import duckdb  # noqa: E402
 
@@ -104,12 +104,8 @@ def phantom(root: Path, *, kills: int, items: int, seed: int, window: tuple[floa
         cmd = [sys.executable, "-m", "pixbatch", "run", str(manifest), "--base-url", emu.url, "--quiet",
                "--no-download", "--no-preflight", "--concurrency", "32", "--first-poll", "0.3"]
         while f.kills < kills:
-            proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-            try:
-                proc.wait(timeout=rng.uniform(*window))
-            except subprocess.TimeoutExpired:
-                proc.kill()  # SIGKILL
-                proc.communicate()
+            killed, _code, _err = run_or_kill(cmd, env, rng.uniform(*window))
+            if killed:
                 f.kills += 1
                 time.sleep(0.3)  # what was written to the socket before the kill reaches the emulator
                 log_now = emu.requests().submits
@@ -123,7 +119,6 @@ def phantom(root: Path, *, kills: int, items: int, seed: int, window: tuple[floa
                 f.phantom.append(len(opened) - len(got))
                 log(f"kill {f.kills}: {len(opened)} open intent(s), {len(got)} received by the gateway")
                 continue
-            proc.communicate()
             break  # the work ran out before the kills did
         subprocess.run(cmd, env=env, capture_output=True, timeout=600)
         sent = emu.requests().submits
