@@ -13,7 +13,9 @@ For each N:
 2. fresh ``run`` (concurrency 64, an emulator in its own process, zero job time): seconds
    from process start to the first request the emulator sees; then the run goes on until its
    status file says the expansion is all in (``ingest.done``): the ingest's rate (unique
-   items / the stream's seconds, first batch included) and the run's peak RSS over all of it;
+   items / the stream's seconds, first batch included), where those seconds went (the
+   status file's ``walk_s``, ``wait_s``: waiting for the writer, ``write_s``) and the run's
+   peak RSS over all of it;
    then SIGKILL (items SUBMITTING or SUBMITTED, as after a crash). With zero job time the
    runner sends as fast as the CPU lets it (~400-1,000 requests/s), on the cores the ingest
    needs, beside an emulator that needs them too.
