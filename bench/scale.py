@@ -1,11 +1,12 @@
 """Scale: `estimate`, a fresh `run` (streaming ingest) and a resume, at 100,000 and 1,000,000 items side by side.
 
-    /work/venv/bin/python bench/scale.py [--n 100000 1000000] [--run-seconds 3] [--estimate-only]
+    /work/venv/bin/python bench/scale.py [--n 100000 1000000] [--run-seconds 3] [--estimate-only] [--no-slow] [--flat]
 
 The manifest is bench/estimate.py's (a CSV of N/10 inputs with declared sizes, an edit step
 with a 2x2 matrix, an upscale chained on it, a factor upscale with two factors: 10 items per
-input). Every measurement is a real `python -m pixbatch` subprocess; peak RSS is that
-child's (``os.wait4``), over its whole life.
+input); with ``--flat``, a CSV of N inputs and one factor upscale (one item per input: a
+folder of N images and one operation). Every measurement is a real `python -m pixbatch`
+subprocess; peak RSS is that child's (``os.wait4``), over its whole life.
 
 For each N:
 
@@ -75,6 +76,20 @@ def estimate(manifest: Path, n: int) -> dict:
     return {"seconds": t, "rate": n / t, "rss": rss, "total": f"${total['low']['usd']} - ${total['high']['usd']}"}
 
 
+def write_flat_manifest(root: Path, n: int) -> Path:
+    """``--flat``: N inputs with declared sizes, one factor upscale each (the per-input costs of
+    reading and checking the CSV count ten times as much per item as in the default manifest)."""
+    with open(root / "inputs.csv", "w") as f:
+        f.write("id,url,width,height\n")
+        for i in range(n):
+            f.write(f"img{i:07d},https://cdn.example.com/catalog/img{i:07d}.jpg,{640 + (i % 7) * 200},"
+                    f"{480 + (i % 5) * 150}\n")
+    path = root / "bench.yaml"
+    path.write_text(json.dumps({"version": 1, "inputs": [{"from": "inputs.csv"}],
+                                "steps": [{"id": "big", "op": "upscale", "upscale_mode": "factor", "factor": 2}]}))
+    return path
+
+
 def where(ing: dict) -> str:
     """Where the stream's seconds went (its status): walking, waiting for the writer, writing."""
     return (f"walk {ing.get('walk_s', float('nan')):.1f} s, waited for the writer {ing.get('wait_s', float('nan')):.1f} s, "
@@ -125,6 +140,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--run-seconds", type=float, default=3.0)
     ap.add_argument("--estimate-only", action="store_true")
     ap.add_argument("--no-slow", action="store_true", help="skip the fresh run against 1-3 s jobs")
+    ap.add_argument("--flat", action="store_true",
+                    help="a CSV of N inputs and one step (a factor upscale): one item per input, as a folder of "
+                         "N images with one operation, instead of N/10 inputs with 10 items each")
     a = ap.parse_args(argv)
     print(f"machine: {machine()}", flush=True)
     res: dict[int, dict] = {}
@@ -132,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in a.n:
             d = Path(tmp) / str(n)
             d.mkdir()
-            manifest = write_manifest(d, n)
+            manifest = write_flat_manifest(d, n) if a.flat else write_manifest(d, n)
             r = res[n] = {"estimate": estimate(manifest, n)}
             e = r["estimate"]
             print(f"N={n:>10,}  estimate: {e['seconds']:6.1f} s  {e['rate']:>9,.0f} items/s  peak RSS {e['rss']:4.0f} MB"
