@@ -146,15 +146,16 @@ def _plan(manifest: Manifest, step: Step) -> _Plan:
             if k in params:
                 body[k] = v
             mvars[k] = v
+        tvars = {k: template_value(v) for k, v in mvars.items()}
         prompt = body.get("prompt") if step.op == "edit" else None
         if _has_fields(prompt):
-            rendered = _combo_prompt(prompt, mvars)
+            rendered = _combo_prompt(prompt, tvars)
             if rendered is not None:  # the same for every item of the combination: in its canonical JSON
                 body["prompt"], prompt = rendered, None
         else:
             prompt = None
         combos.append(_Combo(
-            body=body, vars=mvars, tvars={k: template_value(v) for k, v in mvars.items()},
+            body=body, vars=mvars, tvars=tvars,
             suffix="".join("-" + stem_part(v) for v in values), prompt=prompt,
             fast=_canon(step.op, body, step.references, prompt is not None),
         ))
@@ -162,16 +163,16 @@ def _plan(manifest: Manifest, step: Step) -> _Plan:
                  any(n == "key" for n, _ in template_fields(step.naming)))
 
 
-def _combo_prompt(prompt: str, mvars: Mapping[str, Any]) -> str | None:
-    """A prompt whose placeholders are all matrix values, rendered once for its combination (as each
-    item would render it: a matrix value outranks an input's variable of that name); None when it
-    names anything else (an input's variable, a built-in), or fails (rendered per item, which says
-    which input)."""
+def _combo_prompt(prompt: str, tvars: Mapping[str, Any]) -> str | None:
+    """A prompt whose placeholders are all matrix values (``tvars``: as templates show them), rendered
+    once for its combination (as each item would render it: a matrix value outranks an input's
+    variable of that name); None when it names anything else (an input's variable, a built-in), or
+    fails (rendered per item, which says which input)."""
     try:
         names = {n for n, _ in template_fields(prompt)}
-        if not names <= mvars.keys() or names & _BUILTINS:
+        if not names <= tvars.keys() or names & _BUILTINS:
             return None
-        return prompt.format_map({k: template_value(v) for k, v in mvars.items()})
+        return prompt.format_map(tvars)
     except (KeyError, ValueError, IndexError):
         return None
 
