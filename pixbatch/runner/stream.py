@@ -137,8 +137,9 @@ class IngestStream:
             while len(batch) < self.batch and not ing.done:
                 t = time.monotonic()
                 ing.take(min(SLICE, self.batch - len(batch)), into=batch)
-                p.walk_s += time.monotonic() - t
-                if time.monotonic() >= turn:
+                now = time.monotonic()
+                p.walk_s += now - t
+                if now >= turn:
                     await asyncio.sleep(0)
                     turn = time.monotonic() + TURN
             t = time.monotonic()
@@ -162,8 +163,8 @@ class IngestStream:
         charged + reserved pass the budget; the position only makes the refusal come early."""
         t = time.monotonic()
         self.ingest.write(db, batch)
-        self.progress.write_s += time.monotonic() - t
         now = time.monotonic()
+        self.progress.write_s += now - t
         if not self.budgeted or now < self._next_position and not self.ingest.done:
             return None  # (the last batch always looks: the figure is then exact)
         self._next_position = now + POSITION_EVERY
