@@ -249,6 +249,11 @@ def _manifest(n_inputs: int, matrix: dict[str, list], chained: bool) -> Manifest
     steps = [Step("ed", "edit", "inputs", {"prompt": "p"}, {k: tuple(v) for k, v in matrix.items()}, (), naming, 0)]
     if chained:
         steps.append(Step("up", "upscale", "ed", {}, {"target": (2, 4)}, (), "{step}/{stem}.{ext}", 1))
+    return _built(steps, inputs)
+
+
+def _built(steps: list[Step], inputs: tuple[Input, ...]) -> Manifest:
+    """A manifest of these steps and inline inputs, as loading one would make it."""
     return Manifest(path=Path("/m.yaml"), name="m", budget_micros=None, output_dir=Path("/out"),
                     state_path=Path("/m.duckdb"), naming="{step}/{stem}.{ext}", defaults={}, steps=tuple(steps),
                     sources=inputs)
@@ -343,9 +348,7 @@ def _repeats_manifest(urls: list[int], prompt: str, matrix: dict[str, tuple], tw
     for n in range(chain):
         steps.append(Step(f"up{n}", "upscale", steps[-1].id, {}, {"target": (2, 4)} if n == 0 else {"target": (6,)},
                           (), "{step}/{stem}.{ext}", len(steps)))
-    return Manifest(path=Path("/m.yaml"), name="m", budget_micros=None, output_dir=Path("/out"),
-                    state_path=Path("/m.duckdb"), naming="{step}/{stem}.{ext}", defaults={}, steps=tuple(steps),
-                    sources=inputs)
+    return _built(steps, inputs)
 
 
 @settings(max_examples=150, deadline=None)
