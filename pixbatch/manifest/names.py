@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import re
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 from ..errors import ManifestError
@@ -96,14 +96,23 @@ class NameCheck:
 
     def wrap(self, items: Iterable[WorkItem]) -> Iterator[WorkItem]:
         step: str | None = None
-        add: Any = None
+        see: Any = None
         for it in items:
             if it.step != step:
-                step, add = it.step, KeySet(8).add  # 8 bytes of each name's hash (~14 bytes a name)
-            name = it.output_name
+                step, see = it.step, self.step_filter()
+            see(it.output_name)
+            yield it
+
+    def step_filter(self) -> Callable[[str], None]:
+        """The check of one step's names, called with each in walk order (``wrap`` uses one per
+        step; a walk without WorkItems calls it itself): a repeat or an escaping name sets ``suspect``."""
+        add = KeySet(8).add  # 8 bytes of each name's hash (~14 bytes a name)
+
+        def see(name: str) -> None:
             if not add(_pack(hash(name))) or name_escapes(name):
                 self.suspect = True  # a repeat, or two names whose hashes share 64 bits: looked at exactly
-            yield it
+
+        return see
 
     def problems(self) -> list[Problem]:
         return check_output_names(self.manifest) if self.suspect else []

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import state as st
+from ..expand_columns import column_walk
 from ..pricing import PriceTable
 from .options import RunOptions
 
@@ -185,7 +186,9 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
             probes = st.probed_sizes(db)
             names = NameCheck(manifest) if not manifest.names_checked else None
             walk = expand(probes.get if probes else None)
-            ingest = st.Ingest(names.wrap(walk) if names else walk, scope, table, steps_order, names=names)
+            ingest = st.Ingest(names.wrap(walk) if names else walk, scope, table, steps_order, names=names,
+                               columns=column_walk(manifest, probes.get if probes else None,
+                                                   names.step_filter if names else None))
     if scope is None:
         from ..manifest.names import NameCheck
 
@@ -208,7 +211,8 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
             # their row and state and take this scope as the walk passes them: at a million items
             # the run sends within seconds instead of after two walks and a one-transaction ingest
             scope = "f" + fingerprint[:31]
-            ingest = st.Ingest(first_walk, scope, table, steps_order, names=names)
+            ingest = st.Ingest(first_walk, scope, table, steps_order, names=names,
+                               columns=column_walk(manifest, sizes, names.step_filter if names else None))
         else:  # the fingerprint could not be computed (a file unreadable): the expansion's digest
             scope, _n = st.expansion_scope(first_walk)
             check()

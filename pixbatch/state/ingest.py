@@ -32,6 +32,7 @@ from typing import Any
 
 import duckdb
 
+from ..expand_columns import ColumnWalk
 from ..items import WorkItem
 from ..keyset import KeySet
 from ..pricing import Price, PriceTable
@@ -83,8 +84,10 @@ class Ingest:
     """An expansion written into the state file batch by batch (see the module docstring)."""
 
     def __init__(self, items: Iterable[WorkItem], scope: str, table: PriceTable, steps: Iterable[str], *,
-                 names: Any = None):
+                 names: Any = None, columns: ColumnWalk | None = None):
         self.scope = scope
+        # the same expansion as columns (expand_columns.column_walk): walked instead of ``items``
+        self.columns = columns
         self.table = table
         self.steps = list(steps)
         self.names = names  # a NameCheck whose wrap() the items already passed through, or None
@@ -105,18 +108,19 @@ class Ingest:
     # -- the walk (no DuckDB) -------------------------------------------------------------
 
     def _price(self, it: WorkItem) -> tuple[int, int, str]:
-        body = it.body
         # a chained item's input size is a prediction: its price is a range (pricing.REASON_ASSUMED)
-        assumed = it.upstream is not None
+        return self._price_of(it.op, it.body, it.input_size, it.upstream is not None)
+
+    def _price_of(self, op: str, body: Any, size: Any, assumed: bool) -> tuple[int, int, str]:
         # what a price depends on (PriceTable.price): the operation, an upscale's mode, target
         # and factor, the input size and whether it is a prediction; nothing else of the body
-        k = (it.op, body.get("upscale_mode"), body.get("target"), body.get("factor"), it.input_size, assumed)
+        k = (op, body.get("upscale_mode"), body.get("target"), body.get("factor"), size, assumed)
         try:
             hit = self._memo.get(k)
         except TypeError:  # an unhashable value where a number belongs (the price says what is wrong)
-            return _priced(self.table.price(it.op, dict(body), it.input_size, assumed=assumed))
+            return _priced(self.table.price(op, dict(body), size, assumed=assumed))
         if hit is None:
-            hit = _priced(self.table.price(it.op, dict(body), it.input_size, assumed=assumed))
+            hit = _priced(self.table.price(op, dict(body), size, assumed=assumed))
             if len(self._memo) < _MEMO_MAX:
                 self._memo[k] = hit
         return hit
@@ -149,16 +153,27 @@ class Ingest:
         fewer at the end of the walk, which sets ``done``. A caller that wants to stay
         responsive takes a few hundred at a time into the same batch."""
         batch = into if into is not None else self.batch()
+        if self.columns is not None:
+            count = self.columns.fill(batch.cols, batch.aliases, n, self._price_of, self._vars)
+            self.walked, self.done = self.columns.walked, self.columns.done
+        else:
+            count = self._take(n, batch)
+        self.items += count
+        names = self.names
+        if names is not None and names.suspect:
+            # a name of this batch repeats or escapes (or two hashes collide): nothing of it is written
+            names.verify()  # raises ManifestError
+            names.suspect = False  # a hash collision of two different names
+        return batch
+
+    def _take(self, n: int, batch: IngestBatch) -> int:
         c = batch.cols
         key_, step_, op_, idx_, body_, input_, name_, up_, w_, h_, lo_, hi_, tier_, vars_ = (c[x] for x in _COLUMNS)
-        add, fromhex, names = self._seen.add, bytes.fromhex, self.names
+        add, fromhex = self._seen.add, bytes.fromhex
         aliases = batch.aliases
         count = 0
         for it in self._it:
             self.walked += 1
-            if names is not None and names.suspect:
-                names.verify()  # raises ManifestError (nothing of this batch is written)
-                names.suspect = False  # a hash collision of two different names
             first = it.first  # the walk knows (expand(..., unique=True)), or the KeySet tells
             if not (add(fromhex(it.key)) if first is None else first):
                 aliases.append((it.key, it.step, it.index, it.output_name))
@@ -184,8 +199,7 @@ class Ingest:
                 break
         else:
             self.done = True
-        self.items += count
-        return batch
+        return count
 
     # -- the writes (the store's writer thread) ----------------------------------------------
 
