@@ -50,7 +50,7 @@ def test_an_empty_file_gets_the_whole_schema_once(tmp_path):
     assert schema(db) == SCHEMA
     assert applied(db) == [name for name, _ in MIGRATIONS] == [
         "m001_probe_cache", "m002_run_state", "m003_item_scope_attempts", "m004_submit_log", "m005_object_storage",
-        "m006_secrets", "m007_item_vars", "m008_items_unindexed"]
+        "m006_secrets", "m007_item_vars", "m008_items_unindexed", "m009_items_zstd"]
     assert db.execute("SELECT table_name FROM information_schema.tables WHERE table_type = 'VIEW'").fetchall() == [
         ("attempts",)]
     assert db.execute("SELECT index_name FROM duckdb_indexes()").fetchall() == []  # m008: items has none
@@ -73,7 +73,7 @@ def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path):
                                      "WHERE table_name = 'items'").fetchall()}
     assert "half_done" not in cols
     assert migrate(db) == ["m003_item_scope_attempts", "m004_submit_log", "m005_object_storage",
-        "m006_secrets", "m007_item_vars", "m008_items_unindexed"]  # the real ones still apply
+        "m006_secrets", "m007_item_vars", "m008_items_unindexed", "m009_items_zstd"]  # the real ones still apply
     db.close()
 
 
@@ -84,11 +84,30 @@ def test_m008_keeps_every_item_row_in_order_and_drops_the_items_indexes(tmp_path
                "SELECT printf('%032x', 99 - i), 's', 'edit', i, '{}', 10000, 10000, 'COMPLETED', 'x', '{\"c\": 1}' "
                "FROM range(100) t(i)")
     before = db.execute("SELECT * FROM items ORDER BY rowid").fetchall()
-    assert migrate(db) == ["m008_items_unindexed"]
+    assert migrate(db, MIGRATIONS[:8]) == ["m008_items_unindexed"]
     assert db.execute("SELECT * FROM items ORDER BY rowid").fetchall() == before
     assert db.execute("SELECT count(*) FROM duckdb_constraints() WHERE table_name = 'items' "
                       "AND constraint_type = 'PRIMARY KEY'").fetchone()[0] == 0
     assert db.execute("SELECT count(*) FROM duckdb_indexes() WHERE table_name = 'items'").fetchone()[0] == 0
+    db.close()
+
+
+def test_m009_keeps_every_item_row_and_stores_the_long_strings_with_zstd(tmp_path):
+    db = duckdb.connect(str(tmp_path / "s.duckdb"))
+    migrate(db, MIGRATIONS[:8])
+    db.execute("INSERT INTO items (key, step, op, idx, body, input_id, output_name, upstream, est_low_micros, "
+               "est_high_micros, state, scope, vars) SELECT printf('%032x', 999 - i), 's', 'edit', i, "
+               "'{\"prompt\": \"p' || i || '\"}', 'in' || i, 's/in' || i || '.jpg', printf('%032x', i), 10000, 10000, "
+               "'COMPLETED', 'x', '{\"c\": 1}' FROM range(1000) t(i)")
+    before = db.execute("SELECT * FROM items ORDER BY rowid").fetchall()
+    assert migrate(db) == ["m009_items_zstd"]
+    assert db.execute("SELECT * FROM items ORDER BY rowid").fetchall() == before
+    db.execute("CHECKPOINT")
+    kinds = dict(db.execute("SELECT column_name, any_value(compression) FROM pragma_storage_info('items') "
+                            "WHERE column_name IN ('key', 'body', 'input_id', 'output_name', 'upstream', 'step') "
+                            "AND segment_type <> 'VALIDITY' GROUP BY ALL").fetchall())
+    assert kinds == {"key": "ZSTD", "body": "ZSTD", "input_id": "ZSTD", "output_name": "ZSTD", "upstream": "ZSTD",
+                     "step": kinds["step"]} and kinds["step"] != "ZSTD"  # a handful of values: DuckDB's choice
     db.close()
 
 
