@@ -21,6 +21,7 @@ walks column by column over awkward manifests (``tests/test_expand_columns.py``)
 from __future__ import annotations
 
 import itertools
+import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -28,6 +29,7 @@ from .expand import _encode_str, _output_size, _plan, _repeats_follow_sources, _
 from .items import UPSTREAM_SCHEME
 from .keyset import KeySet
 from .manifest.model import Manifest, Step
+from .manifest.names import NameCheck, name_escapes
 from .manifest.templates import template_fields
 from .sizes import Size
 
@@ -38,8 +40,9 @@ _FACTS_MAX = 10_000  # input sizes whose per-path facts are kept
 
 Price = Callable[[str, Mapping[str, Any], "Size | None", bool], tuple[int, int, str]]
 VarsJson = Callable[[Mapping[str, Any]], str]
-# a name filter for one step (NameCheck.step_filter): called with each name, in order
-NameFilter = Callable[[], Callable[[str], None]]
+_pack = struct.Struct("<q").pack  # a str hash as 8 bytes (as NameCheck keeps a name's)
+#: the most paths of a step whose names are compared pair by pair (``_names_follow_ids``)
+_AFFIX_PATHS = 200
 
 
 class _Level:
@@ -99,7 +102,7 @@ def _name_parts(step: Step, path: _Path, ext: str) -> tuple[str, str] | str | No
 class ColumnWalk:
     """The expansion of a manifest appended to an ingest's columns (see the module docstring)."""
 
-    def __init__(self, manifest: Manifest, sizes: Callable[[str], Size | None] | None, names: NameFilter | None,
+    def __init__(self, manifest: Manifest, sizes: Callable[[str], Size | None] | None, names: NameCheck | None,
                  chains: list[tuple[list[_Level], list[_Path]]]):
         self.manifest = manifest
         self.sizes = sizes
@@ -135,7 +138,13 @@ class ColumnWalk:
         root, last = levels[0].step, levels[-1]
         step = last.step
         sid, op, chained = step.id, step.op, len(levels) > 1
-        see = self.names() if self.names is not None else None
+        check = self.names
+        # the names' check: per input when the names of distinct inputs cannot meet (then a repeated
+        # name is a repeated input id), else per name (NameCheck's filter); either way per name
+        # whether it escapes output_dir. What it finds, NameCheck.verify() words exactly.
+        by_id = check is not None and _names_follow_ids(paths)
+        see = check.step_filter() if check is not None and not by_id else None
+        ids = KeySet(8).add if by_id else None
         npaths = len(paths)
         facts_by_size: dict[Any, list[tuple[Any, Any, int, int, str]]] = {}
         if root.input_ids is not None:
@@ -151,6 +160,8 @@ class ColumnWalk:
         for inp in inputs:
             cols, aliases = self._cols, self._aliases
             url, iid = inp.url, inp.id
+            if ids is not None and not ids(_pack(hash(iid))):
+                check.suspect = True  # type: ignore[union-attr]
             size = inp.size
             if size is None and sizes is not None:
                 size = sizes(url)
@@ -185,6 +196,8 @@ class ColumnWalk:
                         name = path.name_fmt.format(iid, index, key[:12])
                     if see is not None:
                         see(name)
+                    elif by_id and name_escapes(name):
+                        check.suspect = True  # type: ignore[union-attr]
                     if first:
                         key_.append(key)
                         body_.append(text)
@@ -238,6 +251,26 @@ class ColumnWalk:
         return out
 
 
+def _names_follow_ids(paths: list[_Path]) -> bool:
+    """Whether two items of a step with distinct input ids always have distinct names: every name is
+    ``pre + id + post``, and either all share ``pre`` and no ``post`` is another's suffix (then
+    ``a + post1 == b + post2`` forces ``post1 == post2`` and ``a == b``), or the mirror image."""
+    if len(paths) > _AFFIX_PATHS or any(p.name_fmt is not None for p in paths):
+        return False
+    pres = [p.name_pre for p in paths]
+    posts = [p.name_post for p in paths]
+    if len(set(pres)) == 1:
+        return _affix_free(posts, str.endswith)  # type: ignore[arg-type]
+    if len(set(posts)) == 1:
+        return _affix_free(pres, str.startswith)  # type: ignore[arg-type]
+    return False
+
+
+def _affix_free(parts: list[str], has: Callable[[str, str], bool]) -> bool:
+    """Pairwise distinct, and none a proper suffix (``str.endswith``) or prefix of another."""
+    return len(set(parts)) == len(parts) and not any(a != b and has(a, b) for a in parts for b in parts)
+
+
 def _hex(hasher: Any, text: str) -> str:
     h = hasher.copy()
     h.update(text.encode())
@@ -245,9 +278,9 @@ def _hex(hasher: Any, text: str) -> str:
 
 
 def column_walk(manifest: Manifest, sizes: Callable[[str], Size | None] | None = None,
-                names: NameFilter | None = None) -> ColumnWalk | None:
+                names: NameCheck | None = None) -> ColumnWalk | None:
     """The expansion as columns, or None when the manifest needs the WorkItem walk (see the module
-    docstring). ``names``: a new name filter per step (``NameCheck.step_filter``), or None."""
+    docstring). ``names``: the check of the output names, or None (checked already)."""
     if not _repeats_follow_sources(manifest):
         return None
     chains: list[tuple[list[_Level], list[_Path]]] = []

@@ -29,11 +29,11 @@ NAMINGS = ("{step}/{stem}.{ext}", "{step}/{input}-{index}.{ext}", "{step}/{key}.
 
 
 def _manifest(urls: list[int], sized: bool, ivars: bool, matrix: dict, chain: int, naming: str, fmt: str,
-              subset: bool) -> object:
-    inputs = tuple(Input(f"in{i}", f"https://cdn.example.com/{u}.png", (100 + 37 * u) if sized else None,
+              subset: bool, ids: list[str] | None = None) -> object:
+    inputs = tuple(Input(ids[i] if ids and i < len(ids) else f"in{i}", f"https://cdn.example.com/{u}.png", (100 + 37 * u) if sized else None,
                          (80 + u) if sized else None, {}, {"v": f"v{u % 2}"} if ivars else {})
                    for i, u in enumerate(urls))
-    steps = [Step("ed", "edit", tuple(f"in{i}" for i in range(0, len(urls), 2)) if subset else "inputs",
+    steps = [Step("ed", "edit", tuple(inp.id for inp in inputs[::2]) if subset else "inputs",
                   {"prompt": "make it {color}" if "color" in matrix else "make it"}, matrix, (), naming, 0)]
     for n in range(chain):
         steps.append(Step(f"up{n}", "upscale", steps[-1].id, {"output_format": fmt},
@@ -47,7 +47,7 @@ def _manifest(urls: list[int], sized: bool, ivars: bool, matrix: dict, chain: in
 def _walk(m, columns: bool, n: int, sizes=None) -> tuple[list, list, Ingest]:
     names = NameCheck(m)
     ing = Ingest(names.wrap(expand(m, sizes=sizes, unique=True)), "s", PriceTable.load(), [s.id for s in m.steps],
-                 names=names, columns=column_walk(m, sizes, names.step_filter) if columns else None)
+                 names=names, columns=column_walk(m, sizes, names) if columns else None)
     batches = []
     while not ing.done:
         batches.append(ing.take(n))
@@ -63,16 +63,20 @@ def _outcome(m, columns: bool, n: int, sizes=None):
     return cols, aliases, (ing.items, ing.walked)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(urls=st.lists(st.integers(0, 3), min_size=1, max_size=5), sized=st.booleans(), ivars=st.booleans(),
-       matrix=st.fixed_dictionaries({}, optional={"color": st.sampled_from([("red",), ("red", "blue")]),
+       matrix=st.fixed_dictionaries({}, optional={"color": st.sampled_from([("red",), ("red", "blue"),
+                                                                             ("red", "dark-red")]),
                                                   "seed": st.sampled_from([(1,), (1, 2)])}),
        chain=st.integers(0, 2), naming=st.sampled_from(NAMINGS), fmt=st.sampled_from(["png", "jpg"]),
-       subset=st.booleans(), n=st.integers(1, 7))
-def test_the_column_walk_writes_what_the_item_walk_writes(urls, sized, ivars, matrix, chain, naming, fmt, subset, n):
+       subset=st.booleans(), n=st.integers(1, 7),
+       ids=st.none() | st.lists(st.sampled_from(["x", "x-dark", "y", "y-red"]), min_size=1, max_size=5))
+def test_the_column_walk_writes_what_the_item_walk_writes(urls, sized, ivars, matrix, chain, naming, fmt, subset, n,
+                                                          ids):
     # repeated URLs (aliases), chains of chains, sizes declared or looked up, input variables,
-    # names with braces, indexes, keys, format specs, input variables, duplicates and escapes
-    m = _manifest(urls, sized, ivars, matrix, chain, naming, fmt, subset)
+    # names with braces, indexes, keys, format specs, input variables, duplicates and escapes;
+    # ids that repeat, or that meet another input's name ("x" + "-dark-red" = "x-dark" + "-red")
+    m = _manifest(urls, sized, ivars, matrix, chain, naming, fmt, subset, ids)
     sizes = None if sized else {f"https://cdn.example.com/{u}.png": (640 + u, 480) for u in (0, 2)}.get
     want = _outcome(m, False, n, sizes)
     got = _outcome(m, True, n, sizes)
@@ -107,7 +111,20 @@ def test_a_repeated_name_at_the_end_of_a_batch_is_refused_before_the_batch_is_re
     m.sources[3].id = "in0"  # an id that repeats (as a CSV's would, loaded shallow)
     names = NameCheck(m)
     ing = Ingest(names.wrap(expand(m, unique=True)), "s", PriceTable.load(), ["big"], names=names,
-                 columns=column_walk(m, None, names.step_filter) if columns else None)
+                 columns=column_walk(m, None, names) if columns else None)
     assert (ing.columns is not None) == columns
     with pytest.raises(ManifestError, match="items 0 and 3 both render the output name 'big/in0.jpg'"):
         ing.take(4)
+
+
+@pytest.mark.parametrize("colors", [("red", "dark-red"), ("red", "blue")])
+def test_names_of_two_inputs_that_meet_are_refused_by_both_walks(colors):
+    # "x" + "-dark-red" and "x-dark" + "-red" render the same name: distinct ids do not make distinct
+    # names when one combination's suffix ends another's; with "red" and "blue" they cannot meet
+    m = _manifest([0, 1], True, False, {"color": colors}, 0, "{step}/{stem}.{ext}", "png", False, ["x", "x-dark"])
+    want, got = _outcome(m, False, 3), _outcome(m, True, 3)
+    assert got == want
+    if colors[1] == "dark-red":
+        assert want[0] == "error" and "both render the output name 'ed/x-dark-red.jpg'" in want[1]
+    else:
+        assert want[0] != "error"

@@ -188,7 +188,7 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
             walk = expand(probes.get if probes else None)
             ingest = st.Ingest(names.wrap(walk) if names else walk, scope, table, steps_order, names=names,
                                columns=column_walk(manifest, probes.get if probes else None,
-                                                   names.step_filter if names else None))
+                                                   names))
     if scope is None:
         from ..manifest.names import NameCheck
 
@@ -212,7 +212,7 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
             # the run sends within seconds instead of after two walks and a one-transaction ingest
             scope = "f" + fingerprint[:31]
             ingest = st.Ingest(first_walk, scope, table, steps_order, names=names,
-                               columns=column_walk(manifest, sizes, names.step_filter if names else None))
+                               columns=column_walk(manifest, sizes, names))
         else:  # the fingerprint could not be computed (a file unreadable): the expansion's digest
             scope, _n = st.expansion_scope(first_walk)
             check()

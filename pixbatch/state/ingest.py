@@ -144,6 +144,12 @@ class Ingest:
             self._vars_by_id[id(v)] = (v, text)  # holds v: its id stays its own
         return text
 
+    @property
+    def append_only(self) -> bool:
+        """Whether the items table held no item when the ingest began (known after the first write):
+        every row it writes is then new, and nothing else writes those rows meanwhile."""
+        return self._append_only is True
+
     def batch(self) -> IngestBatch:
         """An empty batch to ``take`` into."""
         return IngestBatch(first=self.batches == 0)
