@@ -53,3 +53,46 @@ def test_the_status_file_says_where_the_stream_spent_its_time(tmp_path, monkeypa
     assert ing["done"] and ing["items"] == 200
     assert ing["walk_s"] > 0 and ing["write_s"] > 0 and ing["wait_s"] >= 0
     assert ing["walk_s"] + ing["wait_s"] <= ing["seconds"] + 0.01  # both on the loop's thread, one after the other
+
+
+def test_a_fresh_stream_commits_every_few_batches_and_keeps_them_when_a_late_name_repeats(tmp_path, monkeypatch):
+    # a fresh state file: the stream writes through its own connection, COMMIT_BATCHES batches a
+    # transaction, while the run updates the items already in. Row 151 renders the name of row 1:
+    # the run stops with the problem (exit 2), and what was written before it stays in the file
+    import duckdb
+    import pytest
+
+    from pixbatch.errors import ManifestError
+    from pixbatch.manifest import load_manifest_shallow
+    from pixbatch.runner import stream
+
+    monkeypatch.setattr(prepare, "FIRST_BATCH", 10)
+    commits: list[int] = []
+    real_add = stream._Appender.add
+
+    def add(self, batch, last):
+        committed = real_add(self, batch, last)
+        if committed:
+            commits.append(self.stream.ingest.new)  # rows written so far
+        return committed
+
+    monkeypatch.setattr(stream._Appender, "add", add)
+    rows = "".join(f"i{i},https://img.test/s/{i}.png,800,600,t{i if i != 150 else 0}\n" for i in range(300))
+    (tmp_path / "in.csv").write_text("id,url,width,height,tag\n" + rows)
+    m = tmp_path / "s.yaml"
+    m.write_text("version: 1\ninputs:\n  - from: in.csv\nsteps:\n  - id: u\n    op: upscale\n    target: 1\n"
+                 "    naming: '{step}/{tag}.{ext}'\n", "utf-8")
+    with start_emulator(fast_test_config(render="lazy")) as emu:
+        with pytest.raises(ManifestError, match="both render the output name 'u/t0.jpg'"):
+            run(load_manifest_shallow(m), options=RunOptions(
+                base_url=emu.url, api_key=emu.api_key, concurrency=8, poll_initial=0.05, download=False,
+                preflight=False, ingest_batch=10))
+    # 10 in prepare, then transactions of 5 batches of 10: 60, 110, 160 would be next, but row 151's
+    # batch is refused before it is written; the open transaction (110 .. 150) is kept
+    assert commits[:2] == [60, 110]
+    db = duckdb.connect(str(tmp_path / "s.pixbatch.duckdb"), read_only=True)
+    try:
+        names = [r[0] for r in db.execute("SELECT output_name FROM items ORDER BY rowid").fetchall()]
+    finally:
+        db.close()
+    assert names == [f"u/t{i}.jpg" for i in range(150)]

@@ -2,9 +2,13 @@
 
 ``prepare`` writes the first batch (``prepare.FIRST_BATCH`` unique items) before anything is
 sent; ``IngestStream.run()`` writes the rest, batch by batch in expansion order: the walk
-(pure Python: expansion, keys, prices, output names) in a worker thread, each write on the
-store's writer thread, where it queues behind the intents like any other write. After each
-batch the feeder is woken (``on_batch``): the new items are sendable at once.
+(pure Python: expansion, keys, prices, output names) on the event loop in short slices, each
+write on another thread. Into a fresh items table (the common case: a first run) the writes go
+through a DuckDB connection and thread of their own, ``COMMIT_BATCHES`` batches a transaction
+(``_Appender``); otherwise (a changed manifest on a resume: keys already in the file keep their
+row) each batch is a transaction of the store's writer thread, queued behind the intents like
+any other write. After each commit the feeder is woken (``on_batch``): the new items are
+sendable at once.
 
 What streaming changes, and what it keeps:
 
@@ -63,8 +67,9 @@ START_WAIT = 1.0
 WRITES_QUEUED = 2
 #: seconds between two reads of the money position while the stream goes on (``_write``)
 POSITION_EVERY = 2.0
-#: rows of a fresh expansion committed together by the ingest's own connection (``_Appender``)
-COMMIT_ROWS = 50_000
+#: batches of a fresh expansion committed together by the ingest's own connection (``_Appender``):
+#: 50,000 rows at the default batch
+COMMIT_BATCHES = 5
 
 
 @dataclass
@@ -200,7 +205,7 @@ class IngestStream:
 
 class _Appender:
     """The rest of a fresh expansion (the items table was empty) written through a DuckDB connection
-    and a thread of its own, ``COMMIT_ROWS`` rows a transaction.
+    and a thread of its own, ``COMMIT_BATCHES`` batches a transaction.
 
     DuckDB writes a large transaction's rows straight into the file (compressed once, no WAL):
     1M rows in transactions of 50,000 beside a busy Python thread, 104,600 -> 143,000 rows/s. On
@@ -213,7 +218,7 @@ class _Appender:
     def __init__(self, stream: IngestStream, cursor: Any):
         self.stream = stream
         self.cursor = cursor
-        self.open_rows: int | None = None  # rows of the open transaction (None: none open)
+        self.open_batches: int | None = None  # batches in the open transaction (None: none open)
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pixbatch-ingest")
 
     @classmethod
@@ -227,18 +232,19 @@ class _Appender:
     def add(self, batch: st.IngestBatch, last: bool) -> bool:
         """(The ingest's thread) one batch into the open transaction; True when it committed."""
         db = self.cursor
-        if self.open_rows is None:
+        if self.open_batches is None:
             db.execute("BEGIN TRANSACTION")
-            self.open_rows = 0
+            self.open_batches = 0
         try:
-            self.open_rows += self.stream.ingest.write(db, batch, transaction=False)
+            self.stream.ingest.write(db, batch, transaction=False)
         except BaseException:
-            self.open_rows = None
+            self.open_batches = None
             db.execute("ROLLBACK")
             raise
-        if self.open_rows < COMMIT_ROWS and not last:
+        self.open_batches += 1
+        if self.open_batches < COMMIT_BATCHES and not last:
             return False
-        self.open_rows = None
+        self.open_batches = None
         db.execute("COMMIT")
         return True
 
@@ -246,8 +252,8 @@ class _Appender:
         """Commit what is written (after the writes queued before), close the connection and the thread."""
         def finish() -> None:
             try:
-                if self.open_rows is not None:
-                    self.open_rows = None
+                if self.open_batches is not None:
+                    self.open_batches = None
                     self.cursor.execute("COMMIT")
             finally:
                 self.cursor.close()

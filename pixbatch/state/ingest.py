@@ -77,7 +77,10 @@ def _arrow_table(cols: dict[str, list[Any]]) -> Any:
     def kind(name: str) -> Any:
         return pa.int64() if name in _INT64 else pa.int32() if name in _INT32 else pa.string()
 
-    return pa.table({name: pa.array(values, type=kind(name)) for name, values in cols.items()})
+    # the C library's allocator, not Arrow's default jemalloc, which keeps the pages of freed
+    # batches: a 1M-item run peaked ~30 MB higher with it (296-305 MB against 269)
+    pool = pa.system_memory_pool()
+    return pa.table({name: pa.array(values, type=kind(name), memory_pool=pool) for name, values in cols.items()})
 
 
 class Ingest:
