@@ -21,6 +21,7 @@ walks column by column over awkward manifests (``tests/test_expand_columns.py``)
 from __future__ import annotations
 
 import itertools
+import re
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -41,6 +42,9 @@ _FACTS_MAX = 10_000  # input sizes whose per-path facts are kept
 Price = Callable[[str, Mapping[str, Any], "Size | None", bool], tuple[int, int, str]]
 VarsJson = Callable[[Mapping[str, Any]], str]
 _pack = struct.Struct("<q").pack  # a str hash as 8 bytes (as NameCheck keeps a name's)
+_ORDER = ("key", "body", "output_name", "upstream", "step", "op", "idx", "input_id", "input_width", "input_height",
+          "est_low_micros", "est_high_micros", "tier", "vars")
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")
 #: the most paths of a step whose names are compared pair by pair (``_names_follow_ids``)
 _AFFIX_PATHS = 200
 
@@ -114,6 +118,7 @@ class ColumnWalk:
         self._aliases: list[tuple[str, str, int, str]] = []
         self._price: Price | None = None
         self._vars: VarsJson | None = None
+        self._want = 0
         self._gen = self._walk()
 
     def fill(self, cols: dict[str, list[Any]], aliases: list[tuple[str, str, int, str]], n: int,
@@ -121,11 +126,13 @@ class ColumnWalk:
         """Append at least ``n`` new unique items (a source's items are never split), or the rest
         of the walk (then ``done``); the unique items appended."""
         self._cols, self._aliases, self._price, self._vars = cols, aliases, price, vars_json
+        self._want = n
         count = 0
-        for added in self._gen:
+        for added in self._gen:  # (a step's walk yields once it has n, and at its end)
             count += added
             if count >= n:
                 return count
+            self._want = n - count
         self.done = True
         return count
 
@@ -145,23 +152,35 @@ class ColumnWalk:
         by_id = check is not None and _names_follow_ids(paths)
         see = check.step_filter() if check is not None and not by_id else None
         ids = KeySet(8).add if by_id else None
+        # a name escapes only where its template does, when the id is plain (``_PLAIN_ID``: no dot, no
+        # separator, no space can meet the template's text to make one): then per input, not per name
+        plain = by_id and all(name_escapes(p.name_pre + "a" + p.name_post) is None for p in paths)  # type: ignore[operator]
+        match_plain = _PLAIN_ID.fullmatch
         npaths = len(paths)
-        facts_by_size: dict[Any, list[tuple[Any, Any, int, int, str]]] = {}
+        facts_by_size: dict[Any, list[tuple[Any, Any, int, int, str, str | None]]] = {}
         if root.input_ids is not None:
             found = manifest.find_inputs(root.input_ids)
             inputs: Any = (found[i] for i in root.input_ids if i in found)
         else:
             inputs = manifest.iter_inputs()
         urls = KeySet().add
-        lpre, lpost, lhash = last.pre, last.post, last.hashers
-        ncombos = len(lpre)
+        # per path of the walked step (in walk order): its combination's JSON around the URL, hasher,
+        # and the name's parts
+        combos = list(zip(last.pre, last.post, last.hashers))
+        parts = [(p.name_pre, p.name_post, p.name_fmt) for p in paths]
         uppers = levels[:-1]
         index = 0
+        count = 0  # unique items appended since the last yield
+        cols: dict[str, list[Any]] | None = None
         for inp in inputs:
-            cols, aliases = self._cols, self._aliases
+            if cols is not self._cols:  # a new batch: its columns
+                cols, aliases = self._cols, self._aliases
+                (key_, body_, name_, up_, step_, op_, idx_, input_, w_, h_, lo_, hi_, tier_,
+                 vars_) = (cols[c] for c in _ORDER)
             url, iid = inp.url, inp.id
             if ids is not None and not ids(_pack(hash(iid))):
                 check.suspect = True  # type: ignore[union-attr]
+            escapes = by_id and not (plain and match_plain(iid))
             size = inp.size
             if size is None and sizes is not None:
                 size = sizes(url)
@@ -181,60 +200,52 @@ class ColumnWalk:
             else:
                 ups = [enc]  # a root step's items: one "upstream", the input's URL as JSON
             pi = 0
-            repeats = []
-            key_, body_, name_, up_ = cols["key"], cols["body"], cols["output_name"], cols["upstream"]
+            ivars = inp.vars
             for up in ups:
-                for j in range(ncombos):
-                    text = lpre[j] + up + lpost[j]
-                    h = lhash[j].copy()
+                for pre, post, hasher in combos:
+                    text = pre + up + post
+                    h = hasher.copy()
                     h.update(text.encode())
                     key = h.hexdigest()[:32]
-                    path = paths[pi]
-                    if path.name_fmt is None:
-                        name = path.name_pre + iid + path.name_post  # type: ignore[operator]
-                    else:
-                        name = path.name_fmt.format(iid, index, key[:12])
+                    npre, npost, nfmt = parts[pi]
+                    name = npre + iid + npost if nfmt is None else nfmt.format(iid, index, key[:12])
                     if see is not None:
                         see(name)
-                    elif by_id and name_escapes(name):
+                    elif escapes and name_escapes(name):
                         check.suspect = True  # type: ignore[union-attr]
                     if first:
+                        w, hgt, lo, hi, tier, vjson = facts[pi]
                         key_.append(key)
                         body_.append(text)
                         name_.append(name)
                         up_.append(up if chained else None)
+                        step_.append(sid)
+                        op_.append(op)
+                        idx_.append(index)
+                        input_.append(iid)
+                        w_.append(w)
+                        h_.append(hgt)
+                        lo_.append(lo)
+                        hi_.append(hi)
+                        tier_.append(tier)
+                        vars_.append(self._vars({**ivars, **paths[pi].vars}) if ivars else vjson)  # type: ignore[misc]
                     else:
-                        repeats.append((key, sid, index, name))
+                        aliases.append((key, sid, index, name))
                     index += 1
                     pi += 1
             self.walked += npaths
-            if not first:
-                aliases.extend(repeats)
-                yield 0
-                continue
-            n = npaths
-            cols["step"].extend([sid] * n)
-            cols["op"].extend([op] * n)
-            cols["idx"].extend(range(index - n, index))
-            cols["input_id"].extend([iid] * n)
-            w_, h_, lo_, hi_, tier_, vars_ = (cols[c] for c in ("input_width", "input_height", "est_low_micros",
-                                                                 "est_high_micros", "tier", "vars"))
-            ivars = inp.vars
-            for path, (w, hgt, lo, hi, tier) in zip(paths, facts):
-                w_.append(w)
-                h_.append(hgt)
-                lo_.append(lo)
-                hi_.append(hi)
-                tier_.append(tier)
-                if ivars:
-                    vars_.append(self._vars({**ivars, **path.vars}))  # type: ignore[misc]
-                else:
-                    vars_.append(path.vars_json)
-            yield n
+            if first:
+                count += npaths
+                if count >= self._want:
+                    yield count
+                    count = 0
+        if count:
+            yield count
 
     def _facts(self, levels: list[_Level], paths: list[_Path], size: Size | None
-               ) -> list[tuple[Any, Any, int, int, str]]:
-        """Per path: the walked step's input width and height, and its price (low, high, tier)."""
+               ) -> list[tuple[Any, Any, int, int, str, str | None]]:
+        """Per path: the walked step's input width and height, its price (low, high, tier), and its
+        matrix values as JSON."""
         out = []
         price = self._price
         assert price is not None
@@ -247,7 +258,7 @@ class ColumnWalk:
                 path.vars_json = self._vars(path.vars)  # type: ignore[misc]
             body = path.combos[-1].fast.body
             lo, hi, tier = price(levels[-1].step.op, body, s, chained)
-            out.append((s[0] if s else None, s[1] if s else None, lo, hi, tier))
+            out.append((s[0] if s else None, s[1] if s else None, lo, hi, tier, path.vars_json))
         return out
 
 

@@ -25,7 +25,7 @@ from test_expand import _built
 
 NAMINGS = ("{step}/{stem}.{ext}", "{step}/{input}-{index}.{ext}", "{step}/{key}.{ext}", "out/{stem}{{x}}-{step}.{ext}",
            "{step}/{index:04d}-{stem}.{ext}", "{step}/{v}/{stem}.{ext}", "{step}/same.{ext}", "{step}/{stem}",
-           "../{stem}.{ext}", "{stem}.{ext}")
+           "../{stem}.{ext}", "{stem}.{ext}", "{step}/{input}", "{input}/{step}.{ext}")
 
 
 def _manifest(urls: list[int], sized: bool, ivars: bool, matrix: dict, chain: int, naming: str, fmt: str,
@@ -70,12 +70,14 @@ def _outcome(m, columns: bool, n: int, sizes=None):
                                                   "seed": st.sampled_from([(1,), (1, 2)])}),
        chain=st.integers(0, 2), naming=st.sampled_from(NAMINGS), fmt=st.sampled_from(["png", "jpg"]),
        subset=st.booleans(), n=st.integers(1, 7),
-       ids=st.none() | st.lists(st.sampled_from(["x", "x-dark", "y", "y-red"]), min_size=1, max_size=5))
+       ids=st.none() | st.lists(st.sampled_from(["x", "x-dark", "y", "y-red", ".", "..", "a.b"]), min_size=1,
+                                max_size=5))
 def test_the_column_walk_writes_what_the_item_walk_writes(urls, sized, ivars, matrix, chain, naming, fmt, subset, n,
                                                           ids):
     # repeated URLs (aliases), chains of chains, sizes declared or looked up, input variables,
     # names with braces, indexes, keys, format specs, input variables, duplicates and escapes;
-    # ids that repeat, or that meet another input's name ("x" + "-dark-red" = "x-dark" + "-red")
+    # ids that repeat, or that meet another input's name ("x" + "-dark-red" = "x-dark" + "-red"), or
+    # that make a name escape ("ed/" + ".." names a directory)
     m = _manifest(urls, sized, ivars, matrix, chain, naming, fmt, subset, ids)
     sizes = None if sized else {f"https://cdn.example.com/{u}.png": (640 + u, 480) for u in (0, 2)}.get
     want = _outcome(m, False, n, sizes)

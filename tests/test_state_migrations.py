@@ -14,13 +14,13 @@ SCHEMA = {
     "attempts": "key VARCHAR, n INTEGER, run_id VARCHAR, intent_at TIMESTAMP, reserved_micros BIGINT, "
                 "request_id VARCHAR, accepted_at TIMESTAMP, http_status INTEGER, outcome VARCHAR, polling_path VARCHAR",
     "events": "seq BIGINT, ts TIMESTAMP, run_id VARCHAR, key VARCHAR, kind VARCHAR, detail JSON",
-    "items": "key VARCHAR, step VARCHAR, op VARCHAR, idx BIGINT, body JSON, input_id VARCHAR, output_name VARCHAR, "
+    "items": "key VARCHAR, step VARCHAR, op VARCHAR, idx BIGINT, body VARCHAR, input_id VARCHAR, output_name VARCHAR, "
              "upstream VARCHAR, input_width INTEGER, input_height INTEGER, est_low_micros BIGINT, "
              "est_high_micros BIGINT, tier VARCHAR, state VARCHAR, request_id VARCHAR, gateway_status VARCHAR, "
              "error VARCHAR, reserved_micros BIGINT, charged_micros BIGINT, media_url VARCHAR, media_type VARCHAR, "
              "output_width INTEGER, output_height INTEGER, polls INTEGER, submitted_at TIMESTAMP, "
              "started_at TIMESTAMP, finished_at TIMESTAMP, updated_at TIMESTAMP, run_id VARCHAR, scope VARCHAR, "
-             "attempts INTEGER, polling_path VARCHAR, vars JSON",
+             "attempts INTEGER, polling_path VARCHAR, vars VARCHAR",
     "outputs": "key VARCHAR, path VARCHAR, sha256 VARCHAR, bytes BIGINT, width INTEGER, height INTEGER, "
                "media_type VARCHAR, downloaded_at TIMESTAMP, etag VARCHAR",
     "probes": "url VARCHAR, width INTEGER, height INTEGER, format VARCHAR, bytes_read INTEGER, error VARCHAR, "
@@ -50,7 +50,7 @@ def test_an_empty_file_gets_the_whole_schema_once(tmp_path):
     assert schema(db) == SCHEMA
     assert applied(db) == [name for name, _ in MIGRATIONS] == [
         "m001_probe_cache", "m002_run_state", "m003_item_scope_attempts", "m004_submit_log", "m005_object_storage",
-        "m006_secrets", "m007_item_vars", "m008_items_unindexed", "m009_items_zstd"]
+        "m006_secrets", "m007_item_vars", "m008_items_unindexed", "m009_items_compact"]
     assert db.execute("SELECT table_name FROM information_schema.tables WHERE table_type = 'VIEW'").fetchall() == [
         ("attempts",)]
     assert db.execute("SELECT index_name FROM duckdb_indexes()").fetchall() == []  # m008: items has none
@@ -73,7 +73,7 @@ def test_a_failed_migration_leaves_the_file_as_it_was(tmp_path):
                                      "WHERE table_name = 'items'").fetchall()}
     assert "half_done" not in cols
     assert migrate(db) == ["m003_item_scope_attempts", "m004_submit_log", "m005_object_storage",
-        "m006_secrets", "m007_item_vars", "m008_items_unindexed", "m009_items_zstd"]  # the real ones still apply
+        "m006_secrets", "m007_item_vars", "m008_items_unindexed", "m009_items_compact"]  # the real ones still apply
     db.close()
 
 
@@ -100,7 +100,7 @@ def test_m009_keeps_every_item_row_and_stores_the_long_strings_with_zstd(tmp_pat
                "'{\"prompt\": \"p' || i || '\"}', 'in' || i, 's/in' || i || '.jpg', printf('%032x', i), 10000, 10000, "
                "'COMPLETED', 'x', '{\"c\": 1}' FROM range(1000) t(i)")
     before = db.execute("SELECT * FROM items ORDER BY rowid").fetchall()
-    assert migrate(db) == ["m009_items_zstd"]
+    assert migrate(db) == ["m009_items_compact"]
     assert db.execute("SELECT * FROM items ORDER BY rowid").fetchall() == before
     db.execute("CHECKPOINT")
     kinds = dict(db.execute("SELECT column_name, any_value(compression) FROM pragma_storage_info('items') "

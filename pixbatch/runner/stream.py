@@ -223,7 +223,7 @@ class _Appender:
 
     @classmethod
     async def open(cls, store: st.Store, stream: IngestStream) -> _Appender:
-        return cls(stream, await store.call(lambda db: db.cursor()))
+        return cls(stream, await store.call(st.cursor))
 
     def write(self, batch: st.IngestBatch, *, last: bool) -> asyncio.Future:
         return asyncio.get_running_loop().run_in_executor(self.pool, self.stream._write, self.cursor, batch, self,

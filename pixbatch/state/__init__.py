@@ -40,7 +40,7 @@ Everything public is re-exported here: ``from pixbatch import state as st; st.St
 from __future__ import annotations
 
 from .ingest import INGEST_BATCH, Ingest, IngestBatch, bulk_insert_items_for_bench, expansion_scope, ingest
-from .migrations import MIGRATIONS, applied, connect, migrate
+from .migrations import MIGRATIONS, applied, connect, cursor, migrate
 from .model import (
     BLOCKING,
     FAILURES,
@@ -118,7 +118,7 @@ __all__ = [
     "OpenRequest", "OutputRow", "PlanGroup", "Redo", "Requeued", "RunStart", "Selection", "StatusSnapshot", "Store",
     "Totals", "Waiter",
     "abandon", "absorb_crashed_runs", "alias_names", "applied", "block_downstream", "bulk_insert_items_for_bench",
-    "completed_page", "completed_without_media", "connect", "counts_by_step", "expansion_scope", "finish_run",
+    "completed_page", "completed_without_media", "connect", "counts_by_step", "cursor", "expansion_scope", "finish_run",
     "in_flight_count", "in_flight_low_micros", "item_row", "secret", "ingest", "insert_log", "iso_utc", "last_run", "left_to_send", "log_attempt",
     "mark_ingested", "migrate", "open_for_reading", "open_requests",
     "pending_cost", "pending_count", "plan_groups", "probed_sizes", "probes_fingerprint", "read_status", "ready_page",

@@ -202,6 +202,38 @@ def migrate(db: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration
     return now
 
 
+#: rows per row group of the rows this version writes (DuckDB's default is 122,880). A transaction
+#: that fills whole row groups has them written straight into the file, compressed once; the rest
+#: go through the WAL and are compressed again at the next checkpoint. The ingest commits 50,000
+#: rows at a time: at 24,576 rows a group, 49,152 of them go straight in (1M rows beside a busy
+#: Python thread: 121,000 -> 155,000 rows/s, commits 3.3 -> 0.2 s), at the default none do.
+#: Row groups already in a file keep their size.
+ROW_GROUP_SIZE = 24_576
+#: the name a state file is attached under (``USE``d: queries name its tables unqualified)
+ALIAS = "state"
+
+
+def _attach(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
+    """A connection to ``path`` (attached to an in-memory DuckDB, the only way to give it a row
+    group size), used as the default database."""
+    db = duckdb.connect(":memory:")
+    try:
+        quoted = str(path).replace("'", "''")
+        db.execute(f"ATTACH '{quoted}' AS {ALIAS} (ROW_GROUP_SIZE {ROW_GROUP_SIZE}{', READ_ONLY' if read_only else ''})")
+        db.execute(f"USE {ALIAS}")
+    except BaseException:
+        db.close()
+        raise
+    return db
+
+
+def cursor(db: duckdb.DuckDBPyConnection) -> duckdb.DuckDBPyConnection:
+    """Another connection to the state file of ``db`` (for another thread), with the file as its default."""
+    c = db.cursor()
+    c.execute(f"USE {ALIAS}")
+    return c
+
+
 def connect(path: str | Path, *, read_only: bool = False, wait: float = 0.0) -> duckdb.DuckDBPyConnection:
     """Open a state file, migrated to the latest schema (read-only files are not migrated).
 
@@ -225,7 +257,7 @@ def connect(path: str | Path, *, read_only: bool = False, wait: float = 0.0) -> 
                              "pass a --state file in a writable directory.") from None
         while True:
             try:
-                db = duckdb.connect(str(path), read_only=read_only)
+                db = _attach(path, read_only)
                 break
             except duckdb.IOException as exc:
                 if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
@@ -515,30 +547,38 @@ def m008_items_unindexed(db: duckdb.DuckDBPyConnection) -> None:
     db.execute("ALTER TABLE items_m008 RENAME TO items")
 
 
-#: the items' long, distinct strings: written once by the ingest, read a page at a time
-ZSTD_COLUMNS = ('"key" VARCHAR', "body JSON", "input_id VARCHAR", "output_name VARCHAR", "upstream VARCHAR")
+#: the items' columns m009 redefines: long, distinct strings (written once by the ingest, read a page
+#: at a time) with zstd; the JSON columns as VARCHAR (DuckDB parses every JSON value it stores)
+M009_COLUMNS = (('"key" VARCHAR', "\"key\" VARCHAR USING COMPRESSION 'zstd'"),
+                ("body JSON", "body VARCHAR USING COMPRESSION 'zstd'"),
+                ("input_id VARCHAR", "input_id VARCHAR USING COMPRESSION 'zstd'"),
+                ("output_name VARCHAR", "output_name VARCHAR USING COMPRESSION 'zstd'"),
+                ("upstream VARCHAR", "upstream VARCHAR USING COMPRESSION 'zstd'"),
+                ("vars JSON", "vars VARCHAR"))
 
 
 @migration
-def m009_items_zstd(db: duckdb.DuckDBPyConnection) -> None:
-    # items stores its long, distinct strings (key, body, input_id, output_name, upstream) with
-    # zstd instead of DuckDB's default choice (dictionary + FSST), which spent most of the
-    # ingest's write time compressing them. 1M rows in batches of 10,000 beside a busy Python
-    # thread: 88,500 -> 104,600 rows/s, and the file 95 -> 66 MB. A DuckDB without per-column
-    # compression (before 1.2) keeps the table as it is.
+def m009_items_compact(db: duckdb.DuckDBPyConnection) -> None:
+    # The ingest's write time, 1M rows in transactions of 50,000 beside a busy Python thread:
+    # - key, body, input_id, output_name and upstream stored with zstd instead of DuckDB's default
+    #   choice (dictionary + FSST, which spent most of the time compressing them): in batches of
+    #   10,000, 88,500 -> 104,600 rows/s, and the file 95 -> 66 MB;
+    # - body and vars as VARCHAR, not JSON: DuckDB parses every value it stores in a JSON column
+    #   (pixbatch writes them, canonical; json_extract reads VARCHAR alike): 151,000 -> 159,000 rows/s.
+    # A DuckDB without per-column compression (before 1.2) keeps the table as it is.
     sql = db.execute("SELECT sql FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = 'items'").fetchone()
     if sql is None or not sql[0].startswith("CREATE TABLE items("):
         raise StateError(f"the items table has an unexpected shape: {sql[0] if sql else 'missing'}")
     if not _zstd_columns():
         return  # no per-column compression in this DuckDB: the default choice stays
     new = sql[0].replace("CREATE TABLE items(", "CREATE TABLE items_m009(", 1)
-    for col in ZSTD_COLUMNS:
-        for end in (" NOT NULL,", ","):
-            if f"{col}{end}" in new:
-                new = new.replace(f"{col}{end}", f"{col} USING COMPRESSION 'zstd'{end}", 1)
+    for old, col in M009_COLUMNS:
+        for end in (" NOT NULL,", ",", ");"):
+            if f"{old}{end}" in new:
+                new = new.replace(f"{old}{end}", f"{col}{end}", 1)
                 break
         else:
-            raise StateError(f"the items table has an unexpected shape (no {col}): {sql[0]}")
+            raise StateError(f"the items table has an unexpected shape (no {old}): {sql[0]}")
     db.execute(new)
     db.execute("INSERT INTO items_m009 SELECT * FROM items ORDER BY rowid")
     db.execute("DROP TABLE items")
