@@ -96,3 +96,46 @@ def test_a_fresh_stream_commits_every_few_batches_and_keeps_them_when_a_late_nam
     finally:
         db.close()
     assert names == [f"u/t{i}.jpg" for i in range(150)]
+
+
+def test_a_failed_write_of_the_stream_leaves_no_gap_and_a_resume_sends_the_rest_once(tmp_path, monkeypatch):
+    # the 8th write (the third batch of the stream's second transaction) fails: that transaction is
+    # rolled back whole, the batches queued behind it are not written, the run stops with the error;
+    # the next run reads the rest in and sends every item exactly once
+    import duckdb
+    import pytest
+
+    from pixbatch.state import Ingest
+
+    monkeypatch.setattr(prepare, "FIRST_BATCH", 10)
+    real_write = Ingest.write
+    calls = {"n": 0}
+
+    def write(self, db, batch, *, transaction=True):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise OSError("No space left on device (simulated)")
+        return real_write(self, db, batch, transaction=transaction)
+
+    rows = "".join(f"i{i},https://img.test/g/{i}.png,800,600\n" for i in range(300))
+    (tmp_path / "in.csv").write_text("id,url,width,height\n" + rows)
+    m = tmp_path / "g.yaml"
+    m.write_text("version: 1\ninputs:\n  - from: in.csv\nsteps:\n  - id: u\n    op: upscale\n    target: 1\n", "utf-8")
+    with start_emulator(fast_test_config(render="lazy")) as emu:
+        opts = RunOptions(base_url=emu.url, api_key=emu.api_key, concurrency=8, poll_initial=0.05, download=False,
+                          preflight=False, ingest_batch=10)
+        monkeypatch.setattr(Ingest, "write", write)
+        with pytest.raises(OSError, match="No space left"):
+            run(load_manifest(m), options=opts)
+        db = duckdb.connect(str(tmp_path / "g.pixbatch.duckdb"), read_only=True)
+        try:
+            idx = [r[0] for r in db.execute("SELECT idx FROM items ORDER BY rowid").fetchall()]
+        finally:
+            db.close()
+        assert idx == list(range(60))  # the first batch and one whole transaction of 5: no gap
+        monkeypatch.setattr(Ingest, "write", real_write)
+        summary = run(load_manifest(m), options=opts)
+        emu.wait_idle()
+        stats = emu.stats()
+    assert summary.exit_code == 0 and summary.counts["COMPLETED"] == 300
+    assert stats["submits"] == 300  # each item sent once over both runs

@@ -143,6 +143,8 @@ class IngestStream:
         try:
             await self._walk(writing, appender)
         finally:
+            for queued in writing:  # behind a failure or a cancel: their outcome is the failure's
+                queued.add_done_callback(lambda f: f.cancelled() or f.exception())
             if appender is not None:
                 # after the writes queued before it: what they wrote is kept (a cancelled or failed
                 # walk, like a finished one; a resume walks again from the start either way)
@@ -219,6 +221,7 @@ class _Appender:
         self.stream = stream
         self.cursor = cursor
         self.open_batches: int | None = None  # batches in the open transaction (None: none open)
+        self.failed = False  # a write failed: the batches queued behind it are not written
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pixbatch-ingest")
 
     @classmethod
@@ -235,10 +238,12 @@ class _Appender:
         if self.open_batches is None:
             db.execute("BEGIN TRANSACTION")
             self.open_batches = 0
+        if self.failed:
+            raise RuntimeError("an earlier write of this stream failed")  # (never a gap in the file)
         try:
             self.stream.ingest.write(db, batch, transaction=False)
         except BaseException:
-            self.open_batches = None
+            self.open_batches, self.failed = None, True
             db.execute("ROLLBACK")
             raise
         self.open_batches += 1
