@@ -119,6 +119,7 @@ class ColumnWalk:
         self._price: Price | None = None
         self._vars: VarsJson | None = None
         self._want = 0
+        self._firsts: dict[tuple[str, ...] | None, bytearray] = {}  # by the root's input_ids (None: all)
         self._gen = self._walk()
 
     def fill(self, cols: dict[str, list[Any]], aliases: list[tuple[str, str, int, str]], n: int,
@@ -163,7 +164,12 @@ class ColumnWalk:
             inputs: Any = (found[i] for i in root.input_ids if i in found)
         else:
             inputs = manifest.iter_inputs()
-        urls = KeySet().add
+        # whether each source is the first with its URL: known from an earlier walk of the same inputs
+        # (another root step, or this chain's root walked for an earlier step), else told by a KeySet
+        known = self._firsts.get(root.input_ids)
+        urls = KeySet().add if known is None else None
+        flags = bytearray() if known is None else None
+        si = 0
         # per path of the walked step (in walk order): its combination's JSON around the URL, hasher,
         # and the name's parts
         combos = list(zip(last.pre, last.post, last.hashers))
@@ -184,7 +190,12 @@ class ColumnWalk:
             size = inp.size
             if size is None and sizes is not None:
                 size = sizes(url)
-            first = urls(_sha256(url.encode()).digest()[:16])
+            if known is not None:
+                first = known[si]
+                si += 1
+            else:
+                first = urls(_sha256(url.encode()).digest()[:16])  # type: ignore[misc]
+                flags.append(first)  # type: ignore[union-attr]
             facts = facts_by_size.get(size)
             if facts is None:
                 facts = self._facts(levels, paths, size)
@@ -239,6 +250,8 @@ class ColumnWalk:
                 if count >= self._want:
                     yield count
                     count = 0
+        if flags is not None:
+            self._firsts[root.input_ids] = flags  # (a walk that ends early never gets here)
         if count:
             yield count
 

@@ -95,7 +95,7 @@ class Ingest:
         self.steps = list(steps)
         self.names = names  # a NameCheck whose wrap() the items already passed through, or None
         self._it: Iterator[WorkItem] = iter(items)
-        self._seen = KeySet()
+        self._seen: KeySet | None = None  # made on the first item whose walk does not tell repeats
         self._memo: dict[tuple[Any, ...], tuple[int, int, str]] = {}
         self._vars_memo: dict[tuple[Any, ...], str] = {}
         self._vars_by_id: dict[int, tuple[Any, str]] = {}
@@ -178,7 +178,14 @@ class Ingest:
     def _take(self, n: int, batch: IngestBatch) -> int:
         c = batch.cols
         key_, step_, op_, idx_, body_, input_, name_, up_, w_, h_, lo_, hi_, tier_, vars_ = (c[x] for x in _COLUMNS)
-        add, fromhex = self._seen.add, bytes.fromhex
+        fromhex = bytes.fromhex
+
+        def add(key: bytes) -> bool:  # the KeySet, made when an item needs it (most walks mark ``first``)
+            nonlocal add
+            if self._seen is None:
+                self._seen = KeySet()
+            add = self._seen.add
+            return add(key)
         aliases = batch.aliases
         count = 0
         for it in self._it:
