@@ -128,3 +128,22 @@ def test_a_read_only_file_is_not_migrated(tmp_path):
     db = connect(path, read_only=True)
     assert applied(db) == ["m001_probe_cache"]
     db.close()
+
+
+def test_a_state_file_spills_beside_itself_with_small_row_groups(tmp_path, monkeypatch):
+    # the file is attached (for its row group size): DuckDB's temp files still go beside it, never
+    # into the directory the user runs pixbatch from
+    from pixbatch.state.migrations import ROW_GROUP_SIZE
+
+    monkeypatch.chdir(tmp_path)
+    path = tmp_path / "d" / "s.duckdb"
+    db = connect(path)
+    try:
+        assert db.execute("SELECT current_setting('temp_directory')").fetchone()[0] == f"{path}.tmp"
+        db.execute("CREATE TABLE t AS SELECT range AS i FROM range(100000)")
+        db.execute("CHECKPOINT")
+        groups = db.execute("SELECT count(DISTINCT row_group_id) FROM pragma_storage_info('t')").fetchone()[0]
+        assert groups == -(-100_000 // ROW_GROUP_SIZE)
+    finally:
+        db.close()
+    assert not (tmp_path / ".tmp").exists()

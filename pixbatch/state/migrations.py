@@ -221,6 +221,9 @@ def _attach(path: Path, read_only: bool) -> duckdb.DuckDBPyConnection:
         quoted = str(path).replace("'", "''")
         db.execute(f"ATTACH '{quoted}' AS {ALIAS} (ROW_GROUP_SIZE {ROW_GROUP_SIZE}{', READ_ONLY' if read_only else ''})")
         db.execute(f"USE {ALIAS}")
+        # where DuckDB spills beyond its memory limit: beside the file, as when it is opened directly
+        # (an in-memory database's default is ./.tmp, in whatever directory the user is in)
+        db.execute(f"SET temp_directory = '{quoted}.tmp'")
     except BaseException:
         db.close()
         raise
