@@ -21,6 +21,7 @@ walks column by column over awkward manifests (``tests/test_expand_columns.py``)
 from __future__ import annotations
 
 import itertools
+import math
 import re
 import struct
 from collections.abc import Callable, Iterator, Mapping
@@ -47,6 +48,9 @@ _ORDER = ("key", "body", "output_name", "upstream", "step", "op", "idx", "input_
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_-]+")
 #: the most paths of a step whose names are compared pair by pair (``_names_follow_ids``)
 _AFFIX_PATHS = 200
+#: the most paths (combinations along a chain) a step may have for the column walk, which holds a
+#: name template per path: more (a chain of large matrices) take the WorkItem walk
+_MAX_PATHS = 10_000
 
 
 class _Level:
@@ -313,6 +317,8 @@ def column_walk(manifest: Manifest, sizes: Callable[[str], Size | None] | None =
         while chain[0].upstream is not None:
             chain.insert(0, manifest.step(chain[0].upstream))
         levels = [_Level(manifest, s, i > 0) for i, s in enumerate(chain)]
+        if math.prod(len(lvl.combos) for lvl in levels) > _MAX_PATHS:
+            return None
         paths = [_Path(combos) for combos in itertools.product(*(lvl.combos for lvl in levels))]
         for path in paths:
             last = path.combos[-1]

@@ -130,3 +130,13 @@ def test_names_of_two_inputs_that_meet_are_refused_by_both_walks(colors):
         assert want[0] == "error" and "both render the output name 'ed/x-dark-red.jpg'" in want[1]
     else:
         assert want[0] != "error"
+
+
+def test_a_chain_of_large_matrices_takes_the_item_walk(monkeypatch):
+    from pixbatch import expand_columns
+
+    m = _manifest([0, 1], True, False, {"color": ("red", "blue"), "seed": (1, 2)}, 1, "{step}/{stem}.{ext}", "png",
+                  False)
+    assert column_walk(m) is not None  # 4 x 2 paths for the chained step
+    monkeypatch.setattr(expand_columns, "_MAX_PATHS", 7)
+    assert column_walk(m) is None
