@@ -187,8 +187,7 @@ def prepare(db: Any, *, manifest: Any, options: RunOptions, run_id: str, budget:
             names = NameCheck(manifest) if not manifest.names_checked else None
             walk = expand(probes.get if probes else None)
             ingest = st.Ingest(names.wrap(walk) if names else walk, scope, table, steps_order, names=names,
-                               columns=column_walk(manifest, probes.get if probes else None,
-                                                   names))
+                               columns=column_walk(manifest, probes.get if probes else None, names))
     if scope is None:
         from ..manifest.names import NameCheck
 

@@ -7,16 +7,19 @@ items while the rest are still being read:
 - ``take(n)`` (any thread, one at a time; pure Python, no DuckDB) walks the expansion until
   it has ``n`` new unique items: it prices them, sets repeats aside as aliases, and checks
   each output name as it passes (``NameCheck``): a bad name raises ``ManifestError`` before
-  the batch that holds it is returned, so it is never written, let alone sent.
-- ``write(db, batch)`` (the store's writer thread) writes one batch in one transaction
+  the batch that holds it is returned, so it is never written, let alone sent. For the
+  common manifest the walk is ``expand_columns.column_walk`` (the same columns, appended
+  without a WorkItem per item); otherwise the WorkItems of ``expand``.
+- ``write(db, batch)`` (the store's writer thread, or the stream's own: ``runner.stream``)
+  writes one batch in one transaction (or into the caller's, ``transaction=False``)
   through DuckDB's Arrow scan (``INSERT ... SELECT`` from a ``pyarrow`` table: DuckDB's
   bulk path for data that lives in Python; row-by-row INSERTs cost ~100x more per row).
   Into a table that held no item when the ingest began it is a plain append; otherwise keys
   already in the file keep their row and state (completed results are reused) and only
   get the new ``scope``.
 
-Memory: ~20 bytes per unique key (a ``KeySet``: to tell a repeat from a new request, as the
-estimate does), the price memo, and one batch of columns.
+Memory: the price memo and one batch of columns; ~20 bytes per unique key (a ``KeySet``: to
+tell a repeat from a new request) only when the walk does not mark repeats itself.
 
 ``ingest(db, items, ...)`` is the whole expansion at once, in one transaction (a caller
 that must keep nothing on failure).
