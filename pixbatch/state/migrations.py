@@ -202,12 +202,10 @@ def migrate(db: duckdb.DuckDBPyConnection, migrations: list[tuple[str, Migration
     return now
 
 
-#: rows per row group of the rows this version writes (DuckDB's default is 122,880). A transaction
-#: that fills whole row groups has them written straight into the file, compressed once; the rest
-#: go through the WAL and are compressed again at the next checkpoint. The ingest commits 50,000
-#: rows at a time: at 24,576 rows a group, 49,152 of them go straight in (1M rows beside a busy
-#: Python thread: 121,000 -> 155,000 rows/s, commits 3.3 -> 0.2 s), at the default none do.
-#: Row groups already in a file keep their size.
+#: rows per row group written (DuckDB's default: 122,880; groups already in a file keep theirs). A
+#: transaction's full row groups go straight into the file, compressed once, the rest through the
+#: WAL: of the ingest's 50,000-row commits 49,152 rows go straight in, at the default none (1M rows
+#: beside the walk: 121,000 -> 155,000 rows/s, commits 3.3 -> 0.2 s)
 ROW_GROUP_SIZE = 24_576
 #: the name a state file is attached under (``USE``d: queries name its tables unqualified)
 ALIAS = "state"
