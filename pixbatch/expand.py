@@ -134,7 +134,7 @@ def _has_fields(text: Any) -> bool:
     return isinstance(text, str) and bool(template_fields(text))
 
 
-def _plan(manifest: Manifest, step: Step) -> _Plan:
+def step_plan(manifest: Manifest, step: Step) -> _Plan:
     base = manifest.step_params(step)
     keys = list(step.matrix)
     params = set(contract.STEP_PARAMS[step.op])
@@ -212,7 +212,7 @@ def _cached_output_size(op: str, mode: Any, target: Any, factor: Any, aspect: An
     return output_size(op, body, size)
 
 
-def _output_size(op: str, body: Mapping[str, Any], size: Size | None) -> Size | None:
+def memo_output_size(op: str, body: Mapping[str, Any], size: Size | None) -> Size | None:
     """sizes.output_size, memoised: most items of a batch share a handful of sizes."""
     if size is None and (op == "upscale" or body.get("aspect_ratio") == "match_input_image"):
         return None
@@ -238,7 +238,7 @@ def _sources(manifest: Manifest, step: Step, sizes: SizeLookup | None, unique: b
         upop = upstep.op
         for (key, body, in_size, ivars, first), inp, stem, tv in _rows(manifest, upstep, sizes, light=True,
                                                                        unique=unique):
-            size = _output_size(upop, body, in_size)
+            size = memo_output_size(upop, body, in_size)
             yield inp, upstream_ref(key), key, size, ivars, tv, stem, first
         return
     if step.input_ids is not None:
@@ -261,8 +261,8 @@ def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None, light: bool 
           unique: bool = False) -> Iterator[Any]:
     """The step's rows (``_Row``). ``light``: for a step chained on this one, which needs only
     (key, body, input size, vars, first) of each item: no WorkItem, no output name. ``unique``:
-    the expansion passed ``_repeats_follow_sources`` (each item's ``first`` is its source's)."""
-    plan = _plan(manifest, step)
+    the expansion passed ``repeats_follow_sources`` (each item's ``first`` is its source's)."""
+    plan = step_plan(manifest, step)
     sid, op, refs, naming = step.id, step.op, list(plan.refs), plan.naming
     is_edit = op == "edit"
     uses_key = plan.naming_uses_key
@@ -348,7 +348,7 @@ def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None, light: bool 
                 tv["key"] = item.key[:12]
                 item = replace(item, output_name=naming.format_map(tv))
             index += 1
-            if unique:  # (the checks of _repeats_follow_sources let no item come this way)
+            if unique:  # (the checks of repeats_follow_sources let no item come this way)
                 raise AssertionError(f"step {sid!r}: an item off the fast path in a walk that relies on it")
             yield ((item.key, item.body, item.input_size, item.vars, None) if light else item), inp, stem, tv
 
@@ -374,11 +374,11 @@ def expand(manifest: Manifest, *, sizes: SizeLookup | None = None, unique: bool 
     may return None); chained items get the size their upstream will produce.
 
     ``unique``: each item's ``first`` says whether it is the first of the walk with its key (a
-    repeat is the same request again: sent once). When ``_repeats_follow_sources`` holds (the
+    repeat is the same request again: sent once). When ``repeats_follow_sources`` holds (the
     common case) that is known per source image, at the cost of one lookup per input of a root
     step; otherwise every key goes through a ``KeySet`` (~20 bytes a key).
     """
-    if unique and not _repeats_follow_sources(manifest):
+    if unique and not repeats_follow_sources(manifest):
         seen = KeySet().add
         fromhex = bytes.fromhex
         for step in manifest.steps:
@@ -390,7 +390,7 @@ def expand(manifest: Manifest, *, sizes: SizeLookup | None = None, unique: bool 
         yield from map(_first, _rows(manifest, step, sizes, unique=unique))  # (map: no Python frame per item)
 
 
-def _repeats_follow_sources(manifest: Manifest) -> bool:
+def repeats_follow_sources(manifest: Manifest) -> bool:
     """Whether two items of the expansion can share a key only by sharing their step, their
     combination and their source's main image. Then a repeat is known per source: the items of a
     source whose main image came earlier in the step repeat, all others are new.
@@ -406,7 +406,7 @@ def _repeats_follow_sources(manifest: Manifest) -> bool:
         return False
     templates: set[tuple[str, str, str]] = set()
     for step in manifest.steps:
-        for combo in _plan(manifest, step).combos:
+        for combo in step_plan(manifest, step).combos:
             fast = combo.fast
             if fast is None or fast.tail is not None:
                 return False

@@ -9,7 +9,7 @@ operations Python allows (one concatenation and one sha256 for a key, one concat
 appends them straight to an ingest's columns. At a million items that is ~3x less CPU than
 ``expand`` + ``Ingest.take`` over WorkItems, for the same columns.
 
-It applies when ``expand._repeats_follow_sources`` holds (every combination takes the fast
+It applies when ``expand.repeats_follow_sources`` holds (every combination takes the fast
 path with a fixed prompt, no input overrides a step: repeats are known per source image)
 and every step's naming template can be cut around its per-item values: ``{input}``,
 ``{stem}``, ``{index}`` and ``{key}`` without a format spec, everything else constant along a
@@ -20,14 +20,16 @@ walks column by column over awkward manifests (``tests/test_expand_columns.py``)
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import math
 import re
 import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .expand import _encode_str, _output_size, _plan, _repeats_follow_sources, _sha256
+from .expand import memo_output_size, repeats_follow_sources, step_plan
 from .items import UPSTREAM_SCHEME
 from .keyset import KeySet
 from .manifest.model import Manifest, Step
@@ -42,6 +44,8 @@ _FACTS_MAX = 10_000  # input sizes whose per-path facts are kept
 
 Price = Callable[[str, Mapping[str, Any], "Size | None", bool], tuple[int, int, str]]
 VarsJson = Callable[[Mapping[str, Any]], str]
+_encode_str = json.encoder.encode_basestring  # one JSON string value (as items.canonical_json writes it)
+_sha256 = hashlib.sha256
 _pack = struct.Struct("<q").pack  # a str hash as 8 bytes (as NameCheck keeps a name's)
 _ORDER = ("key", "body", "output_name", "upstream", "step", "op", "idx", "input_id", "input_width", "input_height",
           "est_low_micros", "est_high_micros", "tier", "vars")
@@ -60,7 +64,7 @@ class _Level:
 
     def __init__(self, manifest: Manifest, step: Step, chained: bool):
         self.step = step
-        self.combos = _plan(manifest, step).combos
+        self.combos = step_plan(manifest, step).combos
         lead = '"' + UPSTREAM_SCHEME if chained else ""  # a chained URL is "pixbatch://item/<key>"
         self.pre = [c.fast.head + lead for c in self.combos]  # type: ignore[union-attr]
         self.post = [('"' if chained else "") + c.fast.mid for c in self.combos]  # type: ignore[union-attr]
@@ -270,7 +274,7 @@ class ColumnWalk:
         for path in paths:
             s = size
             for lvl, combo in zip(levels[:-1], path.combos):
-                s = _output_size(lvl.step.op, combo.fast.body, s)
+                s = memo_output_size(lvl.step.op, combo.fast.body, s)
             if path.vars_json is None and path.vars:
                 path.vars_json = self._vars(path.vars)  # type: ignore[misc]
             body = path.combos[-1].fast.body
@@ -309,7 +313,7 @@ def column_walk(manifest: Manifest, sizes: Callable[[str], Size | None] | None =
                 names: NameCheck | None = None) -> ColumnWalk | None:
     """The expansion as columns, or None when the manifest needs the WorkItem walk (see the module
     docstring). ``names``: the check of the output names, or None (checked already)."""
-    if not _repeats_follow_sources(manifest):
+    if not repeats_follow_sources(manifest):
         return None
     chains: list[tuple[list[_Level], list[_Path]]] = []
     for step in manifest.steps:

@@ -374,16 +374,16 @@ def test_unique_walk_marks_exactly_the_first_item_of_each_key(urls, prompt, matr
 
 
 def test_a_plain_manifest_is_told_repeats_per_source_image():
-    from pixbatch.expand import _repeats_follow_sources
+    from pixbatch.expand import repeats_follow_sources
 
     m = _repeats_manifest([0, 1, 0, 2], "p {color}", {"color": ("red", "blue")}, twin=False, chain=2, override=False)
-    assert _repeats_follow_sources(m)  # the prompt is the same for all items of a combination
+    assert repeats_follow_sources(m)  # the prompt is the same for all items of a combination
     firsts = [(i.step, i.input_id, i.first) for i in expand(m, unique=True)]
     assert [f for s, i, f in firsts if s == "ed"] == [True, True, True, True, False, False, True, True]
     assert [f for s, i, f in firsts if s == "up1"].count(False) == 4  # repeats of repeats
     # what makes it fall back to the KeySet: a prompt per input, a matrix value only the name uses,
     # twin steps, an input's own parameters
-    assert not _repeats_follow_sources(_repeats_manifest([0], "p {input}", {}, False, 0, False))
-    assert not _repeats_follow_sources(_repeats_manifest([0], "p", {"tag": ("a", "b")}, False, 0, False))
-    assert not _repeats_follow_sources(_repeats_manifest([0], "p", {}, True, 0, False))
-    assert not _repeats_follow_sources(_repeats_manifest([0], "p", {}, False, 0, True))
+    assert not repeats_follow_sources(_repeats_manifest([0], "p {input}", {}, False, 0, False))
+    assert not repeats_follow_sources(_repeats_manifest([0], "p", {"tag": ("a", "b")}, False, 0, False))
+    assert not repeats_follow_sources(_repeats_manifest([0], "p", {}, True, 0, False))
+    assert not repeats_follow_sources(_repeats_manifest([0], "p", {}, False, 0, True))
