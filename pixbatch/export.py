@@ -19,7 +19,7 @@ import duckdb
 
 from .errors import OptionError, PixbatchError, StateError, StateLocked
 from .state import open_for_reading, table_names
-from .state.migrations import reading
+from .state.connection import reading
 
 FORMATS = ("parquet", "csv")
 EXPORT_MEMORY_LIMIT = "512MB"

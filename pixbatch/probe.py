@@ -38,7 +38,7 @@ from PIL import Image, UnidentifiedImageError
 
 from .aio import run_sync
 from .errors import StateLocked
-from .state.migrations import connect, reading
+from .state.connection import connect, reading
 from .sizes import Size
 
 FIRST_RANGE = 4096  # PNG, WebP, GIF headers fit in 32 bytes; most JPEG SOF markers in 4 KiB

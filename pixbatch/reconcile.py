@@ -39,7 +39,7 @@ from .aio import run_sync
 from .contract import TERMINAL_STATUSES
 from .errors import AuthError, GatewayError, NotFound, StateLocked
 from .state import ItemState, absorb_crashed_runs, connect, open_requests, utcnow
-from .state.migrations import reading
+from .state.connection import reading
 from .pricing import PriceTable, priced_by_output_size
 from .sizes import Size, output_size
 

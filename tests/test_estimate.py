@@ -126,7 +126,7 @@ def test_aggregation_properties(items):
 from pixbatch.cli import cli  # noqa: E402
 from pixbatch.estimate import estimate  # noqa: E402
 from pixbatch.manifest import load_manifest  # noqa: E402
-from pixbatch.state.migrations import connect  # noqa: E402
+from pixbatch.state.connection import connect  # noqa: E402
 
 
 def write_manifest(tmp_path, inputs, steps, **top):

@@ -7,7 +7,7 @@ import pytest
 
 from pixbatch.errors import StateError
 from pixbatch.export import TABLES, export_state
-from pixbatch.state.migrations import connect
+from pixbatch.state.connection import connect
 from test_report import ROWS, build_state
 
 

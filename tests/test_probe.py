@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from pixbatch.errors import StateLocked
-from pixbatch.state.migrations import connect
+from pixbatch.state.connection import connect
 from pixbatch.probe import FIRST_RANGE, probe_sizes, probe_sizes_report, read_header
 
 

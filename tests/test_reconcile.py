@@ -15,7 +15,7 @@ from pixbatch import state as st
 from pixbatch.errors import NotFound, ServerError, StateLocked
 from pixbatch.gateway import Download, JobStatus
 from pixbatch.items import WorkItem, upstream_ref
-from pixbatch.state.migrations import connect
+from pixbatch.state.connection import connect
 from pixbatch.pricing import PriceTable
 from pixbatch.reconcile import reconcile, reconcile_db
 from pixbatch.report import build_report

@@ -1,7 +1,7 @@
 """The report's numbers, checked against values computed by hand on a state file built here.
 
 ``build_state`` writes a realistic state file the way a run leaves it (through
-``pixbatch.state.migrations.connect`` and plain INSERTs): three steps, two operations, three
+``pixbatch.state.connection.connect`` and plain INSERTs): three steps, two operations, three
 price tiers, every item state, failures with messages, blocked and ambiguous items,
 reservations, real output files with their checksums, and timings. The last run did not
 record an end: the file is what an interrupted run leaves behind.
@@ -20,7 +20,7 @@ import pytest
 from pixbatch import state as st
 from pixbatch.errors import StateError, StateLocked
 from pixbatch.items import WorkItem, upstream_ref
-from pixbatch.state.migrations import connect
+from pixbatch.state.connection import connect
 from pixbatch.report import CAUSES, build_report
 
 T0 = dt.datetime(2026, 5, 22, 10, 0, 0)

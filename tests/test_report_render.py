@@ -17,7 +17,7 @@ import duckdb
 import pytest
 from PIL import Image
 
-from pixbatch.state.migrations import connect
+from pixbatch.state.connection import connect
 from pixbatch.render import CSV_COLUMNS, FORMATS, render
 from pixbatch.report import build_report
 from test_report import build_state

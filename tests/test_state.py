@@ -13,8 +13,9 @@ import pytest
 from pixbatch import state as st
 from pixbatch.errors import StateLocked
 from pixbatch.items import WorkItem, upstream_ref
-from pixbatch.state.migrations import MIGRATIONS, applied, connect, migrate
 from pixbatch.pricing import PriceTable
+from pixbatch.state.connection import connect
+from pixbatch.state.migrations import MIGRATIONS, applied, migrate
 
 
 def edit(i: int, n_images: int = 1000) -> WorkItem:

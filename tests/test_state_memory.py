@@ -40,7 +40,7 @@ def test_the_queries_a_run_makes_over_a_big_state_file_fit_a_small_pool_or_grow_
     did at a million items in a run's 128 MB pool): block_downstream makes none; the plan and
     the feeder's page of a chained step are reads that get a roomier pool for one statement."""
     from pixbatch import state as st
-    from pixbatch.state.migrations import connect
+    from pixbatch.state.connection import connect
 
     db = connect(tmp_path / "big.pixbatch.duckdb")
     db.execute(

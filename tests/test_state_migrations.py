@@ -6,7 +6,8 @@ import duckdb
 import pytest
 
 from pixbatch.errors import StateError
-from pixbatch.state.migrations import MIGRATIONS, applied, connect, migrate
+from pixbatch.state.connection import connect
+from pixbatch.state.migrations import MIGRATIONS, applied, migrate
 
 #: the schema an empty file has after every migration (table -> "column TYPE, ...")
 SCHEMA = {
@@ -133,7 +134,7 @@ def test_a_read_only_file_is_not_migrated(tmp_path):
 def test_a_state_file_spills_beside_itself_with_small_row_groups(tmp_path, monkeypatch):
     # the file is attached (for its row group size): DuckDB's temp files still go beside it, never
     # into the directory the user runs pixbatch from
-    from pixbatch.state.migrations import ROW_GROUP_SIZE
+    from pixbatch.state.connection import ROW_GROUP_SIZE
 
     monkeypatch.chdir(tmp_path)
     path = tmp_path / "d" / "s.duckdb"

@@ -8,7 +8,7 @@ import duckdb
 
 from pixbatch import state as st
 from pixbatch.state import ItemState
-from pixbatch.state.migrations import connect
+from pixbatch.state.connection import connect
 
 
 def test_item_states_are_the_strings_stored_in_the_file():

@@ -10,7 +10,7 @@ import pytest
 from pixbatch import state as st
 from pixbatch.state import queries as q
 from pixbatch.state import runs
-from pixbatch.state.migrations import connect
+from pixbatch.state.connection import connect
 from pixbatch.state.writes import upsert_output
 
 T0 = datetime(2026, 1, 1, 12, 0, 0)

@@ -16,7 +16,7 @@ from ..errors import PixbatchError, StateError, StateLocked
 from ..money import format_usd
 from ..pricing import PriceTable
 from ..state import open_for_reading
-from ..state.migrations import reading
+from ..state.connection import reading
 from . import queries
 from .gallery import build_gallery
 from .model import (IN_FLIGHT_STATES, STATE_ORDER, FailedItem, Outputs, Report, RunInfo, RunRow, Spend, SpendTotals,

@@ -210,7 +210,7 @@ class _Appender:
     and a thread of its own, ``COMMIT_BATCHES`` batches a transaction.
 
     DuckDB writes the full row groups of a transaction straight into the file (compressed once, no
-    WAL; ``state.migrations.ROW_GROUP_SIZE``): 1M rows in transactions of 50,000 beside the walk,
+    WAL; ``state.connection.ROW_GROUP_SIZE``): 1M rows in transactions of 50,000 beside the walk,
     121,000 -> 155,000 rows/s against one transaction per batch of 10,000. On
     the store's connection such a transaction would hold back the run's own writes (an intent
     must be committed before its POST); on a connection of its own it only appends rows that no

@@ -40,7 +40,8 @@ Everything public is re-exported here: ``from pixbatch import state as st; st.St
 from __future__ import annotations
 
 from .ingest import INGEST_BATCH, Ingest, IngestBatch, bulk_insert_items_for_bench, expansion_scope, ingest
-from .migrations import MIGRATIONS, applied, connect, cursor, migrate
+from .connection import connect, cursor
+from .migrations import MIGRATIONS, applied, migrate
 from .model import (
     BLOCKING,
     FAILURES,

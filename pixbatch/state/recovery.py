@@ -12,7 +12,7 @@ from pathlib import Path
 import duckdb
 
 from ..errors import StateError, StateLocked
-from .migrations import connect, reading
+from .connection import connect, reading
 from .memory import retry_roomier
 from .model import BLOCKING, sql_in
 

@@ -19,7 +19,7 @@ import duckdb
 from ..errors import StateLocked
 from .model import ItemState, iso_utc, utcnow
 from .queries import counts_by_step, last_run, table_names, totals
-from .migrations import reading
+from .connection import reading
 from .recovery import open_for_reading
 
 

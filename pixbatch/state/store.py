@@ -30,7 +30,7 @@ import duckdb
 
 from ..errors import StateError
 from .memory import retry_roomier
-from .migrations import connect, damaged, is_damage
+from .connection import connect, damaged, is_damage
 from .model import Attempt, Intent, ItemRow, OutputRow, utcnow
 from .writes import insert_events, insert_log, update_items, upsert_output
 
