@@ -148,3 +148,23 @@ def test_a_state_file_spills_beside_itself_with_small_row_groups(tmp_path, monke
     finally:
         db.close()
     assert not (tmp_path / ".tmp").exists()
+
+
+def test_migrations_run_in_a_small_pool_and_the_default_comes_back(tmp_path, monkeypatch):
+    # a migration that rebuilds the items table of a million-item file would otherwise cache what it
+    # reads and writes up to 80 % of the machine (m009 at 1M: 1.3 GB); it spills beside the file instead
+    from pixbatch.state import migrations
+
+    seen: list[str] = []
+
+    def m099_look(db):
+        seen.append(db.execute("SELECT current_setting('memory_limit')").fetchone()[0])
+
+    monkeypatch.setattr(migrations, "MIGRATIONS", [*MIGRATIONS, ("m099_look", m099_look)])
+    db = connect(tmp_path / "s.duckdb")
+    try:
+        assert seen and seen[0].startswith("122") and "MiB" in seen[0]  # 128MB, as DuckDB prints it
+        after = db.execute("SELECT current_setting('memory_limit')").fetchone()[0]
+        assert after != seen[0] and after.endswith("GiB")  # DuckDB's default (80 % of the machine) again
+    finally:
+        db.close()

@@ -368,7 +368,7 @@ def m009_items_compact(db: duckdb.DuckDBPyConnection) -> None:
         else:
             raise StateError(f"the items table has an unexpected shape (no {old}): {sql[0]}")
     db.execute(new)
-    db.execute("INSERT INTO items_m009 SELECT * FROM items ORDER BY rowid")
+    db.execute("INSERT INTO items_m009 SELECT * FROM items")  # in order: a scan keeps it (preserve_insertion_order)
     db.execute("DROP TABLE items")
     db.execute("ALTER TABLE items_m009 RENAME TO items")
 
