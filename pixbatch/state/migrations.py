@@ -353,7 +353,7 @@ def m009_items_compact(db: duckdb.DuckDBPyConnection) -> None:
     #   10,000, 88,500 -> 104,600 rows/s, and the file 95 -> 66 MB;
     # - body and vars as VARCHAR, not JSON: DuckDB parses every value it stores in a JSON column
     #   (pixbatch writes them, canonical; json_extract reads VARCHAR alike): 151,000 -> 159,000 rows/s.
-    # A DuckDB without per-column compression (before 1.2) keeps the table as it is.
+    # A DuckDB that refuses zstd for a string column keeps the table as it is.
     sql = db.execute("SELECT sql FROM duckdb_tables() WHERE schema_name = 'main' AND table_name = 'items'").fetchone()
     if sql is None or not sql[0].startswith("CREATE TABLE items("):
         raise StateError(f"the items table has an unexpected shape: {sql[0] if sql else 'missing'}")
