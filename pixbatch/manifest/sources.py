@@ -171,19 +171,6 @@ class _LongLine(Exception):
         self.lineno = lineno
 
 
-def _lines(f: Any) -> Iterator[str]:
-    """The lines of ``f``, none read whole if longer than ``MAX_LINE`` (``_LongLine`` instead)."""
-    lineno = 0
-    while True:
-        line = f.readline(MAX_LINE + 1)
-        if not line:
-            return
-        lineno += 1
-        if len(line) > MAX_LINE:
-            raise _LongLine(lineno)
-        yield line
-
-
 def _iter_dir(src: FileSource, report: _Report) -> Iterator[Input]:
     """A folder's image files, in the order of their relative paths."""
     try:
@@ -208,7 +195,9 @@ def _local_row(src: FileSource, text: str, ident: str | None, origin: str, vars:
 
 
 def _iter_txt(src: FileSource, f: Any, report: _Report) -> Iterator[Input]:
-    for lineno, line in enumerate(_lines(f), 1):
+    lines = _LastLine(f)
+    for line in lines:
+        lineno = lines.lineno
         url = line.strip()
         if not url or url.startswith("#"):
             continue
@@ -235,8 +224,8 @@ class _RowError(Exception):
 
 
 class _LastLine:
-    """``_lines`` that remembers the last raw line (for column numbers in CSV problems); one call
-    per line, not two (a CSV of a million rows is read once per step walked)."""
+    """The lines of a file, none read whole if longer than ``MAX_LINE`` (``_LongLine`` instead),
+    counted (``lineno``), the last one kept (for column numbers in CSV problems)."""
 
     __slots__ = ("readline", "last", "lineno")
 
