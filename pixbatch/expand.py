@@ -241,20 +241,30 @@ def _sources(manifest: Manifest, step: Step, sizes: SizeLookup | None, unique: b
             size = memo_output_size(upop, body, in_size)
             yield inp, upstream_ref(key), key, size, ivars, tv, stem, first
         return
-    if step.input_ids is not None:
-        found = manifest.find_inputs(step.input_ids)
-        inputs: Any = (found[i] for i in step.input_ids if i in found)
-    else:
-        inputs = manifest.iter_inputs()
-    urls = KeySet() if unique else None
+    urls = first_of_url() if unique else None
     first = None
-    for inp in inputs:
+    for inp in step_inputs(manifest, step):
         size = inp.size
         if size is None and sizes is not None:
             size = sizes(inp.url)
         if urls is not None:
-            first = urls.add(_sha256(inp.url.encode()).digest()[:16])
+            first = urls(inp.url)
         yield inp, inp.url, None, size, inp.vars, inp.vars, inp.id, first
+
+
+def step_inputs(manifest: Manifest, step: Step) -> Iterator[Input]:
+    """The inputs a root step walks, in order: those its ``for_each`` names, or every input."""
+    if step.input_ids is None:
+        return manifest.iter_inputs()
+    found = manifest.find_inputs(step.input_ids)
+    return (found[i] for i in step.input_ids if i in found)
+
+
+def first_of_url() -> Callable[[str], bool]:
+    """For one walk of a step's sources: True for the first source with its main image URL (a
+    repeated URL repeats its items' keys). 16 bytes of the URL's sha256 kept per source."""
+    add = KeySet().add
+    return lambda url: add(_sha256(url.encode()).digest()[:16])
 
 
 def _rows(manifest: Manifest, step: Step, sizes: SizeLookup | None, light: bool = False,

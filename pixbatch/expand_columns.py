@@ -20,7 +20,6 @@ walks column by column over awkward manifests (``tests/test_expand_columns.py``)
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -29,7 +28,7 @@ import struct
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from .expand import memo_output_size, repeats_follow_sources, step_plan
+from .expand import first_of_url, memo_output_size, repeats_follow_sources, step_inputs, step_plan
 from .items import UPSTREAM_SCHEME
 from .keyset import KeySet
 from .manifest.model import Manifest, Step
@@ -45,7 +44,6 @@ _FACTS_MAX = 10_000  # input sizes whose per-path facts are kept
 Price = Callable[[str, Mapping[str, Any], "Size | None", bool], tuple[int, int, str]]
 VarsJson = Callable[[Mapping[str, Any]], str]
 _encode_str = json.encoder.encode_basestring  # one JSON string value (as items.canonical_json writes it)
-_sha256 = hashlib.sha256
 _pack = struct.Struct("<q").pack  # a str hash as 8 bytes (as NameCheck keeps a name's)
 _ORDER = ("key", "body", "output_name", "upstream", "step", "op", "idx", "input_id", "input_width", "input_height",
           "est_low_micros", "est_high_micros", "tier", "vars")
@@ -167,15 +165,11 @@ class ColumnWalk:
         match_plain = _PLAIN_ID.fullmatch
         npaths = len(paths)
         facts_by_size: dict[Any, list[tuple[Any, Any, int, int, str, str | None]]] = {}
-        if root.input_ids is not None:
-            found = manifest.find_inputs(root.input_ids)
-            inputs: Any = (found[i] for i in root.input_ids if i in found)
-        else:
-            inputs = manifest.iter_inputs()
+        inputs = step_inputs(manifest, root)
         # whether each source is the first with its URL: known from an earlier walk of the same inputs
-        # (another root step, or this chain's root walked for an earlier step), else told by a KeySet
+        # (another root step, or this chain's root walked for an earlier step), else told by first_of_url
         known = self._firsts.get(root.input_ids)
-        urls = KeySet().add if known is None else None
+        urls = first_of_url() if known is None else None
         flags = bytearray() if known is None else None
         si = 0
         # per path of the walked step (in walk order): its combination's JSON around the URL, hasher,
@@ -202,7 +196,7 @@ class ColumnWalk:
                 first = known[si]
                 si += 1
             else:
-                first = urls(_sha256(url.encode()).digest()[:16])  # type: ignore[misc]
+                first = urls(url)  # type: ignore[misc]
                 flags.append(first)  # type: ignore[union-attr]
             facts = facts_by_size.get(size)
             if facts is None:
