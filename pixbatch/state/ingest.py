@@ -181,20 +181,16 @@ class Ingest:
     def _take(self, n: int, batch: IngestBatch) -> int:
         c = batch.cols
         key_, step_, op_, idx_, body_, input_, name_, up_, w_, h_, lo_, hi_, tier_, vars_ = (c[x] for x in _COLUMNS)
-        fromhex = bytes.fromhex
-
-        def add(key: bytes) -> bool:  # the KeySet, made when an item needs it (most walks mark ``first``)
-            nonlocal add
-            if self._seen is None:
-                self._seen = KeySet()
-            add = self._seen.add
-            return add(key)
         aliases = batch.aliases
         count = 0
         for it in self._it:
             self.walked += 1
             first = it.first  # the walk knows (expand(..., unique=True)), or the KeySet tells
-            if not (add(fromhex(it.key)) if first is None else first):
+            if first is None:
+                if self._seen is None:  # made when an item needs it (most walks mark ``first``)
+                    self._seen = KeySet()
+                first = self._seen.add_hex(it.key)
+            if not first:
                 aliases.append((it.key, it.step, it.index, it.output_name))
                 continue
             lo, hi, tier = self._price(it)
