@@ -29,13 +29,17 @@ TARGET_RSS_MB = 300
 PER_INPUT = 10
 
 
-def write_manifest(root: Path, n_items: int) -> Path:
-    n_inputs = n_items // PER_INPUT
+def write_inputs(root: Path, n_inputs: int) -> None:
+    """``inputs.csv``: ``n_inputs`` rows of id, URL and a declared size (35 sizes in turn)."""
     with open(root / "inputs.csv", "w") as f:
         f.write("id,url,width,height\n")
         for i in range(n_inputs):
             w, h = 640 + (i % 7) * 200, 480 + (i % 5) * 150
             f.write(f"img{i:07d},https://cdn.example.com/catalog/img{i:07d}.jpg,{w},{h}\n")
+
+
+def write_manifest(root: Path, n_items: int) -> Path:
+    write_inputs(root, n_items // PER_INPUT)
     manifest = {
         "version": 1,
         "inputs": [{"from": "inputs.csv"}],

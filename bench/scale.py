@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import bench_emulator, machine, pixbatch_cmd, pixbatch_env, verdict, wait_child  # noqa: E402
 
 from pixbatch.emulator.config import Dist  # noqa: E402
-from estimate import write_manifest  # noqa: E402  (bench/estimate.py: the same manifest)
+from estimate import write_inputs, write_manifest  # noqa: E402  (bench/estimate.py: the same manifest)
 
 TARGET_FIRST_S = 3.0
 TARGET_RSS_MB = 300
@@ -79,11 +79,7 @@ def estimate(manifest: Path, n: int) -> dict:
 def write_flat_manifest(root: Path, n: int) -> Path:
     """``--flat``: N inputs with declared sizes, one factor upscale each (the per-input costs of
     reading and checking the CSV count ten times as much per item as in the default manifest)."""
-    with open(root / "inputs.csv", "w") as f:
-        f.write("id,url,width,height\n")
-        for i in range(n):
-            f.write(f"img{i:07d},https://cdn.example.com/catalog/img{i:07d}.jpg,{640 + (i % 7) * 200},"
-                    f"{480 + (i % 5) * 150}\n")
+    write_inputs(root, n)
     path = root / "bench.yaml"
     path.write_text(json.dumps({"version": 1, "inputs": [{"from": "inputs.csv"}],
                                 "steps": [{"id": "big", "op": "upscale", "upscale_mode": "factor", "factor": 2}]}))
